@@ -1,1 +1,9 @@
+//! weir's test harness: network namespaces made by the test, the real CNI
+//! chain driven by the real `cnitool`, and traffic with known sizes whose
+//! counts can be checked exactly. Shared by the integration tests, the
+//! benchmarks and `make demo`.
 
+pub mod chain;
+pub mod host;
+pub mod netns;
+pub mod traffic;

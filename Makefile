@@ -1,0 +1,32 @@
+# weir: the two entry points for a fresh machine are `make demo` and `make test`.
+# Both install what they need first (scripts/bootstrap.sh, idempotent, cached).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all bootstrap build test test-unit test-privileged demo bench crds clippy clean
+
+all: build
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+build: bootstrap
+	$(CARGO) build --workspace --all-targets
+
+# Unit tests, then the privileged data-path tests (real netns, real plugins,
+# real eBPF). The privileged ones fail loudly where the host cannot run them.
+test: bootstrap
+	bash scripts/test.sh
+
+demo: bootstrap
+	bash scripts/demo.sh
+
+bench: bootstrap
+	bash bench/run.sh
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

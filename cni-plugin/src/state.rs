@@ -1,0 +1,288 @@
+//! Node state: one record per split attachment, read later by the node agent
+//! to learn which pod a pod id belongs to, and by DEL/CHECK/GC to find what
+//! weir created.
+//!
+//! Layout: `<stateDir>/networks/<network>/<containerID>:<ifname>.json`, plus a
+//! node-wide pod id counter `<stateDir>/pod-id` guarded by `flock`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state record {path} is unreadable: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StateError>;
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { action, path, source }
+}
+
+/// Who the pod is, from CNI_ARGS; absent outside Kubernetes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIdentity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub infra_container_id: Option<String>,
+}
+
+/// What one ADD split and attached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentRecord {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub pod: PodIdentity,
+    pub pod_id: u32,
+    pub mac: String,
+    pub ips: Vec<String>,
+    /// `tcx` or `netlink`: how the programs are held, which decides how DEL
+    /// removes them.
+    pub attach_mode: String,
+    pub pod_ifindex: u32,
+    pub outer_ifindex: u32,
+    pub inner_ifindex: u32,
+    pub created_unix: u64,
+}
+
+impl AttachmentRecord {
+    pub fn attachment_id(&self) -> String {
+        attachment_id(&self.container_id, &self.ifname)
+    }
+}
+
+/// A node-unique name for one (container, interface) pair. Container ids never
+/// contain ':' and interface names cannot, so the pair is recoverable.
+pub fn attachment_id(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}:{ifname}")
+}
+
+pub struct StateStore {
+    root: PathBuf,
+    network_dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(state_dir: &Path, network: &str) -> Self {
+        Self {
+            root: state_dir.to_path_buf(),
+            network_dir: state_dir.join("networks").join(sanitize(network)),
+        }
+    }
+
+    fn record_path(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.network_dir
+            .join(format!("{}.json", attachment_id(container_id, ifname)))
+    }
+
+    /// Writes atomically so a crash never leaves a half record for the agent.
+    pub fn save(&self, record: &AttachmentRecord) -> Result<()> {
+        fs::create_dir_all(&self.network_dir).map_err(io("create", &self.network_dir))?;
+        let path = self.record_path(&record.container_id, &record.ifname);
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(record).expect("records always serialize");
+        fs::write(&tmp, body).map_err(io("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("rename into place", &path))
+    }
+
+    pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<AttachmentRecord>> {
+        read_record(&self.record_path(container_id, ifname))
+    }
+
+    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<()> {
+        let path = self.record_path(container_id, ifname);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<AttachmentRecord>> {
+        let entries = match fs::read_dir(&self.network_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("list", &self.network_dir)(e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io("list", &self.network_dir))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                if let Some(record) = read_record(&path)? {
+                    records.push(record);
+                }
+            }
+        }
+        records.sort_by(|a, b| a.attachment_id().cmp(&b.attachment_id()));
+        Ok(records)
+    }
+
+    /// Hands out node-unique pod ids (never 0, never reused while the counter
+    /// file lives) under an exclusive lock, so concurrent ADDs cannot collide.
+    pub fn allocate_pod_id(&self) -> Result<u32> {
+        fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        let path = self.root.join("pod-id");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let _lock = Flock::exclusive(&file).map_err(io("lock", &path))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io("read", &path))?;
+        let last: u32 = text.trim().parse().unwrap_or(0);
+        let next = last.checked_add(1).filter(|n| *n != 0).unwrap_or(1);
+        file.seek(SeekFrom::Start(0)).map_err(io("rewind", &path))?;
+        file.set_len(0).map_err(io("truncate", &path))?;
+        file.write_all(next.to_string().as_bytes()).map_err(io("write", &path))?;
+        file.sync_data().map_err(io("sync", &path))?;
+        Ok(next)
+    }
+}
+
+fn read_record(path: &Path) -> Result<Option<AttachmentRecord>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("read", path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Network names are free text in a conflist; keep them to one path segment.
+fn sanitize(network: &str) -> String {
+    network
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect()
+}
+
+struct Flock<'a>(&'a File);
+
+impl<'a> Flock<'a> {
+    fn exclusive(file: &'a File) -> std::io::Result<Self> {
+        // SAFETY: flock on a valid open descriptor has no memory effects.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self(file))
+    }
+}
+
+impl Drop for Flock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above; unlocking cannot fail in a way we could act on.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cid: &str, ifname: &str, pod_id: u32) -> AttachmentRecord {
+        AttachmentRecord {
+            network: "cbr0".into(),
+            container_id: cid.into(),
+            ifname: ifname.into(),
+            netns: "/run/netns/x".into(),
+            pod: PodIdentity {
+                namespace: Some("shop".into()),
+                name: Some("cart-0".into()),
+                uid: Some("u-1".into()),
+                infra_container_id: None,
+            },
+            pod_id,
+            mac: "aa:bb:cc:dd:ee:ff".into(),
+            ips: vec!["10.244.0.5/24".into()],
+            attach_mode: "tcx".into(),
+            pod_ifindex: 4,
+            outer_ifindex: 2,
+            inner_ifindex: 3,
+            created_unix: 1,
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("weir-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn save_load_list_remove_round_trip() {
+        let dir = temp_dir("rt");
+        let store = StateStore::new(&dir, "my net/1");
+        store.save(&record("c1", "eth0", 1)).unwrap();
+        store.save(&record("c2", "net1", 2)).unwrap();
+        assert_eq!(store.load("c1", "eth0").unwrap(), Some(record("c1", "eth0", 1)));
+        let ids: Vec<_> = store.list().unwrap().iter().map(|r| r.attachment_id()).collect();
+        assert_eq!(ids, ["c1:eth0", "c2:net1"]);
+        assert!(dir.join("networks/my_net_1/c1:eth0.json").exists());
+        store.remove("c1", "eth0").unwrap();
+        store.remove("c1", "eth0").unwrap();
+        assert_eq!(store.load("c1", "eth0").unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pod_ids_are_unique_across_threads() {
+        let dir = temp_dir("ids");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let store = StateStore::new(&dir, "n");
+                    (0..25).map(|_| store.allocate_pod_id().unwrap()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        all.sort_unstable();
+        let expected: Vec<u32> = (1..=200).collect();
+        assert_eq!(all, expected);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_record_is_reported_with_its_path() {
+        let dir = temp_dir("bad");
+        let store = StateStore::new(&dir, "n");
+        fs::create_dir_all(dir.join("networks/n")).unwrap();
+        fs::write(dir.join("networks/n/c:eth0.json"), b"{not json").unwrap();
+        let err = store.load("c", "eth0").unwrap_err().to_string();
+        assert!(err.contains("c:eth0.json"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

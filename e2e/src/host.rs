@@ -1,0 +1,66 @@
+//! What the privileged tests need from the machine, checked up front so a
+//! missing piece fails the test with its reason instead of a confusing error.
+
+use std::path::{Path, PathBuf};
+
+/// Where scripts/bootstrap.sh installs the Go-built CNI tools.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("WEIR_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/weir/tools"))
+}
+
+pub fn cnitool() -> PathBuf {
+    tools_dir().join("bin/cnitool")
+}
+
+pub fn reference_plugins() -> PathBuf {
+    tools_dir().join("cni")
+}
+
+/// Panics with every missing requirement listed. Tests call this first: on a
+/// machine that cannot run them they fail loudly, never pass silently.
+pub fn require_privileged_host() {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (netns, veth and eBPF need CAP_SYS_ADMIN/CAP_NET_ADMIN/CAP_BPF)".to_string());
+    }
+    if !is_bpffs(Path::new("/sys/fs/bpf")) {
+        missing.push("bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".to_string());
+    }
+    for tool in [cnitool(), reference_plugins().join("bridge"), reference_plugins().join("host-local")] {
+        if !tool.exists() {
+            missing.push(format!("{} (run scripts/bootstrap.sh)", tool.display()));
+        }
+    }
+    for cmd in ["ip", "nsenter"] {
+        if which(cmd).is_none() {
+            missing.push(format!("the `{cmd}` command (run scripts/bootstrap.sh)"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "this test needs a privileged Linux host; missing: {}",
+        missing.join("; ")
+    );
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a properly sized out-parameter.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(cmd))
+            .find(|candidate| candidate.is_file())
+    })
+}
