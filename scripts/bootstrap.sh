@@ -33,7 +33,7 @@ CNI_PLUGINS=(
 APT_PACKAGES=(
   clang llvm libbpf-dev bpftool
   iproute2 iperf3 sockperf qperf ethtool jq tcpdump
-  util-linux kmod procps hyperfine
+  util-linux kmod procps hyperfine iputils-ping
   containernetworking-plugins
 )
 

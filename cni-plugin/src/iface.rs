@@ -289,12 +289,16 @@ pub async fn add_addresses(handle: &Handle, index: u32, addresses: &[AddressMess
 /// ones are fine (IPv6 addresses vanish by themselves when a link goes down).
 pub async fn remove_addresses(handle: &Handle, addresses: &[AddressMessage]) -> Result<()> {
     for addr in addresses {
+        // The kernel matches a label too, and the label followed the rename.
+        let mut addr = addr.clone();
+        addr.attributes
+            .retain(|a| matches!(a, AddressAttribute::Address(_) | AddressAttribute::Local(_)));
         match handle.address().del(addr.clone()).execute().await {
             Ok(()) => {}
             Err(err) if matches!(errno_of(&err), Some(libc::EADDRNOTAVAIL | libc::ENODEV | libc::ENOENT)) => {}
             Err(err) => {
                 return Err(NetlinkError::new(
-                    format!("remove address {}", describe_address(addr)),
+                    format!("remove address {}", describe_address(&addr)),
                     err,
                 ));
             }

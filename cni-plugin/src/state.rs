@@ -70,14 +70,15 @@ pub struct AttachmentRecord {
 }
 
 impl AttachmentRecord {
-    pub fn attachment_id(&self) -> String {
-        attachment_id(&self.container_id, &self.ifname)
+    /// The record's name in its network's directory.
+    pub fn record_name(&self) -> String {
+        record_name(&self.container_id, &self.ifname)
     }
 }
 
 /// A node-unique name for one (container, interface) pair. Container ids never
 /// contain ':' and interface names cannot, so the pair is recoverable.
-pub fn attachment_id(container_id: &str, ifname: &str) -> String {
+pub fn record_name(container_id: &str, ifname: &str) -> String {
     format!("{container_id}:{ifname}")
 }
 
@@ -96,7 +97,7 @@ impl StateStore {
 
     fn record_path(&self, container_id: &str, ifname: &str) -> PathBuf {
         self.network_dir
-            .join(format!("{}.json", attachment_id(container_id, ifname)))
+            .join(format!("{}.json", record_name(container_id, ifname)))
     }
 
     /// Writes atomically so a crash never leaves a half record for the agent.
@@ -137,8 +138,28 @@ impl StateStore {
                 }
             }
         }
-        records.sort_by(|a, b| a.attachment_id().cmp(&b.attachment_id()));
+        records.sort_by_key(|r| r.record_name());
         Ok(records)
+    }
+
+    /// Every record of every network on this node, for the node agent.
+    pub fn list_all(state_dir: &Path) -> Result<Vec<AttachmentRecord>> {
+        let networks = state_dir.join("networks");
+        let entries = match fs::read_dir(&networks) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("list", &networks)(e)),
+        };
+        let mut all = Vec::new();
+        for entry in entries {
+            let dir = entry.map_err(io("list", &networks))?.path();
+            let store = StateStore {
+                root: state_dir.to_path_buf(),
+                network_dir: dir,
+            };
+            all.extend(store.list()?);
+        }
+        Ok(all)
     }
 
     /// Hands out node-unique pod ids (never 0, never reused while the counter
@@ -146,7 +167,7 @@ impl StateStore {
     pub fn allocate_pod_id(&self) -> Result<u32> {
         fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
         let path = self.root.join("pod-id");
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -154,6 +175,8 @@ impl StateStore {
             .open(&path)
             .map_err(io("open", &path))?;
         let _lock = Flock::exclusive(&file).map_err(io("lock", &path))?;
+        // &File does I/O too, so the lock guard can hold the shared borrow.
+        let mut file = &file;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io("read", &path))?;
         let last: u32 = text.trim().parse().unwrap_or(0);
@@ -247,7 +270,7 @@ mod tests {
         store.save(&record("c1", "eth0", 1)).unwrap();
         store.save(&record("c2", "net1", 2)).unwrap();
         assert_eq!(store.load("c1", "eth0").unwrap(), Some(record("c1", "eth0", 1)));
-        let ids: Vec<_> = store.list().unwrap().iter().map(|r| r.attachment_id()).collect();
+        let ids: Vec<_> = store.list().unwrap().iter().map(|r| r.record_name()).collect();
         assert_eq!(ids, ["c1:eth0", "c2:net1"]);
         assert!(dir.join("networks/my_net_1/c1:eth0.json").exists());
         store.remove("c1", "eth0").unwrap();

@@ -200,6 +200,25 @@ impl Node {
         bail!("no IPv4 address in result {result}")
     }
 
+    /// weir's own entry of the conflist as the runtime hands it to weir, with
+    /// `prevResult` when given.
+    pub fn weir_conf(&self, prev_result: Option<&Value>, extra: Value) -> String {
+        let mut conf = json!({
+            "cniVersion": self.spec_version,
+            "name": self.network,
+            "type": "weir",
+            "stateDir": self.state_dir,
+            "bpfRoot": self.bpf_root,
+        });
+        if let Some(prev) = prev_result {
+            conf["prevResult"] = prev.clone();
+        }
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            conf[k] = v.clone();
+        }
+        conf.to_string()
+    }
+
     /// Runs the plugin binary directly with a hand-made request, for verbs
     /// and arguments cnitool cannot express (GC with valid attachments, bad
     /// input). Returns the call and the exit code.

@@ -49,9 +49,17 @@ pub fn udp_echo(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, co
     Ok(())
 }
 
+/// What the client's own socket says about a finished transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpReport {
+    /// Payload bytes put on the wire, retransmissions included.
+    pub bytes_sent: u64,
+    pub bytes_retrans: u64,
+}
+
 /// `client` sends `bytes` over one TCP connection to `server_ip:port`;
 /// returns once both sides have closed and the server read every byte.
-pub fn tcp_send(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, bytes: usize) -> Result<()> {
+pub fn tcp_send(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, bytes: usize) -> Result<TcpReport> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let sink = server.spawn(move || -> Result<usize> {
         let listener = TcpListener::bind(SocketAddr::new(unspecified(server_ip), port))?;
@@ -70,7 +78,7 @@ pub fn tcp_send(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, by
         Ok(total)
     })?;
     ready_rx.recv_timeout(Duration::from_secs(5)).context("TCP server did not start")?;
-    client.run(move || -> Result<()> {
+    let report = client.run(move || -> Result<TcpReport> {
         let mut conn = TcpStream::connect_timeout(&SocketAddr::new(server_ip, port), Duration::from_secs(5))?;
         let chunk = vec![0xa5u8; 1 << 16];
         let mut left = bytes;
@@ -84,7 +92,7 @@ pub fn tcp_send(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, by
         let mut rest = [0u8; 16];
         conn.set_read_timeout(Some(Duration::from_secs(20)))?;
         while conn.read(&mut rest)? > 0 {}
-        Ok(())
+        tcp_info(&conn)
     })??;
     let received = sink.join().map_err(|_| anyhow::anyhow!("TCP server panicked"))???;
     if received != bytes {
@@ -92,7 +100,21 @@ pub fn tcp_send(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, by
     }
     // The last ACK of the close handshake may still be in flight.
     std::thread::sleep(Duration::from_millis(200));
-    Ok(())
+    Ok(report)
+}
+
+fn tcp_info(conn: &TcpStream) -> Result<TcpReport> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(conn.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+    };
+    if rc != 0 {
+        bail!("TCP_INFO: {}", std::io::Error::last_os_error());
+    }
+    Ok(TcpReport { bytes_sent: info.tcpi_bytes_sent, bytes_retrans: info.tcpi_bytes_retrans })
 }
 
 /// The kernel's own TCP segment counters of a namespace (per-namespace

@@ -1,1 +1,362 @@
-pub fn placeholder() {}
+//! weir's eBPF side: the veth-split tc programs (C, compiled by clang in
+//! `build.rs` and embedded here), the map ABI shared by the CNI plugin and the
+//! node agent ([`abi`]), the loader/attacher ([`split`]) and the node-wide
+//! pinned maps ([`maps`]).
+//!
+//! # Pin layout under the bpf root (default `/sys/fs/bpf/weir`)
+//!
+//! ```text
+//! <root>/maps/weir_flows          LRU hash   FlowKey -> FlowCounters   (node-wide)
+//! <root>/maps/weir_pod_config     hash       pod_id  -> PodConfig      (node-wide)
+//! <root>/maps/weir_stats          per-CPU array of u64, StatIndex slots (node-wide)
+//! <root>/maps/weir_flow_events    ring buffer of FlowEvent             (node-wide)
+//! <root>/links/<attachment_id>/outer       TCX link on wx-<if> ingress
+//! <root>/links/<attachment_id>/inner       TCX link on wi-<if> ingress
+//! <root>/links/<attachment_id>/outer-prog  program, netlink (pre-6.6) mode only
+//! <root>/links/<attachment_id>/inner-prog  program, netlink (pre-6.6) mode only
+//! ```
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+pub mod abi;
+mod elf;
+pub mod maps;
+mod netlink;
+pub mod split;
+mod sys;
+
+pub use split::{AttachMode, SplitParams};
+
+/// The compiled `c/split.bpf.c`: both split programs and the node-wide maps.
+pub static SPLIT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/split.bpf.o"));
+
+/// `statfs` magic of bpffs (`BPF_FS_MAGIC` in linux/magic.h).
+pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The attachment id cannot be used as a directory name under `links/`.
+    #[error("invalid attachment id {id:?}: {reason}")]
+    InvalidAttachmentId {
+        /// The id as given.
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// [`SplitParams`] that cannot describe a split.
+    #[error("invalid split parameters: {0}")]
+    InvalidParams(String),
+    /// The bpf root is not on bpffs, so nothing could be pinned there.
+    #[error(
+        "{} is not on a bpf filesystem ({} has statfs magic {magic:#x}, bpffs is {BPF_FS_MAGIC:#x}); \
+         mount it with `mount -t bpf bpf /sys/fs/bpf`",
+        root.display(),
+        checked.display()
+    )]
+    NotBpffs {
+        /// The bpf root.
+        root: PathBuf,
+        /// The existing directory at or above it that was checked.
+        checked: PathBuf,
+        /// Its filesystem magic.
+        magic: i64,
+    },
+    /// A filesystem or OS operation on `path` failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// What it was done to.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// An operation that has no path (a syscall on an fd, netlink) failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// The operation.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The object (or its maps) could not be loaded.
+    #[error("loading the weir eBPF object: {}", chain(source.as_ref()))]
+    Load {
+        /// The cause (contains the verifier log when the verifier refused).
+        source: Box<aya::EbpfError>,
+    },
+    /// Loading, attaching or pinning one program failed.
+    #[error("eBPF program {program}: {}", chain(source.as_ref()))]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// The cause.
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A map already pinned under the bpf root has another shape than this
+    /// version's ABI (an upgrade changed it); reusing it would corrupt data.
+    #[error(
+        "map {map} pinned at {} does not match this build's ABI ({detail}); \
+         remove the pin (every attached pod's programs keep their own reference) and retry",
+        path.display()
+    )]
+    IncompatibleMap {
+        /// Map name.
+        map: &'static str,
+        /// Its pin.
+        path: PathBuf,
+        /// Expected versus found.
+        detail: String,
+    },
+    /// The node-wide maps have not been pinned yet.
+    #[error(
+        "map {map} is not pinned at {} ({source}): no pod has been attached on this node yet, \
+         or the bpf root is not the one the CNI plugin uses",
+        path.display()
+    )]
+    MapsNotPinned {
+        /// Map name.
+        map: &'static str,
+        /// Expected pin path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {}", chain(source.as_ref()))]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The cause.
+        source: Box<aya::maps::MapError>,
+    },
+    /// `verify` found the attachment missing or not as expected.
+    #[error("attachment {id}: {problem}")]
+    Unhealthy {
+        /// The attachment id.
+        id: String,
+        /// What is missing or wrong.
+        problem: String,
+    },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line: aya's syscall errors keep the errno
+/// only in their source, and a CNI error message is a single string.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+pub(crate) fn io_err(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { what, path, source }
+}
+
+/// Where weir pins its maps and links: a directory on bpffs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BpfRoot {
+    path: PathBuf,
+}
+
+impl Default for BpfRoot {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT)
+    }
+}
+
+impl BpfRoot {
+    /// The node's bpf root unless configured otherwise.
+    pub const DEFAULT: &'static str = "/sys/fs/bpf/weir";
+
+    /// A bpf root at `path` (not created until something is pinned).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The root directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `<root>/maps`: the node-wide maps, pinned by name.
+    pub fn maps_dir(&self) -> PathBuf {
+        self.path.join("maps")
+    }
+
+    /// `<root>/maps/<name>`.
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    /// `<root>/links`: one directory per attachment.
+    pub fn links_root(&self) -> PathBuf {
+        self.path.join("links")
+    }
+
+    /// `<root>/links/<attachment_id>`; the id must already be sanitized
+    /// (see [`attachment_id`]).
+    pub fn links_dir(&self, attachment_id: &str) -> Result<PathBuf> {
+        validate_attachment_id(attachment_id)?;
+        Ok(self.links_root().join(attachment_id))
+    }
+}
+
+/// Builds the attachment id `<container_id>-<ifname>`, replacing every byte
+/// outside `[A-Za-z0-9_-]` with `_` so it is always one path component that
+/// bpffs accepts (bpffs refuses names containing `.`, e.g. `eth0.100`).
+pub fn attachment_id(container_id: &str, ifname: &str) -> String {
+    let mut id: String = format!("{container_id}-{ifname}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    id.truncate(MAX_ATTACHMENT_ID);
+    id
+}
+
+const MAX_ATTACHMENT_ID: usize = 200;
+
+fn validate_attachment_id(id: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidAttachmentId {
+            id: id.to_owned(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > MAX_ATTACHMENT_ID {
+        return bad("longer than 200 bytes");
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        return bad("only [A-Za-z0-9_-] allowed (bpffs refuses '.'; use weir_ebpf::attachment_id)");
+    }
+    Ok(())
+}
+
+/// CNI STATUS: bpffs is mounted at or above the root, the root is writable,
+/// and the object passes the verifier (loaded, never attached).
+///
+/// Loading creates and pins the node-wide maps if they are not pinned yet,
+/// exactly as the first attach would.
+pub fn probe(root: &BpfRoot) -> Result<()> {
+    check_bpffs(root)?;
+    std::fs::create_dir_all(root.maps_dir()).map_err(io_err("creating", root.maps_dir()))?;
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+        root.path().as_os_str(),
+    ))
+    .map_err(|_| Error::InvalidParams("bpf root path contains NUL".into()))?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(io_err("cannot write to", root.path())(
+            io::Error::last_os_error(),
+        ));
+    }
+    let probe_params = SplitParams {
+        pod_id: 0,
+        wx_ifindex: 1,
+        wi_ifindex: 1,
+    };
+    split::load(root, &probe_params).map(drop)
+}
+
+/// Fails unless the root (or, while it does not exist yet, its nearest
+/// existing ancestor) is on bpffs.
+pub fn check_bpffs(root: &BpfRoot) -> Result<()> {
+    let mut checked = root.path();
+    while !checked.exists() {
+        checked = checked.parent().unwrap_or(Path::new("/"));
+    }
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(checked.as_os_str()))
+        .map_err(|_| Error::InvalidParams("bpf root path contains NUL".into()))?;
+    // SAFETY: statfs is plain data filled by the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io_err("statfs", checked)(io::Error::last_os_error()));
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    let magic = st.f_type as i64;
+    if magic != BPF_FS_MAGIC {
+        return Err(Error::NotBpffs {
+            root: root.path().to_owned(),
+            checked: checked.to_owned(),
+            magic,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachment_ids_are_safe_path_components() {
+        assert_eq!(attachment_id("abc123", "eth0"), "abc123-eth0");
+        assert_eq!(attachment_id("a/b", "net 1"), "a_b-net_1");
+        assert_eq!(attachment_id("..", "eth0.100"), "__-eth0_100");
+        assert!(validate_attachment_id(&attachment_id("..", "")).is_ok());
+        assert!(validate_attachment_id("c-eth0.100").is_err());
+        assert!(validate_attachment_id("..").is_err());
+        assert!(validate_attachment_id("a/b").is_err());
+        assert!(validate_attachment_id("").is_err());
+        assert!(validate_attachment_id(&"x".repeat(201)).is_err());
+        assert_eq!(
+            attachment_id(&"x".repeat(300), "eth0").len(),
+            MAX_ATTACHMENT_ID
+        );
+    }
+
+    #[test]
+    fn layout_of_the_root() {
+        let r = BpfRoot::default();
+        assert_eq!(r.maps_dir(), Path::new("/sys/fs/bpf/weir/maps"));
+        assert_eq!(
+            r.links_dir("c-eth0").unwrap(),
+            Path::new("/sys/fs/bpf/weir/links/c-eth0")
+        );
+        assert!(r.links_dir("../x").is_err());
+    }
+
+    #[test]
+    fn embedded_object_has_the_globals() {
+        let (offs, size) =
+            elf::rodata_offsets(SPLIT_OBJECT, ["POD_ID", "WX_IFINDEX", "WI_IFINDEX"])
+                .expect("globals in .rodata");
+        assert_eq!(size, 12);
+        let mut sorted = offs;
+        sorted.sort();
+        assert_eq!(sorted, [0, 4, 8]);
+    }
+}

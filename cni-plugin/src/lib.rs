@@ -1,0 +1,10 @@
+//! weir's chained CNI plugin as a library: the binary in main.rs is a thin
+//! shell around [`plugin::handle`], and the node agent reads [`state`].
+
+pub mod cni;
+pub mod iface;
+pub mod logging;
+pub mod netns;
+pub mod plugin;
+pub mod split;
+pub mod state;

@@ -1,0 +1,259 @@
+//! The few `bpf(2)` commands aya 0.14 does not expose publicly (link info,
+//! link detach, object lookup by id), issued directly through libc.
+//!
+//! Structures are declared as prefixes of the uapi ones padded with zeros:
+//! the kernel accepts a larger user buffer as long as the tail is zero, and
+//! copies back only what it knows.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// `bpf_link_type` value of TCX links.
+pub(crate) const BPF_LINK_TYPE_TCX: u32 = 11;
+/// `bpf_attach_type` value of TCX ingress.
+pub(crate) const BPF_TCX_INGRESS: u32 = 46;
+
+/// Large enough for any `union bpf_attr` command used here.
+#[repr(C, align(8))]
+struct Attr([u8; 144]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; 144])
+    }
+    fn put_u32(&mut self, off: usize, v: u32) {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn put_u64(&mut self, off: usize, v: u64) {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a valid, writable buffer of the size we pass; the kernel
+    // only reads/writes within it and the user pointers placed inside it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            attr.0.len() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn fd_from(ret: libc::c_long) -> OwnedFd {
+    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+    unsafe { OwnedFd::from_raw_fd(ret as i32) }
+}
+
+/// `BPF_OBJ_GET`: opens a pinned object (map, program or link).
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut attr = Attr::new();
+    attr.put_u64(0, c.as_ptr() as u64);
+    bpf(BPF_OBJ_GET, &mut attr).map(fd_from)
+}
+
+/// `BPF_LINK_DETACH`: detaches a link from its hook even while other
+/// references (pins, fds held elsewhere) keep the link object alive.
+pub(crate) fn link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, fd.as_raw_fd() as u32);
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+fn get_info(fd: BorrowedFd<'_>, buf: &mut [u64]) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, fd.as_raw_fd() as u32);
+    attr.put_u32(4, std::mem::size_of_val(buf) as u32);
+    attr.put_u64(8, buf.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
+}
+
+fn u32_at(buf: &[u64], off: usize) -> u32 {
+    let bytes: &[u8] = bytes_of(buf);
+    u32::from_ne_bytes(bytes[off..off + 4].try_into().expect("4 bytes"))
+}
+
+fn bytes_of(buf: &[u64]) -> &[u8] {
+    // SAFETY: u64 has no padding; viewing its storage as bytes is always valid.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), std::mem::size_of_val(buf)) }
+}
+
+/// What `bpf_link_info` tells about a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// For TCX links: the device, 0 once the device is gone.
+    pub tcx_ifindex: u32,
+    pub tcx_attach_type: u32,
+}
+
+pub(crate) fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    let mut buf = [0u64; 16];
+    get_info(fd, &mut buf)?;
+    Ok(LinkInfo {
+        link_type: u32_at(&buf, 0),
+        id: u32_at(&buf, 4),
+        prog_id: u32_at(&buf, 8),
+        // the union after type/id/prog_id starts at 16 (8-byte aligned)
+        tcx_ifindex: u32_at(&buf, 16),
+        tcx_attach_type: u32_at(&buf, 20),
+    })
+}
+
+/// What `bpf_prog_info` tells about a program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProgInfo {
+    pub id: u32,
+    pub name: String,
+    pub map_ids: Vec<u32>,
+}
+
+pub(crate) fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
+    // first call learns nr_map_ids, second fetches them
+    let mut buf = [0u64; 32];
+    get_info(fd, &mut buf)?;
+    let nr = u32_at(&buf, 52) as usize;
+    let mut ids = vec![0u32; nr];
+    let mut buf = [0u64; 32];
+    {
+        let bytes: &mut [u8] =
+            // SAFETY: as in bytes_of, for a mutable view.
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), 256) };
+        bytes[52..56].copy_from_slice(&(nr as u32).to_ne_bytes());
+        bytes[56..64].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+    }
+    get_info(fd, &mut buf)?;
+    let got = (u32_at(&buf, 52) as usize).min(nr);
+    ids.truncate(got);
+    let raw_name = &bytes_of(&buf)[64..80];
+    let end = raw_name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw_name.len());
+    Ok(ProgInfo {
+        id: u32_at(&buf, 4),
+        name: String::from_utf8_lossy(&raw_name[..end]).into_owned(),
+        map_ids: ids,
+    })
+}
+
+/// What `bpf_map_info` tells about a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MapInfo {
+    pub value_size: u32,
+    pub name: String,
+}
+
+pub(crate) fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
+    let mut buf = [0u64; 16];
+    get_info(fd, &mut buf)?;
+    let raw_name = &bytes_of(&buf)[24..40];
+    let end = raw_name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw_name.len());
+    Ok(MapInfo {
+        value_size: u32_at(&buf, 12),
+        name: String::from_utf8_lossy(&raw_name[..end]).into_owned(),
+    })
+}
+
+pub(crate) fn prog_get_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, id);
+    bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).map(fd_from)
+}
+
+pub(crate) fn map_get_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, id);
+    bpf(BPF_MAP_GET_FD_BY_ID, &mut attr).map(fd_from)
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` into `value`, whose length must be the map's value size.
+pub(crate) fn map_lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, fd.as_raw_fd() as u32);
+    attr.put_u64(8, key.as_ptr() as u64);
+    attr.put_u64(16, value.as_mut_ptr() as u64);
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(|_| ())
+}
+
+/// Kernel version as (major, minor), for choosing TCX before trying it.
+pub(crate) fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    let release: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    let release = String::from_utf8_lossy(&release);
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Name of an interface of the calling thread's netns.
+pub(crate) fn ifname(ifindex: u32) -> io::Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated string into buf.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(s.to_string_lossy().into_owned())
+}
+
+/// All interface indexes of the calling thread's netns.
+pub(crate) fn ifindexes() -> io::Result<Vec<u32>> {
+    // SAFETY: plain libc call; the result is freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut p = list;
+    // SAFETY: the array ends with an entry whose index is 0 and name is NULL.
+    unsafe {
+        while (*p).if_index != 0 {
+            out.push((*p).if_index);
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    Ok(out)
+}

@@ -1,0 +1,463 @@
+//! Shared by the integration tests: privilege checks that fail loudly, a
+//! throw-away bpf root, BPF_PROG_TEST_RUN, packet builders and netns helpers.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    ffi::CString,
+    fs,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use weir_ebpf::{BPF_FS_MAGIC, BpfRoot};
+
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// These tests load eBPF and make network namespaces: without root and bpffs
+/// they cannot say anything, and passing silently would hide that.
+pub fn require_privileges() {
+    // SAFETY: plain getter.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "weir-ebpf integration tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns); running as uid {euid}"
+    );
+    let c = CString::new("/sys/fs/bpf").unwrap();
+    // SAFETY: statfs is plain data filled by the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    assert!(
+        rc == 0 && magic == BPF_FS_MAGIC,
+        "bpffs is not mounted at /sys/fs/bpf (statfs rc {rc}, magic {magic:#x}); run `mount -t bpf bpf /sys/fs/bpf`"
+    );
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A bpf root of its own under /sys/fs/bpf, removed with everything pinned
+/// in it when dropped, so tests never share maps or see each other's stats.
+pub struct TestRoot {
+    pub root: BpfRoot,
+}
+
+impl TestRoot {
+    pub fn new(tag: &str) -> Self {
+        require_privileges();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/weir-test-{}-{tag}-{n}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&path);
+        Self {
+            root: BpfRoot::new(path),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.root.path());
+    }
+}
+
+/// The prefix of `struct __sk_buff` that BPF_PROG_TEST_RUN accepts as input
+/// context; everything else must be zero.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SkBuffCtx(pub [u8; 192]);
+
+impl SkBuffCtx {
+    pub fn gso(segs: u32, size: u32) -> Self {
+        let mut c = Self([0; 192]);
+        c.0[164..168].copy_from_slice(&segs.to_ne_bytes()); // gso_segs
+        c.0[176..180].copy_from_slice(&size.to_ne_bytes()); // gso_size
+        c
+    }
+}
+
+/// Runs a tc program once on `data` and returns its verdict.
+pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: Option<&SkBuffCtx>) -> u32 {
+    // union bpf_attr, `test` member
+    let mut attr = [0u64; 18];
+    let a = attr.as_mut_ptr().cast::<u8>();
+    let put32 = |off: usize, v: u32| unsafe { a.add(off).cast::<u32>().write_unaligned(v) };
+    let put64 = |off: usize, v: u64| unsafe { a.add(off).cast::<u64>().write_unaligned(v) };
+    put32(0, prog.as_raw_fd() as u32); // prog_fd
+    put32(8, data.len() as u32); // data_size_in
+    put64(16, data.as_ptr() as u64); // data_in
+    put32(32, 1); // repeat
+    if let Some(ctx) = ctx {
+        put32(40, std::mem::size_of::<SkBuffCtx>() as u32); // ctx_size_in
+        put64(48, ctx.0.as_ptr() as u64); // ctx_in
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // SAFETY: attr is a valid bpf_attr; the data/ctx pointers outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr.as_mut_ptr(), 144u32) };
+    assert!(
+        rc == 0,
+        "BPF_PROG_TEST_RUN failed: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: retval is the u32 at offset 4, written by the kernel.
+    unsafe { a.add(4).cast::<u32>().read_unaligned() }
+}
+
+pub fn prog_fd(p: &aya::programs::SchedClassifier) -> BorrowedFd<'_> {
+    p.fd().expect("program loaded").as_fd()
+}
+
+// ---- packet builders (checksums are irrelevant to the parser) ----
+
+pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+pub fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&POD_MAC);
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+pub fn eth_vlan(vid: u16, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&POD_MAC);
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&0x8100u16.to_be_bytes());
+    f.extend_from_slice(&vid.to_be_bytes());
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// IPv4 header with `options` (a multiple of 4 bytes) and a fragment offset in 8-byte units.
+pub fn ipv4(
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    options: &[u8],
+    frag_offset: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    assert!(options.len().is_multiple_of(4));
+    let ihl = (20 + options.len()) / 4;
+    let total = 20 + options.len() + payload.len();
+    let mut h = vec![
+        0x40 | ihl as u8,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0x12,
+        0x34,
+        (frag_offset >> 8) as u8 & 0x1f,
+        frag_offset as u8,
+        64,
+        proto,
+        0,
+        0,
+    ];
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(options);
+    h.extend_from_slice(payload);
+    h
+}
+
+pub fn ipv6(next: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.push(next);
+    h.push(64);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// TCP header with `opt_words` 32-bit words of options (NOPs), then payload.
+pub fn tcp(sport: u16, dport: u16, flags: u8, opt_words: usize, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&1u32.to_be_bytes());
+    h.extend_from_slice(&0u32.to_be_bytes());
+    h.push(((5 + opt_words) as u8) << 4);
+    h.push(flags);
+    h.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    h.extend(std::iter::repeat_n(1u8, opt_words * 4));
+    h.extend_from_slice(payload);
+    h
+}
+
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+pub fn icmp(ty: u8, code: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![ty, code, 0, 0, 0, 1, 0, 1];
+    h.extend_from_slice(payload);
+    h
+}
+
+pub fn arp_request() -> Vec<u8> {
+    let mut a = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    a.extend_from_slice(&PEER_MAC);
+    a.extend_from_slice(&[192, 0, 2, 1]);
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&[192, 0, 2, 2]);
+    eth(0x0806, &a)
+}
+
+// ---- network namespaces ----
+
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn output(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named netns (`ip netns add`), deleted when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        require_privileges();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("weirt-{}-{tag}-{n}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run("ip", &["netns", "add", &name]);
+        Self { name }
+    }
+
+    /// `ip -n <ns> <args>`
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// Runs `f` on a fresh thread that has entered this netns, as the CNI
+    /// plugin does (setns is per thread).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: valid netns fd; only this thread changes namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("netns thread panicked")
+        })
+    }
+
+    pub fn ifindex(&self, ifname: &str) -> u32 {
+        let name = ifname.to_owned();
+        self.enter(move || {
+            let c = CString::new(name.as_str()).unwrap();
+            // SAFETY: valid C string.
+            let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            assert!(
+                i != 0,
+                "no interface {name}: {}",
+                std::io::Error::last_os_error()
+            );
+            i
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+// ---- a pod behind a split, as the CNI plugin leaves it ----
+
+pub const HOST_IP: &str = "192.0.2.1";
+pub const POD_IP: &str = "192.0.2.2";
+pub const POD_PORT: u16 = 7777;
+
+/// Two namespaces: "host" with `hveth`, whose veth peer `wx-eth0` sits in
+/// "pod" next to the new pair `eth0` <-> `wi-eth0`. Without a split nothing
+/// connects `wx-eth0` to `eth0`, so any traffic between host and pod proves
+/// the programs forward it.
+pub struct Topology {
+    pub host: Netns,
+    pub pod: Netns,
+}
+
+impl Topology {
+    pub fn new(tag: &str) -> Self {
+        let host = Netns::new(&format!("{tag}h"));
+        let pod = Netns::new(&format!("{tag}p"));
+        pod.ip(&[
+            "link", "add", "wx-eth0", "type", "veth", "peer", "name", "hveth", "netns", &host.name,
+        ]);
+        pod.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "wi-eth0",
+        ]);
+        for dev in ["lo", "wx-eth0", "wi-eth0", "eth0"] {
+            pod.ip(&["link", "set", dev, "up"]);
+        }
+        pod.ip(&["addr", "add", &format!("{POD_IP}/24"), "dev", "eth0"]);
+        host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "hveth"]);
+        host.ip(&["link", "set", "hveth", "up"]);
+        host.ip(&["link", "set", "lo", "up"]);
+        Self { host, pod }
+    }
+
+    /// Adds a second pod interface `<ifname>` split the same way (a pod with
+    /// several networks), its outer side peered to `h<ifname>` on the host.
+    pub fn add_interface(&self, ifname: &str) {
+        let wx = format!("wx-{ifname}");
+        let wi = format!("wi-{ifname}");
+        let h = format!("h{ifname}");
+        self.pod.ip(&[
+            "link",
+            "add",
+            &wx,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &h,
+            "netns",
+            &self.host.name,
+        ]);
+        self.pod
+            .ip(&["link", "add", ifname, "type", "veth", "peer", "name", &wi]);
+        for dev in [wx.as_str(), wi.as_str(), ifname] {
+            self.pod.ip(&["link", "set", dev, "up"]);
+        }
+        self.host.ip(&["link", "set", &h, "up"]);
+    }
+
+    pub fn params(&self, pod_id: u32, ifname: &str) -> weir_ebpf::SplitParams {
+        weir_ebpf::SplitParams {
+            pod_id,
+            wx_ifindex: self.pod.ifindex(&format!("wx-{ifname}")),
+            wi_ifindex: self.pod.ifindex(&format!("wi-{ifname}")),
+        }
+    }
+
+    /// Sends `n` datagrams of `len` bytes host -> pod and answers each with
+    /// `reply_len` bytes pod -> host. Returns how many round trips completed.
+    pub fn udp_exchange(&self, n: usize, len: usize, reply_len: usize) -> usize {
+        use std::{net::UdpSocket, time::Duration};
+        let pod_sock = self
+            .pod
+            .enter(|| UdpSocket::bind((POD_IP, POD_PORT)).expect("bind in pod"));
+        let host_sock = self
+            .host
+            .enter(|| UdpSocket::bind((HOST_IP, 0)).expect("bind in host"));
+        let timeout = Some(Duration::from_millis(700));
+        pod_sock.set_read_timeout(timeout).unwrap();
+        host_sock.set_read_timeout(timeout).unwrap();
+        let mut done = 0;
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..n {
+            host_sock
+                .send_to(&vec![0x42; len], (POD_IP, POD_PORT))
+                .unwrap();
+            let Ok((got, from)) = pod_sock.recv_from(&mut buf) else {
+                continue;
+            };
+            assert_eq!(got, len);
+            pod_sock.send_to(&vec![0x24; reply_len], from).unwrap();
+            if let Ok((got, _)) = host_sock.recv_from(&mut buf) {
+                assert_eq!(got, reply_len);
+                done += 1;
+            }
+        }
+        if done < n {
+            // a failed exchange leaves datagrams queued behind unresolved
+            // neighbours; they would leak into the next exchange's counts
+            self.host.ip(&["neigh", "flush", "all"]);
+            self.pod.ip(&["neigh", "flush", "all"]);
+        }
+        done
+    }
+}
+
+/// Names of the programs attached with TCX to `ifname` ingress in `ns`.
+pub fn tcx_programs(ns: &Netns, ifname: &str) -> Vec<String> {
+    let ifname = ifname.to_owned();
+    ns.enter(move || {
+        let (_, progs) = aya::programs::SchedClassifier::query_tcx(
+            &ifname,
+            aya::programs::TcAttachType::Ingress,
+        )
+        .expect("query tcx");
+        progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect()
+    })
+}
+
+/// `tc filter show dev <ifname> ingress` in `ns`.
+pub fn tc_filters(ns: &Netns, ifname: &str) -> String {
+    output(
+        "tc",
+        &["-n", &ns.name, "filter", "show", "dev", ifname, "ingress"],
+    )
+}
+
+/// Polls `cond` for up to two seconds: releasing a link through its last
+/// pin is done by a kernel work item, not synchronously.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..40 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("not within 2s: {what}");
+}
