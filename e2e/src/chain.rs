@@ -84,6 +84,7 @@ impl Node {
         let _ = fs::remove_dir_all(&bpf_root);
         let plugin_dir = work_dir.join("bin");
         fs::create_dir_all(&plugin_dir)?;
+        let weir = weir.canonicalize().with_context(|| format!("plugin binary {}", weir.display()))?;
         std::os::unix::fs::symlink(weir, plugin_dir.join("weir"))?;
         let node = Self {
             ns,
