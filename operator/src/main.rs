@@ -41,6 +41,12 @@ enum AgentCommand {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         output: Format,
+        /// Only flows of this pod (`namespace/name`); repeatable.
+        #[arg(long)]
+        pod: Vec<String>,
+        /// Only flows of this protocol (tcp, udp, icmp, icmpv6, ...); repeatable.
+        #[arg(long)]
+        protocol: Vec<String>,
     },
     /// Start or stop counting for one local pod (`namespace/name` or a
     /// container id): what a CaptureProfile selecting it does.
@@ -68,8 +74,9 @@ enum Mode {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Agent { command } => match command {
-            AgentCommand::Dump { paths, output } => {
-                let view = node_flows::read(&paths.state_dir, &paths.bpf_root)?;
+            AgentCommand::Dump { paths, output, pod, protocol } => {
+                let mut view = node_flows::read(&paths.state_dir, &paths.bpf_root)?;
+                view.flows.retain(|f| node_flows::matches(f, &pod, &protocol));
                 match output {
                     Format::Table => {
                         print!("{}", node_flows::render_table(&view.flows, node_flows::boot_time_ns()));

@@ -74,6 +74,15 @@ pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
     Ok(NodeView { flows, stats })
 }
 
+/// Whether `flow` passes the filters; an empty filter passes everything.
+/// Protocols compare by name, case-insensitively ("icmp" does not match
+/// "ICMPv6").
+pub fn matches(flow: &NodeFlow, pods: &[String], protocols: &[String]) -> bool {
+    let proto = flow.protocol.split(' ').next().unwrap_or_default();
+    (pods.is_empty() || pods.iter().any(|p| *p == flow.pod))
+        && (protocols.is_empty() || protocols.iter().any(|p| p.eq_ignore_ascii_case(proto)))
+}
+
 /// Turns counting on or off for one pod (`namespace/name`, or a container id)
 /// on this node — what a CaptureProfile does through the agent.
 pub fn set_mode(state_dir: &Path, bpf_root: &Path, pod: &str, mode: PodMode) -> Result<Vec<u32>> {
@@ -246,6 +255,20 @@ mod tests {
         let f = describe(&key, &counters, None);
         assert_eq!(f.protocol, "ICMP 8/0");
         assert_eq!(f.destination, "10.244.0.3");
+    }
+
+    #[test]
+    fn filters_by_pod_and_protocol_name() {
+        let (key, counters) = flow(7, Direction::FromPod, 1);
+        let icmp = describe(&key, &counters, None);
+        let (key, counters) = flow(7, Direction::FromPod, 58);
+        let icmp6 = describe(&key, &counters, None);
+        let icmp_only = ["icmp".to_string()];
+        assert!(matches(&icmp, &[], &icmp_only));
+        assert!(!matches(&icmp6, &[], &icmp_only));
+        assert!(matches(&icmp6, &[], &[]));
+        assert!(!matches(&icmp, &["shop/cart".to_string()], &[]));
+        assert!(matches(&icmp, &["pod-id:7".to_string()], &["ICMP".to_string()]));
     }
 
     #[test]

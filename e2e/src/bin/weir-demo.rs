@@ -53,9 +53,10 @@ fn main() -> Result<()> {
     traffic::udp_echo(&cart.ns, &db.ns, db.ip, 5432, 200, 512)?;
     println!("  cart     -> db     UDP 5432, 200 x 512 B echoed");
 
-    step("the flows weir counted on this node (weir-operator agent dump)");
-    let table = operator_cmd(&operator, &node, &["dump"])?;
+    step("the flows weir counted on this node (weir-operator agent dump --protocol tcp --protocol udp --protocol icmp)");
+    let table = operator_cmd(&operator, &node, &["dump", "--protocol", "tcp", "--protocol", "udp", "--protocol", "icmp"])?;
     print!("{table}");
+    println!("  (the kernel's own IPv6 neighbour discovery and MLD are counted too: drop the --protocol filters to see them)");
 
     step("clean up: CNI DEL restores each pod's own eth0, then the namespaces go");
     for pod in &pods {
