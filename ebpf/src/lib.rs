@@ -27,8 +27,12 @@ pub mod maps;
 mod netlink;
 pub mod split;
 mod sys;
+pub mod vxlan;
+pub mod vxlan_abi;
+pub mod vxlan_discovery;
 
 pub use split::{AttachMode, SplitParams};
+pub use vxlan::VxlanParams;
 
 /// The compiled `c/split.bpf.c`: both split programs and the node-wide maps.
 pub static SPLIT_OBJECT: &[u8] =
@@ -121,6 +125,20 @@ pub enum Error {
         path.display()
     )]
     MapsNotPinned {
+        /// Map name.
+        map: &'static str,
+        /// Expected pin path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The VXLAN monitor's maps have not been pinned yet.
+    #[error(
+        "map {map} is not pinned at {} ({source}): the VXLAN monitor has not been loaded on this \
+         node yet, or the bpf root is not the one the agent uses",
+        path.display()
+    )]
+    VxlanMonitorNotLoaded {
         /// Map name.
         map: &'static str,
         /// Expected pin path.

@@ -1,5 +1,7 @@
-//! weir's operator: the node agent's local view of what the CNI plugin's
-//! programs counted. The cluster controller and CRD types join here as the
-//! operator grows.
+//! weir's operator: the CRD types (`crd`), and the node agent's local view
+//! of what the CNI plugin's programs counted (`node_flows`). The cluster
+//! controller joins here as the operator grows.
 
+pub mod agent;
+pub mod crd;
 pub mod node_flows;

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# make bench: what weir costs on this host, measured in one run with the
+# variants alternating (e2e/src/bin/weir-bench.rs does the measuring).
+#   - TCP throughput between two pods on one bridge: unsplit vs split by weir
+#     (pass-through and counting),
+#   - request/response round trips (sockperf ping-pong, UDP and TCP): p50, p99,
+#   - ADD time of the whole CNI chain via cnitool, with weir vs without,
+#   - the eBPF loader's phases inside one ADD (bench/loader-probe).
+# Raw numbers: bench/results/*.raw; the summary table: stdout (and
+# bench/results/summary.raw). Takes about 5 minutes.
+#
+# Knobs (environment): WEIR_BENCH_ROUNDS (10), WEIR_BENCH_TCP_SECS (3),
+# WEIR_BENCH_RTT_SECS (2), WEIR_BENCH_ADDS (60), WEIR_BENCH_LOADER_SAMPLES (20).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/env.sh
+
+# Namespaces, pins and work dirs the bench makes (weir-bench removes them
+# itself; this also covers a run that was killed).
+NETNS_RE='^(wbs|wbu)-'
+cleanup() {
+  local ns pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "$NETNS_RE" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf /sys/fs/bpf/weir-bench "${TMPDIR:-/tmp}"/weir-test-wbs "${TMPDIR:-/tmp}"/weir-test-wbu
+}
+
+bash scripts/check-host.sh
+for tool in iperf3 sockperf; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool not found; run scripts/bootstrap.sh" >&2; exit 1; }
+done
+[[ -r /sys/kernel/btf/vmlinux ]] || { echo "bench: /sys/kernel/btf/vmlinux missing: the kernel has no BTF (weir's loader reads it)" >&2; exit 1; }
+
+cargo build --release --locked -p weir-cni -p weir-e2e --bins
+# The loader probe is its own small workspace (it needs aya directly).
+cargo build --release --manifest-path bench/loader-probe/Cargo.toml --target-dir target/bench
+
+cleanup
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkdir -p bench/results
+target/release/weir-bench target/release/weir bench/results target/bench/release/weir-loader-probe

@@ -1,0 +1,480 @@
+//! `make bench` (via bench/run.sh): what weir costs, measured in one run with
+//! the variants alternating round by round, so drift and noise on the host hit
+//! every variant alike.
+//!
+//! Two nodes (network namespaces with the reference bridge + host-local
+//! chain), one of them with `weir` at the end of its chain; two pods on each.
+//! - TCP throughput (iperf3) pod to pod over the node's bridge: unsplit vs
+//!   split in pass-through mode vs split with counting on.
+//! - Request/response round-trip time (sockperf ping-pong, UDP and TCP),
+//!   same three variants: p50 and p99.
+//! - ADD time of the whole chain through cnitool, with weir vs without, each
+//!   ADD into a fresh pod namespace (DEL afterwards, not timed).
+//! - Optionally, what the eBPF loader inside one ADD costs, phase by phase
+//!   (bench/loader-probe, each sample a fresh process like a real ADD).
+//!
+//! Raw numbers go to the results directory as `*.raw`; the summary table
+//! goes to stdout. Everything made here is removed on the way out.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use weir_e2e::chain::{ChainSpec, Node};
+use weir_e2e::host;
+use weir_e2e::netns::{self, Netns};
+use weir_ebpf::BpfRoot;
+use weir_ebpf::abi::PodMode;
+use weir_ebpf::maps::NodeMaps;
+
+/// The bench's own bpf root, apart from the node's and the tests' roots.
+const BPF_ROOT: &str = "/sys/fs/bpf/weir-bench";
+const IPERF_PORT: &str = "5201";
+const SOCKPERF_UDP_PORT: &str = "11111";
+const SOCKPERF_TCP_PORT: &str = "11112";
+
+// Targets of the issue.
+const MIN_THROUGHPUT_RATIO: f64 = 0.97;
+const MAX_ADDED_RTT_P50_US: f64 = 3.0;
+const MAX_ADDED_ADD_P50_MS: f64 = 10.0;
+const MAX_ADDED_ADD_P99_MS: f64 = 25.0;
+
+struct Settings {
+    rounds: usize,
+    tcp_secs: u32,
+    rtt_secs: u32,
+    adds: usize,
+    loader_samples: usize,
+    weir: PathBuf,
+    results: PathBuf,
+    loader_probe: Option<PathBuf>,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self> {
+        let usage = "usage: weir-bench <weir binary> <results dir> [<loader-probe binary>]";
+        let mut args = std::env::args_os().skip(1);
+        let weir = PathBuf::from(args.next().context(usage)?);
+        let results = PathBuf::from(args.next().context(usage)?);
+        let loader_probe = args.next().map(PathBuf::from);
+        let num = |name: &str, default: usize| -> Result<usize> {
+            match std::env::var(name) {
+                Ok(v) => v.parse().with_context(|| format!("{name}={v:?} is not a number")),
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(Self {
+            rounds: num("WEIR_BENCH_ROUNDS", 10)?.max(1),
+            tcp_secs: num("WEIR_BENCH_TCP_SECS", 3)?.max(1) as u32,
+            rtt_secs: num("WEIR_BENCH_RTT_SECS", 2)?.max(1) as u32,
+            adds: num("WEIR_BENCH_ADDS", 60)?.max(2),
+            loader_samples: num("WEIR_BENCH_LOADER_SAMPLES", 20)?.max(1),
+            weir,
+            results,
+            loader_probe,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    /// A chain without weir: the pod's own veth on the bridge.
+    Unsplit,
+    /// Split by weir, pods in pass-through mode.
+    Pass,
+    /// Split by weir, pods counted (PodMode::Count).
+    Count,
+}
+
+impl Variant {
+    const ALL: [Variant; 3] = [Variant::Unsplit, Variant::Pass, Variant::Count];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Unsplit => "unsplit",
+            Variant::Pass => "split-pass",
+            Variant::Count => "split-count",
+        }
+    }
+}
+
+/// Round `r` runs the variants rotated by `r`, so none is always first.
+fn rotation<T: Copy>(items: &[T], r: usize) -> Vec<T> {
+    (0..items.len()).map(|i| items[(i + r) % items.len()]).collect()
+}
+
+/// A server process we started; killed (by its pid) and reaped on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(ns: &Netns, argv: &[&str]) -> Result<Daemon> {
+    // nsenter execs the server itself, so the child's pid is the server's.
+    let child = ns
+        .command(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {argv:?} in {}", ns.name()))?;
+    Ok(Daemon(child))
+}
+
+struct Pair {
+    client: Netns,
+    server: Netns,
+    server_ip: IpAddr,
+    pod_ids: Vec<u32>,
+}
+
+/// The two nodes and a client/server pod pair on each. Field order is drop
+/// order: servers first, then pods, then nodes.
+struct Bed {
+    _servers: Vec<Daemon>,
+    unsplit: Pair,
+    split: Pair,
+    split_node: Node,
+    unsplit_node: Node,
+}
+
+impl Bed {
+    fn pair(&self, v: Variant) -> &Pair {
+        if v == Variant::Unsplit { &self.unsplit } else { &self.split }
+    }
+
+    fn maps(&self) -> Result<NodeMaps> {
+        Ok(NodeMaps::open(&BpfRoot::new(&self.split_node.bpf_root))?)
+    }
+
+    /// Puts both split pods into the variant's mode (no-op for unsplit).
+    fn set_mode(&self, v: Variant) -> Result<()> {
+        let mode = match v {
+            Variant::Unsplit => return Ok(()),
+            Variant::Pass => PodMode::PassThrough,
+            Variant::Count => PodMode::Count,
+        };
+        let mut maps = self.maps()?;
+        for id in &self.split.pod_ids {
+            maps.set_pod_mode(*id, mode)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `work` for variant `v` and checks that the split data path did
+    /// what the variant says: passed through, or redirected and counted.
+    fn measured<T>(&self, v: Variant, work: impl FnOnce(&Pair) -> Result<T>) -> Result<T> {
+        self.set_mode(v)?;
+        let before = self.maps()?.stats()?;
+        let out = work(self.pair(v))?;
+        let after = self.maps()?.stats()?;
+        let (redirects, passed) = (after.redirects - before.redirects, after.passthrough_packets - before.passthrough_packets);
+        // (the idle split pods' own chatter, e.g. IPv6 router solicitations,
+        // is redirected too, whatever runs: hence thresholds, not zero)
+        match v {
+            Variant::Pass if passed < 100 => bail!("pass-through run: only {passed} frames passed through weir"),
+            Variant::Count if redirects < 100 || passed != 0 => bail!("counting run: {redirects} redirects, {passed} not counted"),
+            _ => Ok(out),
+        }
+    }
+}
+
+fn node(tag: &str, subnet: &str, with_weir: bool, weir: &Path) -> Result<(Node, ChainSpec)> {
+    let mut spec = ChainSpec::new("1.1.0", subnet);
+    spec.with_weir = with_weir;
+    // The plugin's default log level, as in production (the harness uses debug).
+    spec.weir_options = json!({ "logLevel": "info" });
+    let mut node = Node::new(tag, &spec, weir)?;
+    node.bpf_root = PathBuf::from(BPF_ROOT);
+    node.write_conflist(&spec)?;
+    Ok((node, spec))
+}
+
+/// weir's pod id for the pod in `ns`, from its node state record.
+fn pod_id(node: &Node, ns: &Netns) -> Result<u32> {
+    let dir = node.state_dir.join("networks").join(&node.network);
+    let want = ns.path().display().to_string();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let record: Value = serde_json::from_slice(&fs::read(entry?.path())?)?;
+        if record["netns"] == want.as_str() {
+            return record["podId"].as_u64().map(|id| id as u32).context("record without podId");
+        }
+    }
+    bail!("no weir state record for {want}")
+}
+
+fn pair(node: &Node, tag: &str, split: bool) -> Result<Pair> {
+    let mut pods = Vec::new();
+    for name in ["client", "server"] {
+        let ns = Netns::create(&format!("{tag}-{name}"))?;
+        let result = node.add(&ns, "eth0", "bench", name)?.ok()?.json()?;
+        let ip = Node::pod_ipv4(&result)?;
+        let id = if split { Some(pod_id(node, &ns)?) } else { None };
+        pods.push((ns, ip, id));
+    }
+    let (server, server_ip, server_id) = pods.pop().context("server")?;
+    let (client, _, client_id) = pods.pop().context("client")?;
+    Ok(Pair { client, server, server_ip, pod_ids: [client_id, server_id].into_iter().flatten().collect() })
+}
+
+fn setup(s: &Settings) -> Result<Bed> {
+    let (split_node, _) = node("wbs", "10.245.1.0/24", true, &s.weir)?;
+    let (unsplit_node, _) = node("wbu", "10.245.2.0/24", false, &s.weir)?;
+    let split = pair(&split_node, "wbs", true)?;
+    let unsplit = pair(&unsplit_node, "wbu", false)?;
+    if split.client.links()?.iter().filter(|l| l.starts_with("w")).count() != 2 {
+        bail!("the weir pod is not split: {:?}", split.client.links()?);
+    }
+    let mut servers = Vec::new();
+    for p in [&split, &unsplit] {
+        servers.push(daemon(&p.server, &["iperf3", "-s", "-p", IPERF_PORT])?);
+        servers.push(daemon(&p.server, &["sockperf", "server", "-i", "0.0.0.0", "-p", SOCKPERF_UDP_PORT])?);
+        servers.push(daemon(&p.server, &["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", SOCKPERF_TCP_PORT])?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, d) in servers.iter_mut().enumerate() {
+        if let Some(status) = d.0.try_wait()? {
+            bail!("benchmark server {i} exited at once ({status})");
+        }
+    }
+    Ok(Bed { _servers: servers, unsplit, split, split_node, unsplit_node })
+}
+
+// --- measurements -----------------------------------------------------------
+
+/// Gbit/s the server received, and the sender's retransmissions.
+fn iperf(p: &Pair, secs: u32) -> Result<(f64, u64)> {
+    let ip = p.server_ip.to_string();
+    let secs = secs.to_string();
+    let out = netns::run(&mut p.client.command(&["iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J"]))?;
+    let j: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("no throughput in {j}"))?;
+    Ok((bps / 1e9, j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
+}
+
+/// Round-trip p50 and p99 in µs, as sockperf reports them.
+fn sockperf(p: &Pair, tcp: bool, secs: u32) -> Result<(f64, f64)> {
+    let ip = p.server_ip.to_string();
+    let secs = secs.to_string();
+    let port = if tcp { SOCKPERF_TCP_PORT } else { SOCKPERF_UDP_PORT };
+    let mut argv = vec!["sockperf", "ping-pong", "-i", &ip, "-p", port, "-t", &secs, "--full-rtt"];
+    if tcp {
+        argv.push("--tcp");
+    }
+    let out = netns::run(&mut p.client.command(&argv))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let pct = |which: &str| -> Result<f64> {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("percentile {which} =")))
+            .with_context(|| format!("no percentile {which} in sockperf output:\n{text}"))?;
+        Ok(line.rsplit('=').next().unwrap_or("").trim().parse()?)
+    };
+    Ok((pct("50.000")?, pct("99.000")?))
+}
+
+/// Milliseconds of one ADD of the node's whole chain into a fresh pod netns;
+/// DEL and the namespace's removal are not timed.
+fn timed_add(node: &Node, tag: &str, i: usize) -> Result<f64> {
+    let ns = Netns::create(&format!("{tag}-add{i}"))?;
+    let start = Instant::now();
+    let call = node.add(&ns, "eth0", "bench", &format!("add{i}"))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    call.ok().with_context(|| format!("ADD {i} on {}", node.network))?;
+    node.del(&ns.path(), "eth0")?.ok()?;
+    Ok(ms)
+}
+
+// --- statistics and output --------------------------------------------------
+
+/// Nearest-rank percentile, `q` in 0..=100.
+fn pct(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+fn med(values: &[f64]) -> f64 {
+    pct(values, 50.0)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "FAIL" }
+}
+
+struct Raw {
+    dir: PathBuf,
+}
+
+impl Raw {
+    fn write(&self, name: &str, header: &str, lines: &[String]) -> Result<()> {
+        let path = self.dir.join(name);
+        fs::write(&path, format!("# {header}\n{}\n", lines.join("\n"))).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn main() -> Result<()> {
+    let s = Settings::from_env()?;
+    host::require_privileged_host();
+    let missing: Vec<&str> = ["iperf3", "sockperf"].into_iter().filter(|c| host::which(c).is_none()).collect();
+    if !missing.is_empty() {
+        bail!("missing {} (run scripts/bootstrap.sh)", missing.join(", "));
+    }
+    if !s.weir.is_file() {
+        bail!("{} is missing; build it first (`make bench` does)", s.weir.display());
+    }
+    fs::create_dir_all(&s.results)?;
+    let raw = Raw { dir: s.results.clone() };
+    let loadavg = || fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ");
+    let load_before = loadavg();
+    eprintln!("weir-bench: {} rounds; TCP {} s, RTT {} s per run; {} ADDs per chain; load average {load_before}", s.rounds, s.tcp_secs, s.rtt_secs, s.adds);
+
+    let bed = setup(&s)?;
+
+    // 1. TCP throughput.
+    let mut tput: [Vec<f64>; 3] = Default::default();
+    let mut lines = Vec::new();
+    for r in 0..s.rounds {
+        for v in rotation(&Variant::ALL, r) {
+            let (gbps, retrans) = bed.measured(v, |p| iperf(p, s.tcp_secs))?;
+            tput[v as usize].push(gbps);
+            lines.push(format!("{r} {} {gbps:.3} {retrans}", v.name()));
+        }
+        eprintln!("weir-bench: throughput round {}/{} done", r + 1, s.rounds);
+    }
+    raw.write("throughput.raw", "round variant gbit_per_s retransmits (iperf3, one TCP stream)", &lines)?;
+
+    // 2. Round-trip latency, UDP and TCP.
+    let mut rtt: [[(Vec<f64>, Vec<f64>); 3]; 2] = Default::default();
+    let mut lines = Vec::new();
+    for r in 0..s.rounds {
+        for (proto, tcp) in [("udp", false), ("tcp", true)] {
+            for v in rotation(&Variant::ALL, r) {
+                let (p50, p99) = bed.measured(v, |p| sockperf(p, tcp, s.rtt_secs))?;
+                let slot = &mut rtt[tcp as usize][v as usize];
+                slot.0.push(p50);
+                slot.1.push(p99);
+                lines.push(format!("{r} {proto} {} {p50:.3} {p99:.3}", v.name()));
+            }
+        }
+        eprintln!("weir-bench: latency round {}/{} done", r + 1, s.rounds);
+    }
+    raw.write("latency.raw", "round proto variant rtt_p50_us rtt_p99_us (sockperf ping-pong --full-rtt)", &lines)?;
+    let flows = bed.maps()?.live_flow_count()?;
+    if flows == 0 {
+        bail!("counting rounds left no flows in weir_flows: counting was not in effect");
+    }
+    bed.set_mode(Variant::Pass)?;
+
+    // 3. ADD time of the whole chain.
+    let mut adds: [Vec<f64>; 2] = Default::default();
+    let mut lines = Vec::new();
+    let nodes = [("without-weir", &bed.unsplit_node, "wbu"), ("with-weir", &bed.split_node, "wbs")];
+    for i in 0..s.adds {
+        for k in rotation(&[0, 1], i) {
+            let (name, node, tag) = nodes[k];
+            let ms = timed_add(node, tag, i)?;
+            adds[k].push(ms);
+            lines.push(format!("{i} {name} {ms:.3}"));
+        }
+    }
+    raw.write("add.raw", "i chain add_ms (cnitool ADD of bridge+host-local[+weir], fresh netns)", &lines)?;
+    eprintln!("weir-bench: {} ADDs done", 2 * s.adds);
+
+    // 4. The eBPF loader inside one ADD, phase by phase.
+    let loader = match &s.loader_probe {
+        Some(probe) => Some(loader_phases(probe, s.loader_samples, &raw)?),
+        None => None,
+    };
+    drop(bed);
+
+    // --- summary ------------------------------------------------------------
+    let mut out = String::new();
+    let uname = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    writeln!(out, "weir bench: kernel {uname}, {cpus} CPUs, load average {load_before} before, {} after", loadavg())?;
+    writeln!(out, "medians over {} alternating rounds (TCP {} s, RTT {} s each); ADD over {} alternating ADDs per chain\n", s.rounds, s.tcp_secs, s.rtt_secs, s.adds)?;
+    writeln!(out, "| measure | unsplit | split pass-through | split counting | weir's cost (counting; pass-through) | target | result |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---|---|")?;
+    let t: Vec<f64> = tput.iter().map(|v| med(v)).collect();
+    let (rp, rc) = (t[1] / t[0], t[2] / t[0]);
+    writeln!(
+        out,
+        "| TCP throughput, Gbit/s | {:.2} | {:.2} | {:.2} | ratio {rc:.3}; {rp:.3} | ratio >= {MIN_THROUGHPUT_RATIO} | {} |",
+        t[0], t[1], t[2], verdict(rc >= MIN_THROUGHPUT_RATIO && rp >= MIN_THROUGHPUT_RATIO)
+    )?;
+    for (proto, per) in ["UDP", "TCP"].iter().zip(&rtt) {
+        let p50: Vec<f64> = per.iter().map(|(a, _)| med(a)).collect();
+        let p99: Vec<f64> = per.iter().map(|(_, b)| med(b)).collect();
+        let (ac, ap) = (p50[2] - p50[0], p50[1] - p50[0]);
+        writeln!(
+            out,
+            "| {proto} round trip p50, µs | {:.2} | {:.2} | {:.2} | +{ac:.2}; +{ap:.2} µs | <= +{MAX_ADDED_RTT_P50_US} µs | {} |",
+            p50[0], p50[1], p50[2], verdict(ac <= MAX_ADDED_RTT_P50_US && ap <= MAX_ADDED_RTT_P50_US)
+        )?;
+        writeln!(
+            out,
+            "| {proto} round trip p99, µs | {:.2} | {:.2} | {:.2} | +{:.2}; +{:.2} µs | (reported) | |",
+            p99[0], p99[1], p99[2], p99[2] - p99[0], p99[1] - p99[0]
+        )?;
+    }
+    for (q, target) in [(50.0, MAX_ADDED_ADD_P50_MS), (99.0, MAX_ADDED_ADD_P99_MS)] {
+        let (without, with) = (pct(&adds[0], q), pct(&adds[1], q));
+        writeln!(
+            out,
+            "| chain ADD p{q}, ms | {without:.1} (without weir) | {with:.1} (with weir) | | +{:.1} ms | <= +{target} ms | {} |",
+            with - without,
+            verdict(with - without <= target)
+        )?;
+    }
+    if let Some(phases) = loader {
+        writeln!(out, "\nthe eBPF loader of one ADD (bench/loader-probe, release, median of {} fresh processes):\n", s.loader_samples)?;
+        writeln!(out, "| phase | ms |")?;
+        writeln!(out, "|---|---:|")?;
+        for (name, ms) in phases {
+            writeln!(out, "| {name} | {ms:.1} |")?;
+        }
+    }
+    print!("{out}");
+    fs::write(s.results.join("summary.raw"), &out)?;
+    Ok(())
+}
+
+/// Runs the loader probe `samples` times (each a fresh process, as every ADD
+/// is) per phase and returns the medians.
+fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'static str, f64)>> {
+    let root = PathBuf::from(BPF_ROOT).join("loader-probe");
+    let phases = [
+        ("read", "read /sys/kernel/btf/vmlinux (I/O only)"),
+        ("btf", "aya Btf::from_sys_fs() (read + parse), done by EbpfLoader::new()"),
+        ("features", "aya feature probing (first use in a process)"),
+        ("load", "weir_ebpf load total: BTF parse + features + object + maps + verifier"),
+    ];
+    let mut lines = Vec::new();
+    let mut medians = Vec::new();
+    for (phase, label) in phases {
+        let mut v = Vec::new();
+        for _ in 0..samples {
+            let out = netns::run(Command::new(probe).arg(phase).arg(&root))?;
+            let ms: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("probe output")?;
+            lines.push(format!("{phase} {ms:.3}"));
+            v.push(ms);
+        }
+        medians.push((label, med(&v)));
+    }
+    let _ = fs::remove_dir_all(&root);
+    let rest = medians[3].1 - medians[1].1 - medians[2].1;
+    medians.push(("load total minus BTF parse and feature probing (object, maps, verifier)", rest));
+    raw.write("loader.raw", "phase ms (each line a fresh weir-loader-probe process)", &lines)?;
+    Ok(medians)
+}

@@ -1,0 +1,30 @@
+//! The node agent (`weir-operator agent run`): reads what the CNI plugin's
+//! split programs and flannel's VXLAN monitor counted, joins the two, names
+//! the peers, and serves it as Prometheus metrics and JSON.
+//!
+//! Counters live in pinned maps, so the agent holds no state worth losing: a
+//! restart (or `kill -9`) picks up the same totals.
+
+pub mod join;
+pub mod lock;
+pub mod metrics;
+pub mod overlay;
+pub mod peers;
+pub mod reading;
+pub mod run;
+pub mod server;
+pub mod totals;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error("node state: {0}")]
+    State(#[from] weir_cni::state::StateError),
+    #[error("eBPF: {0}")]
+    Ebpf(#[from] weir_ebpf::Error),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,104 @@
+//! The agent's main loop: lock, attach, then collect on an interval until
+//! SIGTERM. Pins stay when it stops, so the counting never does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{info, warn};
+use weir_ebpf::BpfRoot;
+
+use super::join::{self, PodFlowView};
+use super::lock::AgentLock;
+use super::metrics::{self, MetricsSnapshot, Shared};
+use super::overlay;
+use super::peers::FilePeers;
+use super::reading::{self, NodeReading};
+use super::server::{self, Endpoints};
+use super::totals::Totals;
+use super::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub state_dir: PathBuf,
+    pub bpf_root: PathBuf,
+    pub interval: Duration,
+    pub listen: SocketAddr,
+    pub peers_file: Option<PathBuf>,
+    pub max_series: usize,
+    pub watch_vxlan: bool,
+}
+
+pub async fn run(config: AgentConfig) -> Result<()> {
+    let _lock = AgentLock::acquire(&config.state_dir.join("agent.lock"))?;
+    let root = BpfRoot::new(&config.bpf_root);
+    let shared: Shared = Arc::new(Mutex::new(MetricsSnapshot::default()));
+    let flows: Arc<Mutex<Vec<PodFlowView>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io { what: format!("listen on {}", config.listen), source })?;
+    info!(node = %config.node_name, listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "weir agent started");
+    let endpoints = Arc::new(Endpoints { registry: metrics::registry(shared.clone()), flows: flows.clone() });
+    tokio::spawn(server::serve(listener, endpoints));
+
+    let mut peers = config.peers_file.as_deref().map(FilePeers::new);
+    let mut totals = Totals::new(config.max_series);
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| Error::Io { what: "install SIGTERM handler".into(), source })?;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let names = if config.watch_vxlan { overlay::ensure_attached(&root) } else { Default::default() };
+        if let Some(warning) = peers.as_mut().and_then(FilePeers::refresh) {
+            warn!("{warning}");
+        }
+        match reading::read(&config.state_dir, &root) {
+            Ok(reading) => {
+                let no_peers = std::collections::HashMap::new();
+                let directory: &dyn super::peers::PeerDirectory = match &peers {
+                    Some(p) => p,
+                    None => &no_peers,
+                };
+                let views = join::join(&reading, &config.node_name, directory);
+                totals.update(&views);
+                publish(&shared, &reading, &totals, &names);
+                *flows.lock().expect("flows lock") = views;
+            }
+            Err(e) => {
+                warn!("collection failed: {e}");
+                shared.lock().expect("metrics lock").collection_errors += 1;
+            }
+        }
+    }
+    info!("SIGTERM: stopping; pinned programs and maps stay, counting goes on");
+    Ok(())
+}
+
+fn publish(shared: &Shared, reading: &NodeReading, totals: &Totals, names: &overlay::UnderlayNames) {
+    let mut s = shared.lock().expect("metrics lock");
+    let collections = s.collections + 1;
+    let errors = s.collection_errors;
+    *s = MetricsSnapshot {
+        pod_series: totals.series().iter().map(|(k, c)| (k.clone(), *c)).collect(),
+        collection_seconds: reading.took.as_secs_f64(),
+        collections,
+        collection_errors: errors,
+        ..Default::default()
+    };
+    if let Some(pods) = &reading.pods {
+        s.active_pod_flows = pods.live_flows;
+        s.map_pressure.push(("pod_flows", "update_failed", pods.stats.flow_update_failed));
+        s.map_pressure.push(("pod_flows", "lru_evicted", pods.stats.lru_evictions(pods.live_flows, 0)));
+        s.events_lost.push(("pods", pods.stats.events_lost));
+    }
+    if let Some(overlay) = &reading.overlay {
+        overlay::fill_metrics(&mut s, overlay, names);
+    }
+}

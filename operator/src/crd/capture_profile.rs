@@ -1,0 +1,485 @@
+//! `CaptureProfile`: which pods of its namespace weir observes, what of
+//! their traffic, how, and within which limits.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Protocol, parse_duration};
+
+/// Default of `spec.flushInterval`.
+pub const DEFAULT_FLUSH_INTERVAL: &str = "10s";
+/// Default of `spec.flowTTL`.
+pub const DEFAULT_FLOW_TTL: &str = "5m";
+/// Default of `spec.maxPodFlows`.
+pub const DEFAULT_MAX_POD_FLOWS: i32 = 500;
+/// Bounds of `spec.maxPodFlows` (inclusive).
+pub const MAX_POD_FLOWS_RANGE: (i32, i32) = (1, 10_000);
+/// Bounds of `spec.flushInterval` (inclusive).
+pub const FLUSH_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+/// Bounds of `spec.flowTTL` (inclusive); it is also at least `flushInterval`.
+pub const FLOW_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+/// Observe the pods of this namespace that `podSelector` selects: count
+/// their conversations (optionally only some protocols, ports or peers) and
+/// publish them as PodFlows in this namespace. Several profiles may select
+/// the same pod; a conversation is then counted once and published under
+/// each profile that wants it.
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "CaptureProfile",
+    namespaced,
+    status = "CaptureProfileStatus",
+    derive = "PartialEq",
+    shortname = "cprof",
+    shortname = "cp",
+    category = "weir",
+    doc = "CaptureProfile selects pods of its namespace whose conversations weir counts and publishes as PodFlows.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the profile is valid and applied on the nodes"
+    ),
+    printcolumn(
+        name = "Matched",
+        type_ = "integer",
+        json_path = ".status.matchedPods",
+        description = "Pods the profile selects"
+    ),
+    printcolumn(
+        name = "Flows",
+        type_ = "integer",
+        json_path = ".status.activeFlows",
+        description = "PodFlows the profile keeps now"
+    ),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode", priority = 1),
+    printcolumn(
+        name = "Dropped",
+        type_ = "integer",
+        json_path = ".status.flowsDroppedByCap",
+        description = "Conversations not published because maxPodFlows was reached",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Lost",
+        type_ = "integer",
+        json_path = ".status.lostSamples",
+        description = "Updates the data path could not record (map pressure)",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.ports) || size(self.ports) == 0 || !has(self.protocols) || size(self.protocols) == 0 || self.protocols.exists(p, p == 'TCP' || p == 'UDP')",
+        "message": "ports select TCP or UDP conversations: add TCP or UDP to protocols, or remove ports",
+        "fieldPath": ".ports",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "!has(self.flowTTL) || !has(self.flushInterval) || duration(self.flowTTL) >= duration(self.flushInterval)",
+        "message": "flowTTL must be at least flushInterval",
+        "fieldPath": ".flowTTL",
+        "reason": "FieldValueInvalid"
+    }
+]))]
+pub struct CaptureProfileSpec {
+    /// Pods of this namespace to observe; `{}` selects all of them.
+    /// Host-network pods are never observed (they have no pod interface).
+    pub pod_selector: LabelSelector,
+
+    /// Protocols to count; empty or absent counts all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), extend("x-kubernetes-list-type" = "set"))]
+    pub protocols: Vec<Protocol>,
+
+    /// Destination (server side) ports to count, for TCP and UDP; empty or
+    /// absent counts every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        extend(
+            "x-kubernetes-list-type" = "set",
+            "x-kubernetes-validations" = [{
+                "rule": "self.all(p, p >= 1 && p <= 65535)",
+                "message": "ports must be between 1 and 65535"
+            }]
+        )
+    )]
+    pub ports: Vec<i32>,
+
+    /// Peers to count, as CIDRs (`10.0.0.0/8`, `fd00::/8`): a conversation
+    /// counts when the other end's address is in one of them. Empty or
+    /// absent counts every peer.
+    #[serde(rename = "peerCIDRs", default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 43)),
+        extend(
+            "x-kubernetes-list-type" = "set",
+            "x-kubernetes-validations" = [{
+                "rule": "self.all(c, isCIDR(c))",
+                "message": "peerCIDRs must be CIDRs such as 10.0.0.0/8 or fd00::/8"
+            }]
+        )
+    )]
+    pub peer_cidrs: Vec<String>,
+
+    /// What weir records. `Counters` (the default): packets and bytes per
+    /// conversation and direction. `Pcap` is reserved for packet capture and
+    /// not supported yet: the API server rejects it.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self != 'Pcap'",
+        "message": "mode Pcap is not supported yet: use Counters"
+    }]))]
+    pub mode: CaptureMode,
+
+    /// How often the nodes publish their counters (a duration such as `10s`
+    /// or `1m`; at least 1s, at most 1h). Writes are coalesced to this.
+    #[serde(default = "default_flush_interval")]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = super::DURATION_PATTERN),
+        extend("x-kubernetes-validations" = [{
+            "rule": "duration(self) >= duration('1s') && duration(self) <= duration('1h')",
+            "message": "flushInterval must be between 1s and 1h"
+        }])
+    )]
+    pub flush_interval: String,
+
+    /// How long a conversation's PodFlow is kept after its last packet (a
+    /// duration; at least 1s and flushInterval, at most 24h).
+    #[serde(rename = "flowTTL", default = "default_flow_ttl")]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = super::DURATION_PATTERN),
+        extend("x-kubernetes-validations" = [{
+            "rule": "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
+            "message": "flowTTL must be between 1s and 24h"
+        }])
+    )]
+    pub flow_ttl: String,
+
+    /// The most PodFlows this profile keeps (1 to 10000). Past it, new
+    /// conversations are counted in `status.flowsDroppedByCap` instead.
+    #[serde(default = "default_max_pod_flows")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self >= 1 && self <= 10000",
+        "message": "maxPodFlows must be between 1 and 10000"
+    }]))]
+    pub max_pod_flows: i32,
+}
+
+/// What a profile records.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// Packets and bytes per conversation and direction.
+    #[default]
+    Counters,
+    /// Reserved for packet capture; not supported yet.
+    Pcap,
+}
+
+fn default_flush_interval() -> String {
+    DEFAULT_FLUSH_INTERVAL.to_owned()
+}
+
+fn default_flow_ttl() -> String {
+    DEFAULT_FLOW_TTL.to_owned()
+}
+
+fn default_max_pod_flows() -> i32 {
+    DEFAULT_MAX_POD_FLOWS
+}
+
+/// What the controller reports about a profile.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureProfileStatus {
+    /// `Ready`: True when the profile is valid and applied, else False with
+    /// the reason (InvalidSelector, UnsupportedMode, InvalidFilter,
+    /// InvalidTiming, InvalidLimit). `MapPressure`: True while the nodes
+    /// lose updates (see lostSamples).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods the profile selects now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_pods: Option<i32>,
+    /// PodFlows the profile keeps now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_flows: Option<i32>,
+    /// Conversations not published because `maxPodFlows` was reached
+    /// (since the profile was created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows_dropped_by_cap: Option<i64>,
+    /// Updates the data path could not record for the selected pods (LRU
+    /// evictions and failed updates of the flow maps, lost events) since the
+    /// profile was created: counts are a lower bound when this is not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_samples: Option<i64>,
+}
+
+/// Condition types of a CaptureProfile.
+pub mod conditions {
+    /// The profile is valid and applied on the nodes.
+    pub const READY: &str = "Ready";
+    /// The nodes lose updates for the selected pods (see `lostSamples`).
+    pub const MAP_PRESSURE: &str = "MapPressure";
+}
+
+/// Reasons of the `Ready` condition.
+pub mod reasons {
+    /// Ready=True: valid and applied.
+    pub const ACTIVE: &str = "Active";
+    /// The label selector cannot be evaluated.
+    pub const INVALID_SELECTOR: &str = "InvalidSelector";
+    /// `mode` asks for something weir cannot do yet.
+    pub const UNSUPPORTED_MODE: &str = "UnsupportedMode";
+    /// `protocols`, `ports` or `peerCIDRs` are inconsistent or malformed.
+    pub const INVALID_FILTER: &str = "InvalidFilter";
+    /// `flushInterval` or `flowTTL` are malformed or out of range.
+    pub const INVALID_TIMING: &str = "InvalidTiming";
+    /// `maxPodFlows` is out of range.
+    pub const INVALID_LIMIT: &str = "InvalidLimit";
+}
+
+/// Why a spec cannot be applied: the `Ready` condition's reason and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct SpecProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn problem(reason: &'static str, message: impl Into<String>) -> SpecProblem {
+    SpecProblem { reason, message: message.into() }
+}
+
+/// Whether `text` is a CIDR in the sense of CEL's `isCIDR` (an address, `/`,
+/// a prefix length within the family's width).
+pub fn is_cidr(text: &str) -> bool {
+    let Some((addr, len)) = text.split_once('/') else { return false };
+    let Ok(addr) = addr.parse::<IpAddr>() else { return false };
+    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) || (len.len() > 1 && len.starts_with('0')) {
+        return false;
+    }
+    let Ok(len) = len.parse::<u8>() else { return false };
+    len <= if addr.is_ipv4() { 32 } else { 128 }
+}
+
+impl CaptureProfileSpec {
+    /// The spec with every field at its default and the given selector.
+    pub fn selecting(pod_selector: LabelSelector) -> Self {
+        Self {
+            pod_selector,
+            protocols: Vec::new(),
+            ports: Vec::new(),
+            peer_cidrs: Vec::new(),
+            mode: CaptureMode::default(),
+            flush_interval: default_flush_interval(),
+            flow_ttl: default_flow_ttl(),
+            max_pod_flows: default_max_pod_flows(),
+        }
+    }
+
+    /// `flushInterval` as a duration (after [`check`](Self::check) passed).
+    pub fn flush_interval(&self) -> Option<Duration> {
+        parse_duration(&self.flush_interval)
+    }
+
+    /// `flowTTL` as a duration (after [`check`](Self::check) passed).
+    pub fn flow_ttl(&self) -> Option<Duration> {
+        parse_duration(&self.flow_ttl)
+    }
+
+    /// Checks what the API server's schema checks (for servers or objects
+    /// that skipped it) and what it cannot: label selector operators. The
+    /// controller reports the problem in the `Ready` condition.
+    pub fn check(&self) -> Result<(), SpecProblem> {
+        for (i, req) in self.pod_selector.match_expressions.iter().flatten().enumerate() {
+            let values = req.values.as_deref().unwrap_or_default();
+            match req.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(problem(
+                        reasons::INVALID_SELECTOR,
+                        format!("podSelector.matchExpressions[{i}]: operator {} needs values", req.operator),
+                    ));
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(problem(
+                        reasons::INVALID_SELECTOR,
+                        format!("podSelector.matchExpressions[{i}]: operator {} takes no values", req.operator),
+                    ));
+                }
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+                other => {
+                    return Err(problem(
+                        reasons::INVALID_SELECTOR,
+                        format!("podSelector.matchExpressions[{i}]: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"),
+                    ));
+                }
+            }
+            if req.key.is_empty() {
+                return Err(problem(reasons::INVALID_SELECTOR, format!("podSelector.matchExpressions[{i}]: empty key")));
+            }
+        }
+        if self.mode != CaptureMode::Counters {
+            return Err(problem(reasons::UNSUPPORTED_MODE, format!("mode {:?} is not supported yet: use Counters", self.mode)));
+        }
+        if let Some(p) = self.ports.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(problem(reasons::INVALID_FILTER, format!("port {p}: ports must be between 1 and 65535")));
+        }
+        if !self.ports.is_empty() && !self.protocols.is_empty() && !self.protocols.iter().any(|p| p.has_ports()) {
+            return Err(problem(
+                reasons::INVALID_FILTER,
+                "ports select TCP or UDP conversations: add TCP or UDP to protocols, or remove ports",
+            ));
+        }
+        if let Some(c) = self.peer_cidrs.iter().find(|c| !is_cidr(c)) {
+            return Err(problem(reasons::INVALID_FILTER, format!("peerCIDRs: {c:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8")));
+        }
+        let flush = self.flush_interval().ok_or_else(|| {
+            problem(reasons::INVALID_TIMING, format!("flushInterval {:?} is not a duration such as 10s", self.flush_interval))
+        })?;
+        if !(FLUSH_INTERVAL_RANGE.0..=FLUSH_INTERVAL_RANGE.1).contains(&flush) {
+            return Err(problem(reasons::INVALID_TIMING, "flushInterval must be between 1s and 1h"));
+        }
+        let ttl = self
+            .flow_ttl()
+            .ok_or_else(|| problem(reasons::INVALID_TIMING, format!("flowTTL {:?} is not a duration such as 5m", self.flow_ttl)))?;
+        if !(FLOW_TTL_RANGE.0..=FLOW_TTL_RANGE.1).contains(&ttl) {
+            return Err(problem(reasons::INVALID_TIMING, "flowTTL must be between 1s and 24h"));
+        }
+        if ttl < flush {
+            return Err(problem(reasons::INVALID_TIMING, "flowTTL must be at least flushInterval"));
+        }
+        if !(MAX_POD_FLOWS_RANGE.0..=MAX_POD_FLOWS_RANGE.1).contains(&self.max_pod_flows) {
+            return Err(problem(reasons::INVALID_LIMIT, "maxPodFlows must be between 1 and 10000"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    use super::*;
+
+    fn spec() -> CaptureProfileSpec {
+        CaptureProfileSpec::selecting(LabelSelector {
+            match_labels: Some([("app".to_owned(), "web".to_owned())].into()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn defaults_fill_an_empty_spec() {
+        let s: CaptureProfileSpec = serde_json::from_value(serde_json::json!({ "podSelector": {} })).unwrap();
+        assert_eq!(s, CaptureProfileSpec::selecting(LabelSelector::default()));
+        assert_eq!(s.flush_interval(), Some(Duration::from_secs(10)));
+        assert_eq!(s.flow_ttl(), Some(Duration::from_secs(300)));
+        assert_eq!(s.max_pod_flows, 500);
+        assert_eq!(s.mode, CaptureMode::Counters);
+        assert_eq!(s.check(), Ok(()));
+    }
+
+    #[test]
+    fn wire_names_follow_the_api() {
+        let mut s = spec();
+        s.peer_cidrs = vec!["10.0.0.0/8".into()];
+        s.protocols = vec![Protocol::Tcp];
+        let v = serde_json::to_value(&s).unwrap();
+        for key in ["podSelector", "protocols", "peerCIDRs", "mode", "flushInterval", "flowTTL", "maxPodFlows"] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert!(v.get("ports").is_none(), "empty lists are left out: {v}");
+    }
+
+    #[test]
+    fn check_reports_each_problem_with_its_reason() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut CaptureProfileSpec)>)> = vec![
+            (reasons::UNSUPPORTED_MODE, Box::new(|s| s.mode = CaptureMode::Pcap)),
+            (reasons::INVALID_FILTER, Box::new(|s| s.ports = vec![0])),
+            (reasons::INVALID_FILTER, Box::new(|s| s.ports = vec![70000])),
+            (
+                reasons::INVALID_FILTER,
+                Box::new(|s| {
+                    s.ports = vec![80];
+                    s.protocols = vec![Protocol::Icmp];
+                }),
+            ),
+            (reasons::INVALID_FILTER, Box::new(|s| s.peer_cidrs = vec!["10.0.0.1".into()])),
+            (reasons::INVALID_FILTER, Box::new(|s| s.peer_cidrs = vec!["10.0.0.0/33".into()])),
+            (reasons::INVALID_TIMING, Box::new(|s| s.flush_interval = "10".into())),
+            (reasons::INVALID_TIMING, Box::new(|s| s.flush_interval = "500ms".into())),
+            (reasons::INVALID_TIMING, Box::new(|s| s.flow_ttl = "25h".into())),
+            (
+                reasons::INVALID_TIMING,
+                Box::new(|s| {
+                    s.flush_interval = "1m".into();
+                    s.flow_ttl = "30s".into();
+                }),
+            ),
+            (reasons::INVALID_LIMIT, Box::new(|s| s.max_pod_flows = 0)),
+            (reasons::INVALID_LIMIT, Box::new(|s| s.max_pod_flows = 10_001)),
+            (
+                reasons::INVALID_SELECTOR,
+                Box::new(|s| {
+                    s.pod_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+                        key: "tier".into(),
+                        operator: "Matches".into(),
+                        values: None,
+                    }])
+                }),
+            ),
+            (
+                reasons::INVALID_SELECTOR,
+                Box::new(|s| {
+                    s.pod_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+                        key: "tier".into(),
+                        operator: "In".into(),
+                        values: Some(vec![]),
+                    }])
+                }),
+            ),
+        ];
+        for (reason, edit) in cases {
+            let mut s = spec();
+            edit(&mut s);
+            let err = s.check().expect_err(&format!("{s:?} should be refused"));
+            assert_eq!(err.reason, reason, "{err}");
+        }
+        let mut ok = spec();
+        ok.ports = vec![80, 443];
+        ok.protocols = vec![Protocol::Tcp, Protocol::Icmp];
+        ok.peer_cidrs = vec!["10.0.0.0/8".into(), "fd00::/8".into(), "192.168.1.7/32".into()];
+        ok.flush_interval = "1s".into();
+        ok.flow_ttl = "1s".into();
+        ok.max_pod_flows = 10_000;
+        assert_eq!(ok.check(), Ok(()));
+    }
+
+    #[test]
+    fn cidrs_are_what_cel_calls_cidrs() {
+        for good in ["0.0.0.0/0", "10.0.0.0/8", "10.1.2.3/32", "::/0", "fd00::/8", "2001:db8::1/128"] {
+            assert!(is_cidr(good), "{good}");
+        }
+        for bad in ["10.0.0.0", "10.0.0.0/", "10.0.0.0/33", "fd00::/129", "10.0.0.0/08", "x/8", "10.0.0.0/-1", "/8"] {
+            assert!(!is_cidr(bad), "{bad}");
+        }
+    }
+}

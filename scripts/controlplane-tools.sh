@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Builds the control plane that weir's tests start — etcd, kube-apiserver and
+# kubectl — from their Go modules, at the versions in
+# scripts/k8s-tools/versions.env, into
+#   $WEIR_TOOLS/k8s/<kubernetes version>/{etcd,kube-apiserver,kubectl}
+# (WEIR_TOOLS defaults to /var/cache/weir/tools, outside the repo, so later
+# runs and CI reuse it). Called by scripts/bootstrap.sh; safe to run alone.
+#
+# The builds use the wrapper modules in scripts/k8s-tools/{kubernetes,etcd}
+# (their go.mod says why). A stamp records the versions and a hash of those
+# go.mod/go.sum files, so a second run only compares the stamp (well under
+# 2 s) and a change of version or module files rebuilds. The first build
+# compiles all of kube-apiserver and kubectl: several minutes on 2 cores.
+#
+# Environment:
+#   WEIR_TOOLS               cache dir (default /var/cache/weir/tools)
+#   WEIR_K8S_TOOLS_UPDATE=1  after changing versions.env: rewrite the wrapper
+#                            go.mod/go.sum files for the new versions (needs
+#                            the Go module proxy), then build
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+moddir=$here/k8s-tools
+# shellcheck source=k8s-tools/versions.env
+. "$moddir/versions.env"
+: "${KUBERNETES_VERSION:?versions.env sets no KUBERNETES_VERSION}" "${ETCD_VERSION:?versions.env sets no ETCD_VERSION}"
+# Both pinned releases declare `go 1.26.0`.
+GO_MIN_VERSION=1.26.0
+
+WEIR_TOOLS=${WEIR_TOOLS:-/var/cache/weir/tools}
+dest=$WEIR_TOOLS/k8s/$KUBERNETES_VERSION
+stamp=$WEIR_TOOLS/stamps/k8s-$KUBERNETES_VERSION
+logf=$WEIR_TOOLS/logs/controlplane-tools.log
+bins=("$dest/etcd" "$dest/kube-apiserver" "$dest/kubectl")
+
+log() { printf 'controlplane-tools: %s\n' "$*" >&2; }
+die() { printf 'controlplane-tools: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# run_logged CMD...: run CMD with its output appended to $logf; on failure
+# show the end of the log and fail.
+run_logged() {
+  local rc=0
+  printf '\n=== %s: (%s) %s\n' "$(date -u +%FT%TZ)" "$PWD" "$*" >>"$logf"
+  "$@" >>"$logf" 2>&1 </dev/null || rc=$?
+  if ((rc != 0)); then
+    tail -n 40 "$logf" >&2
+    die "'$*' failed (exit $rc); full log: $logf"
+  fi
+}
+
+find_go() {
+  local g v
+  if command -v go >/dev/null 2>&1; then
+    g=$(command -v go)
+  elif [[ -x /usr/local/go/bin/go ]]; then
+    g=/usr/local/go/bin/go
+  else
+    die "go not found (need Go >= $GO_MIN_VERSION to build etcd $ETCD_VERSION and Kubernetes $KUBERNETES_VERSION)"
+  fi
+  v=$("$g" env GOVERSION)
+  v=${v#go}
+  [[ $(printf '%s\n%s\n' "$GO_MIN_VERSION" "$v" | sort -V | head -n1) == "$GO_MIN_VERSION" ]] ||
+    die "Go $v is too old: need >= $GO_MIN_VERSION"
+  echo "$g"
+}
+
+# want: what the stamp must hold for the cached binaries to be current.
+want() {
+  local sum
+  sum=$(cat "$moddir"/kubernetes/go.{mod,sum} "$moddir"/etcd/go.{mod,sum} | sha256sum)
+  printf 'kubernetes=%s etcd=%s modules=%s' "$KUBERNETES_VERSION" "$ETCD_VERSION" "${sum%% *}"
+}
+
+cached() {
+  local f
+  [[ -f $stamp && $(<"$stamp") == "$1" ]] || return 1
+  for f in "${bins[@]}"; do [[ -x $f ]] || return 1; done
+}
+
+# The wrapper go.mod files must name the versions in versions.env.
+check_modules() {
+  grep -Eq "^[[:space:]]*(require )?k8s\.io/kubernetes $KUBERNETES_VERSION( |$)" "$moddir/kubernetes/go.mod" &&
+    grep -Eq "^[[:space:]]*(require )?go\.etcd\.io/etcd/server/v3 $ETCD_VERSION( |$)" "$moddir/etcd/go.mod" ||
+    die "scripts/k8s-tools/*/go.mod do not match versions.env (kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION): run WEIR_K8S_TOOLS_UPDATE=1 bash scripts/controlplane-tools.sh"
+}
+
+# update_modules GO: point the wrapper modules at the versions in versions.env.
+update_modules() {
+  local gobin=$1 gomod r staging_version
+  staging_version=v0.${KUBERNETES_VERSION#v1.}
+  log "updating the wrapper modules to kubernetes $KUBERNETES_VERSION (staging $staging_version), etcd $ETCD_VERSION"
+  cd "$moddir/kubernetes"
+  # Drop every replace, then replace each staging module the new release has
+  # (read from its own go.mod) with its published version.
+  for r in $("$gobin" mod edit -json | jq -r '.Replace[]?.Old.Path'); do
+    run_logged "$gobin" mod edit -dropreplace="$r"
+  done
+  gomod=$("$gobin" mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | jq -r .GoMod)
+  for r in $(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "$gomod"); do
+    run_logged "$gobin" mod edit -replace="$r=$r@$staging_version"
+  done
+  run_logged "$gobin" get "k8s.io/kubernetes@$KUBERNETES_VERSION"
+  run_logged "$gobin" mod tidy
+  cd "$moddir/etcd"
+  run_logged "$gobin" get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  run_logged "$gobin" mod tidy
+}
+
+build() {
+  local gobin=$1 tmp ldv=()
+  rm -rf "$WEIR_TOOLS"/k8s/.build.* # leftovers of an interrupted build
+  tmp=$(mktemp -d "$WEIR_TOOLS/k8s/.build.XXXXXX")
+  # What `kube-apiserver --version`, `kubectl version` and the API's /version
+  # report (the release build stamps the same variables).
+  local major=${KUBERNETES_VERSION#v} minor
+  minor=${major#*.}
+  minor=${minor%%.*}
+  major=${major%%.*}
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldv+=("-X $p.gitVersion=$KUBERNETES_VERSION" "-X $p.gitMajor=$major" "-X $p.gitMinor=$minor"
+      "-X $p.gitTreeState=clean" "-X $p.buildDate=1970-01-01T00:00:00Z")
+  done
+  export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
+  # nice: other builds share the two cores.
+  log "building etcd $ETCD_VERSION"
+  cd "$moddir/etcd"
+  run_logged nice -n 10 "$gobin" build -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+  log "building kube-apiserver and kubectl $KUBERNETES_VERSION (takes minutes the first time)"
+  cd "$moddir/kubernetes"
+  run_logged nice -n 10 "$gobin" build -ldflags "-s -w ${ldv[*]}" -o "$tmp/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+  # Check what was built before it replaces anything.
+  "$tmp/etcd" --version 2>&1 | grep -q "etcd Version: ${ETCD_VERSION#v}" ||
+    die "built etcd does not report version ${ETCD_VERSION#v}: $("$tmp/etcd" --version 2>&1 | head -n1)"
+  "$tmp/kube-apiserver" --version 2>&1 | grep -qx "Kubernetes $KUBERNETES_VERSION" ||
+    die "built kube-apiserver does not report $KUBERNETES_VERSION: $("$tmp/kube-apiserver" --version 2>&1 | head -n1)"
+  mkdir -p "$dest"
+  mv -f "$tmp/etcd" "$tmp/kube-apiserver" "$tmp/kubectl" "$dest/"
+  rm -rf "$tmp"
+}
+
+main() {
+  local start=$SECONDS w gobin
+  mkdir -p "$WEIR_TOOLS/k8s" "$WEIR_TOOLS/stamps" "$WEIR_TOOLS/logs" ||
+    die "cannot create $WEIR_TOOLS (set WEIR_TOOLS to a writable dir, or run as root)"
+  # Its own lock: bootstrap.sh, which calls this, holds .bootstrap.lock.
+  exec 8>"$WEIR_TOOLS/.controlplane-tools.lock"
+  flock 8
+
+  if [[ ${WEIR_K8S_TOOLS_UPDATE:-} == 1 ]]; then
+    gobin=$(find_go)
+    (update_modules "$gobin")
+  fi
+  w=$(want)
+  if cached "$w"; then
+    log "etcd $ETCD_VERSION, kube-apiserver and kubectl $KUBERNETES_VERSION: cached in $dest"
+    return
+  fi
+  check_modules
+  gobin=$(find_go)
+  (build "$gobin")
+  printf '%s' "$w" >"$stamp"
+  log "built etcd $ETCD_VERSION, kube-apiserver and kubectl $KUBERNETES_VERSION into $dest in $((SECONDS - start))s (log: $logf)"
+}
+
+main "$@"
