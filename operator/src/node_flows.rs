@@ -1,6 +1,6 @@
-//! The node's flows, joined with the pods they belong to: the pinned flow
-//! map gives counters keyed by pod id, the CNI plugin's state records say
-//! which pod each id is.
+//! The node's flows for a person at a terminal (`weir-operator agent dump`):
+//! the agent's own reading and join, rendered as a table or JSON, plus the
+//! local switch that turns counting on for a pod.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,8 +9,12 @@ use std::path::Path;
 
 use serde::Serialize;
 use weir_cni::state::{AttachmentRecord, StateStore};
-use weir_ebpf::abi::{Direction, FlowCounters, FlowKey, PodMode};
+use weir_ebpf::abi::PodMode;
 use weir_ebpf::{BpfRoot, maps::NodeMaps};
+
+use crate::agent::join::{self, PodFlowView};
+use crate::agent::peers::Peer;
+use crate::agent::reading;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,13 +22,15 @@ pub enum Error {
     State(#[from] weir_cni::state::StateError),
     #[error("pinned maps: {0}")]
     Maps(#[from] weir_ebpf::Error),
+    #[error(transparent)]
+    Reading(#[from] crate::agent::Error),
     #[error("no pod {0} on this node (known: {1})")]
     UnknownPod(String, String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// One direction of one conversation of one local pod.
+/// One direction of one conversation of one local pod, as a person reads it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeFlow {
@@ -39,6 +45,11 @@ pub struct NodeFlow {
     pub tcp_flags: String,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+    /// The other end's pod, when known (`namespace/name@node`).
+    pub peer: Option<String>,
+    /// VNI and outer addresses when the flow crossed flannel's VXLAN.
+    pub vni: Option<u32>,
+    pub outer: Option<String>,
 }
 
 pub struct NodeView {
@@ -46,31 +57,35 @@ pub struct NodeView {
     pub stats: Vec<(String, u64)>,
 }
 
-/// Reads every flow on the node; flows of pods weir has no record of (already
-/// deleted) keep their pod id as their name, so no count is hidden.
+/// Reads and joins every flow on the node, as the agent does. Flows of pods
+/// weir has no record of (already deleted) keep their pod id as their name,
+/// so no count is hidden.
 pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
-    let records = StateStore::list_all(state_dir)?;
-    let by_id: HashMap<u32, &AttachmentRecord> = records.iter().map(|r| (r.pod_id, r)).collect();
-    let maps = NodeMaps::open(&BpfRoot::new(bpf_root))?;
-    let mut flows: Vec<NodeFlow> = maps
-        .flows()?
-        .into_iter()
-        .map(|(key, counters)| describe(&key, &counters, by_id.get(&key.pod_id).copied()))
-        .collect();
-    flows.sort_by(|a, b| (&a.pod, a.direction, &a.source, &a.destination).cmp(&(&b.pod, b.direction, &b.source, &b.destination)));
-    let counters = maps.stats()?;
-    let live = maps.live_flow_count()?;
-    let stats = vec![
-        ("new_flows".to_string(), counters.new_flows),
-        ("live_flows".to_string(), live),
-        ("lru_evictions".to_string(), counters.lru_evictions(live, 0)),
-        ("flow_update_failed".to_string(), counters.flow_update_failed),
-        ("events_lost".to_string(), counters.events_lost),
-        ("non_ip_packets".to_string(), counters.non_ip_packets),
-        ("parse_errors".to_string(), counters.parse_errors),
-        ("redirects".to_string(), counters.redirects),
-        ("passthrough_packets".to_string(), counters.passthrough_packets),
-    ];
+    let reading = reading::read(state_dir, &BpfRoot::new(bpf_root))?;
+    let directory: HashMap<IpAddr, Peer> = HashMap::new();
+    let flows = join::join(&reading, "this-node", &directory).iter().map(describe).collect();
+    let mut stats = Vec::new();
+    if let Some(pods) = &reading.pods {
+        let c = &pods.stats;
+        stats.extend([
+            ("new_flows".to_string(), c.new_flows),
+            ("live_flows".to_string(), pods.live_flows),
+            ("lru_evictions".to_string(), c.lru_evictions(pods.live_flows, 0)),
+            ("flow_update_failed".to_string(), c.flow_update_failed),
+            ("events_lost".to_string(), c.events_lost),
+            ("non_ip_packets".to_string(), c.non_ip_packets),
+            ("parse_errors".to_string(), c.parse_errors),
+            ("redirects".to_string(), c.redirects),
+            ("passthrough_packets".to_string(), c.passthrough_packets),
+        ]);
+    }
+    if let Some(overlay) = &reading.overlay {
+        stats.extend([
+            ("vxlan_live_flows".to_string(), overlay.live_flows),
+            ("vxlan_flow_update_failed".to_string(), overlay.stats.flow_update_failed()),
+            ("vxlan_events_lost".to_string(), overlay.stats.events_lost()),
+        ]);
+    }
     Ok(NodeView { flows, stats })
 }
 
@@ -108,30 +123,35 @@ fn pod_name(record: &AttachmentRecord) -> String {
     }
 }
 
-fn describe(key: &FlowKey, counters: &FlowCounters, record: Option<&AttachmentRecord>) -> NodeFlow {
-    let pod = record.map(pod_name).unwrap_or_else(|| format!("pod-id:{}", key.pod_id));
-    let protocol = protocol_name(key.proto);
-    let ported = matches!(key.proto, 6 | 17 | 132);
+fn describe(view: &PodFlowView) -> NodeFlow {
+    let protocol = protocol_name(view.protocol);
+    let ported = matches!(view.protocol, 6 | 17 | 132);
     NodeFlow {
-        pod,
-        pod_id: key.pod_id,
-        direction: match key.direction() {
-            Some(Direction::FromPod) => "out",
-            Some(Direction::ToPod) => "in",
-            None => "?",
+        pod: match &view.namespace {
+            Some(ns) => format!("{ns}/{}", view.pod),
+            None => view.pod.clone(),
         },
-        source: endpoint(key.src_ip(), ported.then_some(key.sport)),
-        destination: endpoint(key.dst_ip(), ported.then_some(key.dport)),
-        protocol: if ported { protocol } else if matches!(key.proto, 1 | 58) {
-            format!("{protocol} {}/{}", key.sport, key.dport)
+        pod_id: view.pod_id,
+        direction: match view.direction {
+            "egress" => "out",
+            "ingress" => "in",
+            _ => "?",
+        },
+        source: endpoint(view.source, ported.then_some(view.source_port)),
+        destination: endpoint(view.destination, ported.then_some(view.destination_port)),
+        protocol: if matches!(view.protocol, 1 | 58) {
+            format!("{protocol} {}/{}", view.source_port, view.destination_port)
         } else {
             protocol
         },
-        packets: counters.packets,
-        bytes: counters.bytes,
-        tcp_flags: tcp_flags(counters.tcp_flags),
-        first_seen_ns: counters.first_seen_ns,
-        last_seen_ns: counters.last_seen_ns,
+        packets: view.packets,
+        bytes: view.bytes,
+        tcp_flags: tcp_flags(view.tcp_flags),
+        first_seen_ns: view.first_seen_ns,
+        last_seen_ns: view.last_seen_ns,
+        peer: view.peer.as_ref().map(|p| format!("{}/{}@{}", p.namespace, p.pod, p.node)),
+        vni: view.overlay.as_ref().map(|o| o.vni),
+        outer: view.overlay.as_ref().map(|o| format!("{}->{}", o.outer_source, o.outer_destination)),
     }
 }
 
@@ -173,8 +193,8 @@ pub fn human_bytes(bytes: u64) -> String {
 
 /// A fixed-width table, one flow per line, for a terminal.
 pub fn render_table(flows: &[NodeFlow], now_ns: u64) -> String {
-    let header = ["POD", "DIR", "PROTO", "SOURCE", "DESTINATION", "PACKETS", "BYTES", "TCP-FLAGS", "LAST-SEEN"];
-    let rows: Vec<[String; 9]> = flows
+    let header = ["POD", "DIR", "PROTO", "SOURCE", "DESTINATION", "PACKETS", "BYTES", "VNI", "TCP-FLAGS", "LAST-SEEN"];
+    let rows: Vec<[String; 10]> = flows
         .iter()
         .map(|f| {
             [
@@ -185,6 +205,7 @@ pub fn render_table(flows: &[NodeFlow], now_ns: u64) -> String {
                 f.destination.clone(),
                 f.packets.to_string(),
                 human_bytes(f.bytes),
+                f.vni.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                 f.tcp_flags.clone(),
                 age(now_ns, f.last_seen_ns),
             ]
@@ -228,41 +249,68 @@ pub fn boot_time_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::join::OverlayLeg;
 
-    fn flow(pod_id: u32, dir: Direction, proto: u8) -> (FlowKey, FlowCounters) {
-        let mut key = FlowKey { pod_id, direction: dir as u8, proto, sport: 40000, dport: 8080, ..Default::default() };
-        key.set_addrs("10.244.0.2".parse().unwrap(), "10.244.0.3".parse().unwrap());
-        let counters = FlowCounters { packets: 3, bytes: 3000, tcp_flags: 0x12, last_seen_ns: 5_000_000_000, ..Default::default() };
-        (key, counters)
+    fn view(proto: u8, direction: &'static str) -> PodFlowView {
+        PodFlowView {
+            pod_id: 7,
+            namespace: None,
+            pod: "pod-id:7".into(),
+            direction,
+            protocol: proto,
+            source: "10.244.0.2".parse().unwrap(),
+            source_port: 40000,
+            destination: "10.244.0.3".parse().unwrap(),
+            destination_port: 8080,
+            packets: 3,
+            bytes: 3000,
+            first_seen_ns: 0,
+            last_seen_ns: 5_000_000_000,
+            tcp_flags: 0x12,
+            peer: None,
+            overlay: None,
+        }
     }
 
     #[test]
-    fn flows_name_their_pod_or_keep_the_id() {
-        let (key, counters) = flow(7, Direction::FromPod, 6);
-        let unknown = describe(&key, &counters, None);
-        assert_eq!(unknown.pod, "pod-id:7");
-        assert_eq!(unknown.direction, "out");
-        assert_eq!(unknown.source, "10.244.0.2:40000");
-        assert_eq!(unknown.destination, "10.244.0.3:8080");
-        assert_eq!(unknown.tcp_flags, "SYN,ACK");
+    fn flows_read_as_a_person_expects() {
+        let f = describe(&view(6, "egress"));
+        assert_eq!((f.pod.as_str(), f.direction), ("pod-id:7", "out"));
+        assert_eq!((f.source.as_str(), f.destination.as_str()), ("10.244.0.2:40000", "10.244.0.3:8080"));
+        assert_eq!(f.tcp_flags, "SYN,ACK");
+        assert_eq!((f.vni, f.outer.as_deref()), (None, None));
+        let mut v = view(6, "ingress");
+        v.namespace = Some("shop".into());
+        v.pod = "cart".into();
+        v.peer = Some(Peer { namespace: "shop".into(), pod: "db-0".into(), node: "node-b".into() });
+        v.overlay = Some(OverlayLeg {
+            vni: 1,
+            outer_source: "192.168.1.2".parse().unwrap(),
+            outer_destination: "192.168.1.1".parse().unwrap(),
+            encap_packets: 0,
+            encap_bytes: 0,
+            decap_packets: 3,
+            decap_bytes: 3150,
+        });
+        let f = describe(&v);
+        assert_eq!((f.pod.as_str(), f.direction), ("shop/cart", "in"));
+        assert_eq!(f.peer.as_deref(), Some("shop/db-0@node-b"));
+        assert_eq!((f.vni, f.outer.as_deref()), (Some(1), Some("192.168.1.2->192.168.1.1")));
     }
 
     #[test]
     fn icmp_shows_type_and_code_instead_of_ports() {
-        let (mut key, counters) = flow(1, Direction::ToPod, 1);
-        key.sport = 8;
-        key.dport = 0;
-        let f = describe(&key, &counters, None);
+        let mut v = view(1, "ingress");
+        (v.source_port, v.destination_port) = (8, 0);
+        let f = describe(&v);
         assert_eq!(f.protocol, "ICMP 8/0");
         assert_eq!(f.destination, "10.244.0.3");
     }
 
     #[test]
     fn filters_by_pod_and_protocol_name() {
-        let (key, counters) = flow(7, Direction::FromPod, 1);
-        let icmp = describe(&key, &counters, None);
-        let (key, counters) = flow(7, Direction::FromPod, 58);
-        let icmp6 = describe(&key, &counters, None);
+        let icmp = describe(&view(1, "egress"));
+        let icmp6 = describe(&view(58, "egress"));
         let icmp_only = ["icmp".to_string()];
         assert!(matches(&icmp, &[], &icmp_only));
         assert!(!matches(&icmp6, &[], &icmp_only));
@@ -273,8 +321,7 @@ mod tests {
 
     #[test]
     fn table_aligns_columns_and_ages_flows() {
-        let (key, counters) = flow(1, Direction::FromPod, 17);
-        let f = describe(&key, &counters, None);
+        let f = describe(&view(17, "egress"));
         let table = render_table(&[f], 65_000_000_000);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2);

@@ -183,6 +183,16 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
     );
     assert!(metrics.contains(r#"weir_vxlan_interface_packets_total{interface="eth0",direction="encap"}"#), "{metrics}");
     assert!(metrics.contains("weir_collection_duration_seconds"), "{metrics}");
+
+    // The operator's local view shows the same, with the overlay.
+    let dump = c.a.ns.command(&[AGENT, "agent", "dump", "-o", "json", "--protocol", "udp"])
+        .arg("--state-dir").arg(&c.a.state_dir).arg("--bpf-root").arg(&c.a.bpf_root).output()?;
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump: Value = serde_json::from_slice(&dump.stdout)?;
+    let out = dump["flows"].as_array().into_iter().flatten()
+        .find(|f| f["pod"] == "shop/web" && f["direction"] == "out").context("web's flow in dump")?;
+    assert_eq!((out["packets"].as_u64(), out["vni"].as_u64()), (Some(n), Some(1)), "{out}");
+    assert_eq!(out["outer"], "192.168.100.1->192.168.100.2");
     drop((agent_a, agent_b));
     Ok(())
 }
