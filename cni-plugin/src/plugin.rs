@@ -293,10 +293,10 @@ fn release(
     weir_ebpf::split::remove_pins(root, attachment)
         .map_err(|e| CniError::state_failed(format!("removing pins of {attachment}: {e}")))?;
     if let Some(record) = record {
-        // Without pinned maps there is no config to drop.
+        // Without pinned maps there is no config to drop. The pod's flows
+        // stay for the agent's last read.
         if let Ok(mut maps) = NodeMaps::open(root) {
-            maps.set_pod_mode(record.pod_id, weir_ebpf::abi::PodMode::PassThrough)
-                .map_err(|e| CniError::state_failed(e.to_string()))?;
+            maps.clear_pod_mode(record.pod_id).map_err(|e| CniError::state_failed(e.to_string()))?;
         }
     }
     store.remove(container_id, ifname).map_err(state_error)

@@ -287,11 +287,10 @@ async fn restore(
     let names = req.names;
     let original = &snap.link;
     let mut failures = Vec::new();
-    if let Some(mode) = progress.attach_mode {
-        if let Err(e) = weir_ebpf::split::detach(req.bpf_root, req.attachment_id, mode) {
+    if let Some(mode) = progress.attach_mode
+        && let Err(e) = weir_ebpf::split::detach(req.bpf_root, req.attachment_id, mode) {
             failures.push(format!("detach programs: {e}"));
         }
-    }
     if progress.pair_created {
         match iface::link_by_name(handle, &names.pod).await {
             Ok(Some(pod)) if pod.index != original.index => {
@@ -303,11 +302,10 @@ async fn restore(
             Err(e) => failures.push(e.to_string()),
         }
     }
-    if progress.renamed {
-        if let Err(e) = iface::rename_down(handle, original.index, &original.name).await {
+    if progress.renamed
+        && let Err(e) = iface::rename_down(handle, original.index, &original.name).await {
             failures.push(e.to_string());
         }
-    }
     failures.extend(reapply(handle, original.index, snap).await);
     failures
 }
@@ -321,11 +319,10 @@ async fn reapply(handle: &Handle, index: u32, snap: &Snapshot) -> Vec<String> {
     if let Err(e) = iface::set_up(handle, index, snap.link.up).await {
         failures.push(e.to_string());
     }
-    if snap.link.up {
-        if let Err(e) = iface::add_routes(handle, index, &snap.routes).await {
+    if snap.link.up
+        && let Err(e) = iface::add_routes(handle, index, &snap.routes).await {
             failures.push(e.to_string());
         }
-    }
     failures
 }
 
@@ -401,8 +398,8 @@ pub async fn verify(
     if pod.peer_index != Some(inner.index) || inner.peer_index != Some(pod.index) {
         return Err(format!("{} and {} are not each other's peers", names.pod, names.inner));
     }
-    if let Some(mac) = expected_mac {
-        if pod.mac != mac {
+    if let Some(mac) = expected_mac
+        && pod.mac != mac {
             return Err(format!(
                 "{} has MAC {}, expected {}",
                 names.pod,
@@ -410,7 +407,6 @@ pub async fn verify(
                 format_mac(mac)
             ));
         }
-    }
     if !(outer.up && inner.up) {
         return Err(format!("{} or {} is down", names.outer, names.inner));
     }

@@ -132,11 +132,10 @@ impl StateStore {
         let mut records = Vec::new();
         for entry in entries {
             let path = entry.map_err(io("list", &self.network_dir))?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                if let Some(record) = read_record(&path)? {
+            if path.extension().is_some_and(|e| e == "json")
+                && let Some(record) = read_record(&path)? {
                     records.push(record);
                 }
-            }
         }
         records.sort_by_key(|r| r.record_name());
         Ok(records)

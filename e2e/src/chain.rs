@@ -192,11 +192,10 @@ impl Node {
     pub fn pod_ipv4(result: &Value) -> Result<std::net::IpAddr> {
         for ip in result["ips"].as_array().into_iter().flatten() {
             let addr = ip["address"].as_str().unwrap_or_default();
-            if let Some((ip, _)) = addr.split_once('/') {
-                if let Ok(v4 @ std::net::IpAddr::V4(_)) = ip.parse() {
+            if let Some((ip, _)) = addr.split_once('/')
+                && let Ok(v4 @ std::net::IpAddr::V4(_)) = ip.parse() {
                     return Ok(v4);
                 }
-            }
         }
         bail!("no IPv4 address in result {result}")
     }

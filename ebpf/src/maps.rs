@@ -162,11 +162,22 @@ impl NodeMaps {
         }
     }
 
+    /// Drops `pod_id`'s config entry (back to the pass-through default) and
+    /// leaves its flows for the agent's last read; the LRU ages them out.
+    pub fn clear_pod_mode(&mut self, pod_id: u32) -> Result<()> {
+        match self.pod_config.remove(&pod_id) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(e) => Err(map_err(abi::POD_CONFIG_MAP)(e)),
+        }
+    }
+
     /// Forgets a pod: its config entry (back to pass-through) and all its
     /// flows. Returns how many flows were deleted, for the eviction arithmetic.
     pub fn remove_pod(&mut self, pod_id: u32) -> Result<u64> {
         match self.pod_config.remove(&pod_id) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => {}
             Err(e) => return Err(map_err(abi::POD_CONFIG_MAP)(e)),
         }
         // collect first: deleting while walking get_next_key restarts the walk
@@ -181,7 +192,7 @@ impl NodeMaps {
             match self.flows.remove(&k) {
                 Ok(()) => deleted += 1,
                 // evicted meanwhile
-                Err(MapError::KeyNotFound) => {}
+                Err(e) if is_missing(&e) => {}
                 Err(e) => return Err(map_err(abi::FLOWS_MAP)(e)),
             }
         }
@@ -192,7 +203,7 @@ impl NodeMaps {
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool> {
         match self.flows.remove(key) {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(map_err(abi::FLOWS_MAP)(e)),
         }
     }
@@ -227,5 +238,15 @@ impl NodeMaps {
             out.set(idx, per_cpu.iter().copied().fold(0u64, u64::wrapping_add));
         }
         Ok(out)
+    }
+}
+
+/// aya reports a missing key as `KeyNotFound` on lookup but as the syscall's
+/// ENOENT on delete.
+fn is_missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
