@@ -25,6 +25,10 @@ demo: bootstrap
 bench: bootstrap
 	bash bench/run.sh
 
+# Regenerate crds/ from the CRD types (CI fails when it is stale).
+crds:
+	$(CARGO) run -p weir-operator --bin crdgen
+
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

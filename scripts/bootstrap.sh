@@ -256,6 +256,7 @@ main() {
   apt_packages
   install_cnitool
   install_cni_plugins
+  bash "$(dirname "${BASH_SOURCE[0]}")/controlplane-tools.sh" # etcd, kube-apiserver, kubectl
   setup_bpffs
   setup_netns_dir
   load_modules

@@ -86,20 +86,28 @@ check_modules() {
 
 # update_modules GO: point the wrapper modules at the versions in versions.env.
 update_modules() {
-  local gobin=$1 gomod r staging_version
+  local gobin=$1 gomod goline r staging_version header
   staging_version=v0.${KUBERNETES_VERSION#v1.}
   log "updating the wrapper modules to kubernetes $KUBERNETES_VERSION (staging $staging_version), etcd $ETCD_VERSION"
   cd "$moddir/kubernetes"
-  # Drop every replace, then replace each staging module the new release has
-  # (read from its own go.mod) with its published version.
-  for r in $("$gobin" mod edit -json | jq -r '.Replace[]?.Old.Path'); do
-    run_logged "$gobin" mod edit -dropreplace="$r"
-  done
+  # The new release's own go.mod says which staging modules it has.
   gomod=$("$gobin" mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | jq -r .GoMod)
-  for r in $(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "$gomod"); do
-    run_logged "$gobin" mod edit -replace="$r=$r@$staging_version"
-  done
-  run_logged "$gobin" get "k8s.io/kubernetes@$KUBERNETES_VERSION"
+  [[ -f $gomod ]] || die "no go.mod for k8s.io/kubernetes@$KUBERNETES_VERSION"
+  # Rewrite go.mod in the form it was made in (comment header, module, go,
+  # tools, require, one replace block), then let go mod tidy complete it.
+  header=$(sed '/^module /,$d' go.mod)
+  goline=$(grep -m1 '^go ' go.mod)
+  {
+    printf '%s\n' "$header"
+    printf 'module weir.dev/k8s-tools/kubernetes\n\n%s\n\n' "$goline"
+    printf 'tool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n\tk8s.io/kubernetes/cmd/kubectl\n)\n\n'
+    printf 'require k8s.io/kubernetes %s\n\nreplace (\n' "$KUBERNETES_VERSION"
+    for r in $(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "$gomod"); do
+      printf '\t%s => %s %s\n' "$r" "$r" "$staging_version"
+    done
+    printf ')\n'
+  } >go.mod.new
+  mv go.mod.new go.mod
   run_logged "$gobin" mod tidy
   cd "$moddir/etcd"
   run_logged "$gobin" get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"

@@ -88,6 +88,11 @@ impl Tools {
                 tools.join("k8s").join(kubernetes_version())
             }
         };
+        Self::in_dir(&dir)
+    }
+
+    /// The binaries in `dir`, or which are missing and how to build them.
+    pub fn in_dir(dir: &Path) -> Result<Tools> {
         let tools = Tools { etcd: dir.join("etcd"), kube_apiserver: dir.join("kube-apiserver"), kubectl: dir.join("kubectl") };
         let missing: Vec<String> = [&tools.etcd, &tools.kube_apiserver, &tools.kubectl]
             .into_iter()
@@ -153,10 +158,12 @@ impl ControlPlane {
                 let started = ControlPlane::start_inner(true);
                 let ok = started.is_ok();
                 let _ = tx.send(started);
-                // The children die with this thread (PR_SET_PDEATHSIG):
-                // keep it for the life of the process.
-                while ok {
-                    std::thread::park();
+                if ok {
+                    // The children die with this thread (PR_SET_PDEATHSIG):
+                    // keep it for the life of the process.
+                    loop {
+                        std::thread::park();
+                    }
                 }
             });
             let started = match spawned {
@@ -619,4 +626,27 @@ fn write_pki(dir: &Path) -> Result<Pki> {
     write_private(&pki.sa_private, sa_key.serialize_pem().as_bytes())?;
     write_private(&pki.sa_public, sa_key.public_key_pem().as_bytes())?;
     Ok(pki)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_versions_env() {
+        assert!(kubernetes_version().starts_with("v1."), "{}", kubernetes_version());
+        assert!(etcd_version().starts_with("v3."), "{}", etcd_version());
+    }
+
+    #[test]
+    fn missing_tools_are_named_with_the_fix() {
+        let dir = std::env::temp_dir().join(format!("weir-no-k8s-tools-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("etcd"), "").unwrap(); // present but not executable
+        let err = format!("{:#}", Tools::in_dir(&dir).unwrap_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        for part in ["control plane tools missing", "etcd", "kube-apiserver", "kubectl", "scripts/controlplane-tools.sh", kubernetes_version()] {
+            assert!(err.contains(part), "{part:?} not in: {err}");
+        }
+    }
 }

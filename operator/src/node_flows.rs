@@ -94,7 +94,7 @@ pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
 /// "ICMPv6").
 pub fn matches(flow: &NodeFlow, pods: &[String], protocols: &[String]) -> bool {
     let proto = flow.protocol.split(' ').next().unwrap_or_default();
-    (pods.is_empty() || pods.iter().any(|p| *p == flow.pod))
+    (pods.is_empty() || pods.contains(&flow.pod))
         && (protocols.is_empty() || protocols.iter().any(|p| p.eq_ignore_ascii_case(proto)))
 }
 

@@ -434,7 +434,9 @@ fn a_control_plane_of_its_own_stops_on_drop() {
     let pids = cp.pids();
     let dir = cp.dir().to_owned();
     assert_eq!(pids.len(), 2);
+    let stopping = std::time::Instant::now();
     drop(cp);
+    eprintln!("control plane stopped in {:?}", stopping.elapsed());
     for pid in pids {
         // SAFETY: probing a pid with signal 0.
         let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;

@@ -248,12 +248,53 @@ fn podflow_has_cel_rules() {
     assert!(has_rule(spec, "self == oldSelf", "immutable"));
     assert!(has_rule(spec, "has(self.destination.port)", "destination.port is required for TCP and UDP"));
     assert!(has_rule(at(spec, &["destination", "port"]), "self <= 65535", "port must be between 1 and 65535"));
-    assert!(has_rule(at(spec, &["source"]), "self.namespace + '/' + self.pod", "display"));
+    assert!(has_rule(at(spec, &["source"]), "self.__namespace__ + '/' + self.pod", "display"));
     assert!(has_rule(at(spec, &["destination"]), "self.ip", "display"));
     assert!(has_rule(at(spec, &["source", "ip"]), "isIP(self)", "IPv4 or IPv6"));
     assert!(has_rule(at(spec, &["destination", "ip"]), "isIP(self)", "IPv4 or IPv6"));
     let required = spec.required.clone().unwrap();
     for f in ["source", "destination", "protocol", "profile"] {
         assert!(required.iter().any(|r| r == f), "{f} required");
+    }
+}
+
+/// Every CEL rule of a schema, with its path.
+fn all_rules(s: &JSONSchemaProps, path: &str, out: &mut Vec<(String, String)>) {
+    for (rule, _) in rules(s) {
+        out.push((path.to_owned(), rule));
+    }
+    for (name, p) in s.properties.iter().flatten() {
+        all_rules(p, &format!("{path}.{name}"), out);
+    }
+    if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items)) =
+        s.items.as_ref()
+    {
+        all_rules(items, &format!("{path}[]"), out);
+    }
+}
+
+/// CEL reserves these words: a field named so is `self.__word__` in a
+/// rule, and `self.word` silently becomes an expensive dynamic lookup the
+/// API server refuses (estimated cost over budget).
+#[test]
+fn cel_rules_escape_reserved_field_names() {
+    const RESERVED: [&str; 16] = [
+        "break", "const", "continue", "else", "for", "function", "if", "import", "let", "loop", "package", "namespace", "return",
+        "var", "void", "while",
+    ];
+    let mut found = Vec::new();
+    for m in crd::manifests() {
+        all_rules(root(&m.crd), &m.file_name, &mut found);
+    }
+    assert!(found.len() >= 15, "{found:?}");
+    for (path, rule) in &found {
+        for word in RESERVED {
+            let field = format!(".{word}");
+            let unescaped = rule.match_indices(&field).any(|(at, _)| {
+                let next = rule[at + field.len()..].chars().next();
+                !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+            assert!(!unescaped, "{path}: {rule:?} reads .{word}: a CEL reserved word, write .__{word}__");
+        }
     }
 }

@@ -29,6 +29,8 @@ pub const FLOW_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Durati
 /// publish them as PodFlows in this namespace. Several profiles may select
 /// the same pod; a conversation is then counted once and published under
 /// each profile that wants it.
+// kube's printcolumn(...) entries repeat keys such as `type_` by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[kube(
     group = "weir.dev",
@@ -411,7 +413,8 @@ mod tests {
 
     #[test]
     fn check_reports_each_problem_with_its_reason() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut CaptureProfileSpec)>)> = vec![
+        type Edit = Box<dyn Fn(&mut CaptureProfileSpec)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (reasons::UNSUPPORTED_MODE, Box::new(|s| s.mode = CaptureMode::Pcap)),
             (reasons::INVALID_FILTER, Box::new(|s| s.ports = vec![0])),
             (reasons::INVALID_FILTER, Box::new(|s| s.ports = vec![70000])),

@@ -30,6 +30,9 @@
 //! (`namespace/pod`, or the IP for an end that is not a pod; CEL rules keep
 //! them equal to the fields they are made of, so they cannot drift), and
 //! `status.packets` / `status.bytes` (forward + reverse of `status.totals`).
+//!
+//! (In CEL rules, `namespace` is a reserved word: the field is
+//! `self.__namespace__` there.)
 
 use std::fmt::Write as _;
 
@@ -62,6 +65,8 @@ pub fn agent_field_manager(node: &str) -> String {
 
 /// One conversation of an observed pod: who talked to whom, over which
 /// protocol and port, and how much (in `status`).
+// kube's printcolumn(...) entries repeat keys such as `type_` by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[kube(
     group = "weir.dev",
@@ -133,7 +138,7 @@ pub struct PodFlowSpec {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "self.display == self.namespace + '/' + self.pod",
+    "rule": "self.display == self.__namespace__ + '/' + self.pod",
     "message": "display must be namespace/pod"
 }]))]
 pub struct SourceEndpoint {
@@ -160,11 +165,11 @@ pub struct SourceEndpoint {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "has(self.pod) == has(self.namespace)",
+        "rule": "has(self.pod) == has(self.__namespace__)",
         "message": "destination.pod and destination.namespace are set together"
     },
     {
-        "rule": "self.display == (has(self.pod) && has(self.namespace) ? self.namespace + '/' + self.pod : self.ip)",
+        "rule": "self.display == (has(self.pod) && has(self.__namespace__) ? self.__namespace__ + '/' + self.pod : self.ip)",
         "message": "display must be namespace/pod for a pod, else the ip"
     }
 ]))]

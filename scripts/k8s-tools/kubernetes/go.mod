@@ -3,8 +3,8 @@
 // to be required as a library: its go.mod points every staging module
 // (k8s.io/api, k8s.io/client-go, ...) at ./staging with a replace that only
 // applies inside its own repository. Here each staging module is replaced
-// with its published v0.Y.Z instead, so the version below builds from the
-// module cache alone.
+// with its published v0.Y.Z instead (as projects that build against
+// k8s.io/kubernetes do), so a release builds from published modules alone.
 //
 // To move to another Kubernetes release: see versions.env beside this
 // directory (scripts/controlplane-tools.sh with WEIR_K8S_TOOLS_UPDATE=1
