@@ -37,16 +37,14 @@
  * L4 header. The same expression is right for non-GSO packets (segs = 1).
  */
 #include <linux/bpf.h>
-#include <linux/errno.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
-#include <linux/in6.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "weir_count.h"
+#include "weir_parse.h"
 #include "weir_vx_abi.h"
 
 /* Only non-GPL-only helpers are used, so the project's licence is declared. */
@@ -100,33 +98,20 @@ struct {
 #define VX_CONTINUE TC_ACT_UNSPEC
 _Static_assert(TC_ACT_UNSPEC == -1, "TC_ACT_UNSPEC must equal TCX_NEXT (-1)");
 
-/* Bounds the IPv6 extension header walk so the verifier can prove it ends. */
-#define VX_IPV6_MAX_EXT_HDRS 8
-
 #define VXLAN_HLEN 8
 #define VXLAN_FLAG_I 0x08
-#define UDP_HLEN 8
-#define TCP_FLAGS_OFFSET 13
-#define IPV4_MF_AND_OFFSET 0x3fff
-#define IPV4_OFFSET_MASK 0x1fff
-#define IPV6_FRAG_OFFSET_MASK 0xfff8
-#define IPV6_FRAG_MF 0x0001
 
-/* What the parsers found. */
+/* What the parsers found: the shared outcomes, then the outer frame's own. */
 enum vx_parse {
-	VX_OK = 0,
-	VX_TRUNCATED,
-	VX_BAD_HEADER,
-	VX_NON_IP,
+	VX_OK = WEIR_PARSE_OK,
+	VX_TRUNCATED = WEIR_PARSE_TRUNCATED,
+	VX_BAD_HEADER = WEIR_PARSE_BAD_HEADER,
+	VX_NON_IP = WEIR_PARSE_NON_IP,
 	VX_NON_UDP,
 	VX_OTHER_PORT,
 	VX_BAD_FLAGS,
 	VX_FRAGMENT,
 };
-
-/* Fragment header findings of the IPv6 walk. */
-#define VX_FRAG_ANY 1      /* a real fragment (offset or M set) */
-#define VX_FRAG_NONFIRST 2 /* offset != 0: no upper-layer header here */
 
 struct vx_parsed {
 	struct vx_flow_key key;
@@ -139,98 +124,7 @@ struct vx_parsed {
 
 static __always_inline void stat_inc(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&weir_vx_stats, &idx);
-
-	/* Per-CPU slot and tc runs with migration disabled: no atomic needed. */
-	if (v)
-		*v += 1;
-}
-
-/* Ethernet header plus at most one VLAN tag at *off; leaves *off at L3. */
-static __always_inline int parse_eth(struct __sk_buff *skb, __u32 *off,
-				     __be16 *proto)
-{
-	if (bpf_skb_load_bytes(skb, *off + offsetof(struct ethhdr, h_proto),
-			       proto, sizeof(*proto)))
-		return VX_TRUNCATED;
-	*off += ETH_HLEN;
-	if (*proto == bpf_htons(ETH_P_8021Q) ||
-	    *proto == bpf_htons(ETH_P_8021AD)) {
-		/* TCI (2 bytes), then the encapsulated ethertype */
-		if (bpf_skb_load_bytes(skb, *off + 2, proto, sizeof(*proto)))
-			return VX_TRUNCATED;
-		*off += 4;
-	}
-	return VX_OK;
-}
-
-struct ipv6_opt_hdr_prefix {
-	__u8 nexthdr;
-	__u8 hdrlen;
-};
-
-struct ipv6_frag_hdr {
-	__u8 nexthdr;
-	__u8 reserved;
-	__be16 frag_off;
-	__be32 identification;
-};
-
-/*
- * Walks the IPv6 extension headers starting with *nh at *off. Stops at the
- * first header that is not an extension header (left in *nh, *off at it), or
- * right after the fragment header of a non-first fragment, whose payload is
- * not a header. *frag gets VX_FRAG_* bits.
- */
-static __always_inline int ipv6_walk(struct __sk_buff *skb, __u32 *off,
-				     __u8 *nh, __u32 *frag)
-{
-	*frag = 0;
-	for (int i = 0; i < VX_IPV6_MAX_EXT_HDRS; i++) {
-		switch (*nh) {
-		case IPPROTO_HOPOPTS:
-		case IPPROTO_ROUTING:
-		case IPPROTO_DSTOPTS: {
-			struct ipv6_opt_hdr_prefix opt;
-
-			if (bpf_skb_load_bytes(skb, *off, &opt, sizeof(opt)))
-				return VX_TRUNCATED;
-			*nh = opt.nexthdr;
-			*off += ((__u32)opt.hdrlen + 1) * 8;
-			break;
-		}
-		case IPPROTO_AH: {
-			struct ipv6_opt_hdr_prefix opt;
-
-			if (bpf_skb_load_bytes(skb, *off, &opt, sizeof(opt)))
-				return VX_TRUNCATED;
-			*nh = opt.nexthdr;
-			*off += ((__u32)opt.hdrlen + 2) * 4;
-			break;
-		}
-		case IPPROTO_FRAGMENT: {
-			struct ipv6_frag_hdr fh;
-
-			if (bpf_skb_load_bytes(skb, *off, &fh, sizeof(fh)))
-				return VX_TRUNCATED;
-			*nh = fh.nexthdr;
-			*off += sizeof(fh);
-			__u16 fo = bpf_ntohs(fh.frag_off);
-			if (fo & (IPV6_FRAG_OFFSET_MASK | IPV6_FRAG_MF))
-				*frag |= VX_FRAG_ANY;
-			if (fo & IPV6_FRAG_OFFSET_MASK) {
-				*frag |= VX_FRAG_NONFIRST;
-				return VX_OK;
-			}
-			/* an atomic fragment (RFC 6946) is a whole packet */
-			break;
-		}
-		default:
-			return VX_OK;
-		}
-	}
-	/* A chain longer than the bound cannot be classified honestly. */
-	return VX_BAD_HEADER;
+	weir_stat_inc(&weir_vx_stats, idx);
 }
 
 /* Outer headers up to and including the VXLAN header. */
@@ -239,61 +133,29 @@ static __always_inline int parse_outer(struct __sk_buff *skb,
 {
 	__be16 proto;
 	__u32 off = 0;
-	__u8 l4;
-	int rc = parse_eth(skb, &off, &proto);
+	__u32 frag = 0;
+	__u8 l4 = 0;
+	int rc = weir_parse_eth(skb, &off, &proto);
 
 	if (rc)
 		return rc;
-
-	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr iph;
-
-		if (bpf_skb_load_bytes(skb, off, &iph, sizeof(iph)))
-			return VX_TRUNCATED;
-		/* version/ihl by hand: the uapi bitfield order is endian-specific */
-		__u8 vihl = *(__u8 *)&iph;
-		__u32 ihl = (vihl & 0x0f) * 4;
-		if ((vihl >> 4) != 4 || ihl < sizeof(iph))
-			return VX_BAD_HEADER;
-		if (bpf_ntohs(iph.frag_off) & IPV4_MF_AND_OFFSET)
-			return VX_FRAGMENT;
-		p->key.outer_family = 4;
-		__builtin_memcpy(p->key.outer_src, &iph.saddr, 4);
-		__builtin_memcpy(p->key.outer_dst, &iph.daddr, 4);
-		l4 = iph.protocol;
-		off += ihl;
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-		__u32 frag;
-
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
-			return VX_TRUNCATED;
-		if ((*(__u8 *)&ip6 >> 4) != 6)
-			return VX_BAD_HEADER;
-		p->key.outer_family = 6;
-		__builtin_memcpy(p->key.outer_src, &ip6.saddr, 16);
-		__builtin_memcpy(p->key.outer_dst, &ip6.daddr, 16);
-		l4 = ip6.nexthdr;
-		off += sizeof(ip6);
-		rc = ipv6_walk(skb, &off, &l4, &frag);
-		if (rc)
-			return rc;
-		if (frag)
-			return VX_FRAGMENT;
-	} else {
-		return VX_NON_IP;
-	}
-
+	rc = weir_parse_ip(skb, proto, &off, &p->key.outer_family,
+			   p->key.outer_src, p->key.outer_dst, &l4, &frag,
+			   WEIR_WALK_STOP_AT_NONFIRST);
+	if (rc)
+		return rc;
+	if (frag)
+		return VX_FRAGMENT;
 	if (l4 != IPPROTO_UDP)
 		return VX_NON_UDP;
 
-	__u8 uh[UDP_HLEN];
+	__u8 uh[WEIR_UDP_HLEN];
 	if (bpf_skb_load_bytes(skb, off, uh, sizeof(uh)))
 		return VX_TRUNCATED;
 	__u16 dport = ((__u16)uh[2] << 8) | uh[3];
 	if (dport != VXLAN_PORT)
 		return VX_OTHER_PORT;
-	off += UDP_HLEN;
+	off += WEIR_UDP_HLEN;
 
 	__u8 vx[VXLAN_HLEN];
 	if (bpf_skb_load_bytes(skb, off, vx, sizeof(vx)))
@@ -307,113 +169,36 @@ static __always_inline int parse_outer(struct __sk_buff *skb,
 	return VX_OK;
 }
 
-/* Inner L4 at off: ports (or ICMP type/code), TCP flags and header end. */
-static __always_inline int parse_inner_l4(struct __sk_buff *skb,
-					  struct vx_parsed *p, __u32 off)
-{
-	switch (p->key.inner_proto) {
-	case IPPROTO_TCP: {
-		/* ports .. flags: the first 14 bytes of the TCP header */
-		__u8 th[14];
-
-		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)))
-			return VX_TRUNCATED;
-		__u32 doff = (th[12] >> 4) * 4;
-		if (doff < 20)
-			return VX_BAD_HEADER;
-		p->key.inner_sport = ((__u16)th[0] << 8) | th[1];
-		p->key.inner_dport = ((__u16)th[2] << 8) | th[3];
-		p->tcp_flags = th[TCP_FLAGS_OFFSET];
-		p->off = off + doff;
-		return VX_OK;
-	}
-	case IPPROTO_UDP: {
-		__u8 uh[UDP_HLEN];
-
-		if (bpf_skb_load_bytes(skb, off, uh, sizeof(uh)))
-			return VX_TRUNCATED;
-		p->key.inner_sport = ((__u16)uh[0] << 8) | uh[1];
-		p->key.inner_dport = ((__u16)uh[2] << 8) | uh[3];
-		p->off = off + UDP_HLEN;
-		return VX_OK;
-	}
-	case IPPROTO_ICMP:
-	case IPPROTO_ICMPV6: {
-		/* ICMP in IPv6 or ICMPv6 in IPv4 is not ICMP: no type/code. */
-		if ((p->key.inner_proto == IPPROTO_ICMP) !=
-		    (p->key.inner_family == 4))
-			return VX_OK;
-		__u8 ih[2];
-
-		if (bpf_skb_load_bytes(skb, off, ih, sizeof(ih)))
-			return VX_TRUNCATED;
-		p->key.inner_sport = ih[0];
-		p->key.inner_dport = ih[1];
-		return VX_OK;
-	}
-	default:
-		return VX_OK;
-	}
-}
-
-/* Inner Ethernet, IP and L4 headers, starting at p->off. */
+/* Inner Ethernet, IP and L4 headers, starting at p->off. p->off ends at the
+ * last header parsed completely, so that the wire byte count holds even
+ * when the inner frame does not parse. */
 static __always_inline int parse_inner(struct __sk_buff *skb,
 				       struct vx_parsed *p)
 {
 	__be16 proto;
 	__u32 off = p->off;
-	int first = 1;
-	int rc = parse_eth(skb, &off, &proto);
+	__u32 frag = 0;
+	int rc = weir_parse_eth(skb, &off, &proto);
 
 	if (rc)
 		return rc;
 	p->off = off;
-
-	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr iph;
-
-		if (bpf_skb_load_bytes(skb, off, &iph, sizeof(iph)))
-			return VX_TRUNCATED;
-		__u8 vihl = *(__u8 *)&iph;
-		__u32 ihl = (vihl & 0x0f) * 4;
-		if ((vihl >> 4) != 4 || ihl < sizeof(iph))
-			return VX_BAD_HEADER;
-		p->key.inner_family = 4;
-		p->key.inner_proto = iph.protocol;
-		__builtin_memcpy(p->key.inner_src, &iph.saddr, 4);
-		__builtin_memcpy(p->key.inner_dst, &iph.daddr, 4);
-		first = (bpf_ntohs(iph.frag_off) & IPV4_OFFSET_MASK) == 0;
-		off += ihl;
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-		__u32 frag;
-		__u8 nh;
-
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
-			return VX_TRUNCATED;
-		if ((*(__u8 *)&ip6 >> 4) != 6)
-			return VX_BAD_HEADER;
-		p->key.inner_family = 6;
-		__builtin_memcpy(p->key.inner_src, &ip6.saddr, 16);
-		__builtin_memcpy(p->key.inner_dst, &ip6.daddr, 16);
-		nh = ip6.nexthdr;
-		off += sizeof(ip6);
-		rc = ipv6_walk(skb, &off, &nh, &frag);
-		if (rc)
-			return rc;
-		p->key.inner_proto = nh;
-		first = !(frag & VX_FRAG_NONFIRST);
-	} else {
-		return VX_NON_IP;
-	}
-
+	rc = weir_parse_ip(skb, proto, &off, &p->key.inner_family,
+			   p->key.inner_src, p->key.inner_dst,
+			   &p->key.inner_proto, &frag,
+			   WEIR_WALK_STOP_AT_NONFIRST);
+	if (rc)
+		return rc;
 	p->off = off;
-	if (!first) {
+	if (frag & WEIR_FRAG_NONFIRST) {
 		/* no upper-layer header in this packet: a flow without ports */
 		p->inner_nonfirst_fragment = 1;
 		return VX_OK;
 	}
-	return parse_inner_l4(skb, p, off);
+	return weir_parse_l4(skb, &p->off, p->key.inner_family,
+			     p->key.inner_proto, &p->key.inner_sport,
+			     &p->key.inner_dport, &p->tcp_flags,
+			     WEIR_UDP_NEED_HEADER);
 }
 
 static __always_inline __u32 outer_stat(int rc)
@@ -448,37 +233,43 @@ static __always_inline __u32 inner_stat(int rc)
 	}
 }
 
-/* Per-interface counters; vxlan = 0 counts an "other" packet (no bytes). */
-static __always_inline void iface_add(__u32 ifindex, __u8 dir, int vxlan,
-				      __u64 packets, __u64 bytes)
+/* The encap/decap packet and byte counters that both per-CPU values
+ * (struct vx_vni_counters, struct vx_iface_counters) begin with. */
+_Static_assert(__builtin_offsetof(struct vx_iface_counters, encap_packets) ==
+	       __builtin_offsetof(struct vx_vni_counters, encap_packets) &&
+	       __builtin_offsetof(struct vx_iface_counters, encap_bytes) ==
+	       __builtin_offsetof(struct vx_vni_counters, encap_bytes) &&
+	       __builtin_offsetof(struct vx_iface_counters, decap_packets) ==
+	       __builtin_offsetof(struct vx_vni_counters, decap_packets) &&
+	       __builtin_offsetof(struct vx_iface_counters, decap_bytes) ==
+	       __builtin_offsetof(struct vx_vni_counters, decap_bytes),
+	       "vx_iface_counters begins with the vx_vni_counters fields");
+
+/* This CPU's counters under *key in weir_vx_vni or weir_vx_iface, created
+ * zeroed on first use; NULL (counted in fail_stat) when that fails. */
+static __always_inline void *percpu_counters(void *map, __u32 *key,
+					     __u32 fail_stat)
 {
-	struct vx_iface_counters *c =
-		bpf_map_lookup_elem(&weir_vx_iface, &ifindex);
+	void *c = bpf_map_lookup_elem(map, key);
 
-	if (!c) {
-		struct vx_iface_counters zero;
+	if (c)
+		return c;
+	/* the larger value type: the map reads only its own value size */
+	struct vx_iface_counters zero;
 
-		__builtin_memset(&zero, 0, sizeof(zero));
-		long err = bpf_map_update_elem(&weir_vx_iface, &ifindex, &zero,
-					       BPF_NOEXIST);
-		/* -EEXIST: another CPU created it first; add to that one */
-		if (err && err != -EEXIST) {
-			stat_inc(WEIR_VX_STAT_IFACE_UPDATE_FAILED);
-			return;
-		}
-		c = bpf_map_lookup_elem(&weir_vx_iface, &ifindex);
-		if (!c) {
-			stat_inc(WEIR_VX_STAT_IFACE_UPDATE_FAILED);
-			return;
-		}
-	}
-	/* this CPU's copy: plain adds */
-	if (!vxlan) {
-		if (dir == WEIR_VX_DIR_ENCAP)
-			c->other_egress_packets += packets;
-		else
-			c->other_ingress_packets += packets;
-	} else if (dir == WEIR_VX_DIR_ENCAP) {
+	__builtin_memset(&zero, 0, sizeof(zero));
+	/* -EEXIST: another CPU created it first; add to that one */
+	c = weir_create_after_miss(map, key, &zero);
+	if (!c)
+		stat_inc(fail_stat);
+	return c;
+}
+
+/* this CPU's copy: plain adds */
+static __always_inline void dir_add(struct vx_vni_counters *c, __u8 dir,
+				    __u64 packets, __u64 bytes)
+{
+	if (dir == WEIR_VX_DIR_ENCAP) {
 		c->encap_packets += packets;
 		c->encap_bytes += bytes;
 	} else {
@@ -487,34 +278,31 @@ static __always_inline void iface_add(__u32 ifindex, __u8 dir, int vxlan,
 	}
 }
 
+/* Per-interface counters; vxlan = 0 counts an "other" packet (no bytes). */
+static __always_inline void iface_add(__u32 ifindex, __u8 dir, int vxlan,
+				      __u64 packets, __u64 bytes)
+{
+	struct vx_iface_counters *c = percpu_counters(
+		&weir_vx_iface, &ifindex, WEIR_VX_STAT_IFACE_UPDATE_FAILED);
+
+	if (!c)
+		return;
+	if (vxlan)
+		dir_add((struct vx_vni_counters *)c, dir, packets, bytes);
+	else if (dir == WEIR_VX_DIR_ENCAP)
+		c->other_egress_packets += packets;
+	else
+		c->other_ingress_packets += packets;
+}
+
 static __always_inline void vni_add(__u32 vni, __u8 dir, __u64 packets,
 				    __u64 bytes)
 {
-	struct vx_vni_counters *c = bpf_map_lookup_elem(&weir_vx_vni, &vni);
+	struct vx_vni_counters *c = percpu_counters(
+		&weir_vx_vni, &vni, WEIR_VX_STAT_VNI_UPDATE_FAILED);
 
-	if (!c) {
-		struct vx_vni_counters zero;
-
-		__builtin_memset(&zero, 0, sizeof(zero));
-		long err = bpf_map_update_elem(&weir_vx_vni, &vni, &zero,
-					       BPF_NOEXIST);
-		if (err && err != -EEXIST) {
-			stat_inc(WEIR_VX_STAT_VNI_UPDATE_FAILED);
-			return;
-		}
-		c = bpf_map_lookup_elem(&weir_vx_vni, &vni);
-		if (!c) {
-			stat_inc(WEIR_VX_STAT_VNI_UPDATE_FAILED);
-			return;
-		}
-	}
-	if (dir == WEIR_VX_DIR_ENCAP) {
-		c->encap_packets += packets;
-		c->encap_bytes += bytes;
-	} else {
-		c->decap_packets += packets;
-		c->decap_bytes += bytes;
-	}
+	if (c)
+		dir_add(c, dir, packets, bytes);
 }
 
 static __always_inline void flow_add_to(struct vx_flow_counters *c, __u8 dir,
@@ -542,50 +330,46 @@ static __always_inline void flow_add(struct vx_parsed *p, __u8 dir,
 	__u64 now = bpf_ktime_get_boot_ns();
 	struct vx_flow_counters *c = bpf_map_lookup_elem(&weir_vx_flows, &p->key);
 
-	if (c) {
-		flow_add_to(c, dir, packets, bytes, now, p->tcp_flags);
-		return;
-	}
+	if (!c) {
+		struct vx_flow_counters init;
+		int inserted;
 
-	struct vx_flow_counters init;
+		__builtin_memset(&init, 0, sizeof(init));
+		init.packets = packets;
+		init.bytes = bytes;
+		init.first_seen_ns = now;
+		init.last_seen_ns = now;
+		if (dir == WEIR_VX_DIR_ENCAP) {
+			init.encap_packets = packets;
+			init.encap_bytes = bytes;
+		} else {
+			init.decap_packets = packets;
+			init.decap_bytes = bytes;
+		}
+		init.tcp_flags = p->tcp_flags;
 
-	__builtin_memset(&init, 0, sizeof(init));
-	init.packets = packets;
-	init.bytes = bytes;
-	init.first_seen_ns = now;
-	init.last_seen_ns = now;
-	if (dir == WEIR_VX_DIR_ENCAP) {
-		init.encap_packets = packets;
-		init.encap_bytes = bytes;
-	} else {
-		init.decap_packets = packets;
-		init.decap_bytes = bytes;
-	}
-	init.tcp_flags = p->tcp_flags;
-
-	long err = bpf_map_update_elem(&weir_vx_flows, &p->key, &init, BPF_NOEXIST);
-	if (err == 0) {
-		stat_inc(WEIR_VX_STAT_NEW_FLOWS);
-		struct vx_flow_event *ev =
-			bpf_ringbuf_reserve(&weir_vx_events, sizeof(*ev), 0);
-		if (!ev) {
-			stat_inc(WEIR_VX_STAT_EVENTS_LOST);
+		c = weir_insert_after_miss(&weir_vx_flows, &p->key, &init,
+					   &inserted);
+		if (!c) {
+			if (!inserted) {
+				stat_inc(WEIR_VX_STAT_FLOW_UPDATE_FAILED);
+				return;
+			}
+			stat_inc(WEIR_VX_STAT_NEW_FLOWS);
+			struct vx_flow_event *ev =
+				bpf_ringbuf_reserve(&weir_vx_events, sizeof(*ev), 0);
+			if (!ev) {
+				stat_inc(WEIR_VX_STAT_EVENTS_LOST);
+				return;
+			}
+			__builtin_memcpy(&ev->key, &p->key, sizeof(ev->key));
+			ev->ts_ns = now;
+			bpf_ringbuf_submit(ev, 0);
 			return;
 		}
-		__builtin_memcpy(&ev->key, &p->key, sizeof(ev->key));
-		ev->ts_ns = now;
-		bpf_ringbuf_submit(ev, 0);
-		return;
-	}
-	if (err == -EEXIST) {
 		/* another CPU created it between our lookup and update */
-		c = bpf_map_lookup_elem(&weir_vx_flows, &p->key);
-		if (c) {
-			flow_add_to(c, dir, packets, bytes, now, p->tcp_flags);
-			return;
-		}
 	}
-	stat_inc(WEIR_VX_STAT_FLOW_UPDATE_FAILED);
+	flow_add_to(c, dir, packets, bytes, now, p->tcp_flags);
 }
 
 static __always_inline void monitor(struct __sk_buff *skb, __u8 dir)
@@ -599,10 +383,9 @@ static __always_inline void monitor(struct __sk_buff *skb, __u8 dir)
 
 	int rc = parse_outer(skb, &p);
 	if (rc != VX_OK) {
-		__u64 segs = skb->gso_segs;
-
 		stat_inc(outer_stat(rc));
-		iface_add(ifindex, dir, 0, segs ? segs : 1, 0);
+		iface_add(ifindex, dir, 0,
+			  weir_wire_packets(skb, 0, WEIR_GSO_ZERO_IS_ONE), 0);
 		return;
 	}
 
@@ -612,15 +395,8 @@ static __always_inline void monitor(struct __sk_buff *skb, __u8 dir)
 	 * header length every segment repeats. A GSO packet from an untrusted
 	 * source (virtio, tap: SKB_GSO_DODGY) may carry gso_segs 0 with a
 	 * gso_size; its segment count is then derived from the payload. */
-	__u32 len = skb->len;
-	__u32 hdr = p.off;
-	__u64 segs = skb->gso_segs;
-	__u32 gso_size = skb->gso_size;
-	if (segs == 0 && gso_size && len > hdr)
-		segs = ((__u64)(len - hdr) + gso_size - 1) / gso_size;
-	if (segs == 0)
-		segs = 1;
-	__u64 bytes = (__u64)len + (segs - 1) * (__u64)hdr;
+	__u64 segs = weir_wire_packets(skb, p.off, WEIR_GSO_ZERO_DERIVE);
+	__u64 bytes = weir_wire_bytes(skb->len, segs, p.off);
 
 	stat_inc(WEIR_VX_STAT_VXLAN_PACKETS);
 	vni_add(p.key.vni, dir, segs, bytes);

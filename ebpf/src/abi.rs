@@ -156,7 +156,9 @@ impl FlowKey {
     }
 }
 
-fn ip_from(family: u8, raw: &[u8; 16]) -> IpAddr {
+/// An address as the programs store it in a key: IPv4 (`family` 4) in the
+/// first 4 bytes, anything else read as IPv6. Shared with [`crate::vxlan_abi`].
+pub(crate) fn ip_from(family: u8, raw: &[u8; 16]) -> IpAddr {
     if family == 4 {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
     } else {
@@ -164,7 +166,8 @@ fn ip_from(family: u8, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
-fn ip_to(ip: IpAddr) -> (u8, [u8; 16]) {
+/// The family byte and 16 address bytes the programs would store for `ip`.
+pub(crate) fn ip_to(ip: IpAddr) -> (u8, [u8; 16]) {
     let mut raw = [0u8; 16];
     match ip {
         IpAddr::V4(v4) => {

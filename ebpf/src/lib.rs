@@ -25,6 +25,8 @@ pub mod abi;
 mod elf;
 pub mod maps;
 mod netlink;
+mod object;
+mod pinned;
 pub mod split;
 mod sys;
 pub mod vxlan;

@@ -24,11 +24,12 @@
 
 use std::{io, path::PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 
 use crate::{
     BpfRoot, Error, Result,
     abi::{self, FlowCounters, FlowKey, PodConfig, PodMode, StatIndex},
+    pinned::{self, is_missing, map_err},
 };
 
 /// Handles on the pinned node-wide maps.
@@ -99,46 +100,18 @@ impl Stats {
     }
 }
 
-fn map_err(map: &'static str) -> impl Fn(MapError) -> Error {
-    move |e| Error::Map {
-        map,
-        source: Box::new(e),
-    }
-}
-
-fn open_pinned(root: &BpfRoot, name: &'static str) -> Result<Map> {
-    let path: PathBuf = root.map_path(name);
-    let data = MapData::from_pin(&path).map_err(|e| match e {
-        MapError::SyscallError(s) if s.io_error.kind() == io::ErrorKind::NotFound => {
-            Error::MapsNotPinned {
-                map: name,
-                path: path.clone(),
-                source: s.io_error,
-            }
-        }
-        other => Error::Map {
-            map: name,
-            source: Box::new(other),
-        },
-    })?;
-    Map::from_map_data(data).map_err(map_err(name))
+fn not_pinned(map: &'static str, path: PathBuf, source: io::Error) -> Error {
+    Error::MapsNotPinned { map, path, source }
 }
 
 impl NodeMaps {
     /// Opens the pinned maps under `root`; fails with
     /// [`Error::MapsNotPinned`] before the first attach on this node.
     pub fn open(root: &BpfRoot) -> Result<Self> {
-        // try_from checks map type and key/value sizes against the ABI types
-        let flows = HashMap::try_from(open_pinned(root, abi::FLOWS_MAP)?)
-            .map_err(map_err(abi::FLOWS_MAP))?;
-        let pod_config = HashMap::try_from(open_pinned(root, abi::POD_CONFIG_MAP)?)
-            .map_err(map_err(abi::POD_CONFIG_MAP))?;
-        let stats = PerCpuArray::try_from(open_pinned(root, abi::STATS_MAP)?)
-            .map_err(map_err(abi::STATS_MAP))?;
         Ok(Self {
-            flows,
-            pod_config,
-            stats,
+            flows: pinned::open(root, abi::FLOWS_MAP, not_pinned)?,
+            pod_config: pinned::open(root, abi::POD_CONFIG_MAP, not_pinned)?,
+            stats: pinned::open(root, abi::STATS_MAP, not_pinned)?,
         })
     }
 
@@ -219,12 +192,7 @@ impl NodeMaps {
 
     /// Number of entries in `weir_flows` now.
     pub fn live_flow_count(&self) -> Result<u64> {
-        let mut n = 0;
-        for k in self.flows.keys() {
-            k.map_err(map_err(abi::FLOWS_MAP))?;
-            n += 1;
-        }
-        Ok(n)
+        pinned::count_keys(abi::FLOWS_MAP, self.flows.keys())
     }
 
     /// The data path counters, summed over CPUs.
@@ -235,18 +203,8 @@ impl NodeMaps {
                 .stats
                 .get(&(idx as u32), 0)
                 .map_err(map_err(abi::STATS_MAP))?;
-            out.set(idx, per_cpu.iter().copied().fold(0u64, u64::wrapping_add));
+            out.set(idx, pinned::sum_per_cpu(&per_cpu));
         }
         Ok(out)
-    }
-}
-
-/// aya reports a missing key as `KeyNotFound` on lookup but as the syscall's
-/// ENOENT on delete.
-fn is_missing(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
     }
 }

@@ -22,17 +22,10 @@
 //! pinned at `<id>/{outer,inner}-prog` only so the attachment can be listed,
 //! verified and its filters told apart from those of another interface.
 
-use std::{
-    fmt, fs, io,
-    os::fd::{AsFd, OwnedFd},
-    path::Path,
-    str::FromStr,
-};
+use std::{fmt, fs, io, os::fd::AsFd, path::Path, str::FromStr};
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
-    maps::MapError,
-    pin::PinError,
+    maps::MapType,
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
         links::FdLink,
@@ -41,7 +34,11 @@ use aya::{
 };
 use tracing::{debug, warn};
 
-use crate::{BpfRoot, Error, Result, SPLIT_OBJECT, abi, elf, io_err, netlink, sys};
+use crate::{
+    BpfRoot, Error, Result, SPLIT_OBJECT, abi, elf, io_err, netlink,
+    object::{self, MapShape, pin_io_error, remove_dir, remove_pin, retire_link_pin},
+    sys,
+};
 
 /// Program on `wx-<if>` ingress (ToPod), redirecting to `wi-<if>`.
 pub const OUTER_PROGRAM: &str = "weir_split_outer";
@@ -53,9 +50,8 @@ const INNER_PIN: &str = "inner";
 const OUTER_PROG_PIN: &str = "outer-prog";
 const INNER_PROG_PIN: &str = "inner-prog";
 
-/// Loads retried when another process pinned a map between our lookup and
-/// our pin (two first attaches on a fresh node).
-const LOAD_ATTEMPTS: usize = 5;
+/// The globals the loader writes, in [`SplitParams`] order.
+const GLOBALS: [&str; 3] = ["POD_ID", "WX_IFINDEX", "WI_IFINDEX"];
 
 /// The per-instance values compiled into one pod interface's programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,16 +116,10 @@ impl FromStr for AttachMode {
     }
 }
 
-/// The object loaded for one pod interface: maps bound to the node-wide pins,
-/// both programs loaded into the kernel, nothing attached.
-pub struct SplitObject {
-    ebpf: Ebpf,
-}
-
-impl fmt::Debug for SplitObject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SplitObject").finish_non_exhaustive()
-    }
+object::loaded_object! {
+    /// The object loaded for one pod interface: maps bound to the node-wide
+    /// pins, both programs loaded into the kernel, nothing attached.
+    SplitObject
 }
 
 impl SplitObject {
@@ -142,142 +132,62 @@ impl SplitObject {
     pub fn inner(&self) -> &SchedClassifier {
         self.program(INNER_PROGRAM)
     }
-
-    fn program(&self, name: &str) -> &SchedClassifier {
-        self.ebpf
-            .program(name)
-            .and_then(|p| p.try_into().ok())
-            .expect("load() checked both programs exist and are classifiers")
-    }
-
-    fn program_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::Program {
-                program: name,
-                source: Box::new(ProgramError::UnexpectedProgramType),
-            })?
-            .try_into()
-            .map_err(|e| Error::Program {
-                program: name,
-                source: Box::new(e),
-            })
-    }
-
-    /// The underlying aya object, e.g. to reach its maps.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
 }
 
 /// Loads the object with `p` compiled in, creating or reusing the node-wide
 /// pinned maps under `root`, and loads (verifies) both programs. Attaches
 /// nothing; dropping the result unloads everything but the pinned maps.
 pub fn load(root: &BpfRoot, p: &SplitParams) -> Result<SplitObject> {
-    let maps_dir = root.maps_dir();
-    fs::create_dir_all(&maps_dir).map_err(io_err("creating", &maps_dir))?;
+    let values = [p.pod_id, p.wx_ifindex, p.wi_ifindex];
+    let ebpf = object::load(
+        root,
+        SPLIT_OBJECT,
+        "split",
+        |loader| {
+            for (name, value) in GLOBALS.iter().zip(&values) {
+                loader.override_global(name, value, true);
+            }
+        },
+        &map_shapes(),
+        &[OUTER_PROGRAM, INNER_PROGRAM],
+    )?;
+    Ok(SplitObject { ebpf })
+}
 
-    let mut attempt = 0;
-    let ebpf = loop {
-        attempt += 1;
-        let res = EbpfLoader::new()
-            // no CO-RE relocations in the object: kernel BTF has nothing to relocate
-            .btf(None)
-            .default_map_pin_directory(&maps_dir)
-            .override_global("POD_ID", &p.pod_id, true)
-            .override_global("WX_IFINDEX", &p.wx_ifindex, true)
-            .override_global("WI_IFINDEX", &p.wi_ifindex, true)
-            .load(SPLIT_OBJECT);
-        match res {
-            Ok(ebpf) => break ebpf,
-            Err(e) if attempt < LOAD_ATTEMPTS && lost_pin_race(&e) => {
-                // another loader created and pinned the map first: the next
-                // load opens its pin instead of creating one
-                debug!(attempt, "map pin race while loading, retrying");
-                continue;
-            }
-            Err(e) => {
-                return Err(Error::Load {
-                    source: Box::new(e),
-                });
-            }
-        }
+/// The shapes of the node-wide maps this build's ABI needs.
+fn map_shapes() -> [MapShape; 4] {
+    let shape = |name, ty, key, value, max_entries| MapShape {
+        name,
+        ty,
+        key,
+        value,
+        max_entries,
+        no_prealloc: None,
     };
-    check_pinned_maps(root)?;
-
-    let mut obj = SplitObject { ebpf };
-    for name in [OUTER_PROGRAM, INNER_PROGRAM] {
-        obj.program_mut(name)?.load().map_err(|e| Error::Program {
-            program: name,
-            source: Box::new(e),
-        })?;
-    }
-    Ok(obj)
-}
-
-fn lost_pin_race(e: &EbpfError) -> bool {
-    matches!(
-        e,
-        EbpfError::MapError(MapError::PinError { error: PinError::SyscallError(s), .. })
-            if s.io_error.raw_os_error() == Some(libc::EEXIST)
-    )
-}
-
-/// aya opens an existing pin without comparing it with the object's
-/// definition; a pin left by an older build with another layout must be
-/// refused, not silently shared.
-fn check_pinned_maps(root: &BpfRoot) -> Result<()> {
-    use aya::maps::{MapInfo, MapType};
-    let expected: [(&'static str, MapType, u32, u32, u32); 4] = [
-        (
+    [
+        shape(
             abi::FLOWS_MAP,
             MapType::LruHash,
             size_of::<abi::FlowKey>() as u32,
             size_of::<abi::FlowCounters>() as u32,
             abi::FLOWS_MAX_ENTRIES,
         ),
-        (
+        shape(
             abi::POD_CONFIG_MAP,
             MapType::Hash,
             4,
             size_of::<abi::PodConfig>() as u32,
             abi::POD_CONFIG_MAX_ENTRIES,
         ),
-        (abi::STATS_MAP, MapType::PerCpuArray, 4, 8, abi::STATS_SLOTS),
-        (
+        shape(abi::STATS_MAP, MapType::PerCpuArray, 4, 8, abi::STATS_SLOTS),
+        shape(
             abi::FLOW_EVENTS_MAP,
             MapType::RingBuf,
             0,
             0,
             abi::FLOW_EVENTS_BYTES,
         ),
-    ];
-    for (name, ty, key, value, max) in expected {
-        let path = root.map_path(name);
-        let info = MapInfo::from_pin(&path).map_err(|e| Error::Map {
-            map: name,
-            source: Box::new(e),
-        })?;
-        let found_ty = info.map_type().ok();
-        if found_ty != Some(ty)
-            || info.key_size() != key
-            || info.value_size() != value
-            || info.max_entries() != max
-        {
-            return Err(Error::IncompatibleMap {
-                map: name,
-                path,
-                detail: format!(
-                    "expected {ty:?} key {key} value {value} max_entries {max}, found {found_ty:?} key {} value {} \
-                     max_entries {}",
-                    info.key_size(),
-                    info.value_size(),
-                    info.max_entries()
-                ),
-            });
-        }
-    }
-    Ok(())
+    ]
 }
 
 /// Attaches the split for one pod interface and pins it, choosing TCX when
@@ -401,13 +311,6 @@ fn pin_link(link: FdLink, path: &Path) -> Result<()> {
     })
 }
 
-fn pin_io_error(e: PinError) -> io::Error {
-    match e {
-        PinError::SyscallError(s) => s.io_error,
-        other => io::Error::other(other.to_string()),
-    }
-}
-
 fn attach_netlink_pair(obj: &mut SplitObject, dir: &Path, wx: &str, wi: &str) -> Result<()> {
     let mut ids = Vec::with_capacity(2);
     for (name, ifname) in [(OUTER_PROGRAM, wx), (INNER_PROGRAM, wi)] {
@@ -469,18 +372,7 @@ fn add_clsact(ifname: &str) -> io::Result<()> {
 /// calling thread's netns) and the programs unpinned.
 fn retire(dir: &Path) -> Result<()> {
     for pin in [OUTER_PIN, INNER_PIN] {
-        let path = dir.join(pin);
-        match sys::obj_get(&path) {
-            Ok(fd) => {
-                if let Err(e) = sys::link_detach(fd.as_fd()) {
-                    // unpinning below still detaches once our fd closes
-                    debug!(path = %path.display(), error = %e, "BPF_LINK_DETACH failed");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => warn!(path = %path.display(), error = %e, "cannot open pinned link"),
-        }
-        remove_pin(&path)?;
+        retire_link_pin(&dir.join(pin))?;
     }
     let mut prog_ids = Vec::new();
     for pin in [OUTER_PROG_PIN, INNER_PROG_PIN] {
@@ -498,13 +390,6 @@ fn retire(dir: &Path) -> Result<()> {
         remove_pin(&dir.join(pin))?;
     }
     Ok(())
-}
-
-fn remove_pin(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing pin", path)(e)),
-        _ => Ok(()),
-    }
 }
 
 /// Deletes the clsact-ingress `cls_bpf` filters running any of `prog_ids` on
@@ -546,13 +431,6 @@ pub fn detach(root: &BpfRoot, attachment_id: &str, mode: AttachMode) -> Result<(
     remove_dir(&dir)
 }
 
-fn remove_dir(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", dir)(e)),
-        _ => Ok(()),
-    }
-}
-
 /// Removes an attachment's pins without entering any netns (garbage
 /// collection of pods that are gone). A TCX link whose pin is removed detaches
 /// as soon as no fd refers to it, so never call this for a live pod.
@@ -562,23 +440,7 @@ pub fn remove_pins(root: &BpfRoot, attachment_id: &str) -> Result<()> {
 
 /// The attachment ids that have a directory under `<root>/links`.
 pub fn list_attachments(root: &BpfRoot) -> Result<Vec<String>> {
-    let links = root.links_root();
-    let entries = match fs::read_dir(&links) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("listing", links)(e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err("listing", &links))?;
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false)
-            && let Some(name) = entry.file_name().to_str()
-        {
-            out.push(name.to_owned());
-        }
-    }
-    out.sort();
-    Ok(out)
+    object::list_dirs(&root.links_root(), |name| Some(name.to_owned()))
 }
 
 /// CNI CHECK: the attachment's pins exist, its programs are attached to
@@ -671,24 +533,11 @@ fn verify_netlink_filter(path: &Path, ifindex: u32, dev: &str) -> Result<u32, St
 
 /// The program is ours and its `.rodata` holds the expected pod id and ifindexes.
 fn verify_program(prog_id: u32, program: &str, p: &SplitParams) -> Result<(), String> {
-    let fd = sys::prog_get_fd_by_id(prog_id)
-        .map_err(|e| format!("program id {prog_id} is gone: {e}"))?;
-    let info =
-        sys::prog_info(fd.as_fd()).map_err(|e| format!("cannot read program id {prog_id}: {e}"))?;
-    // the kernel keeps at most 15 bytes of a program name
-    if info.name.is_empty() || !program.starts_with(&info.name) {
-        return Err(format!(
-            "program id {prog_id} is {:?}, expected {program}",
-            info.name
-        ));
-    }
-    let names = ["POD_ID", "WX_IFINDEX", "WI_IFINDEX"];
-    let (offsets, size) = elf::rodata_offsets(SPLIT_OBJECT, names)
+    let (offsets, size) = elf::rodata_offsets(SPLIT_OBJECT, GLOBALS)
         .ok_or("embedded object has no per-instance globals")?;
-    let rodata = read_rodata(&info, size)
-        .ok_or_else(|| format!("program id {prog_id} has no readable .rodata map"))?;
+    let rodata = object::program_rodata(prog_id, program, size)?;
     let expected = [p.pod_id, p.wx_ifindex, p.wi_ifindex];
-    for ((name, off), want) in names.iter().zip(offsets).zip(expected) {
+    for ((name, off), want) in GLOBALS.iter().zip(offsets).zip(expected) {
         let got = u32::from_ne_bytes(rodata[off..off + 4].try_into().expect("4 bytes"));
         if got != want {
             return Err(format!(
@@ -697,17 +546,4 @@ fn verify_program(prog_id: u32, program: &str, p: &SplitParams) -> Result<(), St
         }
     }
     Ok(())
-}
-
-fn read_rodata(info: &sys::ProgInfo, size: usize) -> Option<Vec<u8>> {
-    info.map_ids.iter().find_map(|&id| {
-        let fd: OwnedFd = sys::map_get_fd_by_id(id).ok()?;
-        let mi = sys::map_info(fd.as_fd()).ok()?;
-        if !mi.name.ends_with("rodata") || mi.value_size as usize != size {
-            return None;
-        }
-        let mut value = vec![0u8; size];
-        sys::map_lookup(fd.as_fd(), &0u32.to_ne_bytes(), &mut value).ok()?;
-        Some(value)
-    })
 }

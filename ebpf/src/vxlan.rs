@@ -50,14 +50,12 @@ use std::{
     collections::HashMap as StdHashMap,
     ffi::CString,
     fmt, fs, io,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuHashMap},
-    pin::PinError,
+    maps::{HashMap, MapData, MapType, PerCpuArray, PerCpuHashMap},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -67,7 +65,10 @@ use aya::{
 use tracing::{debug, warn};
 
 use crate::{
-    BpfRoot, Error, Result, elf, io_err, sys,
+    BpfRoot, Error, Result, elf, io_err,
+    object::{self, BPF_F_NO_PREALLOC, MapShape, pin_io_error, retire_link_pin},
+    pinned::{self, map_err},
+    sys,
     vxlan_abi::{self, IfaceCounters, VniCounters, VxFlowCounters, VxFlowKey, VxStatIndex},
 };
 
@@ -88,14 +89,8 @@ pub const EGRESS_PIN: &str = "egress";
 /// The global the loader writes: the VXLAN UDP port.
 const PORT_GLOBAL: &str = "VXLAN_PORT";
 
-/// Loads retried when another process pinned a map between our lookup and
-/// our pin (two first loads on a fresh node).
-const LOAD_ATTEMPTS: usize = 5;
-
 /// `bpf_attach_type` value of TCX egress (ingress is [`sys::BPF_TCX_INGRESS`]).
 const BPF_TCX_EGRESS: u32 = 47;
-/// `BPF_F_NO_PREALLOC`, set on the per-CPU hash maps.
-const BPF_F_NO_PREALLOC: u32 = 1;
 /// Longest interface name (`IFNAMSIZ` - 1).
 const MAX_IFNAME: usize = 15;
 
@@ -166,16 +161,10 @@ impl fmt::Display for Interface {
     }
 }
 
-/// The object loaded with one [`VxlanParams`]: maps bound to the node-wide
-/// pins, both programs loaded into the kernel, nothing attached.
-pub struct VxlanObject {
-    ebpf: Ebpf,
-}
-
-impl fmt::Debug for VxlanObject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VxlanObject").finish_non_exhaustive()
-    }
+object::loaded_object! {
+    /// The object loaded with one [`VxlanParams`]: maps bound to the
+    /// node-wide pins, both programs loaded into the kernel, nothing attached.
+    VxlanObject
 }
 
 impl VxlanObject {
@@ -188,32 +177,6 @@ impl VxlanObject {
     pub fn egress(&self) -> &SchedClassifier {
         self.program(EGRESS_PROGRAM)
     }
-
-    fn program(&self, name: &str) -> &SchedClassifier {
-        self.ebpf
-            .program(name)
-            .and_then(|p| p.try_into().ok())
-            .expect("load() checked both programs exist and are classifiers")
-    }
-
-    fn program_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::Program {
-                program: name,
-                source: Box::new(ProgramError::UnexpectedProgramType),
-            })?
-            .try_into()
-            .map_err(|e| Error::Program {
-                program: name,
-                source: Box::new(e),
-            })
-    }
-
-    /// The underlying aya object.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
 }
 
 /// Loads the monitor with `p` compiled in, creating or reusing the pinned
@@ -221,59 +184,31 @@ impl VxlanObject {
 /// Attaches nothing; dropping the result unloads everything but the maps.
 pub fn load(root: &BpfRoot, p: &VxlanParams) -> Result<VxlanObject> {
     p.validate()?;
-    let maps_dir = root.maps_dir();
-    fs::create_dir_all(&maps_dir).map_err(io_err("creating", &maps_dir))?;
+    let ebpf = object::load(
+        root,
+        VXLAN_OBJECT,
+        "the VXLAN monitor",
+        |loader| {
+            loader.override_global(PORT_GLOBAL, &p.port, true);
+        },
+        &map_shapes(),
+        &[INGRESS_PROGRAM, EGRESS_PROGRAM],
+    )?;
+    Ok(VxlanObject { ebpf })
+}
 
-    let mut attempt = 0;
-    let ebpf = loop {
-        attempt += 1;
-        let res = EbpfLoader::new()
-            // no CO-RE relocations in the object: kernel BTF has nothing to relocate
-            .btf(None)
-            .default_map_pin_directory(&maps_dir)
-            .override_global(PORT_GLOBAL, &p.port, true)
-            .load(VXLAN_OBJECT);
-        match res {
-            Ok(ebpf) => break ebpf,
-            Err(e) if attempt < LOAD_ATTEMPTS && lost_pin_race(&e) => {
-                debug!(
-                    attempt,
-                    "map pin race while loading the VXLAN monitor, retrying"
-                );
-                continue;
-            }
-            Err(e) => {
-                return Err(Error::Load {
-                    source: Box::new(e),
-                });
-            }
-        }
+/// The shapes of the monitor's maps this build's ABI needs.
+fn map_shapes() -> [MapShape; 5] {
+    let shape = |name, ty, key, value, max_entries, no_prealloc| MapShape {
+        name,
+        ty,
+        key,
+        value,
+        max_entries,
+        no_prealloc: Some(no_prealloc),
     };
-    check_pinned_maps(root)?;
-
-    let mut obj = VxlanObject { ebpf };
-    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
-        obj.program_mut(name)?.load().map_err(|e| Error::Program {
-            program: name,
-            source: Box::new(e),
-        })?;
-    }
-    Ok(obj)
-}
-
-fn lost_pin_race(e: &EbpfError) -> bool {
-    matches!(
-        e,
-        EbpfError::MapError(MapError::PinError { error: PinError::SyscallError(s), .. })
-            if s.io_error.raw_os_error() == Some(libc::EEXIST)
-    )
-}
-
-/// aya opens an existing pin without comparing it with the object's
-/// definition; a pin with another shape (an older build) must be refused.
-fn check_pinned_maps(root: &BpfRoot) -> Result<()> {
-    let expected: [(&'static str, MapType, u32, u32, u32, u32); 5] = [
-        (
+    [
+        shape(
             vxlan_abi::FLOWS_MAP,
             MapType::LruHash,
             size_of::<VxFlowKey>() as u32,
@@ -281,7 +216,7 @@ fn check_pinned_maps(root: &BpfRoot) -> Result<()> {
             vxlan_abi::FLOWS_MAX_ENTRIES,
             0,
         ),
-        (
+        shape(
             vxlan_abi::VNI_MAP,
             MapType::PerCpuHash,
             4,
@@ -289,7 +224,7 @@ fn check_pinned_maps(root: &BpfRoot) -> Result<()> {
             vxlan_abi::VNI_MAX_ENTRIES,
             BPF_F_NO_PREALLOC,
         ),
-        (
+        shape(
             vxlan_abi::IFACE_MAP,
             MapType::PerCpuHash,
             4,
@@ -297,7 +232,7 @@ fn check_pinned_maps(root: &BpfRoot) -> Result<()> {
             vxlan_abi::IFACE_MAX_ENTRIES,
             BPF_F_NO_PREALLOC,
         ),
-        (
+        shape(
             vxlan_abi::STATS_MAP,
             MapType::PerCpuArray,
             4,
@@ -305,7 +240,7 @@ fn check_pinned_maps(root: &BpfRoot) -> Result<()> {
             vxlan_abi::STATS_SLOTS,
             0,
         ),
-        (
+        shape(
             vxlan_abi::EVENTS_MAP,
             MapType::RingBuf,
             0,
@@ -313,35 +248,7 @@ fn check_pinned_maps(root: &BpfRoot) -> Result<()> {
             vxlan_abi::EVENTS_BYTES,
             0,
         ),
-    ];
-    for (name, ty, key, value, max, flags) in expected {
-        let path = root.map_path(name);
-        let info = MapInfo::from_pin(&path).map_err(|e| Error::Map {
-            map: name,
-            source: Box::new(e),
-        })?;
-        let found_ty = info.map_type().ok();
-        if found_ty != Some(ty)
-            || info.key_size() != key
-            || info.value_size() != value
-            || info.max_entries() != max
-            || info.map_flags() & BPF_F_NO_PREALLOC != flags
-        {
-            return Err(Error::IncompatibleMap {
-                map: name,
-                path,
-                detail: format!(
-                    "expected {ty:?} key {key} value {value} max_entries {max} flags {flags:#x}, \
-                     found {found_ty:?} key {} value {} max_entries {} flags {:#x}",
-                    info.key_size(),
-                    info.value_size(),
-                    info.max_entries(),
-                    info.map_flags()
-                ),
-            });
-        }
-    }
-    Ok(())
+    ]
 }
 
 /// What [`attach`] did.
@@ -544,7 +451,7 @@ fn attach_half(
         ))))
     })?;
     // the new link is live (our fd holds it): retire the old pin, then pin the new one
-    retire_pin(&path)?;
+    retire_link_pin(&path)?;
     link.pin(&path).map(drop).map_err(|e| Error::Io {
         what: "pinning link at",
         path: path.clone(),
@@ -577,31 +484,6 @@ fn live_link(path: &Path, ifindex: u32, attach_type: u32) -> Option<SchedClassif
     SchedClassifierLink::try_from(FdLink::from(pinned)).ok()
 }
 
-fn pin_io_error(e: PinError) -> io::Error {
-    match e {
-        PinError::SyscallError(s) => s.io_error,
-        other => io::Error::other(other.to_string()),
-    }
-}
-
-/// Detaches the link pinned at `path` (if any) and removes the pin.
-fn retire_pin(path: &Path) -> Result<()> {
-    match sys::obj_get(path) {
-        Ok(fd) => {
-            if let Err(e) = sys::link_detach(fd.as_fd()) {
-                // removing the pin still detaches once the last fd closes
-                debug!(path = %path.display(), error = %e, "BPF_LINK_DETACH failed");
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => warn!(path = %path.display(), error = %e, "cannot open pinned link"),
-    }
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing pin", path)(e)),
-        _ => Ok(()),
-    }
-}
-
 /// Removes the monitor from `ifname`: detaches both links at once
 /// (`BPF_LINK_DETACH`, even while another process holds an fd) and removes
 /// the pins. Needs no netns; a device that is already gone, missing pins or
@@ -610,33 +492,14 @@ pub fn detach(root: &BpfRoot, ifname: &str) -> Result<()> {
     let dir = links_dir(root, ifname)?;
     debug!(ifname, "detaching VXLAN monitor");
     for half in HALVES {
-        retire_pin(&dir.join(half.pin))?;
+        retire_link_pin(&dir.join(half.pin))?;
     }
-    match fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", dir)(e)),
-        _ => Ok(()),
-    }
+    object::remove_dir(&dir)
 }
 
 /// The interface names with a directory under `<root>/vxlan`, sorted.
 pub fn list_attachments(root: &BpfRoot) -> Result<Vec<String>> {
-    let base = links_root(root);
-    let entries = match fs::read_dir(&base) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("listing", base)(e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err("listing", &base))?;
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false)
-            && let Some(name) = entry.file_name().to_str().and_then(ifname_from_pin_dir)
-        {
-            out.push(name);
-        }
-    }
-    out.sort();
-    Ok(out)
+    object::list_dirs(&links_root(root), ifname_from_pin_dir)
 }
 
 /// Checks an attachment: both pins exist and hold TCX links attached to
@@ -689,33 +552,9 @@ pub fn verify(root: &BpfRoot, ifname: &str, params: &VxlanParams) -> Result<()> 
 }
 
 fn verify_program(prog_id: u32, program: &str, p: &VxlanParams) -> Result<(), String> {
-    let fd = sys::prog_get_fd_by_id(prog_id)
-        .map_err(|e| format!("program id {prog_id} is gone: {e}"))?;
-    let info =
-        sys::prog_info(fd.as_fd()).map_err(|e| format!("cannot read program id {prog_id}: {e}"))?;
-    // the kernel keeps at most 15 bytes of a program name
-    if info.name.is_empty() || !program.starts_with(&info.name) {
-        return Err(format!(
-            "program id {prog_id} is {:?}, expected {program}",
-            info.name
-        ));
-    }
     let ([off], size) = elf::rodata_offsets(VXLAN_OBJECT, [PORT_GLOBAL])
         .ok_or("embedded object has no VXLAN_PORT global")?;
-    let rodata = info
-        .map_ids
-        .iter()
-        .find_map(|&id| {
-            let fd: OwnedFd = sys::map_get_fd_by_id(id).ok()?;
-            let mi = sys::map_info(fd.as_fd()).ok()?;
-            if !mi.name.ends_with("rodata") || mi.value_size as usize != size {
-                return None;
-            }
-            let mut value = vec![0u8; size];
-            sys::map_lookup(fd.as_fd(), &0u32.to_ne_bytes(), &mut value).ok()?;
-            Some(value)
-        })
-        .ok_or_else(|| format!("program id {prog_id} has no readable .rodata map"))?;
+    let rodata = object::program_rodata(prog_id, program, size)?;
     let port = u16::from_ne_bytes(rodata[off..off + 2].try_into().expect("2 bytes"));
     if port != p.port {
         return Err(format!(
@@ -788,49 +627,19 @@ impl fmt::Debug for VxlanMaps {
     }
 }
 
-fn map_err(map: &'static str) -> impl Fn(MapError) -> Error {
-    move |e| Error::Map {
-        map,
-        source: Box::new(e),
-    }
-}
-
-fn open_pinned(root: &BpfRoot, name: &'static str) -> Result<Map> {
-    let path = root.map_path(name);
-    let data = MapData::from_pin(&path).map_err(|e| match e {
-        MapError::SyscallError(s) if s.io_error.kind() == io::ErrorKind::NotFound => {
-            Error::VxlanMonitorNotLoaded {
-                map: name,
-                path: path.clone(),
-                source: s.io_error,
-            }
-        }
-        other => Error::Map {
-            map: name,
-            source: Box::new(other),
-        },
-    })?;
-    Map::from_map_data(data).map_err(map_err(name))
+fn not_loaded(map: &'static str, path: PathBuf, source: io::Error) -> Error {
+    Error::VxlanMonitorNotLoaded { map, path, source }
 }
 
 impl VxlanMaps {
     /// Opens the pinned maps under `root`; fails with
     /// [`Error::VxlanMonitorNotLoaded`] before the monitor was first loaded.
     pub fn open(root: &BpfRoot) -> Result<Self> {
-        // try_from checks the map type and key/value sizes against the ABI types
-        let flows = HashMap::try_from(open_pinned(root, vxlan_abi::FLOWS_MAP)?)
-            .map_err(map_err(vxlan_abi::FLOWS_MAP))?;
-        let vni = PerCpuHashMap::try_from(open_pinned(root, vxlan_abi::VNI_MAP)?)
-            .map_err(map_err(vxlan_abi::VNI_MAP))?;
-        let iface = PerCpuHashMap::try_from(open_pinned(root, vxlan_abi::IFACE_MAP)?)
-            .map_err(map_err(vxlan_abi::IFACE_MAP))?;
-        let stats = PerCpuArray::try_from(open_pinned(root, vxlan_abi::STATS_MAP)?)
-            .map_err(map_err(vxlan_abi::STATS_MAP))?;
         Ok(Self {
-            flows,
-            vni,
-            iface,
-            stats,
+            flows: pinned::open(root, vxlan_abi::FLOWS_MAP, not_loaded)?,
+            vni: pinned::open(root, vxlan_abi::VNI_MAP, not_loaded)?,
+            iface: pinned::open(root, vxlan_abi::IFACE_MAP, not_loaded)?,
+            stats: pinned::open(root, vxlan_abi::STATS_MAP, not_loaded)?,
         })
     }
 
@@ -845,23 +654,14 @@ impl VxlanMaps {
 
     /// Number of entries in `weir_vx_flows` now.
     pub fn live_flow_count(&self) -> Result<u64> {
-        let mut n = 0;
-        for k in self.flows.keys() {
-            k.map_err(map_err(vxlan_abi::FLOWS_MAP))?;
-            n += 1;
-        }
-        Ok(n)
+        pinned::count_keys(vxlan_abi::FLOWS_MAP, self.flows.keys())
     }
 
     /// Deletes one flow (after the agent exported it); false if it was already gone.
     pub fn remove_flow(&mut self, key: &VxFlowKey) -> Result<bool> {
         match self.flows.remove(key) {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            // aya reports a missing key on delete as the syscall's ENOENT
-            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(false)
-            }
+            Err(e) if pinned::is_missing(&e) => Ok(false),
             Err(e) => Err(map_err(vxlan_abi::FLOWS_MAP)(e)),
         }
     }
@@ -900,7 +700,7 @@ impl VxlanMaps {
                 .stats
                 .get(&(idx as u32), 0)
                 .map_err(map_err(vxlan_abi::STATS_MAP))?;
-            out.slots[idx as usize] = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
+            out.slots[idx as usize] = pinned::sum_per_cpu(&per_cpu);
         }
         Ok(out)
     }

@@ -15,8 +15,10 @@
 
 use std::{
     mem::{offset_of, size_of},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
 };
+
+use crate::abi::{ip_from, ip_to};
 
 /// Pinned map name: per-flow counters (LRU hash, node-wide).
 pub const FLOWS_MAP: &str = "weir_vx_flows";
@@ -199,25 +201,6 @@ impl VxFlowKey {
         self.inner_family = family;
         self.inner_src = s;
         self.inner_dst = ip_to(dst).1;
-    }
-}
-
-fn ip_from(family: u8, raw: &[u8; 16]) -> IpAddr {
-    if family == 4 {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*raw))
-    }
-}
-
-fn ip_to(ip: IpAddr) -> (u8, [u8; 16]) {
-    let mut raw = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => {
-            raw[..4].copy_from_slice(&v4.octets());
-            (4, raw)
-        }
-        IpAddr::V6(v6) => (6, v6.octets()),
     }
 }
 

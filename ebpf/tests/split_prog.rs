@@ -5,7 +5,6 @@ mod common;
 
 use std::net::IpAddr;
 
-use aya::maps::{Map, MapData, RingBuf};
 use common::*;
 use weir_ebpf::{
     Error, SplitParams,
@@ -87,13 +86,6 @@ fn key(
     };
     k.set_addrs(src, dst);
     k
-}
-
-fn v4(a: [u8; 4]) -> IpAddr {
-    IpAddr::from(a)
-}
-fn v6(a: [u8; 16]) -> IpAddr {
-    IpAddr::from(a)
 }
 
 #[test]
@@ -442,14 +434,10 @@ fn new_flow_emits_one_ring_buffer_event() {
     assert_eq!(f.outer(&frame), TC_ACT_REDIRECT);
     assert_eq!(f.outer(&frame), TC_ACT_REDIRECT);
 
-    let data = MapData::from_pin(f.t.root.map_path(abi::FLOW_EVENTS_MAP)).unwrap();
-    let mut rb = RingBuf::try_from(Map::from_map_data(data).unwrap()).unwrap();
-    let item = rb.next().expect("one event for the new flow");
-    assert_eq!(item.len(), std::mem::size_of::<FlowEvent>());
-    // SAFETY: the record is a FlowEvent written by the program (size checked above).
-    let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-    drop(item);
-    assert!(rb.next().is_none(), "an existing flow emits no event");
+    let events: Vec<FlowEvent> = ring_events(&f.t.root.map_path(abi::FLOW_EVENTS_MAP));
+    // one event for the new flow, none for the existing flow
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let ev = events[0];
     let (k, c) = f.only_flow();
     assert_eq!(ev.key, k);
     assert_eq!(ev.ts_ns, c.first_seen_ns);
@@ -503,27 +491,8 @@ fn probe_checks_bpffs_and_loads() {
 #[test]
 fn incompatible_pinned_map_is_refused() {
     let t = TestRoot::new("compat");
-    // a map with the right name and the wrong value size, pinned where the
-    // flow map belongs (as an older build with another layout would leave it)
-    std::fs::create_dir_all(t.root.maps_dir()).unwrap();
-    let status = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(t.root.map_path(abi::FLOWS_MAP))
-        .args([
-            "type",
-            "lru_hash",
-            "key",
-            "48",
-            "value",
-            "32",
-            "entries",
-            "1024",
-            "name",
-            "weir_flows",
-        ])
-        .status()
-        .expect("bpftool (install it with scripts/bootstrap.sh)");
-    assert!(status.success());
+    // the right name and the wrong value size, pinned where the flow map belongs
+    pin_foreign_map(&t.root, abi::FLOWS_MAP, "lru_hash", 48, 32);
     let err = split::load(&t.root, &params(60)).unwrap_err();
     assert!(matches!(err, Error::IncompatibleMap { .. }), "{err}");
 }

@@ -6,7 +6,6 @@ mod common;
 
 use std::net::IpAddr;
 
-use aya::maps::{Map, MapData, RingBuf};
 use common::*;
 use weir_ebpf::{
     Error,
@@ -92,13 +91,6 @@ fn inner4(proto: u8, src: [u8; 4], dst: [u8; 4], l4: &[u8]) -> Vec<u8> {
 
 fn inner6(next: u8, src: [u8; 16], dst: [u8; 16], l4: &[u8]) -> Vec<u8> {
     eth(0x86dd, &ipv6(next, src, dst, l4))
-}
-
-fn v4(a: [u8; 4]) -> IpAddr {
-    IpAddr::from(a)
-}
-fn v6(a: [u8; 16]) -> IpAddr {
-    IpAddr::from(a)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -235,15 +227,7 @@ impl Fixture {
     }
 
     fn events(&self) -> Vec<VxFlowEvent> {
-        let data = MapData::from_pin(vxlan::events_pin(&self.t.root)).unwrap();
-        let mut rb = RingBuf::try_from(Map::from_map_data(data).unwrap()).unwrap();
-        let mut out = Vec::new();
-        while let Some(item) = rb.next() {
-            assert_eq!(item.len(), std::mem::size_of::<VxFlowEvent>());
-            // SAFETY: a VxFlowEvent written by the program (size checked above).
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-        }
-        out
+        ring_events(&vxlan::events_pin(&self.t.root))
     }
 }
 
@@ -1212,25 +1196,7 @@ fn maps_before_first_load_say_so() {
 #[test]
 fn incompatible_pinned_map_is_refused() {
     let t = TestRoot::new("compat");
-    std::fs::create_dir_all(t.root.maps_dir()).unwrap();
-    let status = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(t.root.map_path(vxlan_abi::FLOWS_MAP))
-        .args([
-            "type",
-            "lru_hash",
-            "key",
-            "80",
-            "value",
-            "64",
-            "entries",
-            "1024",
-            "name",
-            "weir_vx_flows",
-        ])
-        .status()
-        .expect("bpftool (install it with scripts/bootstrap.sh)");
-    assert!(status.success());
+    pin_foreign_map(&t.root, vxlan_abi::FLOWS_MAP, "lru_hash", 80, 64);
     let err = vxlan::load(&t.root, &VxlanParams::default()).unwrap_err();
     assert!(matches!(err, Error::IncompatibleMap { .. }), "{err}");
 }

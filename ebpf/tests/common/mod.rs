@@ -5,6 +5,7 @@
 use std::{
     ffi::CString,
     fs,
+    net::IpAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
     process::Command,
@@ -114,6 +115,29 @@ pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: Option<&SkBuffCtx>) -> u
 
 pub fn prog_fd(p: &aya::programs::SchedClassifier) -> BorrowedFd<'_> {
     p.fd().expect("program loaded").as_fd()
+}
+
+/// Drains the ring buffer pinned at `pin`, each record a `T` of exactly
+/// `size_of::<T>()` bytes (an ABI event struct written by a program).
+pub fn ring_events<T: Copy>(pin: &Path) -> Vec<T> {
+    use aya::maps::{Map, MapData, RingBuf};
+    let data = MapData::from_pin(pin).unwrap();
+    let mut rb = RingBuf::try_from(Map::from_map_data(data).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = rb.next() {
+        assert_eq!(item.len(), std::mem::size_of::<T>());
+        // SAFETY: a plain-data ABI record of exactly this size (checked above).
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    out
+}
+
+pub fn v4(a: [u8; 4]) -> IpAddr {
+    IpAddr::from(a)
+}
+
+pub fn v6(a: [u8; 16]) -> IpAddr {
+    IpAddr::from(a)
 }
 
 // ---- packet builders (checksums are irrelevant to the parser) ----
@@ -227,7 +251,17 @@ pub fn arp_request() -> Vec<u8> {
 
 // ---- network namespaces ----
 
+/// Runs `cmd` and fails the test unless it succeeds.
 pub fn run(cmd: &str, args: &[&str]) {
+    checked(cmd, args);
+}
+
+/// Runs `cmd`, fails the test unless it succeeds, and returns its stdout.
+pub fn output(cmd: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(&checked(cmd, args).stdout).into_owned()
+}
+
+fn checked(cmd: &str, args: &[&str]) -> std::process::Output {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -239,20 +273,28 @@ pub fn run(cmd: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
-pub fn output(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Pins a map named `name` of another shape where the loaders expect their
+/// own (as an older build with another layout would leave it).
+pub fn pin_foreign_map(root: &BpfRoot, name: &str, ty: &str, key: u32, value: u32) {
+    fs::create_dir_all(root.maps_dir()).unwrap();
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(root.map_path(name))
+        .args([
+            "type",
+            ty,
+            "key",
+            &key.to_string(),
+            "value",
+            &value.to_string(),
+        ])
+        .args(["entries", "1024", "name", name])
+        .status()
+        .expect("bpftool (install it with scripts/bootstrap.sh)");
+    assert!(status.success());
 }
 
 /// A named netns (`ip netns add`), deleted when dropped.
