@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo bench crds clippy clean
+.PHONY: all bootstrap build test test-unit test-privileged demo bench bench-scale crds clippy clean
 
 all: build
 
@@ -24,6 +24,10 @@ demo: bootstrap
 
 bench: bootstrap
 	bash bench/run.sh
+
+# The agent's PodFlow writer at scale against a real control plane.
+bench-scale: bootstrap
+	bash bench/scale.sh
 
 # Regenerate crds/ from the CRD types (CI fails when it is stale).
 crds:

@@ -20,8 +20,14 @@
 //! the data is thrown away), kube-apiserver on `https://127.0.0.1:<port>`
 //! with RBAC authorization, client certificates signed by a fresh CA
 //! (the admin's in `system:masters`) and a service-account signing key. No
-//! controller manager, scheduler or nodes: objects are stored and validated,
-//! nothing reconciles them.
+//! scheduler or nodes: objects are stored and validated, nothing reconciles
+//! them. [`ControlPlane::start_with_gc`] (and [`ControlPlane::shared_with_gc`])
+//! add kube-controller-manager running only its garbage collector
+//! (`--controllers=garbagecollector`), so ownerReferences are honoured: the
+//! dependents of a deleted object are deleted, as in a real cluster.
+//!
+//! `helm` (built by the same script) is found the same way:
+//! [`Tools::helm`].
 //!
 //! The binaries are found in `$WEIR_K8S_BIN_DIR`, else in
 //! `$WEIR_TOOLS/k8s/<kubernetes version>/` (WEIR_TOOLS defaults to
@@ -70,12 +76,15 @@ pub fn etcd_version() -> &'static str {
     pinned("ETCD_VERSION")
 }
 
-/// Where the three binaries are.
+/// Where the binaries are (etcd, kube-apiserver and kubectl are required;
+/// kube-controller-manager and helm only by what uses them).
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub etcd: PathBuf,
     pub kube_apiserver: PathBuf,
     pub kubectl: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub helm: PathBuf,
 }
 
 impl Tools {
@@ -93,12 +102,31 @@ impl Tools {
 
     /// The binaries in `dir`, or which are missing and how to build them.
     pub fn in_dir(dir: &Path) -> Result<Tools> {
-        let tools = Tools { etcd: dir.join("etcd"), kube_apiserver: dir.join("kube-apiserver"), kubectl: dir.join("kubectl") };
-        let missing: Vec<String> = [&tools.etcd, &tools.kube_apiserver, &tools.kubectl]
-            .into_iter()
-            .filter(|p| !is_executable(p))
-            .map(|p| p.display().to_string())
-            .collect();
+        let tools = Tools {
+            etcd: dir.join("etcd"),
+            kube_apiserver: dir.join("kube-apiserver"),
+            kubectl: dir.join("kubectl"),
+            kube_controller_manager: dir.join("kube-controller-manager"),
+            helm: dir.join("helm"),
+        };
+        tools.require(&[&tools.etcd, &tools.kube_apiserver, &tools.kubectl])?;
+        Ok(tools)
+    }
+
+    /// kube-controller-manager, or what to run to build it.
+    pub fn kube_controller_manager(&self) -> Result<&Path> {
+        self.require(&[&self.kube_controller_manager])?;
+        Ok(&self.kube_controller_manager)
+    }
+
+    /// helm, or what to run to build it.
+    pub fn helm(&self) -> Result<&Path> {
+        self.require(&[&self.helm])?;
+        Ok(&self.helm)
+    }
+
+    fn require(&self, paths: &[&PathBuf]) -> Result<()> {
+        let missing: Vec<String> = paths.iter().filter(|p| !is_executable(p)).map(|p| p.display().to_string()).collect();
         if !missing.is_empty() {
             bail!(
                 "control plane tools missing: {} (etcd {}, Kubernetes {}); build them with `bash scripts/controlplane-tools.sh` \
@@ -108,7 +136,7 @@ impl Tools {
                 kubernetes_version()
             );
         }
-        Ok(tools)
+        Ok(())
     }
 }
 
@@ -137,7 +165,27 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver and waits until the API server is
     /// ready (`/readyz`). Blocking; takes some seconds.
     pub fn start() -> Result<ControlPlane> {
-        Self::start_inner(false)
+        Self::start_inner(false, false)
+    }
+
+    /// [`start`](Self::start), plus kube-controller-manager running only the
+    /// garbage collector (it deletes the dependents of deleted owners; it
+    /// notices a new CRD's kind within its 30 s discovery resync).
+    pub fn start_with_gc() -> Result<ControlPlane> {
+        Self::start_inner(false, true)
+    }
+
+    /// [`shared`](Self::shared), with the garbage collector
+    /// ([`start_with_gc`](Self::start_with_gc)). A test process uses
+    /// either this or `shared`.
+    pub fn shared_with_gc() -> &'static ControlPlane {
+        static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
+        extern "C" fn stop_shared() {
+            if let Some(Ok(cp)) = SHARED.get() {
+                cp.stop();
+            }
+        }
+        Self::shared_in(&SHARED, stop_shared, true)
     }
 
     /// One control plane for the whole test process, started on first use.
@@ -152,10 +200,18 @@ impl ControlPlane {
                 cp.stop();
             }
         }
-        let shared = SHARED.get_or_init(|| {
+        Self::shared_in(&SHARED, stop_shared, false)
+    }
+
+    fn shared_in(
+        shared: &'static OnceLock<std::result::Result<ControlPlane, String>>,
+        stop_shared: extern "C" fn(),
+        gc: bool,
+    ) -> &'static ControlPlane {
+        let shared = shared.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel();
             let spawned = std::thread::Builder::new().name("weir-controlplane".into()).spawn(move || {
-                let started = ControlPlane::start_inner(true);
+                let started = ControlPlane::start_inner(true, gc);
                 let ok = started.is_ok();
                 let _ = tx.send(started);
                 if ok {
@@ -182,11 +238,14 @@ impl ControlPlane {
         }
     }
 
-    fn start_inner(bind_to_thread: bool) -> Result<ControlPlane> {
+    fn start_inner(bind_to_thread: bool, gc: bool) -> Result<ControlPlane> {
         let tools = Tools::locate()?;
+        if gc {
+            tools.kube_controller_manager()?;
+        }
         let mut last = None;
         for attempt in 1..=START_ATTEMPTS {
-            match Self::try_start(&tools, bind_to_thread) {
+            match Self::try_start(&tools, bind_to_thread, gc) {
                 Ok(cp) => return Ok(cp),
                 Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
                     eprintln!("controlplane: attempt {attempt}: a port was taken ({e:#}); again with other ports");
@@ -198,7 +257,7 @@ impl ControlPlane {
         Err(last.unwrap_or_else(|| anyhow!("control plane did not start")))
     }
 
-    fn try_start(tools: &Tools, bind_to_thread: bool) -> std::result::Result<ControlPlane, StartError> {
+    fn try_start(tools: &Tools, bind_to_thread: bool, gc: bool) -> std::result::Result<ControlPlane, StartError> {
         let dir = make_temp_dir().map_err(StartError::Other)?;
         let mut cp = ControlPlane {
             dir: dir.clone(),
@@ -262,11 +321,50 @@ impl ControlPlane {
         );
         cp.push_child("kube-apiserver", apiserver.map_err(StartError::Other)?);
         cp.wait_ready()?;
+        if gc {
+            cp.start_garbage_collector(&pki, bind_to_thread)?;
+        }
         Ok(cp)
     }
 
+    /// kube-controller-manager with only the garbage collector, as the
+    /// admin (its own kubeconfig), without serving anything.
+    fn start_garbage_collector(&self, pki: &Pki, bind_to_thread: bool) -> std::result::Result<(), StartError> {
+        let kubeconfig = self.dir.join("kube-controller-manager.kubeconfig");
+        write_private(&kubeconfig, kubeconfig_json(&self.server, pki, "kube-controller-manager")?.as_bytes())?;
+        let kcm = self.spawn(
+            "kube-controller-manager",
+            &self.tools.kube_controller_manager,
+            &[
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--controllers=garbagecollector".into(),
+                "--use-service-account-credentials=false".into(),
+                "--leader-elect=false".into(),
+                // No HTTPS endpoint: nothing here scrapes or probes it.
+                "--secure-port=0".into(),
+                "--concurrent-gc-syncs=5".into(),
+                "--v=1".into(),
+            ],
+            bind_to_thread,
+        )?;
+        self.push_child("kube-controller-manager", kcm);
+        // It exits at once on a bad flag or kubeconfig: say so here.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((name, child)) = children.iter_mut().find(|(n, _)| *n == "kube-controller-manager")
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            return Err(StartError::Other(anyhow!(
+                "{name} exited ({status}); end of {name}.log:\n{}",
+                log_tail(&self.log_path(name), 30)
+            )));
+        }
+        Ok(())
+    }
+
     fn push_child(&self, name: &'static str, child: Child) {
-        // kube-apiserver goes first, so it is stopped before etcd.
+        // The last started goes first: kube-controller-manager, then
+        // kube-apiserver are stopped before etcd.
         self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(0, (name, child));
     }
 
@@ -333,26 +431,26 @@ impl ControlPlane {
     }
 
     fn write_kubeconfig(&self, pki: &Pki) -> Result<()> {
-        // JSON is YAML: kubectl and kube-rs read it as a kubeconfig.
-        let config = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{ "name": "weir-test", "cluster": {
-                "server": self.server,
-                "certificate-authority": pki.ca_cert,
-            }}],
-            "users": [{ "name": "weir-test-admin", "user": {
-                "client-certificate": pki.admin_cert,
-                "client-key": pki.admin_key,
-            }}],
-            "contexts": [{ "name": "weir-test", "context": {
-                "cluster": "weir-test",
-                "user": "weir-test-admin",
-                "namespace": "default",
-            }}],
-            "current-context": "weir-test",
-        });
-        write_private(&self.kubeconfig, serde_json::to_string_pretty(&config)?.as_bytes())
+        write_private(&self.kubeconfig, kubeconfig_json(&self.server, pki, "default")?.as_bytes())
+    }
+
+    /// Writes a kubeconfig (into the control plane's directory) that acts as
+    /// `user` — e.g. `system:serviceaccount:weir-system:weir-controller` —
+    /// by impersonation (the admin's certificate with `as:`), so the API
+    /// server authorizes every request with that user's RBAC. Returns its
+    /// path.
+    pub fn impersonating_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let mut config: serde_json::Value = serde_json::from_str(&text)?;
+        let auth = &mut config["users"][0]["user"];
+        auth["as"] = user.into();
+        if !groups.is_empty() {
+            auth["as-groups"] = groups.iter().map(|g| serde_json::Value::from(*g)).collect();
+        }
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = self.dir.join(format!("kubeconfig-as-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        write_private(&path, serde_json::to_string_pretty(&config)?.as_bytes())?;
+        Ok(path)
     }
 
     /// The admin's kubeconfig (client certificate in `system:masters`).
@@ -370,7 +468,7 @@ impl ControlPlane {
         &self.dir
     }
 
-    /// The log of `etcd` or `kube-apiserver`.
+    /// The log of `etcd`, `kube-apiserver` or `kube-controller-manager`.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
@@ -462,7 +560,8 @@ impl ControlPlane {
         }
     }
 
-    /// Process ids of kube-apiserver and etcd (for tests of the harness).
+    /// Process ids of (kube-controller-manager,) kube-apiserver and etcd
+    /// (for tests of the harness).
     pub fn pids(&self) -> Vec<u32> {
         self.children.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, c)| c.id()).collect()
     }
@@ -484,6 +583,29 @@ impl From<anyhow::Error> for StartError {
     fn from(e: anyhow::Error) -> Self {
         StartError::Other(e)
     }
+}
+
+/// The admin's kubeconfig (JSON is YAML: kubectl and kube-rs read it).
+fn kubeconfig_json(server: &str, pki: &Pki, namespace: &str) -> Result<String> {
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "weir-test", "cluster": {
+            "server": server,
+            "certificate-authority": pki.ca_cert,
+        }}],
+        "users": [{ "name": "weir-test-admin", "user": {
+            "client-certificate": pki.admin_cert,
+            "client-key": pki.admin_key,
+        }}],
+        "contexts": [{ "name": "weir-test", "context": {
+            "cluster": "weir-test",
+            "user": "weir-test-admin",
+            "namespace": namespace,
+        }}],
+        "current-context": "weir-test",
+    });
+    Ok(serde_json::to_string_pretty(&config)?)
 }
 
 fn checked<S: AsRef<OsStr>>(args: &[S], out: Output) -> Result<String> {
@@ -636,6 +758,22 @@ mod tests {
     fn versions_come_from_versions_env() {
         assert!(kubernetes_version().starts_with("v1."), "{}", kubernetes_version());
         assert!(etcd_version().starts_with("v3."), "{}", etcd_version());
+    }
+
+    #[test]
+    fn optional_tools_are_required_by_what_uses_them() {
+        let dir = std::env::temp_dir().join(format!("weir-some-k8s-tools-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for bin in ["etcd", "kube-apiserver", "kubectl"] {
+            std::fs::write(dir.join(bin), "").unwrap();
+            std::fs::set_permissions(dir.join(bin), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        let tools = Tools::in_dir(&dir).expect("the three required tools are there");
+        let kcm = format!("{:#}", tools.kube_controller_manager().unwrap_err());
+        let helm = format!("{:#}", tools.helm().unwrap_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(kcm.contains("kube-controller-manager") && kcm.contains("scripts/controlplane-tools.sh"), "{kcm}");
+        assert!(helm.contains("helm") && helm.contains("scripts/controlplane-tools.sh"), "{helm}");
     }
 
     #[test]

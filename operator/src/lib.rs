@@ -3,5 +3,6 @@
 //! controller joins here as the operator grows.
 
 pub mod agent;
+pub mod controller;
 pub mod crd;
 pub mod node_flows;

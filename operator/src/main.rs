@@ -20,6 +20,44 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// The cluster controller: CaptureProfile status, PodFlow summaries,
+    /// TTL, cap and deletions; one leader at a time (a Lease).
+    Controller(ControllerArgs),
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// This replica's identity in the Lease (default: the hostname).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// The namespace of the Lease (the controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
+    lease_namespace: String,
+    /// The name of the Lease.
+    #[arg(long, default_value = "weir-controller")]
+    lease_name: String,
+    /// How long a leader's claim lasts without renewal, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = parse_api_duration)]
+    lease_duration: std::time::Duration,
+    /// How long the leader keeps leading without a successful renewal
+    /// (less than --lease-duration).
+    #[arg(long, default_value = "10s", value_parser = parse_api_duration)]
+    renew_deadline: std::time::Duration,
+    /// How often to try to acquire or renew the Lease (less than --renew-deadline).
+    #[arg(long, default_value = "2s", value_parser = parse_api_duration)]
+    retry_period: std::time::Duration,
+    /// How often to delete PodFlows whose CaptureProfile is gone.
+    #[arg(long, default_value = "60s", value_parser = parse_api_duration)]
+    orphan_sweep_interval: std::time::Duration,
+    /// Log level (overridden by RUST_LOG).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn parse_api_duration(text: &str) -> Result<std::time::Duration, String> {
+    weir_operator::crd::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive duration like 15s, 1m30s or 500ms"))
 }
 
 #[derive(clap::Args)]
@@ -59,6 +97,18 @@ enum AgentCommand {
         /// Do not look for flannel VXLAN devices or attach the overlay monitor.
         #[arg(long)]
         no_vxlan: bool,
+        /// Kubeconfig of the API server: CaptureProfiles select the pods that
+        /// count and PodFlows are written. Without it, the in-cluster
+        /// configuration is used when KUBERNETES_SERVICE_HOST is set; else the
+        /// agent runs without Kubernetes (file peers, pod modes untouched).
+        #[arg(long, env = "WEIR_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Run without the API server even in a cluster.
+        #[arg(long, conflicts_with = "kubeconfig")]
+        no_kube: bool,
+        /// Upper bound on this node's PodFlow write requests per second.
+        #[arg(long, default_value_t = 5.0)]
+        api_qps: f64,
         /// Log level (overridden by RUST_LOG).
         #[arg(long, default_value = "info")]
         log_level: String,
@@ -119,10 +169,47 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
+fn run_controller(args: ControllerArgs) -> Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let config = weir_operator::controller::Config {
+        lease: weir_operator::controller::leader::LeaseConfig {
+            namespace: args.lease_namespace,
+            name: args.lease_name,
+            identity: args.identity.filter(|i| !i.is_empty()).unwrap_or_else(hostname),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+        },
+        orphan_sweep_interval: args.orphan_sweep_interval,
+        error_requeue: std::time::Duration::from_secs(5),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await?;
+        weir_operator::controller::run::run(client, config).await?;
+        anyhow::Ok(())
+    })
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Controller(args) => run_controller(args)?,
         Command::Agent { command } => match command {
-            AgentCommand::Run { paths, node_name, interval, listen, peers_file, max_series, no_vxlan, log_level } => {
+            AgentCommand::Run {
+                paths, node_name, interval, listen, peers_file, max_series, no_vxlan, kubeconfig, no_kube, api_qps, log_level,
+            } => {
+                use weir_operator::agent::kube_agent::{KubeSettings, KubeSource};
+                let source = match kubeconfig {
+                    Some(path) => Some(KubeSource::Kubeconfig(path)),
+                    None if !no_kube && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Some(KubeSource::InCluster),
+                    None => None,
+                };
+                if !(api_qps.is_finite() && api_qps > 0.0) {
+                    anyhow::bail!("--api-qps must be a positive number");
+                }
                 let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log_level));
                 tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -135,6 +222,7 @@ fn main() -> Result<()> {
                     peers_file,
                     max_series,
                     watch_vxlan: !no_vxlan,
+                    kube: source.map(|source| KubeSettings { source, api_qps }),
                 };
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 runtime.block_on(weir_operator::agent::run::run(config))?;

@@ -10,8 +10,9 @@
 //!   same three variants: p50 and p99.
 //! - ADD time of the whole chain through cnitool, with weir vs without, each
 //!   ADD into a fresh pod namespace (DEL afterwards, not timed).
-//! - Optionally, what the eBPF loader inside one ADD costs, phase by phase
-//!   (bench/loader-probe, each sample a fresh process like a real ADD).
+//! - Where weir's share of an ADD goes: a few more ADDs with weir run under
+//!   strace (if installed), and the eBPF loader's phases timed alone by
+//!   bench/loader-probe (each sample a fresh process, as every ADD is).
 //!
 //! Raw numbers go to the results directory as `*.raw`; the summary table
 //! goes to stdout. Everything made here is removed on the way out.
@@ -50,6 +51,7 @@ struct Settings {
     rtt_secs: u32,
     adds: usize,
     loader_samples: usize,
+    traced_adds: usize,
     weir: PathBuf,
     results: PathBuf,
     loader_probe: Option<PathBuf>,
@@ -72,8 +74,9 @@ impl Settings {
             rounds: num("WEIR_BENCH_ROUNDS", 10)?.max(1),
             tcp_secs: num("WEIR_BENCH_TCP_SECS", 3)?.max(1) as u32,
             rtt_secs: num("WEIR_BENCH_RTT_SECS", 2)?.max(1) as u32,
-            adds: num("WEIR_BENCH_ADDS", 60)?.max(2),
+            adds: num("WEIR_BENCH_ADDS", 100)?.max(2),
             loader_samples: num("WEIR_BENCH_LOADER_SAMPLES", 20)?.max(1),
+            traced_adds: num("WEIR_BENCH_TRACED_ADDS", 15)?.max(1),
             weir,
             results,
             loader_probe,
@@ -177,12 +180,17 @@ impl Bed {
         let before = self.maps()?.stats()?;
         let out = work(self.pair(v))?;
         let after = self.maps()?.stats()?;
-        let (redirects, passed) = (after.redirects - before.redirects, after.passthrough_packets - before.passthrough_packets);
+        let (redirects, passed) =
+            (after.redirects - before.redirects, after.passthrough_packets - before.passthrough_packets);
         // (the idle split pods' own chatter, e.g. IPv6 router solicitations,
         // is redirected too, whatever runs: hence thresholds, not zero)
         match v {
-            Variant::Pass if passed < 100 => bail!("pass-through run: only {passed} frames passed through weir"),
-            Variant::Count if redirects < 100 || passed != 0 => bail!("counting run: {redirects} redirects, {passed} not counted"),
+            Variant::Pass if passed < 100 => {
+                bail!("pass-through run: only {passed} frames passed through weir")
+            }
+            Variant::Count if redirects < 100 || passed != 0 => {
+                bail!("counting run: {redirects} redirects, {passed} not counted")
+            }
             _ => Ok(out),
         }
     }
@@ -255,7 +263,8 @@ fn setup(s: &Settings) -> Result<Bed> {
 fn iperf(p: &Pair, secs: u32) -> Result<(f64, u64)> {
     let ip = p.server_ip.to_string();
     let secs = secs.to_string();
-    let out = netns::run(&mut p.client.command(&["iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J"]))?;
+    let out =
+        netns::run(&mut p.client.command(&["iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J"]))?;
     let j: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("no throughput in {j}"))?;
     Ok((bps / 1e9, j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
@@ -319,29 +328,75 @@ struct Raw {
 impl Raw {
     fn write(&self, name: &str, header: &str, lines: &[String]) -> Result<()> {
         let path = self.dir.join(name);
-        fs::write(&path, format!("# {header}\n{}\n", lines.join("\n"))).with_context(|| format!("writing {}", path.display()))
+        fs::write(&path, format!("# {header}\n{}\n", lines.join("\n")))
+            .with_context(|| format!("writing {}", path.display()))
     }
 }
 
 fn main() -> Result<()> {
     let s = Settings::from_env()?;
     host::require_privileged_host();
-    let missing: Vec<&str> = ["iperf3", "sockperf"].into_iter().filter(|c| host::which(c).is_none()).collect();
-    if !missing.is_empty() {
-        bail!("missing {} (run scripts/bootstrap.sh)", missing.join(", "));
+    for tool in ["iperf3", "sockperf"] {
+        if host::which(tool).is_none() {
+            bail!("{tool} not found (run scripts/bootstrap.sh)");
+        }
     }
     if !s.weir.is_file() {
         bail!("{} is missing; build it first (`make bench` does)", s.weir.display());
     }
     fs::create_dir_all(&s.results)?;
     let raw = Raw { dir: s.results.clone() };
-    let loadavg = || fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ");
     let load_before = loadavg();
-    eprintln!("weir-bench: {} rounds; TCP {} s, RTT {} s per run; {} ADDs per chain; load average {load_before}", s.rounds, s.tcp_secs, s.rtt_secs, s.adds);
+    eprintln!(
+        "weir-bench: {} rounds; TCP {} s, RTT {} s per run; {} ADDs per chain; load average {load_before}",
+        s.rounds, s.tcp_secs, s.rtt_secs, s.adds
+    );
 
     let bed = setup(&s)?;
+    let tput = throughput(&bed, &s, &raw)?;
+    let rtt = latency(&bed, &s, &raw)?;
+    if bed.maps()?.live_flow_count()? == 0 {
+        bail!("counting rounds left no flows in weir_flows: counting was not in effect");
+    }
+    let adds = add_times(&bed, &s, &raw)?;
+    // Where weir's share of an ADD goes: traced ADDs, and the eBPF loader's
+    // phases timed on their own.
+    let mut parts = Vec::new();
+    if host::which("strace").is_some() {
+        let how = format!("{} more ADDs, weir under strace (seccomp-filtered)", s.traced_adds);
+        for (name, ms) in traced_adds(&bed.split_node, &s.weir, s.traced_adds, &raw)? {
+            parts.push((name, ms, how.clone()));
+        }
+    } else {
+        eprintln!("weir-bench: strace not found: no per-phase breakdown of the ADD");
+    }
+    if let Some(probe) = &s.loader_probe {
+        let how = format!("bench/loader-probe, {} fresh processes each", s.loader_samples);
+        for (name, ms) in loader_phases(probe, s.loader_samples, &raw)? {
+            parts.push((name, ms, how.clone()));
+        }
+    }
+    drop(bed);
 
-    // 1. TCP throughput.
+    let header = format!(
+        "weir bench: kernel {}, {} CPUs, load average {load_before} before, {} after\n\
+         medians over {} alternating rounds (TCP {} s, RTT {} s each); ADD over {} alternating ADDs per chain\n\n",
+        uname_r(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg(),
+        s.rounds,
+        s.tcp_secs,
+        s.rtt_secs,
+        s.adds
+    );
+    let out = header + &summary(&tput, &rtt, &adds, &parts)?;
+    print!("{out}");
+    fs::write(s.results.join("summary.raw"), &out)?;
+    Ok(())
+}
+
+/// Per variant, Gbit/s of each round.
+fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
     let mut tput: [Vec<f64>; 3] = Default::default();
     let mut lines = Vec::new();
     for r in 0..s.rounds {
@@ -353,9 +408,14 @@ fn main() -> Result<()> {
         eprintln!("weir-bench: throughput round {}/{} done", r + 1, s.rounds);
     }
     raw.write("throughput.raw", "round variant gbit_per_s retransmits (iperf3, one TCP stream)", &lines)?;
+    Ok(tput)
+}
 
-    // 2. Round-trip latency, UDP and TCP.
-    let mut rtt: [[(Vec<f64>, Vec<f64>); 3]; 2] = Default::default();
+/// Per protocol (UDP, TCP) and variant, (p50s, p99s) in µs of each round.
+type Rtts = [[(Vec<f64>, Vec<f64>); 3]; 2];
+
+fn latency(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Rtts> {
+    let mut rtt: Rtts = Default::default();
     let mut lines = Vec::new();
     for r in 0..s.rounds {
         for (proto, tcp) in [("udp", false), ("tcp", true)] {
@@ -370,13 +430,12 @@ fn main() -> Result<()> {
         eprintln!("weir-bench: latency round {}/{} done", r + 1, s.rounds);
     }
     raw.write("latency.raw", "round proto variant rtt_p50_us rtt_p99_us (sockperf ping-pong --full-rtt)", &lines)?;
-    let flows = bed.maps()?.live_flow_count()?;
-    if flows == 0 {
-        bail!("counting rounds left no flows in weir_flows: counting was not in effect");
-    }
-    bed.set_mode(Variant::Pass)?;
+    Ok(rtt)
+}
 
-    // 3. ADD time of the whole chain.
+/// ms of each ADD, [without weir, with weir], alternating which goes first.
+fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 2]> {
+    bed.set_mode(Variant::Pass)?;
     let mut adds: [Vec<f64>; 2] = Default::default();
     let mut lines = Vec::new();
     let nodes = [("without-weir", &bed.unsplit_node, "wbu"), ("with-weir", &bed.split_node, "wbs")];
@@ -390,64 +449,82 @@ fn main() -> Result<()> {
     }
     raw.write("add.raw", "i chain add_ms (cnitool ADD of bridge+host-local[+weir], fresh netns)", &lines)?;
     eprintln!("weir-bench: {} ADDs done", 2 * s.adds);
+    Ok(adds)
+}
 
-    // 4. The eBPF loader inside one ADD, phase by phase.
-    let loader = match &s.loader_probe {
-        Some(probe) => Some(loader_phases(probe, s.loader_samples, &raw)?),
-        None => None,
-    };
-    drop(bed);
-
-    // --- summary ------------------------------------------------------------
+/// The results table (markdown) with the targets, and the ADD breakdown.
+fn summary(tput: &[Vec<f64>; 3], rtt: &Rtts, adds: &[Vec<f64>; 2], parts: &[(&str, f64, String)]) -> Result<String> {
     let mut out = String::new();
-    let uname = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    writeln!(out, "weir bench: kernel {uname}, {cpus} CPUs, load average {load_before} before, {} after", loadavg())?;
-    writeln!(out, "medians over {} alternating rounds (TCP {} s, RTT {} s each); ADD over {} alternating ADDs per chain\n", s.rounds, s.tcp_secs, s.rtt_secs, s.adds)?;
-    writeln!(out, "| measure | unsplit | split pass-through | split counting | weir's cost (counting; pass-through) | target | result |")?;
+    writeln!(
+        out,
+        "| measure | unsplit | split pass-through | split counting | weir's cost (counting; pass-through) | target | result |"
+    )?;
     writeln!(out, "|---|---:|---:|---:|---:|---|---|")?;
     let t: Vec<f64> = tput.iter().map(|v| med(v)).collect();
-    let (rp, rc) = (t[1] / t[0], t[2] / t[0]);
+    let (rc, rp) = (t[2] / t[0], t[1] / t[0]);
+    let ok = rc >= MIN_THROUGHPUT_RATIO && rp >= MIN_THROUGHPUT_RATIO;
     writeln!(
         out,
         "| TCP throughput, Gbit/s | {:.2} | {:.2} | {:.2} | ratio {rc:.3}; {rp:.3} | ratio >= {MIN_THROUGHPUT_RATIO} | {} |",
-        t[0], t[1], t[2], verdict(rc >= MIN_THROUGHPUT_RATIO && rp >= MIN_THROUGHPUT_RATIO)
+        t[0],
+        t[1],
+        t[2],
+        verdict(ok)
     )?;
-    for (proto, per) in ["UDP", "TCP"].iter().zip(&rtt) {
+    for (proto, per) in ["UDP", "TCP"].iter().zip(rtt) {
         let p50: Vec<f64> = per.iter().map(|(a, _)| med(a)).collect();
         let p99: Vec<f64> = per.iter().map(|(_, b)| med(b)).collect();
         let (ac, ap) = (p50[2] - p50[0], p50[1] - p50[0]);
+        let ok = ac <= MAX_ADDED_RTT_P50_US && ap <= MAX_ADDED_RTT_P50_US;
         writeln!(
             out,
-            "| {proto} round trip p50, µs | {:.2} | {:.2} | {:.2} | +{ac:.2}; +{ap:.2} µs | <= +{MAX_ADDED_RTT_P50_US} µs | {} |",
-            p50[0], p50[1], p50[2], verdict(ac <= MAX_ADDED_RTT_P50_US && ap <= MAX_ADDED_RTT_P50_US)
+            "| {proto} round trip p50, µs | {:.2} | {:.2} | {:.2} | {ac:+.2}; {ap:+.2} µs | <= +{MAX_ADDED_RTT_P50_US} µs | {} |",
+            p50[0],
+            p50[1],
+            p50[2],
+            verdict(ok)
         )?;
         writeln!(
             out,
-            "| {proto} round trip p99, µs | {:.2} | {:.2} | {:.2} | +{:.2}; +{:.2} µs | (reported) | |",
-            p99[0], p99[1], p99[2], p99[2] - p99[0], p99[1] - p99[0]
+            "| {proto} round trip p99, µs | {:.2} | {:.2} | {:.2} | {:+.2}; {:+.2} µs | (reported) | |",
+            p99[0],
+            p99[1],
+            p99[2],
+            p99[2] - p99[0],
+            p99[1] - p99[0]
         )?;
     }
     for (q, target) in [(50.0, MAX_ADDED_ADD_P50_MS), (99.0, MAX_ADDED_ADD_P99_MS)] {
         let (without, with) = (pct(&adds[0], q), pct(&adds[1], q));
         writeln!(
             out,
-            "| chain ADD p{q}, ms | {without:.1} (without weir) | {with:.1} (with weir) | | +{:.1} ms | <= +{target} ms | {} |",
+            "| chain ADD p{q}, ms | {without:.1} (without weir) | {with:.1} (with weir) | | {:+.1} ms | <= +{target} ms | {} |",
             with - without,
             verdict(with - without <= target)
         )?;
     }
-    if let Some(phases) = loader {
-        writeln!(out, "\nthe eBPF loader of one ADD (bench/loader-probe, release, median of {} fresh processes):\n", s.loader_samples)?;
-        writeln!(out, "| phase | ms |")?;
-        writeln!(out, "|---|---:|")?;
-        for (name, ms) in phases {
-            writeln!(out, "| {name} | {ms:.1} |")?;
-        }
+    writeln!(out, "\nwhere weir's share of an ADD goes (medians):\n")?;
+    writeln!(out, "| part | ms | how |")?;
+    writeln!(out, "|---|---:|---|")?;
+    writeln!(
+        out,
+        "| chain ADD with weir minus without, p50 | {:.1} | the timed ADDs above |",
+        med(&adds[1]) - med(&adds[0])
+    )?;
+    for (name, ms, how) in parts {
+        writeln!(out, "| {name} | {ms:.1} | {how} |")?;
     }
-    print!("{out}");
-    fs::write(s.results.join("summary.raw"), &out)?;
-    Ok(())
+    Ok(out)
+}
+
+fn loadavg() -> String {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split(' ').take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn uname_r() -> String {
+    let out = Command::new("uname").arg("-r").output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
 }
 
 /// Runs the loader probe `samples` times (each a fresh process, as every ADD
@@ -455,10 +532,10 @@ fn main() -> Result<()> {
 fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'static str, f64)>> {
     let root = PathBuf::from(BPF_ROOT).join("loader-probe");
     let phases = [
-        ("read", "read /sys/kernel/btf/vmlinux (I/O only)"),
-        ("btf", "aya Btf::from_sys_fs() (read + parse), done by EbpfLoader::new()"),
-        ("features", "aya feature probing (first use in a process)"),
-        ("load", "weir_ebpf load total: BTF parse + features + object + maps + verifier"),
+        ("read", "alone: reading /sys/kernel/btf/vmlinux (I/O only)"),
+        ("btf", "alone: aya Btf::from_sys_fs(), read + parse, as EbpfLoader::new() does"),
+        ("features", "alone: aya's feature probing"),
+        ("load", "alone: weir's whole eBPF load (BTF, features, object, maps, verifier)"),
     ];
     let mut lines = Vec::new();
     let mut medians = Vec::new();
@@ -473,8 +550,94 @@ fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'stati
         medians.push((label, med(&v)));
     }
     let _ = fs::remove_dir_all(&root);
-    let rest = medians[3].1 - medians[1].1 - medians[2].1;
-    medians.push(("load total minus BTF parse and feature probing (object, maps, verifier)", rest));
     raw.write("loader.raw", "phase ms (each line a fresh weir-loader-probe process)", &lines)?;
     Ok(medians)
+}
+
+/// A few more ADDs through the chain with weir, the plugin run under strace
+/// filtered by seccomp (only the marker syscalls stop it, so the overhead is
+/// small): medians of the phases between the markers.
+fn traced_adds(node: &Node, weir: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'static str, f64)>> {
+    let weir = fs::canonicalize(weir)?;
+    let dir = node.work_dir.join("strace");
+    fs::create_dir_all(&dir)?;
+    let plugin = node.work_dir.join("bin/weir");
+    let script = format!(
+        "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] || exec {w} \"$@\"\n\
+         exec strace -f --seccomp-bpf -qq -ttt -T -e trace=execve,openat,bpf,exit_group -o {d}/add.$$ {w} \"$@\"\n",
+        w = weir.display(),
+        d = dir.display()
+    );
+    fs::remove_file(&plugin)?;
+    fs::write(&plugin, script)?;
+    fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let run = (0..samples).try_for_each(|i| timed_add(node, "wbs", 1000 + i).map(drop));
+    fs::remove_file(&plugin)?;
+    std::os::unix::fs::symlink(&weir, &plugin)?;
+    run?;
+
+    const LABELS: [&str; 7] = [
+        "weir process, exec to exit",
+        "- start, state, split by netlink (before the loader)",
+        "- kernel BTF read + parse (aya EbpfLoader::new)",
+        "- aya feature probes, object, maps",
+        "- verifier, both programs",
+        "- TCX attach, both links",
+        "- pins, state record, to exit",
+    ];
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); LABELS.len()];
+    let mut lines = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let text = fs::read_to_string(entry?.path())?;
+        let phases = trace_phases(&text).with_context(|| format!("unexpected strace output:\n{text}"))?;
+        lines.push(phases.iter().map(|ms| format!("{ms:.3}")).collect::<Vec<_>>().join(" "));
+        for (v, ms) in per.iter_mut().zip(phases) {
+            v.push(ms);
+        }
+    }
+    raw.write("add-phases.raw", &format!("ms per traced ADD: {}", LABELS.join(" | ")), &lines)?;
+    Ok(LABELS.into_iter().zip(per.iter().map(|v| med(v))).collect())
+}
+
+/// The phases of one traced weir ADD, in ms, in the order of the labels above.
+fn trace_phases(text: &str) -> Option<[f64; 7]> {
+    // "<pid> <unix time> <call>(<args>) = <ret> <<duration>>"
+    let calls: Vec<(f64, &str, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ' ');
+            let (_, ts, call) = (f.next()?, f.next()?.parse().ok()?, f.next()?);
+            let dur = call.rsplit_once('<').and_then(|(_, d)| d.trim_end_matches('>').parse().ok()).unwrap_or(0.0);
+            Some((ts, call, dur))
+        })
+        .collect();
+    let at = |pred: &dyn Fn(&str) -> bool, from: usize| {
+        calls.iter().enumerate().skip(from).find(|(_, c)| pred(c.1)).map(|(i, _)| i)
+    };
+    let exec = at(&|c| c.starts_with("execve("), 0)?;
+    let open = at(&|c| c.contains("/sys/kernel/btf/vmlinux"), exec)?;
+    let first_bpf = at(&|c| c.starts_with("bpf("), open)?;
+    let prog = at(&|c| c.contains("BPF_PROG_TYPE_SCHED_CLS"), first_bpf)?;
+    let exit = at(&|c| c.starts_with("exit_group("), prog)?;
+    let sum = |pred: &dyn Fn(&str) -> bool| calls[prog..exit].iter().filter(|c| pred(c.1)).map(|c| c.2).sum::<f64>();
+    let verifier = sum(&|c| c.contains("BPF_PROG_TYPE_SCHED_CLS"));
+    let attach = sum(&|c| c.starts_with("bpf(BPF_LINK_CREATE"));
+    let last_attach_end = calls[prog..exit]
+        .iter()
+        .filter(|c| c.1.starts_with("bpf(BPF_LINK_CREATE") || c.1.contains("BPF_PROG_TYPE_SCHED_CLS"))
+        .map(|c| c.0 + c.2)
+        .fold(0.0, f64::max);
+    let t = |i: usize| calls[i].0;
+    Some(
+        [
+            t(exit) - t(exec),
+            t(open) - t(exec),
+            t(first_bpf) - t(open),
+            t(prog) - t(first_bpf),
+            verifier,
+            attach,
+            t(exit) - last_attach_end,
+        ]
+        .map(|s| s * 1e3),
+    )
 }

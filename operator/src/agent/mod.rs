@@ -6,14 +6,17 @@
 //! restart (or `kill -9`) picks up the same totals.
 
 pub mod join;
+pub mod kube_agent;
 pub mod lock;
 pub mod metrics;
 pub mod overlay;
 pub mod peers;
 pub mod reading;
 pub mod run;
+pub mod selection;
 pub mod server;
 pub mod totals;
+pub mod writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,6 +26,8 @@ pub enum Error {
     State(#[from] weir_cni::state::StateError),
     #[error("eBPF: {0}")]
     Ebpf(#[from] weir_ebpf::Error),
+    #[error("Kubernetes: {0}")]
+    Kube(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }

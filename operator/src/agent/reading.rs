@@ -60,7 +60,7 @@ pub fn read(state_dir: &Path, bpf_root: &BpfRoot) -> Result<NodeReading> {
             stats: maps.stats()?,
             live_flows: maps.live_flow_count()?,
         }),
-        Err(EbpfError::MapsNotPinned { .. }) => None,
+        Err(EbpfError::MapsNotPinned { .. } | EbpfError::VxlanMonitorNotLoaded { .. }) => None,
         Err(e) => return Err(e.into()),
     };
     Ok(NodeReading { records, pods, overlay, took: started.elapsed() })

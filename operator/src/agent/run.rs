@@ -29,6 +29,10 @@ pub struct AgentConfig {
     pub peers_file: Option<PathBuf>,
     pub max_series: usize,
     pub watch_vxlan: bool,
+    /// The API server, when there is one: profiles select the pods that
+    /// count, and PodFlows are written. Without it, peers come from the file
+    /// only and pod modes are left as they are.
+    pub kube: Option<super::kube_agent::KubeSettings>,
 }
 
 pub async fn run(config: AgentConfig) -> Result<()> {
@@ -43,6 +47,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let endpoints = Arc::new(Endpoints { registry: metrics::registry(shared.clone()), flows: flows.clone() });
     tokio::spawn(server::serve(listener, endpoints));
 
+    let kube = match &config.kube {
+        Some(settings) => Some(super::kube_agent::KubeAgent::start(settings, &config.node_name).await.map_err(Error::Kube)?),
+        None => None,
+    };
     let mut peers = config.peers_file.as_deref().map(FilePeers::new);
     let mut totals = Totals::new(config.max_series);
     let mut ticker = tokio::time::interval(config.interval);
@@ -52,6 +60,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = async { match &kube { Some(k) => k.view.changed.notified().await, None => std::future::pending().await } } => {
+                // Pods or profiles changed: the data path follows at once.
+                if let (Some(k), Ok(records)) = (&kube, weir_cni::state::StateStore::list_all(&config.state_dir)) {
+                    k.apply_selection(&records, &root);
+                }
+                continue;
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -62,11 +77,19 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         match reading::read(&config.state_dir, &root) {
             Ok(reading) => {
                 let no_peers = std::collections::HashMap::new();
-                let directory: &dyn super::peers::PeerDirectory = match &peers {
+                let file_directory: &dyn super::peers::PeerDirectory = match &peers {
                     Some(p) => p,
                     None => &no_peers,
                 };
-                let views = join::join(&reading, &config.node_name, directory);
+                let views = match &kube {
+                    Some(k) => {
+                        let directory = super::kube_agent::KubePeers { pods: &k.view.pods, fallback: Some(file_directory) };
+                        let views = join::join(&reading, &config.node_name, &directory);
+                        k.round(&reading.records, &root, &views);
+                        views
+                    }
+                    None => join::join(&reading, &config.node_name, file_directory),
+                };
                 totals.update(&views);
                 publish(&shared, &reading, &totals, &names);
                 *flows.lock().expect("flows lock") = views;

@@ -1,6 +1,7 @@
-//! Writes weir's CRD manifests (`crds/<plural>.weir.dev.yaml`) from the
-//! Rust types in `weir_operator::crd`, or with `--check` only compares them
-//! and fails naming each stale file (CI runs that).
+//! Writes weir's CRD manifests (`crds/<plural>.weir.dev.yaml`, and the same
+//! files in the Helm chart's `charts/weir/crds/`) from the Rust types in
+//! `weir_operator::crd`, or with `--check` only compares them and fails
+//! naming each stale file (CI runs that).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,27 +18,32 @@ struct Cli {
     /// from what the types generate.
     #[arg(long)]
     check: bool,
-    /// The directory of the manifests (default: the workspace's crds/).
+    /// A directory of the manifests; repeatable (default: the workspace's
+    /// crds/ and charts/weir/crds/).
     #[arg(long)]
-    dir: Option<PathBuf>,
+    dir: Vec<PathBuf>,
 }
 
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    let dir = &cli.dir.unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("operator/ is in the workspace").join("crds")
-    });
+    let dirs = if cli.dir.is_empty() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("operator/ is in the workspace");
+        vec![workspace.join("crds"), workspace.join("charts/weir/crds")]
+    } else {
+        cli.dir
+    };
     let manifests = crd::manifests();
     if cli.check {
-        let stale: Vec<String> = manifests
+        let stale: Vec<String> = dirs
             .iter()
-            .filter_map(|m| {
-                let path = dir.join(&m.file_name);
-                describe_difference(&path, &m.yaml).map(|why| format!("{}: {why}", path.display()))
-            })
+            .flat_map(|dir| manifests.iter().map(move |m| dir.join(&m.file_name)))
+            .zip(manifests.iter().cycle())
+            .filter_map(|(path, m)| describe_difference(&path, &m.yaml).map(|why| format!("{}: {why}", path.display())))
             .collect();
         if stale.is_empty() {
-            eprintln!("crdgen: {} CRD manifests in {} are up to date", manifests.len(), dir.display());
+            for dir in &dirs {
+                eprintln!("crdgen: {} CRD manifests in {} are up to date", manifests.len(), dir.display());
+            }
             return Ok(ExitCode::SUCCESS);
         }
         for s in &stale {
@@ -46,15 +52,17 @@ fn main() -> Result<ExitCode> {
         eprintln!("crdgen: regenerate with: cargo run -p weir-operator --bin crdgen");
         return Ok(ExitCode::FAILURE);
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for m in &manifests {
-        let path = dir.join(&m.file_name);
-        if std::fs::read_to_string(&path).ok().as_deref() == Some(m.yaml.as_str()) {
-            eprintln!("crdgen: {} unchanged", path.display());
-            continue;
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for m in &manifests {
+            let path = dir.join(&m.file_name);
+            if std::fs::read_to_string(&path).ok().as_deref() == Some(m.yaml.as_str()) {
+                eprintln!("crdgen: {} unchanged", path.display());
+                continue;
+            }
+            std::fs::write(&path, &m.yaml).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("crdgen: wrote {}", path.display());
         }
-        std::fs::write(&path, &m.yaml).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("crdgen: wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,486 @@
+//! The agent against the API server: what it watches, and the round that
+//! turns the watched state into data-path modes and PodFlows.
+//!
+//! ## Watches (kube-runtime watchers, resumed with backoff after errors)
+//!
+//! - this node's pods (`spec.nodeName=<node>`), whole objects in a
+//!   reflector store: their labels decide the selection;
+//! - CaptureProfiles of all namespaces, in a reflector store;
+//! - Nodes, reduced to name → InternalIP/ExternalIP ([`NodeIndex`]): an
+//!   outer (underlay) VXLAN address names the node behind it;
+//! - pods of the whole cluster that may hold an IP (phase not Succeeded or
+//!   Failed), reduced as they arrive to IP → namespace, name, uid, node
+//!   ([`PodIndex`]); host-network pods are left out (their IP is the
+//!   node's). Only the reduced entry is kept: about 150–250 bytes per pod
+//!   (strings of namespace, name, uid, one shared node name, one or two
+//!   IPs, two hash map slots), so 100 000 pods take some 25 MB. Decoding
+//!   goes through whole Pod objects one at a time (pages of 500 on a
+//!   relist), which bounds the transient memory to a page.
+//!
+//! Nothing is applied to the data path before the local pods and profiles
+//! are listed once: an agent restart must not stop counting for a moment.
+//!
+//! ## The round
+//!
+//! On every change of the local pods or profiles, and every collection
+//! round: selection → data path ([`selection::apply`]). Every collection
+//! round: the joined views → conversations → the writer
+//! ([`writer::conversations`], [`writer::spawn`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::WatchStreamExt as _;
+use kube::{Api, Client};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+use weir_cni::state::AttachmentRecord;
+use weir_ebpf::BpfRoot;
+use weir_ebpf::maps::NodeMaps;
+
+use super::join::PodFlowView;
+use super::peers::{Peer, PeerDirectory};
+use super::selection::{self, LocalPod, Selection};
+use super::writer::{self, Clock, PodUids, WriterHandle};
+use crate::crd::CaptureProfile;
+
+/// Where the agent's Kubernetes configuration comes from.
+#[derive(Debug, Clone)]
+pub enum KubeSource {
+    Kubeconfig(PathBuf),
+    InCluster,
+}
+
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    pub source: KubeSource,
+    /// Upper bound on this node's PodFlow requests per second.
+    pub api_qps: f64,
+}
+
+pub async fn client(source: &KubeSource) -> Result<Client, String> {
+    let config = match source {
+        KubeSource::Kubeconfig(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        KubeSource::InCluster => kube::Config::incluster().map_err(|e| format!("in-cluster configuration: {e}"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+/// A pod of the cluster, reduced to what naming a peer needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEntry {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node: Arc<str>,
+    pub ips: Vec<IpAddr>,
+}
+
+/// IP → pod, for every pod of the cluster that holds an IP of its own.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    by_key: HashMap<(String, String), PodEntry>,
+    by_ip: HashMap<IpAddr, (String, String)>,
+    nodes: HashMap<String, Arc<str>>,
+}
+
+impl PodIndex {
+    /// The reduced entry of a pod, or `None` when it holds no IP of its own.
+    pub fn reduce(&mut self, pod: &Pod) -> Option<PodEntry> {
+        let spec = pod.spec.as_ref()?;
+        if spec.host_network == Some(true) {
+            return None;
+        }
+        let node = spec.node_name.as_deref()?;
+        let status = pod.status.as_ref()?;
+        let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
+        if ips.is_empty() {
+            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+        }
+        if ips.is_empty() {
+            return None;
+        }
+        let node = self.nodes.entry(node.to_owned()).or_insert_with(|| Arc::from(node)).clone();
+        Some(PodEntry {
+            namespace: pod.metadata.namespace.clone()?,
+            name: pod.metadata.name.clone()?,
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            node,
+            ips,
+        })
+    }
+
+    pub fn apply(&mut self, pod: &Pod) {
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else { return };
+        match self.reduce(pod) {
+            Some(entry) => self.insert(entry),
+            None => self.remove(ns, name),
+        }
+    }
+
+    pub fn insert(&mut self, entry: PodEntry) {
+        let key = (entry.namespace.clone(), entry.name.clone());
+        self.remove(&key.0, &key.1);
+        for ip in &entry.ips {
+            self.by_ip.insert(*ip, key.clone());
+        }
+        self.by_key.insert(key, entry);
+    }
+
+    pub fn remove(&mut self, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(old) = self.by_key.remove(&key) {
+            for ip in old.ips {
+                // An IP already taken over by a newer pod stays with it.
+                if self.by_ip.get(&ip) == Some(&key) {
+                    self.by_ip.remove(&ip);
+                }
+            }
+        }
+    }
+
+    pub fn lookup(&self, ip: IpAddr) -> Option<&PodEntry> {
+        self.by_ip.get(&ip).and_then(|k| self.by_key.get(k))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+impl PeerDirectory for PodIndex {
+    fn lookup(&self, ip: IpAddr) -> Option<Peer> {
+        PodIndex::lookup(self, ip).map(|e| Peer { namespace: e.namespace.clone(), pod: e.name.clone(), node: e.node.to_string() })
+    }
+}
+
+impl PodUids for PodIndex {
+    fn uid(&self, namespace: &str, pod: &str) -> Option<String> {
+        self.by_key.get(&(namespace.to_owned(), pod.to_owned())).map(|e| e.uid.clone()).filter(|u| !u.is_empty())
+    }
+}
+
+/// Node addresses (InternalIP, ExternalIP) → node name.
+#[derive(Debug, Default)]
+pub struct NodeIndex {
+    by_ip: HashMap<IpAddr, String>,
+    by_name: HashMap<String, Vec<IpAddr>>,
+}
+
+impl NodeIndex {
+    pub fn apply(&mut self, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else { return };
+        self.remove(&name);
+        let ips: Vec<IpAddr> = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        for ip in &ips {
+            self.by_ip.insert(*ip, name.clone());
+        }
+        self.by_name.insert(name, ips);
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        for ip in self.by_name.remove(name).into_iter().flatten() {
+            if self.by_ip.get(&ip).is_some_and(|n| n == name) {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// The node whose address an outer VXLAN header carries.
+    pub fn node_of(&self, ip: IpAddr) -> Option<&str> {
+        self.by_ip.get(&ip).map(String::as_str)
+    }
+}
+
+/// Everything the agent watches.
+pub struct ClusterView {
+    pub local_pods: Store<Pod>,
+    pub profiles: Store<CaptureProfile>,
+    pub pods: Arc<RwLock<PodIndex>>,
+    pub nodes: Arc<RwLock<NodeIndex>>,
+    /// Signalled on every change of the local pods or the profiles.
+    pub changed: Arc<Notify>,
+    local_synced: Arc<AtomicBool>,
+    profiles_synced: Arc<AtomicBool>,
+    pods_synced: Arc<AtomicBool>,
+}
+
+fn watch_config() -> watcher::Config {
+    // From the API server's watch cache, not a quorum read of etcd.
+    watcher::Config::default().any_semantic()
+}
+
+fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, what: &'static str, changed: Arc<Notify>, synced: Arc<AtomicBool>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api, config)).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::InitDone) => {
+                    if !synced.swap(true, Ordering::Relaxed) {
+                        info!("{what}: listed");
+                    }
+                    changed.notify_one();
+                }
+                Ok(Event::Init | Event::InitApply(_)) => {}
+                Ok(Event::Apply(_) | Event::Delete(_)) => changed.notify_one(),
+                Err(e) => warn!("{what} watch: {e}"),
+            }
+        }
+    });
+    store
+}
+
+impl ClusterView {
+    pub fn start(client: &Client, node: &str) -> Self {
+        let changed = Arc::new(Notify::new());
+        let (local_synced, profiles_synced, pods_synced): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicBool>) = Default::default();
+        let local_pods = spawn_reflector(
+            Api::<Pod>::all(client.clone()),
+            watch_config().fields(&format!("spec.nodeName={node}")),
+            "local pods",
+            changed.clone(),
+            Arc::clone(&local_synced),
+        );
+        let profiles = spawn_reflector(
+            Api::<CaptureProfile>::all(client.clone()),
+            watch_config(),
+            "CaptureProfiles",
+            changed.clone(),
+            Arc::clone(&profiles_synced),
+        );
+        let pods = Arc::new(RwLock::new(PodIndex::default()));
+        let nodes = Arc::new(RwLock::new(NodeIndex::default()));
+        {
+            let (pods, synced) = (pods.clone(), Arc::clone(&pods_synced));
+            let config = watch_config().fields("status.phase!=Succeeded,status.phase!=Failed").page_size(500);
+            let stream = watcher(Api::<Pod>::all(client.clone()), config).default_backoff();
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                let mut fresh: Option<PodIndex> = None;
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(Event::Init) => fresh = Some(PodIndex::default()),
+                        Ok(Event::InitApply(pod)) => fresh.get_or_insert_with(PodIndex::default).apply(&pod),
+                        Ok(Event::InitDone) => {
+                            let index = fresh.take().unwrap_or_default();
+                            info!(pods = index.len(), "cluster pods: listed");
+                            *pods.write().expect("pod index lock") = index;
+                            synced.store(true, Ordering::Relaxed);
+                        }
+                        Ok(Event::Apply(pod)) => pods.write().expect("pod index lock").apply(&pod),
+                        Ok(Event::Delete(pod)) => {
+                            if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+                                pods.write().expect("pod index lock").remove(ns, name);
+                            }
+                        }
+                        Err(e) => warn!("cluster pods watch: {e}"),
+                    }
+                }
+            });
+        }
+        {
+            let nodes = nodes.clone();
+            let stream = watcher(Api::<Node>::all(client.clone()), watch_config()).default_backoff();
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                let mut fresh: Option<NodeIndex> = None;
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(Event::Init) => fresh = Some(NodeIndex::default()),
+                        Ok(Event::InitApply(node)) => fresh.get_or_insert_with(NodeIndex::default).apply(&node),
+                        Ok(Event::InitDone) => *nodes.write().expect("node index lock") = fresh.take().unwrap_or_default(),
+                        Ok(Event::Apply(node)) => nodes.write().expect("node index lock").apply(&node),
+                        Ok(Event::Delete(node)) => {
+                            if let Some(name) = &node.metadata.name {
+                                nodes.write().expect("node index lock").remove(name);
+                            }
+                        }
+                        Err(e) => warn!("nodes watch: {e}"),
+                    }
+                }
+            });
+        }
+        Self { local_pods, profiles, pods, nodes, changed, local_synced, profiles_synced, pods_synced }
+    }
+
+    /// Whether the local pods and the profiles have been listed.
+    pub fn selection_ready(&self) -> bool {
+        self.local_synced.load(Ordering::Relaxed) && self.profiles_synced.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cluster's pods have been listed (peers can be named).
+    pub fn peers_ready(&self) -> bool {
+        self.pods_synced.load(Ordering::Relaxed)
+    }
+
+    pub fn selection(&self) -> Selection {
+        let pods = self.local_pods.state();
+        let profiles = self.profiles.state();
+        Selection::compute(
+            &profiles,
+            pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.host_network) != Some(true)).filter_map(|p| {
+                Some(LocalPod {
+                    namespace: p.metadata.namespace.as_deref()?,
+                    name: p.metadata.name.as_deref()?,
+                    labels: p.metadata.labels.as_ref().unwrap_or(&EMPTY_LABELS),
+                })
+            }),
+        )
+    }
+}
+
+static EMPTY_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
+/// Cluster pods as peers, behind the index's lock (taken per lookup).
+pub struct KubePeers<'a> {
+    pub pods: &'a RwLock<PodIndex>,
+    pub fallback: Option<&'a dyn PeerDirectory>,
+}
+
+impl PeerDirectory for KubePeers<'_> {
+    fn lookup(&self, ip: IpAddr) -> Option<Peer> {
+        let found = PeerDirectory::lookup(&*self.pods.read().expect("pod index lock"), ip);
+        found.or_else(|| self.fallback.and_then(|f| f.lookup(ip)))
+    }
+}
+
+/// The agent's Kubernetes side: the watches and the PodFlow writer.
+pub struct KubeAgent {
+    pub view: ClusterView,
+    pub writer: WriterHandle,
+    node: String,
+    clock: Clock,
+    last_selected: std::sync::Mutex<Option<usize>>,
+}
+
+impl KubeAgent {
+    pub async fn start(settings: &KubeSettings, node: &str) -> Result<Self, String> {
+        let client = client(&settings.source).await?;
+        let view = ClusterView::start(&client, node);
+        let writer = writer::spawn(client, node, settings.api_qps);
+        info!(node, api_qps = settings.api_qps, "watching the API server; PodFlows are written as {}", crate::crd::pod_flow::agent_field_manager(node));
+        Ok(Self { view, writer, node: node.to_owned(), clock: Clock::now(), last_selected: Default::default() })
+    }
+
+    /// Selection → data path. Does nothing until the local pods and the
+    /// profiles were listed, or before the first pod's maps are pinned.
+    pub fn apply_selection(&self, records: &[AttachmentRecord], root: &BpfRoot) -> Option<Selection> {
+        if !self.view.selection_ready() {
+            return None;
+        }
+        let selection = self.view.selection();
+        match NodeMaps::open(root) {
+            Ok(mut maps) => match selection::apply(&selection, records, &mut maps) {
+                Ok(applied) => {
+                    if applied.started + applied.stopped > 0 {
+                        info!(counting = applied.counting, started = applied.started, stopped = applied.stopped, "pod selection applied");
+                    }
+                }
+                Err(e) => warn!("applying the pod selection: {e}"),
+            },
+            Err(weir_ebpf::Error::MapsNotPinned { .. }) => {}
+            Err(e) => warn!("applying the pod selection: {e}"),
+        }
+        let mut last = self.last_selected.lock().expect("selection lock");
+        if *last != Some(selection.len()) {
+            debug!(selected = selection.len(), "local pods selected by CaptureProfiles");
+            *last = Some(selection.len());
+        }
+        Some(selection)
+    }
+
+    /// One collection round: selection, then the conversations to write.
+    pub fn round(&self, records: &[AttachmentRecord], root: &BpfRoot, views: &[PodFlowView]) {
+        let Some(selection) = self.apply_selection(records, root) else { return };
+        let conversations = {
+            let pods = self.view.pods.read().expect("pod index lock");
+            writer::conversations(views, &self.node, &selection, &*pods, &self.clock)
+        };
+        if conversations.skipped_non_pod_source > 0 {
+            tracing::trace!(skipped = conversations.skipped_non_pod_source, "conversations opened by non-pod addresses are not published");
+        }
+        self.writer.publish(conversations.flows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, PodIP, PodSpec, PodStatus};
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn pod(ns: &str, name: &str, node: &str, ips: &[&str], host: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), uid: Some(format!("uid-{name}")), ..Default::default() },
+            spec: Some(PodSpec { node_name: Some(node.into()), host_network: Some(host), ..Default::default() }),
+            status: Some(PodStatus {
+                pod_ips: Some(ips.iter().map(|ip| PodIP { ip: (*ip).into() }).collect()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn pod_index_names_ips_and_survives_ip_reuse() {
+        let mut index = PodIndex::default();
+        index.apply(&pod("shop", "db-0", "node-b", &["10.244.1.7", "fd00::7"], false));
+        index.apply(&pod("kube-system", "proxy", "node-b", &["192.168.0.2"], true));
+        let ip = "10.244.1.7".parse().unwrap();
+        assert_eq!(index.lookup(ip).unwrap().name, "db-0");
+        assert_eq!(index.lookup("fd00::7".parse().unwrap()).unwrap().node.as_ref(), "node-b");
+        assert!(index.lookup("192.168.0.2".parse().unwrap()).is_none(), "host-network pods are not peers");
+        assert_eq!(PodUids::uid(&index, "shop", "db-0").as_deref(), Some("uid-db-0"));
+        // A new pod takes the IP before the old one's delete arrives.
+        index.apply(&pod("shop", "db-1", "node-c", &["10.244.1.7"], false));
+        index.remove("shop", "db-0");
+        assert_eq!(index.lookup(ip).unwrap().name, "db-1");
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn node_index_maps_outer_addresses() {
+        let mut nodes = NodeIndex::default();
+        nodes.apply(&Node {
+            metadata: ObjectMeta { name: Some("node-a".into()), ..Default::default() },
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    NodeAddress { type_: "InternalIP".into(), address: "192.168.100.1".into() },
+                    NodeAddress { type_: "Hostname".into(), address: "node-a".into() },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(nodes.node_of("192.168.100.1".parse().unwrap()), Some("node-a"));
+        nodes.remove("node-a");
+        assert_eq!(nodes.node_of("192.168.100.1".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,737 @@
+//! Publishing what this node counted as PodFlows.
+//!
+//! ## From flows to conversations ([`conversations`])
+//!
+//! The join gives one [`PodFlowView`] per direction per 5-tuple of a local
+//! pod. A PodFlow is one conversation: source pod, destination (pod or
+//! address) and destination port, protocol — the client's ephemeral port is
+//! not part of it, so every 5-tuple of one client pod to one server port is
+//! summed into one PodFlow.
+//!
+//! - The two directions of a 5-tuple are paired (for ICMP by addresses
+//!   only: echo request and reply differ in type). The direction whose first
+//!   packet came first is the initiator: its sender is the source. A
+//!   direction seen alone is the initiator. So a local pod's egress flow
+//!   makes the pod the source, unless the peer spoke first (the pod is a
+//!   server and this is its reply).
+//! - `forward` is source → destination, `reverse` the other way, as this
+//!   node counted them; the VXLAN leg sums encap and decap of both
+//!   directions, with the outer addresses of the forward direction.
+//! - The source must be a pod (the schema requires it): a conversation
+//!   opened by an address that is not a known pod is not published (counted
+//!   in [`Conversations::skipped_non_pod_source`]).
+//! - The selecting rule's filters apply (protocol, destination port, the
+//!   peer's address), see [`Rule::admits`].
+//! - When both ends are local pods selected by the same profile, both pods'
+//!   views describe the same packets and name the same PodFlow; the source
+//!   pod's view is published, never the sum.
+//! - Owner: the source pod when it is in the PodFlow's namespace and its uid
+//!   is known, else the selected local pod (always in that namespace: an
+//!   owner in another namespace is invalid for the garbage collector, which
+//!   would delete the PodFlow).
+//!
+//! ## Writing ([`spawn`])
+//!
+//! The collection loop hands every round's conversations to the writer task
+//! through a `watch` channel (only the newest set is kept, the loop never
+//! waits). The writer applies, per PodFlow, the spec with labels and owner
+//! (once, server-side apply as `weir-agent/<node>`), then the node's own
+//! observer entry on the status subresource, and only when that entry
+//! differs from the last one written, at most once per profile
+//! `flushInterval`. Every request takes a token from a bucket of `qps`
+//! tokens per second (burst `qps`), so the node never exceeds its rate.
+//! When there is more to write than the rate allows, new conversations go
+//! first, then the ones whose last write is oldest; nothing is lost, the
+//! refresh period of each PodFlow stretches to (dirty PodFlows / qps).
+//! Transient failures (API server down, 5xx, 429) back off (0.5 s doubling
+//! to 8 s); the values written afterwards are the newest absolute counters,
+//! read from pinned maps, so totals are exact once the server is back.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Resource as _};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::join::{OverlayLeg, PodFlowView};
+use super::selection::{Rule, Selection};
+use crate::crd::pod_flow::agent_field_manager;
+use crate::crd::{
+    DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
+};
+
+/// Label naming the profile that publishes a PodFlow.
+pub const PROFILE_LABEL: &str = "weir.dev/profile";
+/// Label marking weir's objects.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Wall clock for the data path's boot-time stamps. Taken once, so the
+/// same stamp always gives the same time (no writes from clock jitter).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    boot_epoch_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        Self { boot_epoch_ns: wall - i128::from(crate::node_flows::boot_time_ns()) }
+    }
+
+    /// A clock whose boot happened at `boot_epoch_ns` (for tests).
+    pub fn at(boot_epoch_ns: i128) -> Self {
+        Self { boot_epoch_ns }
+    }
+
+    /// The time of a boot-time stamp, to the second (what the API keeps).
+    pub fn time(&self, boot_ns: u64) -> Option<Time> {
+        if boot_ns == 0 {
+            return None;
+        }
+        let secs = (self.boot_epoch_ns + i128::from(boot_ns)).div_euclid(1_000_000_000);
+        k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).ok()?).ok().map(Time)
+    }
+}
+
+/// Pod uids, for owner references.
+pub trait PodUids {
+    fn uid(&self, namespace: &str, pod: &str) -> Option<String>;
+}
+
+impl PodUids for HashMap<(String, String), String> {
+    fn uid(&self, namespace: &str, pod: &str) -> Option<String> {
+        self.get(&(namespace.to_owned(), pod.to_owned())).cloned()
+    }
+}
+
+/// One PodFlow as this node wants it to be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredFlow {
+    pub namespace: String,
+    pub name: String,
+    pub spec: PodFlowSpec,
+    pub owner: Option<OwnerReference>,
+    pub observer: Observer,
+    pub flush_interval: Duration,
+    pub max_pod_flows: i32,
+    /// The profile's `status.activeFlows` (the controller's count).
+    pub profile_active_flows: Option<i32>,
+}
+
+/// The conversations of one round.
+#[derive(Debug, Default)]
+pub struct Conversations {
+    pub flows: Vec<DesiredFlow>,
+    /// Conversations opened by an address that is not a known pod.
+    pub skipped_non_pod_source: u64,
+    /// Conversations the selecting profile's filters exclude.
+    pub filtered: u64,
+}
+
+#[derive(Default)]
+struct Pair<'a> {
+    egress: Vec<&'a PodFlowView>,
+    ingress: Vec<&'a PodFlowView>,
+}
+
+#[derive(Default)]
+struct Agg {
+    forward: DirectionCounters,
+    reverse: DirectionCounters,
+    first_ns: u64,
+    last_ns: u64,
+    vxlan: Option<VxlanCounters>,
+}
+
+fn add(c: &mut DirectionCounters, views: &[&PodFlowView]) {
+    for v in views {
+        c.packets = c.packets.saturating_add(v.packets as i64);
+        c.bytes = c.bytes.saturating_add(v.bytes as i64);
+    }
+}
+
+fn add_leg(vx: &mut Option<VxlanCounters>, leg: &OverlayLeg, forward: bool) {
+    let v = vx.get_or_insert_with(|| {
+        let (src, dst) =
+            if forward { (leg.outer_source, leg.outer_destination) } else { (leg.outer_destination, leg.outer_source) };
+        VxlanCounters {
+            vni: Some(i64::from(leg.vni)),
+            outer_source: Some(src.to_string()),
+            outer_destination: Some(dst.to_string()),
+            ..Default::default()
+        }
+    });
+    v.encap_packets = v.encap_packets.saturating_add(leg.encap_packets as i64);
+    v.encap_bytes = v.encap_bytes.saturating_add(leg.encap_bytes as i64);
+    v.decap_packets = v.decap_packets.saturating_add(leg.decap_packets as i64);
+    v.decap_bytes = v.decap_bytes.saturating_add(leg.decap_bytes as i64);
+}
+
+fn pod_owner(namespace: &str, pod: &str, uids: &dyn PodUids) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod.to_owned(),
+        uid: uids.uid(namespace, pod)?,
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    })
+}
+
+/// Groups a round's views into the PodFlows this node publishes (see the
+/// module doc for the rules).
+pub fn conversations(views: &[PodFlowView], node: &str, selection: &Selection, uids: &dyn PodUids, clock: &Clock) -> Conversations {
+    // (pod id, proto, local ip, local port, remote ip, remote port)
+    type Tuple = (u32, u8, IpAddr, u16, IpAddr, u16);
+    let mut pairs: HashMap<Tuple, (Pair<'_>, &PodFlowView)> = HashMap::new();
+    for v in views {
+        let (Some(ns), true) = (&v.namespace, v.direction != "unknown") else { continue };
+        if selection.rule(ns, &v.pod).is_none() {
+            continue;
+        }
+        let has_ports = Protocol::from_ip_proto(v.protocol).is_some_and(Protocol::has_ports);
+        let egress = v.direction == "egress";
+        let (local, lport, remote, rport) = if egress {
+            (v.source, v.source_port, v.destination, v.destination_port)
+        } else {
+            (v.destination, v.destination_port, v.source, v.source_port)
+        };
+        let (lport, rport) = if has_ports { (lport, rport) } else { (0, 0) };
+        let entry = pairs.entry((v.pod_id, v.protocol, local, lport, remote, rport)).or_insert_with(|| (Pair::default(), v));
+        if egress { entry.0.egress.push(v) } else { entry.0.ingress.push(v) }
+    }
+
+    let mut out = Conversations::default();
+    // (namespace, name, local pod is the source) → spec, owner, rule, counters
+    let mut aggs: HashMap<(String, String, bool), (PodFlowSpec, Option<OwnerReference>, Arc<Rule>, Agg)> = HashMap::new();
+    for ((_, proto, local_ip, lport, remote_ip, rport), (pair, any)) in pairs {
+        let Some(protocol) = Protocol::from_ip_proto(proto) else { continue };
+        let ns = any.namespace.as_deref().unwrap_or_default();
+        let Some(rule) = selection.rule(ns, &any.pod) else { continue };
+        let first = |vs: &[&PodFlowView]| vs.iter().map(|v| v.first_seen_ns).filter(|t| *t > 0).min();
+        let local_is_source = match (first(&pair.egress), first(&pair.ingress)) {
+            (Some(e), Some(i)) => e <= i,
+            (_, None) => true,
+            (None, Some(_)) => pair.egress.is_empty(),
+        } && !pair.egress.is_empty();
+        let port = |p: u16| protocol.has_ports().then_some(p);
+        let (spec, owner) = if local_is_source {
+            let source = SourceEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node);
+            let destination = match &any.peer {
+                Some(peer) => DestinationEndpoint::pod(&peer.namespace, &peer.pod, &remote_ip.to_string(), &peer.node, port(rport)),
+                None => DestinationEndpoint::address(&remote_ip.to_string(), port(rport)),
+            };
+            (PodFlowSpec { source, destination, protocol, profile: rule.profile.clone() }, pod_owner(ns, &any.pod, uids))
+        } else {
+            let Some(peer) = &any.peer else {
+                out.skipped_non_pod_source += 1;
+                continue;
+            };
+            let source = SourceEndpoint::pod(&peer.namespace, &peer.pod, &remote_ip.to_string(), &peer.node);
+            let destination = DestinationEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node, port(lport));
+            let owner = if peer.namespace == rule.namespace { pod_owner(&peer.namespace, &peer.pod, uids) } else { None };
+            let owner = owner.or_else(|| pod_owner(ns, &any.pod, uids));
+            (PodFlowSpec { source, destination, protocol, profile: rule.profile.clone() }, owner)
+        };
+        let destination_port = spec.destination.port.and_then(|p| u16::try_from(p).ok());
+        if !rule.admits(protocol, destination_port, remote_ip) {
+            out.filtered += 1;
+            continue;
+        }
+        let name = spec.object_name();
+        let (_, _, _, agg) = aggs
+            .entry((rule.namespace.clone(), name, local_is_source))
+            .or_insert_with(|| (spec, owner, rule.clone(), Agg::default()));
+        let (fwd, rev) = if local_is_source { (&pair.egress, &pair.ingress) } else { (&pair.ingress, &pair.egress) };
+        add(&mut agg.forward, fwd);
+        add(&mut agg.reverse, rev);
+        for (views, forward) in [(fwd, true), (rev, false)] {
+            for v in views {
+                if v.first_seen_ns > 0 && (agg.first_ns == 0 || v.first_seen_ns < agg.first_ns) {
+                    agg.first_ns = v.first_seen_ns;
+                }
+                agg.last_ns = agg.last_ns.max(v.last_seen_ns);
+                if let Some(leg) = &v.overlay {
+                    add_leg(&mut agg.vxlan, leg, forward);
+                }
+            }
+        }
+    }
+    let mut keys: Vec<(String, String, bool)> = aggs.keys().cloned().collect();
+    keys.sort();
+    for key in keys {
+        // Both ends local and selected: publish the source pod's view only.
+        if !key.2 && aggs.contains_key(&(key.0.clone(), key.1.clone(), true)) {
+            continue;
+        }
+        let (spec, owner, rule, agg) = aggs.remove(&key).expect("listed key");
+        out.flows.push(DesiredFlow {
+            namespace: key.0,
+            name: key.1,
+            spec,
+            owner,
+            observer: Observer {
+                node: node.to_owned(),
+                forward: agg.forward,
+                reverse: agg.reverse,
+                first_seen: clock.time(agg.first_ns),
+                last_seen: clock.time(agg.last_ns),
+                vxlan: agg.vxlan,
+            },
+            flush_interval: rule.flush_interval,
+            max_pod_flows: rule.max_pod_flows,
+            profile_active_flows: rule.active_flows,
+        });
+    }
+    out
+}
+
+/// The server-side apply body of a PodFlow's spec, labels and owner.
+pub fn spec_patch(flow: &DesiredFlow) -> serde_json::Value {
+    let mut metadata = serde_json::json!({
+        "name": flow.name,
+        "labels": { PROFILE_LABEL: flow.spec.profile, MANAGED_BY_LABEL: "weir" },
+    });
+    if let Some(owner) = &flow.owner {
+        metadata["ownerReferences"] = serde_json::json!([owner]);
+    }
+    serde_json::json!({
+        "apiVersion": PodFlow::api_version(&()),
+        "kind": PodFlow::kind(&()),
+        "metadata": metadata,
+        "spec": flow.spec,
+    })
+}
+
+/// Counters of the writer, for logs, tests and the scale benchmark.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// API requests sent (successful or not).
+    pub requests: AtomicU64,
+    pub spec_applies: AtomicU64,
+    pub status_applies: AtomicU64,
+    pub failures: AtomicU64,
+    /// PodFlows whose observer entry differs from the last one written.
+    pub dirty: AtomicU64,
+    /// PodFlows not created because the profile reached maxPodFlows.
+    pub held_by_cap: AtomicU64,
+}
+
+impl WriterStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The collection loop's end of the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: Arc<watch::Sender<Arc<Vec<DesiredFlow>>>>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl WriterHandle {
+    /// Hands over this round's conversations; never waits.
+    pub fn publish(&self, flows: Vec<DesiredFlow>) {
+        self.tx.send_replace(Arc::new(flows));
+    }
+}
+
+/// Starts the writer task for `node`, at most `qps` requests per second.
+pub fn spawn(client: Client, node: &str, qps: f64) -> WriterHandle {
+    let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+    let stats = Arc::new(WriterStats::default());
+    let writer = Writer {
+        client,
+        manager: agent_field_manager(node),
+        entries: HashMap::new(),
+        bucket: TokenBucket::new(qps),
+        stats: stats.clone(),
+    };
+    tokio::spawn(writer.run(rx));
+    WriterHandle { tx: Arc::new(tx), stats }
+}
+
+/// `rate` tokens per second, at most `rate` (at least 1) saved up.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64) -> Self {
+        let rate = if rate.is_finite() && rate > 0.0 { rate } else { 5.0 };
+        let burst = rate.max(1.0);
+        Self { rate, burst, tokens: burst, last: Instant::now() }
+    }
+
+    pub async fn take(&mut self) {
+        loop {
+            let now = Instant::now();
+            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+            self.last = now;
+            if self.tokens >= 1.0 {
+                self.tokens -= 1.0;
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs_f64((1.0 - self.tokens) / self.rate)).await;
+        }
+    }
+}
+
+struct Entry {
+    desired: DesiredFlow,
+    written: Option<Observer>,
+    spec_applied: bool,
+    last_write: Option<Instant>,
+    dirty_since: Option<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+struct Writer {
+    client: Client,
+    manager: String,
+    entries: HashMap<(String, String), Entry>,
+    bucket: TokenBucket,
+    stats: Arc<WriterStats>,
+}
+
+enum Failure {
+    /// The server is unreachable or overloaded: back off, then retry.
+    Transient,
+    /// The object is gone (deleted by the controller): create it again.
+    Gone,
+    /// The server refuses this object: leave it for a while.
+    Refused,
+}
+
+fn classify(e: &kube::Error) -> Failure {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Failure::Gone,
+        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => Failure::Transient,
+        kube::Error::Api(_) => Failure::Refused,
+        _ => Failure::Transient,
+    }
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+const REFUSED_PAUSE: Duration = Duration::from_secs(300);
+
+impl Writer {
+    fn merge(&mut self, flows: &[DesiredFlow], now: Instant) {
+        let mut present = HashSet::with_capacity(flows.len());
+        for flow in flows {
+            let key = (flow.namespace.clone(), flow.name.clone());
+            present.insert(key.clone());
+            let entry = self.entries.entry(key).or_insert_with(|| Entry {
+                desired: flow.clone(),
+                written: None,
+                spec_applied: false,
+                last_write: None,
+                dirty_since: None,
+                blocked_until: None,
+            });
+            entry.desired = flow.clone();
+            if entry.written.as_ref() != Some(&flow.observer) {
+                entry.dirty_since.get_or_insert(now);
+            }
+        }
+        // Gone from the maps: keep what still has to be written, drop the rest.
+        self.entries.retain(|k, e| present.contains(k) || e.dirty_since.is_some());
+        self.count_dirty();
+    }
+
+    fn count_dirty(&self) {
+        let dirty = self.entries.values().filter(|e| e.dirty_since.is_some()).count();
+        self.stats.dirty.store(dirty as u64, Ordering::Relaxed);
+    }
+
+    /// The next PodFlow to write now, else when the next one is due.
+    fn next(&self, now: Instant) -> (Option<(String, String)>, Option<Instant>) {
+        let mut best: Option<((bool, Instant), &(String, String))> = None;
+        let mut wake: Option<Instant> = None;
+        let mut capped = 0u64;
+        let mut created: HashMap<&str, i32> = HashMap::new();
+        for e in self.entries.values().filter(|e| e.spec_applied) {
+            *created.entry(e.desired.spec.profile.as_str()).or_default() += 1;
+        }
+        for (key, e) in &self.entries {
+            let Some(dirty_since) = e.dirty_since else { continue };
+            let due = match (e.blocked_until, e.last_write) {
+                (Some(b), _) if b > now => b,
+                (_, Some(last)) => last + e.desired.flush_interval,
+                _ => now,
+            };
+            if due > now {
+                wake = Some(wake.map_or(due, |w| w.min(due)));
+                continue;
+            }
+            if !e.spec_applied && e.written.is_none() {
+                let active = e.desired.profile_active_flows.unwrap_or(0).max(created.get(e.desired.spec.profile.as_str()).copied().unwrap_or(0));
+                if active >= e.desired.max_pod_flows {
+                    capped += 1;
+                    continue;
+                }
+            }
+            let rank = (e.written.is_some(), e.last_write.unwrap_or(dirty_since));
+            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                best = Some((rank, key));
+            }
+        }
+        self.stats.held_by_cap.store(capped, Ordering::Relaxed);
+        (best.map(|(_, k)| k.clone()), wake)
+    }
+
+    async fn run(mut self, mut rx: watch::Receiver<Arc<Vec<DesiredFlow>>>) {
+        let mut backoff = BACKOFF_START;
+        let mut last_report = Instant::now();
+        // `changed()` marks the value it waited for as seen: remember it.
+        let mut fresh = false;
+        loop {
+            if fresh || rx.has_changed().unwrap_or(false) {
+                fresh = false;
+                let flows = rx.borrow_and_update().clone();
+                self.merge(&flows, Instant::now());
+            }
+            let (next, wake) = self.next(Instant::now());
+            let Some(key) = next else {
+                let sleep = async {
+                    match wake {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    changed = rx.changed() => match changed {
+                        Ok(()) => fresh = true,
+                        Err(_) => return,
+                    },
+                    _ = sleep => {}
+                }
+                continue;
+            };
+            match self.write(&key).await {
+                Ok(()) => backoff = BACKOFF_START,
+                Err(Failure::Transient) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(Failure::Gone) => {
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.spec_applied = false;
+                    }
+                }
+                Err(Failure::Refused) => {
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.blocked_until = Some(Instant::now() + REFUSED_PAUSE);
+                    }
+                }
+            }
+            self.count_dirty();
+            if last_report.elapsed() >= Duration::from_secs(60) {
+                last_report = Instant::now();
+                let s = &self.stats;
+                info!(
+                    requests = WriterStats::get(&s.requests),
+                    failures = WriterStats::get(&s.failures),
+                    dirty = WriterStats::get(&s.dirty),
+                    podflows = self.entries.len(),
+                    "PodFlow writer"
+                );
+            }
+        }
+    }
+
+    async fn write(&mut self, key: &(String, String)) -> Result<(), Failure> {
+        let api: Api<PodFlow> = Api::namespaced(self.client.clone(), &key.0);
+        let params = PatchParams::apply(&self.manager);
+        let Some(entry) = self.entries.get(key) else { return Ok(()) };
+        if !entry.spec_applied {
+            let body = spec_patch(&entry.desired);
+            self.bucket.take().await;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = api.patch(&key.1, &params, &Patch::Apply(&body)).await {
+                return Err(self.failed(key, "spec", &e));
+            }
+            self.stats.spec_applies.fetch_add(1, Ordering::Relaxed);
+            if let Some(entry) = self.entries.get_mut(key) {
+                entry.spec_applied = true;
+            }
+        }
+        // The newest counters this writer has, taken right before the request.
+        let Some(entry) = self.entries.get(key) else { return Ok(()) };
+        let observer = entry.desired.observer.clone();
+        let body = PodFlow::observer_patch(&key.1, &observer);
+        self.bucket.take().await;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = api.patch_status(&key.1, &params, &Patch::Apply(&body)).await {
+            return Err(self.failed(key, "status", &e));
+        }
+        self.stats.status_applies.fetch_add(1, Ordering::Relaxed);
+        debug!(podflow = %format!("{}/{}", key.0, key.1), packets = observer.forward.packets + observer.reverse.packets, "observer entry written");
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.last_write = Some(Instant::now());
+            entry.blocked_until = None;
+            if entry.desired.observer == observer {
+                entry.dirty_since = None;
+            }
+            entry.written = Some(observer);
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, key: &(String, String), what: &str, e: &kube::Error) -> Failure {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let failure = classify(e);
+        match failure {
+            Failure::Transient => debug!(podflow = %format!("{}/{}", key.0, key.1), "{what} apply failed, backing off: {e}"),
+            Failure::Gone => debug!(podflow = %format!("{}/{}", key.0, key.1), "PodFlow is gone; creating it again"),
+            Failure::Refused => warn!(podflow = %format!("{}/{}", key.0, key.1), "{what} apply refused, retrying in 5m: {e}"),
+        }
+        failure
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::agent::peers::Peer;
+    use crate::agent::selection::LocalPod;
+    use crate::crd::{CaptureProfile, CaptureProfileSpec};
+
+    #[allow(clippy::too_many_arguments)]
+    fn view(pod: &str, egress: bool, src: (&str, u16), dst: (&str, u16), packets: u64, first: u64, peer: Option<Peer>) -> PodFlowView {
+        PodFlowView {
+            pod_id: if pod == "web" { 1 } else { 2 },
+            namespace: Some("shop".into()),
+            pod: pod.into(),
+            direction: if egress { "egress" } else { "ingress" },
+            protocol: 17,
+            source: src.0.parse().unwrap(),
+            source_port: src.1,
+            destination: dst.0.parse().unwrap(),
+            destination_port: dst.1,
+            packets,
+            bytes: packets * 100,
+            first_seen_ns: first,
+            last_seen_ns: first + 1_000_000_000,
+            tcp_flags: 0,
+            peer,
+            overlay: None,
+        }
+    }
+
+    fn peer(ns: &str, pod: &str, node: &str) -> Option<Peer> {
+        Some(Peer { namespace: ns.into(), pod: pod.into(), node: node.into() })
+    }
+
+    fn selection(pods: &[&str], edit: impl FnOnce(&mut CaptureProfileSpec)) -> Selection {
+        let mut spec = CaptureProfileSpec::selecting(LabelSelector::default());
+        edit(&mut spec);
+        let profile = Arc::new(CaptureProfile {
+            metadata: ObjectMeta { name: Some("all".into()), namespace: Some("shop".into()), ..Default::default() },
+            spec,
+            status: None,
+        });
+        let labels = BTreeMap::new();
+        Selection::compute(&[profile], pods.iter().map(|p| LocalPod { namespace: "shop", name: p, labels: &labels }))
+    }
+
+    fn uids() -> HashMap<(String, String), String> {
+        ["web", "db", "api"].into_iter().map(|p| (("shop".to_owned(), p.to_owned()), format!("uid-{p}"))).collect()
+    }
+
+    const WEB: &str = "10.244.0.3";
+    const DB: &str = "10.244.1.7";
+
+    #[test]
+    fn client_egress_and_reply_make_one_podflow_summed_over_client_ports() {
+        let views = vec![
+            view("web", true, (WEB, 4000), (DB, 53), 10, 100, peer("shop", "db", "node-b")),
+            view("web", false, (DB, 53), (WEB, 4000), 9, 200, peer("shop", "db", "node-b")),
+            view("web", true, (WEB, 4001), (DB, 53), 5, 50, peer("shop", "db", "node-b")),
+        ];
+        let c = conversations(&views, "node-a", &selection(&["web"], |_| {}), &uids(), &Clock::at(0));
+        assert_eq!(c.flows.len(), 1, "{c:#?}");
+        let f = &c.flows[0];
+        assert_eq!((f.spec.source.display.as_str(), f.spec.destination.display.as_str()), ("shop/web", "shop/db"));
+        assert_eq!(f.spec.destination.port, Some(53));
+        assert_eq!(f.spec.destination.node.as_deref(), Some("node-b"));
+        assert_eq!(f.observer.forward, DirectionCounters { packets: 15, bytes: 1500 });
+        assert_eq!(f.observer.reverse, DirectionCounters { packets: 9, bytes: 900 });
+        assert_eq!(f.observer.first_seen, Clock::at(0).time(50));
+        assert_eq!(f.owner.as_ref().unwrap().uid, "uid-web");
+        assert_eq!(f.owner.as_ref().unwrap().controller, Some(false));
+        assert_eq!(f.name, f.spec.object_name());
+    }
+
+    #[test]
+    fn a_server_pods_reply_names_the_client_as_source_and_outsiders_are_skipped() {
+        let views = vec![
+            view("db", false, (WEB, 4000), (DB, 53), 10, 100, peer("front", "web", "node-a")),
+            view("db", true, (DB, 53), (WEB, 4000), 10, 200, peer("front", "web", "node-a")),
+            view("db", false, ("1.2.3.4", 5555), (DB, 53), 3, 10, None),
+        ];
+        let c = conversations(&views, "node-b", &selection(&["db"], |_| {}), &uids(), &Clock::at(0));
+        assert_eq!(c.flows.len(), 1);
+        assert_eq!(c.skipped_non_pod_source, 1);
+        let f = &c.flows[0];
+        assert_eq!((f.spec.source.display.as_str(), f.spec.source.node.as_str()), ("front/web", "node-a"));
+        assert_eq!(f.spec.destination.port, Some(53));
+        assert_eq!(f.observer.forward.packets, 10);
+        assert_eq!(f.observer.node, "node-b");
+        assert_eq!(f.owner.as_ref().unwrap().uid, "uid-db", "the source is in another namespace: the local pod owns it");
+    }
+
+    #[test]
+    fn both_ends_local_publish_the_source_side_once_and_filters_apply() {
+        let views = vec![
+            view("web", true, (WEB, 4000), (DB, 53), 10, 100, peer("shop", "db", "node-a")),
+            view("web", false, (DB, 53), (WEB, 4000), 10, 200, peer("shop", "db", "node-a")),
+            view("db", false, (WEB, 4000), (DB, 53), 10, 100, peer("shop", "web", "node-a")),
+            view("db", true, (DB, 53), (WEB, 4000), 10, 200, peer("shop", "web", "node-a")),
+        ];
+        let c = conversations(&views, "node-a", &selection(&["web", "db"], |_| {}), &uids(), &Clock::at(0));
+        assert_eq!(c.flows.len(), 1, "{c:#?}");
+        assert_eq!(c.flows[0].observer.forward.packets, 10, "not summed over both pods' views");
+        let tcp_only = conversations(&views, "node-a", &selection(&["web", "db"], |s| s.protocols = vec![Protocol::Tcp]), &uids(), &Clock::at(0));
+        assert!(tcp_only.flows.is_empty());
+        assert!(tcp_only.filtered > 0);
+    }
+
+    #[test]
+    fn the_clock_is_stable_to_the_second() {
+        let clock = Clock::at(1_700_000_000_000_000_000);
+        assert_eq!(clock.time(0), None);
+        assert_eq!(clock.time(1_500_000_000), clock.time(1_900_000_000));
+        assert_eq!(clock.time(1_500_000_000).unwrap().0.as_second(), 1_700_000_001);
+    }
+
+    #[tokio::test]
+    async fn the_token_bucket_holds_the_rate() {
+        let mut bucket = TokenBucket::new(50.0);
+        let start = Instant::now();
+        for _ in 0..60 {
+            bucket.take().await;
+        }
+        // 50 from the burst, then 10 at 50/s.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(190) && took <= Duration::from_millis(400), "{took:?}");
+    }
+}

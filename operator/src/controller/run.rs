@@ -1,0 +1,100 @@
+//! The controller's main loop: elect, and while leading run the
+//! CaptureProfile controller and the orphan sweep; stop both the moment the
+//! lease is lost, and wait to lead again.
+
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::leader::LeaderElector;
+use super::profile::{self, Context};
+use super::{Config, REPORTING_CONTROLLER, Result, lifecycle};
+use crate::crd::CaptureProfile;
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn run(client: kube::Client, config: Config) -> Result<()> {
+    config.lease.validate()?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received: shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+    run_until(client, config, shutdown).await
+}
+
+/// Runs the controller until `shutdown` turns true.
+pub async fn run_until(client: kube::Client, config: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    config.lease.validate()?;
+    info!(identity = %config.lease.identity, lease = %format!("{}/{}", config.lease.namespace, config.lease.name), "weir controller starting");
+    let (leading_tx, mut leading) = watch::channel(false);
+    let elector = LeaderElector::new(client.clone(), config.lease.clone());
+    let election = tokio::spawn(elector.run(leading_tx, shutdown.clone()));
+
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        info!("leading: reconciling CaptureProfiles");
+        tokio::select! {
+            _ = lead(client.clone(), &config) => warn!("the controller stopped by itself"),
+            _ = leading.wait_for(|l| !*l) => warn!("lost the lease: stopped reconciling"),
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    // The election releases the lease once it sees the shutdown.
+    let _ = election.await;
+    info!("weir controller stopped");
+    Ok(())
+}
+
+/// What the leader does: the CaptureProfile controller and the sweep.
+async fn lead(client: kube::Client, config: &Config) {
+    let reporter = Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(config.lease.identity.clone()) };
+    let ctx = Arc::new(Context::new(client.clone(), Recorder::new(client.clone(), reporter), config.error_requeue));
+    let profiles: Api<CaptureProfile> = Api::all(client.clone());
+    let controller = Controller::new(profiles, watcher::Config::default().any_semantic())
+        .run(profile::reconcile, profile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(profile = %obj, "reconciled"),
+                // A profile deleted between the trigger and the run.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => tracing::debug!(profile = %obj, "gone before its reconcile"),
+                Err(e) => warn!(error = %e, "reconcile failed"),
+            }
+        });
+    let sweep = async {
+        let mut tick = tokio::time::interval(config.orphan_sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match lifecycle::sweep_orphans(&client).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "swept PodFlows of deleted CaptureProfiles"),
+                Err(e) => error!(error = %e, "sweeping orphaned PodFlows failed"),
+            }
+        }
+    };
+    tokio::join!(controller, sweep);
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

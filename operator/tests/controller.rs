@@ -1,0 +1,833 @@
+//! The cluster controller (`weir-operator controller`, the real binary)
+//! against a real control plane: etcd, kube-apiserver and
+//! kube-controller-manager's garbage collector (scripts/controlplane-tools.sh).
+//!
+//! Setup, once per test binary: `helm lint` and `helm template` of
+//! charts/weir (with its CRDs), everything rendered applied to the API
+//! server, and two controller replicas (`weir-test-a`, `weir-test-b`) run
+//! with exactly the chart's RBAC: their kubeconfig impersonates
+//! `system:serviceaccount:weir-system:weir-controller`. PodFlows are written
+//! the way the agents write them, through a client impersonating the agent's
+//! service account (so the chart's agent RBAC is exercised too). There is no
+//! kubelet: pods are API objects with a nodeName and a patched status.
+//!
+//! Without the tools (etcd, kube-apiserver, kubectl, kube-controller-manager,
+//! helm) every test fails, saying how to build them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::ResourceExt as _;
+use serde_json::json;
+use weir_e2e::controlplane::ControlPlane;
+use weir_operator::controller::labels;
+use weir_operator::crd::capture_profile::{conditions, reasons};
+use weir_operator::crd::pod_flow::agent_field_manager;
+use weir_operator::crd::{
+    CaptureProfile, DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, Protocol, SourceEndpoint,
+    VxlanCounters,
+};
+
+const SYSTEM_NS: &str = "weir-system";
+const CONTROLLER_SA: &str = "system:serviceaccount:weir-system:weir-controller";
+const AGENT_SA: &str = "system:serviceaccount:weir-system:weir-agent";
+const LEASE: &str = "weir-controller";
+const REPLICAS: [&str; 2] = ["weir-test-a", "weir-test-b"];
+const WAIT: Duration = Duration::from_secs(90);
+
+fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weir")
+}
+
+// ---------------------------------------------------------------- setup
+
+struct Setup {
+    cp: &'static ControlPlane,
+    helm: PathBuf,
+    helm_home: PathBuf,
+    controller_kubeconfig: PathBuf,
+    agent_kubeconfig: PathBuf,
+    logs: PathBuf,
+}
+
+/// The control plane with the chart installed and two controller replicas.
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
+    match SETUP.get_or_init(|| try_setup().map_err(|e| format!("{e:#}"))) {
+        Ok(s) => s,
+        Err(e) => panic!("controller test setup failed: {e}"),
+    }
+}
+
+fn try_setup() -> anyhow::Result<Setup> {
+    let cp = ControlPlane::shared_with_gc();
+    let helm = cp.tools().helm()?.to_path_buf();
+    let helm_home = cp.dir().join("helm-home");
+    std::fs::create_dir_all(&helm_home)?;
+    let logs = cp.dir().join("controllers");
+    std::fs::create_dir_all(&logs)?;
+    let s = Setup {
+        cp,
+        helm,
+        helm_home,
+        controller_kubeconfig: cp.impersonating_kubeconfig(CONTROLLER_SA, &[])?,
+        agent_kubeconfig: cp.impersonating_kubeconfig(AGENT_SA, &[])?,
+        logs,
+    };
+    cp.kubectl_ok(["create", "namespace", SYSTEM_NS])?;
+    let rendered = s.helm_ok(&["template", "weir", &chart_dir().to_string_lossy(), "--namespace", SYSTEM_NS, "--include-crds"])?;
+    cp.kubectl_stdin_ok(["apply", "--server-side", "--field-manager=weir-tests", "-f", "-"], &rendered)?;
+    cp.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/captureprofiles.weir.dev",
+        "crd/podflows.weir.dev",
+    ])?;
+    for id in REPLICAS {
+        start_replica(&s, id)?;
+    }
+    Ok(s)
+}
+
+impl Setup {
+    fn helm(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(&self.helm)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("HELM_CACHE_HOME", self.helm_home.join("cache"))
+            .env("HELM_CONFIG_HOME", self.helm_home.join("config"))
+            .env("HELM_DATA_HOME", self.helm_home.join("data"))
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    fn helm_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.helm(args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "helm {} failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn client_from(&self, kubeconfig: &Path) -> kube::Client {
+        let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await.unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// The admin.
+    async fn admin(&self) -> kube::Client {
+        self.cp.client().await.unwrap()
+    }
+
+    /// A client with the agent's RBAC (as the chart grants it).
+    async fn agent(&self) -> kube::Client {
+        self.client_from(&self.agent_kubeconfig).await
+    }
+
+    fn log_tail(&self, id: &str) -> String {
+        let text = std::fs::read_to_string(self.logs.join(format!("{id}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+}
+
+/// Controller processes, spawned by one long-lived thread: they are bound
+/// to it (PR_SET_PDEATHSIG) and so die with the test process.
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+            loop {
+                std::thread::park();
+            }
+        });
+        Mutex::new(tx)
+    })
+}
+
+fn replicas() -> &'static Mutex<HashMap<String, Child>> {
+    static CHILDREN: OnceLock<Mutex<HashMap<String, Child>>> = OnceLock::new();
+    extern "C" fn kill_all() {
+        if let Some(children) = CHILDREN.get() {
+            for child in children.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    CHILDREN.get_or_init(|| {
+        // SAFETY: registers a plain function with no arguments.
+        unsafe { libc::atexit(kill_all) };
+        Mutex::new(HashMap::new())
+    })
+}
+
+fn start_replica(s: &Setup, id: &str) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(s.logs.join(format!("{id}.log")))?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-operator"));
+    cmd.args([
+        "controller",
+        "--identity",
+        id,
+        "--lease-namespace",
+        SYSTEM_NS,
+        "--lease-name",
+        LEASE,
+        "--lease-duration=4s",
+        "--renew-deadline=3s",
+        "--retry-period=1s",
+        "--orphan-sweep-interval=2s",
+    ])
+    .env("KUBECONFIG", &s.controller_kubeconfig)
+    .env("RUST_LOG", "info,weir_operator=debug")
+    .env_remove("POD_NAME")
+    .env_remove("POD_NAMESPACE")
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    spawner().lock().unwrap().send((cmd, tx))?;
+    let child = rx.recv()??;
+    replicas().lock().unwrap().insert(id.to_owned(), child);
+    Ok(())
+}
+
+/// SIGKILL: no chance to release the lease.
+fn kill_replica(id: &str) {
+    let mut children = replicas().lock().unwrap();
+    let mut child = children.remove(id).unwrap_or_else(|| panic!("no replica {id}"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+// ---------------------------------------------------------------- helpers
+
+async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                let s = setup();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}: {last}\n--- {} log:\n{}\n--- {} log:\n{}",
+                    REPLICAS[0],
+                    s.log_tail(REPLICAS[0]),
+                    REPLICAS[1],
+                    s.log_tail(REPLICAS[1])
+                );
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+/// A namespace with its `default` service account (no controller makes it
+/// here, and pods need it).
+async fn namespace(client: &kube::Client, name: &str) {
+    let ns = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    let sa = ServiceAccount { metadata: ObjectMeta { name: Some("default".into()), ..Default::default() }, ..Default::default() };
+    Api::<ServiceAccount>::namespaced(client.clone(), name).create(&PostParams::default(), &sa).await.expect("create default SA");
+}
+
+/// A pod as the API knows it: bound to `node`, running, with `ip`.
+async fn pod(client: &kube::Client, ns: &str, name: &str, app: &str, node: &str, ip: &str, host_network: bool) -> Pod {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app": app } },
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": host_network,
+            "automountServiceAccountToken": false,
+            "containers": [{ "name": "main", "image": "registry.invalid/none:1" }],
+        },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &pod).await.expect("create pod");
+    let status = json!({ "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] } });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("patch pod status")
+}
+
+async fn profile(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) -> CaptureProfile {
+    let api: Api<CaptureProfile> = Api::namespaced(client.clone(), ns);
+    let p: CaptureProfile = serde_json::from_value(json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "CaptureProfile",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &p).await.expect("create profile")
+}
+
+fn spec(profile: &str, src: &Pod, dst: &Pod, port: u16) -> PodFlowSpec {
+    let ip = |p: &Pod| p.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let node = |p: &Pod| p.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let ns = src.namespace().unwrap();
+    PodFlowSpec {
+        source: SourceEndpoint::pod(&ns, &src.name_any(), &ip(src), &node(src)),
+        destination: DestinationEndpoint::pod(&ns, &dst.name_any(), &ip(dst), &node(dst), Some(port)),
+        protocol: Protocol::Tcp,
+        profile: profile.into(),
+    }
+}
+
+fn observer(node: &str, fwd: (i64, i64), rev: (i64, i64), last_seen: Timestamp, vxlan: Option<VxlanCounters>) -> Observer {
+    Observer {
+        node: node.into(),
+        forward: DirectionCounters { packets: fwd.0, bytes: fwd.1 },
+        reverse: DirectionCounters { packets: rev.0, bytes: rev.1 },
+        first_seen: Some(Time(last_seen - SignedDuration::from_secs(60))),
+        last_seen: Some(Time(last_seen)),
+        vxlan,
+    }
+}
+
+/// Publishes a PodFlow the way the agent of `observer.node` does: spec,
+/// weir's labels and the ownerReference to `owner` applied as
+/// `weir-agent/<node>`, then its own observer entry in the status.
+async fn agent_apply(client: &kube::Client, ns: &str, spec: &PodFlowSpec, owner: &Pod, observer: &Observer) -> String {
+    let name = spec.object_name();
+    let api: Api<PodFlow> = Api::namespaced(client.clone(), ns);
+    let pp = PatchParams::apply(&agent_field_manager(&observer.node));
+    let body = json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "PodFlow",
+        "metadata": {
+            "name": name,
+            "labels": { labels::PROFILE: spec.profile, labels::MANAGED_BY: labels::MANAGED_BY_WEIR },
+            "ownerReferences": [{ "apiVersion": "v1", "kind": "Pod", "name": owner.name_any(), "uid": owner.uid().unwrap() }],
+        },
+        "spec": spec,
+    });
+    api.patch(&name, &pp, &Patch::Apply(&body)).await.expect("agent applies the PodFlow");
+    api.patch_status(&name, &pp, &Patch::Apply(PodFlow::observer_patch(&name, observer)))
+        .await
+        .expect("agent applies its observer entry");
+    name
+}
+
+async fn status_of(client: &kube::Client, ns: &str, name: &str) -> Result<weir_operator::crd::CaptureProfileStatus, String> {
+    let p = Api::<CaptureProfile>::namespaced(client.clone(), ns).get(name).await.map_err(|e| e.to_string())?;
+    p.status.ok_or_else(|| "no status yet".to_owned())
+}
+
+async fn flow_names(client: &kube::Client, ns: &str) -> Vec<String> {
+    let mut names: Vec<String> =
+        Api::<PodFlow>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.iter().map(|f| f.name_any()).collect();
+    names.sort();
+    names
+}
+
+async fn lease_holder(client: &kube::Client) -> Option<(String, i32)> {
+    let lease = Api::<Lease>::namespaced(client.clone(), SYSTEM_NS).get_opt(LEASE).await.ok()??;
+    let spec = lease.spec?;
+    Some((spec.holder_identity?, spec.lease_transitions.unwrap_or(0)))
+}
+
+/// The reporting instances of the Events about `profile`.
+async fn event_reporters(client: &kube::Client, ns: &str, profile: &str) -> Vec<(String, String)> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(profile))
+        .map(|e| (e.reason.unwrap_or_default(), e.reporting_instance.unwrap_or_default()))
+        .collect()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
+    let s = setup();
+    let lint = s.helm_ok(&["lint", "--strict", &chart_dir().to_string_lossy()]).unwrap();
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+
+    let rendered = s.helm_ok(&["template", "weir", &chart_dir().to_string_lossy(), "--namespace", SYSTEM_NS]).unwrap();
+    let docs: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml_ng::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d.is_object())
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in:\n{rendered}"))
+            .clone()
+    };
+    let ds = find("DaemonSet", "weir-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["serviceAccountName"], "weir-agent");
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["privileged"], true);
+    assert_eq!(c["args"][0], "agent");
+    let node_name = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME");
+    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    let mounts: Vec<&str> = c["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    for path in ["/sys/fs/bpf", "/var/lib/weir", "/opt/cni/bin", "/etc/cni/net.d"] {
+        assert!(mounts.contains(&path), "{path} not mounted: {mounts:?}");
+    }
+    let deploy = find("Deployment", "weir-controller");
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "controller");
+    assert_eq!(deploy["spec"]["template"]["spec"]["serviceAccountName"], "weir-controller");
+    find("ClusterRole", "weir-controller");
+    find("ClusterRole", "weir-agent");
+    find("Role", "weir-controller-leader-election");
+
+    // The CNI install is a later issue: asking for it fails, it is not faked.
+    let out = s.helm(&["template", "weir", &chart_dir().to_string_lossy(), "--set", "cniInstall.enabled=true"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The chart's CRDs are the generated ones (crdgen writes and checks both).
+    for m in weir_operator::crd::manifests() {
+        let path = chart_dir().join("crds").join(&m.file_name);
+        let have = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(have == m.yaml, "{} is stale: run `cargo run -p weir-operator --bin crdgen`", path.display());
+    }
+}
+
+#[test]
+fn rbac_grants_the_controller_what_it_uses_and_nothing_more() {
+    let s = setup();
+    // `resource`, `resource/name` or `resource:subresource`.
+    let can = |verb: &str, resource: &str, ns: Option<&str>, user: &str| -> String {
+        let (resource, sub) = resource.split_once(':').map_or((resource, None), |(r, s)| (r, Some(s)));
+        let mut args = vec!["auth".to_owned(), "can-i".into(), verb.into(), resource.into(), format!("--as={user}")];
+        args.extend(sub.map(|s| format!("--subresource={s}")));
+        match ns {
+            Some(ns) => args.push(format!("--namespace={ns}")),
+            None => args.push("--all-namespaces".into()),
+        }
+        let out = s.cp.kubectl(&args).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let controller = |verb, resource, ns| can(verb, resource, ns, CONTROLLER_SA);
+    for (verb, resource) in [
+        ("list", "captureprofiles.weir.dev"),
+        ("watch", "captureprofiles.weir.dev"),
+        ("patch", "captureprofiles.weir.dev:status"),
+        ("list", "podflows.weir.dev"),
+        ("delete", "podflows.weir.dev"),
+        ("patch", "podflows.weir.dev:status"),
+        ("list", "pods"),
+        ("create", "events.events.k8s.io"),
+    ] {
+        assert_eq!(controller(verb, resource, None), "yes", "controller: {verb} {resource}");
+    }
+    assert_eq!(controller("update", "leases.coordination.k8s.io/weir-controller", Some(SYSTEM_NS)), "yes");
+    for (verb, resource, ns) in [
+        ("create", "podflows.weir.dev", None),
+        ("delete", "captureprofiles.weir.dev", None),
+        ("update", "captureprofiles.weir.dev", None),
+        ("delete", "pods", None),
+        ("patch", "pods:status", None),
+        ("update", "captureprofiles.weir.dev:status", None),
+        ("list", "secrets", None),
+        ("update", "leases.coordination.k8s.io/weir-controller", Some("default")),
+        ("update", "leases.coordination.k8s.io/someone-elses", Some(SYSTEM_NS)),
+    ] {
+        assert_eq!(controller(verb, resource, ns), "no", "controller must not: {verb} {resource} in {ns:?}");
+    }
+    let agent = |verb, resource| can(verb, resource, None, AGENT_SA);
+    assert_eq!(agent("patch", "podflows.weir.dev:status"), "yes");
+    assert_eq!(agent("create", "podflows.weir.dev"), "yes");
+    assert_eq!(agent("get", "nodes"), "yes");
+    assert_eq!(agent("delete", "podflows.weir.dev"), "no", "the agent never deletes");
+    assert_eq!(agent("patch", "captureprofiles.weir.dev:status"), "no");
+}
+
+#[tokio::test]
+async fn profile_becomes_ready_counts_matched_pods_and_reports_invalid_selectors() {
+    let s = setup();
+    let admin = s.admin().await;
+    let ns = "ctl-ready";
+    namespace(&admin, ns).await;
+    pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.10", false).await;
+    pod(&admin, ns, "web-2", "web", "node-b", "10.244.2.10", false).await;
+    pod(&admin, ns, "web-host", "web", "node-a", "192.168.0.1", true).await;
+    pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.11", false).await;
+    let created = profile(&admin, ns, "web", json!({ "podSelector": { "matchLabels": { "app": "web" } } })).await;
+
+    let st = poll("Ready=True on profile web", WAIT, || async {
+        let st = status_of(&admin, ns, "web").await?;
+        match st.conditions.iter().find(|c| c.type_ == conditions::READY) {
+            Some(c) if c.status == "True" && st.matched_pods == Some(2) => Ok(st),
+            other => Err(format!("{other:?}, matched {:?}", st.matched_pods)),
+        }
+    })
+    .await;
+    let ready = st.conditions.iter().find(|c| c.type_ == conditions::READY).unwrap();
+    assert_eq!(ready.reason, reasons::ACTIVE);
+    assert_eq!(ready.observed_generation, created.metadata.generation);
+    assert_eq!(st.observed_generation, created.metadata.generation);
+    assert_eq!((st.active_flows, st.flows_dropped_by_cap, st.lost_samples), (Some(0), Some(0), Some(0)));
+    let p = Api::<CaptureProfile>::namespaced(admin.clone(), ns).get("web").await.unwrap();
+    assert!(p.finalizers().iter().any(|f| f == weir_operator::controller::FINALIZER), "{:?}", p.finalizers());
+    let status_managers: Vec<String> = p
+        .managed_fields()
+        .iter()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(status_managers, ["weir-operator"], "status is applied by the controller's field manager");
+
+    // A selector the API server cannot judge but the controller can.
+    profile(
+        &admin,
+        ns,
+        "odd",
+        json!({ "podSelector": { "matchExpressions": [{ "key": "app", "operator": "Matches", "values": ["web"] }] } }),
+    )
+    .await;
+    let st = poll("Ready=False on profile odd", WAIT, || async {
+        let st = status_of(&admin, ns, "odd").await?;
+        match st.conditions.iter().find(|c| c.type_ == conditions::READY) {
+            Some(c) if c.status == "False" => Ok(st),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let ready = st.conditions.iter().find(|c| c.type_ == conditions::READY).unwrap();
+    assert_eq!(ready.reason, reasons::INVALID_SELECTOR);
+    assert!(ready.message.contains("Matches"), "{}", ready.message);
+    assert_eq!(st.matched_pods, Some(0));
+    let events = poll("a Warning event for odd", WAIT, || async {
+        let ev = event_reporters(&admin, ns, "odd").await;
+        if ev.iter().any(|(r, _)| r == reasons::INVALID_SELECTOR) { Ok(ev) } else { Err(format!("{ev:?}")) }
+    })
+    .await;
+    assert!(events.iter().all(|(_, who)| REPLICAS.contains(&who.as_str())), "{events:?}");
+    let ev = poll("a Ready event for web", WAIT, || async {
+        let ev = event_reporters(&admin, ns, "web").await;
+        if ev.iter().any(|(r, _)| r == "Ready") { Ok(ev) } else { Err(format!("{ev:?}")) }
+    })
+    .await;
+    assert!(!ev.is_empty());
+
+    // `kubectl get cprof` prints readiness and counts.
+    let out = s.cp.kubectl_ok(["get", "cprof", "-n", ns]).unwrap();
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "MATCHED", "FLOWS", "AGE"], "{out}");
+    let row: Vec<&str> = out.lines().find(|l| l.starts_with("web ")).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..4], ["web", "True", "2", "0"], "{out}");
+    let row: Vec<&str> = out.lines().find(|l| l.starts_with("odd ")).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..2], ["odd", "False"], "{out}");
+}
+
+#[tokio::test]
+async fn summary_comes_from_both_observers_with_the_vxlan_loss_between_them() {
+    let s = setup();
+    let admin = s.admin().await;
+    let agent = s.agent().await;
+    let ns = "ctl-summary";
+    namespace(&admin, ns).await;
+    let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
+    let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.7", false).await;
+    profile(&admin, ns, "all", json!({ "podSelector": {}, "flushInterval": "1s", "flowTTL": "10m" })).await;
+
+    let now = Timestamp::now();
+    let spec = spec("all", &web, &db, 5432);
+    let vx = |src: &str, dst: &str, encap: i64, decap: i64| VxlanCounters {
+        vni: Some(1),
+        outer_source: Some(src.into()),
+        outer_destination: Some(dst.into()),
+        encap_packets: encap,
+        encap_bytes: encap * 150,
+        decap_packets: decap,
+        decap_bytes: decap * 150,
+        loss_packets: None,
+    };
+    // node-a (the source's) sent 100 forward packets into the overlay,
+    // node-b decapsulated 97 of them; node-b sent 80 back, node-a got 79.
+    let a = observer("node-a", (100, 15_000), (79, 11_850), now, Some(vx("192.168.0.1", "192.168.0.2", 100, 79)));
+    let b = observer("node-b", (97, 14_550), (80, 12_000), now - SignedDuration::from_secs(1), Some(vx("192.168.0.2", "192.168.0.1", 80, 97)));
+    let name = agent_apply(&agent, ns, &spec, &web, &a).await;
+    // Both agents own the flow by its source pod.
+    agent_apply(&agent, ns, &spec, &web, &b).await;
+
+    let api: Api<PodFlow> = Api::namespaced(admin.clone(), ns);
+    let flow = poll("the summary from both observers", WAIT, || async {
+        let f = api.get(&name).await.map_err(|e| e.to_string())?;
+        let st = f.status.clone().ok_or("no status")?;
+        match &st.vxlan {
+            Some(v) if st.observers.len() == 2 && v.loss_packets.is_some() && st.packets.is_some() => Ok(f),
+            _ => Err(format!("{st:?}")),
+        }
+    })
+    .await;
+    let st = flow.status.clone().unwrap();
+    assert_eq!(st.totals.unwrap().forward, a.forward, "totals are the source node's view");
+    assert_eq!((st.packets, st.bytes), (Some(179), Some(26_850)));
+    let v = st.vxlan.unwrap();
+    assert_eq!(v.loss_packets, Some(3 + 1), "encap on A minus decap on B (100-97), and back (80-79)");
+    assert_eq!((v.encap_packets, v.decap_packets), (180, 176));
+    assert_eq!(v.outer_source.as_deref(), Some("192.168.0.1"));
+    // Times are stored to the second.
+    assert_eq!(st.last_seen.map(|t| t.0.as_second()), a.last_seen.map(|t| t.0.as_second()));
+    let managers: BTreeMap<String, Vec<String>> = flow
+        .managed_fields()
+        .iter()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .map(|m| {
+            let fields = m.fields_v1.as_ref().map(|f| f.0.clone()).unwrap_or_default();
+            let keys = fields["f:status"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+            (m.manager.clone().unwrap_or_default(), keys)
+        })
+        .collect();
+    assert!(managers["weir-operator"].contains(&"f:vxlan".to_owned()), "{managers:?}");
+    assert!(!managers["weir-operator"].contains(&"f:observers".to_owned()), "the summary's writer owns no observer: {managers:?}");
+    assert_eq!(managers["weir-agent/node-a"], ["f:observers"], "{managers:?}");
+
+    // The profile counts it.
+    poll("activeFlows 1", WAIT, || async {
+        let st = status_of(&admin, ns, "all").await?;
+        if st.active_flows == Some(1) { Ok(()) } else { Err(format!("{st:?}")) }
+    })
+    .await;
+
+    // `kubectl get podflows` prints the conversation and the summary.
+    let out = s.cp.kubectl_ok(["get", "podflows", "-n", ns]).unwrap();
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SOURCE", "DESTINATION", "PROTO", "PORT", "PACKETS", "BYTES", "VNI", "LAST-SEEN"], "{out}");
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..8], [name.as_str(), "ctl-summary/web-1", "ctl-summary/db-0", "TCP", "5432", "179", "26850", "1"], "{out}");
+    let wide = s.cp.kubectl_ok(["get", "pf", "-n", ns, "-o", "wide"]).unwrap();
+    assert!(wide.lines().next().unwrap().contains("OUTER-SRC"), "{wide}");
+    assert!(wide.contains("192.168.0.1") && wide.contains("node-b"), "{wide}");
+}
+
+#[tokio::test]
+async fn flows_idle_longer_than_the_ttl_are_deleted() {
+    let s = setup();
+    let admin = s.admin().await;
+    let agent = s.agent().await;
+    let ns = "ctl-ttl";
+    namespace(&admin, ns).await;
+    let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
+    let db = pod(&admin, ns, "db-0", "db", "node-a", "10.244.1.6", false).await;
+    profile(&admin, ns, "p", json!({ "podSelector": {}, "flushInterval": "1s", "flowTTL": "1m" })).await;
+    let now = Timestamp::now();
+    let old = agent_apply(&agent, ns, &spec("p", &web, &db, 80), &web, &observer("node-a", (1, 60), (1, 60), now - SignedDuration::from_mins(5), None)).await;
+    let fresh = agent_apply(&agent, ns, &spec("p", &web, &db, 443), &web, &observer("node-a", (1, 60), (1, 60), now, None)).await;
+    poll("the idle flow deleted", WAIT, || async {
+        let names = flow_names(&admin, ns).await;
+        if names == [fresh.clone()] { Ok(()) } else { Err(format!("{names:?}")) }
+    })
+    .await;
+    assert_ne!(old, fresh);
+    let st = poll("activeFlows 1", WAIT, || async {
+        let st = status_of(&admin, ns, "p").await?;
+        if st.active_flows == Some(1) { Ok(st) } else { Err(format!("{st:?}")) }
+    })
+    .await;
+    assert_eq!(st.flows_dropped_by_cap, Some(0), "expiry is not the cap");
+}
+
+#[tokio::test]
+async fn the_cap_evicts_the_least_recently_seen_and_counts_them() {
+    let s = setup();
+    let admin = s.admin().await;
+    let agent = s.agent().await;
+    let ns = "ctl-cap";
+    namespace(&admin, ns).await;
+    let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
+    let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.6", false).await;
+    profile(&admin, ns, "capped", json!({ "podSelector": {}, "flushInterval": "1s", "maxPodFlows": 2 })).await;
+    let now = Timestamp::now();
+    let mut names = Vec::new();
+    // Fixed lastSeen times: whichever reconcile sees the third, the least
+    // recently seen (port 1002) is the one to go.
+    for (port, age) in [(1001u16, 10i64), (1002, 30), (1003, 20)] {
+        let o = observer("node-a", (1, 60), (0, 0), now - SignedDuration::from_secs(age), None);
+        names.push(agent_apply(&agent, ns, &spec("capped", &web, &db, port), &web, &o).await);
+    }
+    let st = poll("one flow evicted and counted", WAIT, || async {
+        let st = status_of(&admin, ns, "capped").await?;
+        if st.flows_dropped_by_cap == Some(1) && st.active_flows == Some(2) { Ok(st) } else { Err(format!("{st:?}")) }
+    })
+    .await;
+    assert_eq!(st.matched_pods, Some(2));
+    let mut kept = vec![names[0].clone(), names[2].clone()];
+    kept.sort();
+    assert_eq!(flow_names(&admin, ns).await, kept, "the least recently seen (port 1002) went");
+    // A fourth conversation, the most recent: the oldest left goes, and the
+    // count is cumulative.
+    let o = observer("node-a", (1, 60), (0, 0), Timestamp::now(), None);
+    let newest = agent_apply(&agent, ns, &spec("capped", &web, &db, 1004), &web, &o).await;
+    poll("a second eviction counted", WAIT, || async {
+        let st = status_of(&admin, ns, "capped").await?;
+        if st.flows_dropped_by_cap == Some(2) && st.active_flows == Some(2) { Ok(()) } else { Err(format!("{st:?}")) }
+    })
+    .await;
+    let mut kept = vec![names[0].clone(), newest];
+    kept.sort();
+    assert_eq!(flow_names(&admin, ns).await, kept);
+}
+
+#[tokio::test]
+async fn flows_of_a_deleted_pod_are_garbage_collected_by_kubernetes() {
+    let s = setup();
+    let admin = s.admin().await;
+    let agent = s.agent().await;
+    let ns = "ctl-gc";
+    namespace(&admin, ns).await;
+    let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
+    let other = pod(&admin, ns, "web-2", "web", "node-a", "10.244.1.7", false).await;
+    let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.6", false).await;
+    profile(&admin, ns, "p", json!({ "podSelector": {}, "flushInterval": "1s" })).await;
+    let now = Timestamp::now();
+    let gone = agent_apply(&agent, ns, &spec("p", &web, &db, 80), &web, &observer("node-a", (1, 60), (0, 0), now, None)).await;
+    let stays = agent_apply(&agent, ns, &spec("p", &other, &db, 80), &other, &observer("node-a", (1, 60), (0, 0), now, None)).await;
+    // No kubelet: a bound pod goes only when forced.
+    Api::<Pod>::namespaced(admin.clone(), ns)
+        .delete("web-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .unwrap();
+    // The garbage collector finds a new kind within its 30 s discovery resync.
+    poll("the garbage collector to delete the dead pod's flow", Duration::from_secs(150), || async {
+        let names = flow_names(&admin, ns).await;
+        if names == [stays.clone()] { Ok(()) } else { Err(format!("{names:?} (expected only {stays}, not {gone})")) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_profile_takes_its_flows_and_only_those() {
+    let s = setup();
+    let admin = s.admin().await;
+    let agent = s.agent().await;
+    let ns = "ctl-delete";
+    namespace(&admin, ns).await;
+    let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
+    let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.6", false).await;
+    profile(&admin, ns, "doomed", json!({ "podSelector": {}, "flushInterval": "1s" })).await;
+    profile(&admin, ns, "kept", json!({ "podSelector": {}, "flushInterval": "1s" })).await;
+    poll("the finalizer on doomed", WAIT, || async {
+        let p = Api::<CaptureProfile>::namespaced(admin.clone(), ns).get("doomed").await.map_err(|e| e.to_string())?;
+        if p.finalizers().is_empty() { Err("no finalizer yet".into()) } else { Ok(()) }
+    })
+    .await;
+    let now = Timestamp::now();
+    let o = observer("node-a", (1, 60), (0, 0), now, None);
+    let d1 = agent_apply(&agent, ns, &spec("doomed", &web, &db, 80), &web, &o).await;
+    let d2 = agent_apply(&agent, ns, &spec("doomed", &web, &db, 81), &web, &o).await;
+    let k1 = agent_apply(&agent, ns, &spec("kept", &web, &db, 80), &web, &o).await;
+    // Not weir's: same profile in its spec, but without weir's labels.
+    let foreign_spec = spec("doomed", &web, &db, 9999);
+    let foreign: PodFlow = serde_json::from_value(json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "PodFlow",
+        "metadata": { "name": "not-weirs", "labels": { labels::PROFILE: "doomed" } },
+        "spec": foreign_spec,
+    }))
+    .unwrap();
+    let flows: Api<PodFlow> = Api::namespaced(admin.clone(), ns);
+    flows.create(&PostParams::default(), &foreign).await.unwrap();
+    // weir's labels, but a profile that does not exist: the sweep takes it.
+    let ghost = agent_apply(&agent, ns, &spec("ghost", &web, &db, 80), &web, &o).await;
+
+    Api::<CaptureProfile>::namespaced(admin.clone(), ns).delete("doomed", &DeleteParams::default()).await.unwrap();
+    poll("doomed and its flows gone", WAIT, || async {
+        let names = flow_names(&admin, ns).await;
+        let profile_gone = Api::<CaptureProfile>::namespaced(admin.clone(), ns).get_opt("doomed").await.map_err(|e| e.to_string())?.is_none();
+        let mut want = vec![k1.clone(), "not-weirs".to_owned()];
+        want.sort();
+        if profile_gone && names == want { Ok(()) } else { Err(format!("profile gone: {profile_gone}, flows {names:?}")) }
+    })
+    .await;
+    for gone in [d1, d2, ghost] {
+        assert!(flows.get_opt(&gone).await.unwrap().is_none(), "{gone}");
+    }
+    let ev = event_reporters(&admin, ns, "doomed").await;
+    assert!(ev.iter().any(|(r, _)| r == "Deleted"), "{ev:?}");
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_a_killed_leader_hands_over() {
+    let s = setup();
+    let admin = s.admin().await;
+    let ns = "ctl-leader";
+    namespace(&admin, ns).await;
+
+    let (leader, transitions) = poll("a lease holder", WAIT, || async {
+        lease_holder(&admin).await.filter(|(h, _)| REPLICAS.contains(&h.as_str())).ok_or_else(|| "no holder".to_owned())
+    })
+    .await;
+    let follower = REPLICAS.iter().find(|r| **r != leader).unwrap().to_string();
+    // Only the leader reconciles: every Event about a new profile is its.
+    profile(&admin, ns, "first", json!({ "podSelector": {} })).await;
+    poll("first Ready", WAIT, || async {
+        let st = status_of(&admin, ns, "first").await?;
+        if st.conditions.iter().any(|c| c.status == "True") { Ok(()) } else { Err(format!("{st:?}")) }
+    })
+    .await;
+    let ev = event_reporters(&admin, ns, "first").await;
+    assert!(!ev.is_empty() && ev.iter().all(|(_, who)| *who == leader), "only {leader} reports: {ev:?}");
+    assert_eq!(lease_holder(&admin).await.unwrap().0, leader, "the lease stays with {leader}");
+
+    kill_replica(&leader);
+    let (holder, after) = poll("the follower to take the lease over", WAIT, || async {
+        match lease_holder(&admin).await {
+            Some((h, t)) if h == follower => Ok((h, t)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(holder, follower);
+    assert!(after > transitions, "leaseTransitions {transitions} -> {after}");
+    profile(&admin, ns, "second", json!({ "podSelector": {} })).await;
+    poll("second Ready, reported by the new leader", WAIT, || async {
+        let ev = event_reporters(&admin, ns, "second").await;
+        if ev.iter().any(|(r, who)| r == "Ready" && *who == follower) { Ok(()) } else { Err(format!("{ev:?}")) }
+    })
+    .await;
+
+    // The killed replica comes back as a follower: the lease stays.
+    start_replica(s, &leader).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(lease_holder(&admin).await.unwrap().0, follower);
+}
