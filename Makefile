@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo bench bench-scale crds clippy clean
+.PHONY: all bootstrap build test test-unit test-privileged demo bench bench-scale bench-agent crds clippy clean
 
 all: build
 
@@ -28,6 +28,10 @@ bench: bootstrap
 # The agent's PodFlow writer at scale against a real control plane.
 bench-scale: bootstrap
 	bash bench/scale.sh
+
+# The node agent's and the VXLAN monitor's cost (throughput, RSS, CPU).
+bench-agent: bootstrap
+	bash bench/agent.sh
 
 # Regenerate crds/ from the CRD types (CI fails when it is stale).
 crds:

@@ -15,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
 
-# Namespaces, pins and work dirs the bench makes (weir-bench removes them
-# itself; this also covers a run that was killed).
+# Namespaces (and processes in them), pins, work dirs and cnitool cache
+# entries the bench makes: weir-bench removes them itself; this also covers a
+# run that was killed.
 NETNS_RE='^(wbs|wbu)-'
 cleanup() {
   local ns pid
@@ -25,6 +26,7 @@ cleanup() {
     ip netns del "$ns" 2>/dev/null || true
   done
   rm -rf /sys/fs/bpf/weir-bench "${TMPDIR:-/tmp}"/weir-test-wbs "${TMPDIR:-/tmp}"/weir-test-wbu
+  rm -f /var/lib/cni/results/weir-wbs-* /var/lib/cni/results/weir-wbu-* # cnitool's result cache
 }
 
 bash scripts/check-host.sh

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
 mkdir -p bench/results
-cargo test --release --locked -p weir-operator --test agent_kube_scale --no-run
+cargo build --release --locked -p weir-operator --example podflow_scale
 out=bench/results/scale.raw
 : > "$out"
 run() {
@@ -22,7 +22,7 @@ run() {
   if [[ -n "${WEIR_SCALE_ONLY:-}" && "$WEIR_SCALE_ONLY" != "$name" ]]; then return; fi
   echo "bench-scale: $name ($*)" >&2
   env "$@" WEIR_SCALE_SECS="${WEIR_SCALE_SECS:-120}" \
-    cargo test --release --locked -q -p weir-operator --test agent_kube_scale -- --ignored --nocapture --test-threads=1 2>&1 \
+    target/release/examples/podflow_scale 2>&1 \
     | tee /dev/stderr | sed -n "s/^SCALE /$name /p" >> "$out"
 }
 run saturated WEIR_SCALE_PODS=1000 WEIR_SCALE_PEERS=10 WEIR_SCALE_NODES=10 WEIR_SCALE_QPS=5 WEIR_SCALE_INTERVAL=10

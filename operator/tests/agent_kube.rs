@@ -298,7 +298,7 @@ async fn profiles_select_pods_and_podflows_carry_exact_counts_through_an_outage(
     assert_eq!(flow.spec.source.display, "shop/web", "the client opened it");
     assert_eq!(flow.spec.destination.display, "shop/db");
     assert_eq!((flow.spec.source.ip.clone(), flow.spec.destination.ip.clone()), (web_ip.to_string(), db_ip.to_string()));
-    assert_eq!((flow.spec.source.node.as_str(), flow.spec.destination.node.as_deref()), (NODE, Some(NODE)));
+    assert_eq!((flow.spec.source.node.as_deref(), flow.spec.destination.node.as_deref()), (Some(NODE), Some(NODE)));
     assert_eq!(flow.spec.profile, "all");
     let labels = flow.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("weir.dev/profile").map(String::as_str), Some("all"));

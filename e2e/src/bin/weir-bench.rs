@@ -196,6 +196,18 @@ impl Bed {
     }
 }
 
+impl Drop for Bed {
+    /// DEL the pods through their chains, as a runtime would, so no CNI
+    /// result cache, IPAM lease or weir state outlives the run.
+    fn drop(&mut self) {
+        for (node, pair) in [(&self.split_node, &self.split), (&self.unsplit_node, &self.unsplit)] {
+            for pod in [&pair.client, &pair.server] {
+                let _ = node.del(&pod.path(), "eth0");
+            }
+        }
+    }
+}
+
 fn node(tag: &str, subnet: &str, with_weir: bool, weir: &Path) -> Result<(Node, ChainSpec)> {
     let mut spec = ChainSpec::new("1.1.0", subnet);
     spec.with_weir = with_weir;
@@ -315,6 +327,20 @@ fn pct(values: &[f64], q: f64) -> f64 {
 
 fn med(values: &[f64]) -> f64 {
     pct(values, 50.0)
+}
+
+/// weir's cost taken within each round (the variants ran back to back), and
+/// its median over the rounds: drift between rounds cancels out.
+fn paired(v: &[f64], base: &[f64], cost: fn(f64, f64) -> f64) -> f64 {
+    med(&v.iter().zip(base).map(|(a, b)| cost(*a, *b)).collect::<Vec<_>>())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    a / b
+}
+
+fn diff(a: f64, b: f64) -> f64 {
+    a - b
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -460,38 +486,36 @@ fn summary(tput: &[Vec<f64>; 3], rtt: &Rtts, adds: &[Vec<f64>; 2], parts: &[(&st
         "| measure | unsplit | split pass-through | split counting | weir's cost (counting; pass-through) | target | result |"
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---|---|")?;
-    let t: Vec<f64> = tput.iter().map(|v| med(v)).collect();
-    let (rc, rp) = (t[2] / t[0], t[1] / t[0]);
+    let (rc, rp) = (paired(&tput[2], &tput[0], ratio), paired(&tput[1], &tput[0], ratio));
     let ok = rc >= MIN_THROUGHPUT_RATIO && rp >= MIN_THROUGHPUT_RATIO;
     writeln!(
         out,
         "| TCP throughput, Gbit/s | {:.2} | {:.2} | {:.2} | ratio {rc:.3}; {rp:.3} | ratio >= {MIN_THROUGHPUT_RATIO} | {} |",
-        t[0],
-        t[1],
-        t[2],
+        med(&tput[0]),
+        med(&tput[1]),
+        med(&tput[2]),
         verdict(ok)
     )?;
     for (proto, per) in ["UDP", "TCP"].iter().zip(rtt) {
-        let p50: Vec<f64> = per.iter().map(|(a, _)| med(a)).collect();
-        let p99: Vec<f64> = per.iter().map(|(_, b)| med(b)).collect();
-        let (ac, ap) = (p50[2] - p50[0], p50[1] - p50[0]);
+        let [(u50, u99), (p50, p99), (c50, c99)] = per;
+        let (ac, ap) = (paired(c50, u50, diff), paired(p50, u50, diff));
         let ok = ac <= MAX_ADDED_RTT_P50_US && ap <= MAX_ADDED_RTT_P50_US;
         writeln!(
             out,
             "| {proto} round trip p50, µs | {:.2} | {:.2} | {:.2} | {ac:+.2}; {ap:+.2} µs | <= +{MAX_ADDED_RTT_P50_US} µs | {} |",
-            p50[0],
-            p50[1],
-            p50[2],
+            med(u50),
+            med(p50),
+            med(c50),
             verdict(ok)
         )?;
         writeln!(
             out,
             "| {proto} round trip p99, µs | {:.2} | {:.2} | {:.2} | {:+.2}; {:+.2} µs | (reported) | |",
-            p99[0],
-            p99[1],
-            p99[2],
-            p99[2] - p99[0],
-            p99[1] - p99[0]
+            med(u99),
+            med(p99),
+            med(c99),
+            paired(c99, u99, diff),
+            paired(p99, u99, diff)
         )?;
     }
     for (q, target) in [(50.0, MAX_ADDED_ADD_P50_MS), (99.0, MAX_ADDED_ADD_P99_MS)] {
@@ -556,7 +580,7 @@ fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'stati
 
 /// A few more ADDs through the chain with weir, the plugin run under strace
 /// filtered by seccomp (only the marker syscalls stop it, so the overhead is
-/// small): medians of the phases between the markers.
+/// small): medians of the chain's time and of the phases between the markers.
 fn traced_adds(node: &Node, weir: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'static str, f64)>> {
     let weir = fs::canonicalize(weir)?;
     let dir = node.work_dir.join("strace");
@@ -564,34 +588,36 @@ fn traced_adds(node: &Node, weir: &Path, samples: usize, raw: &Raw) -> Result<Ve
     let plugin = node.work_dir.join("bin/weir");
     let script = format!(
         "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] || exec {w} \"$@\"\n\
-         exec strace -f --seccomp-bpf -qq -ttt -T -e trace=execve,openat,bpf,exit_group -o {d}/add.$$ {w} \"$@\"\n",
+         exec strace -f --seccomp-bpf -qq -ttt -T -e trace=execve,openat,bpf,exit_group -o {d}/\"${{CNI_NETNS##*/}}\" {w} \"$@\"\n",
         w = weir.display(),
         d = dir.display()
     );
     fs::remove_file(&plugin)?;
     fs::write(&plugin, script)?;
     fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let run = (0..samples).try_for_each(|i| timed_add(node, "wbs", 1000 + i).map(drop));
+    let chain: Result<Vec<f64>> = (0..samples).map(|i| timed_add(node, "wbs", 1000 + i)).collect();
     fs::remove_file(&plugin)?;
     std::os::unix::fs::symlink(&weir, &plugin)?;
-    run?;
 
-    const LABELS: [&str; 7] = [
-        "weir process, exec to exit",
+    const LABELS: [&str; 9] = [
+        "chain ADD with weir, these traced ADDs",
+        "weir process, exec until reaped",
         "- start, state, split by netlink (before the loader)",
         "- kernel BTF read + parse (aya EbpfLoader::new)",
         "- aya feature probes, object, maps",
         "- verifier, both programs",
         "- TCX attach, both links",
-        "- pins, state record, to exit",
+        "- pins, state record, up to exit_group",
+        "- exit_group until reaped",
     ];
     let mut per: Vec<Vec<f64>> = vec![Vec::new(); LABELS.len()];
     let mut lines = Vec::new();
-    for entry in fs::read_dir(&dir)? {
-        let text = fs::read_to_string(entry?.path())?;
+    for (i, chain_ms) in chain?.into_iter().enumerate() {
+        let text = fs::read_to_string(dir.join(format!("wbs-add{}", 1000 + i)))?;
         let phases = trace_phases(&text).with_context(|| format!("unexpected strace output:\n{text}"))?;
-        lines.push(phases.iter().map(|ms| format!("{ms:.3}")).collect::<Vec<_>>().join(" "));
-        for (v, ms) in per.iter_mut().zip(phases) {
+        let row: Vec<f64> = [chain_ms].into_iter().chain(phases).collect();
+        lines.push(row.iter().map(|ms| format!("{ms:.3}")).collect::<Vec<_>>().join(" "));
+        for (v, ms) in per.iter_mut().zip(row) {
             v.push(ms);
         }
     }
@@ -599,9 +625,10 @@ fn traced_adds(node: &Node, weir: &Path, samples: usize, raw: &Raw) -> Result<Ve
     Ok(LABELS.into_iter().zip(per.iter().map(|v| med(v))).collect())
 }
 
-/// The phases of one traced weir ADD, in ms, in the order of the labels above.
-fn trace_phases(text: &str) -> Option<[f64; 7]> {
-    // "<pid> <unix time> <call>(<args>) = <ret> <<duration>>"
+/// The phases of one traced weir ADD, in ms, in the order of the labels above
+/// (after the chain's time).
+fn trace_phases(text: &str) -> Option<[f64; 8]> {
+    // "<pid> <unix time> <call>(<args>) = <ret> <<duration>>" or "... +++ exited with 0 +++"
     let calls: Vec<(f64, &str, f64)> = text
         .lines()
         .filter_map(|l| {
@@ -619,6 +646,10 @@ fn trace_phases(text: &str) -> Option<[f64; 7]> {
     let first_bpf = at(&|c| c.starts_with("bpf("), open)?;
     let prog = at(&|c| c.contains("BPF_PROG_TYPE_SCHED_CLS"), first_bpf)?;
     let exit = at(&|c| c.starts_with("exit_group("), prog)?;
+    let reaped = calls.len() - 1;
+    if !calls[reaped].1.starts_with("+++ exited") {
+        return None;
+    }
     let sum = |pred: &dyn Fn(&str) -> bool| calls[prog..exit].iter().filter(|c| pred(c.1)).map(|c| c.2).sum::<f64>();
     let verifier = sum(&|c| c.contains("BPF_PROG_TYPE_SCHED_CLS"));
     let attach = sum(&|c| c.starts_with("bpf(BPF_LINK_CREATE"));
@@ -630,13 +661,14 @@ fn trace_phases(text: &str) -> Option<[f64; 7]> {
     let t = |i: usize| calls[i].0;
     Some(
         [
-            t(exit) - t(exec),
+            t(reaped) - t(exec),
             t(open) - t(exec),
             t(first_bpf) - t(open),
             t(prog) - t(first_bpf),
             verifier,
             attach,
             t(exit) - last_attach_end,
+            t(reaped) - t(exit),
         ]
         .map(|s| s * 1e3),
     )

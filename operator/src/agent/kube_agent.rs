@@ -423,9 +423,6 @@ impl KubeAgent {
             let pods = self.view.pods.read().expect("pod index lock");
             writer::conversations(views, &self.node, &selection, &*pods, &self.clock)
         };
-        if conversations.skipped_non_pod_source > 0 {
-            tracing::trace!(skipped = conversations.skipped_non_pod_source, "conversations opened by non-pod addresses are not published");
-        }
         self.writer.publish(conversations.flows);
     }
 }

@@ -17,9 +17,9 @@
 //! - `forward` is source → destination, `reverse` the other way, as this
 //!   node counted them; the VXLAN leg sums encap and decap of both
 //!   directions, with the outer addresses of the forward direction.
-//! - The source must be a pod (the schema requires it): a conversation
-//!   opened by an address that is not a known pod is not published (counted
-//!   in [`Conversations::skipped_non_pod_source`]).
+//! - A conversation opened by an address that is not a known pod (a client
+//!   outside the cluster) has that address as its source; the local pod it
+//!   reached owns the PodFlow.
 //! - The selecting rule's filters apply (protocol, destination port, the
 //!   peer's address), see [`Rule::admits`].
 //! - When both ends are local pods selected by the same profile, both pods'
@@ -129,8 +129,6 @@ pub struct DesiredFlow {
 #[derive(Debug, Default)]
 pub struct Conversations {
     pub flows: Vec<DesiredFlow>,
-    /// Conversations opened by an address that is not a known pod.
-    pub skipped_non_pod_source: u64,
     /// Conversations the selecting profile's filters exclude.
     pub filtered: u64,
 }
@@ -210,7 +208,8 @@ pub fn conversations(views: &[PodFlowView], node: &str, selection: &Selection, u
 
     let mut out = Conversations::default();
     // (namespace, name, local pod is the source) → spec, owner, rule, counters
-    let mut aggs: HashMap<(String, String, bool), (PodFlowSpec, Option<OwnerReference>, Arc<Rule>, Agg)> = HashMap::new();
+    type Grouped = (PodFlowSpec, Option<OwnerReference>, Arc<Rule>, Agg);
+    let mut aggs: HashMap<(String, String, bool), Grouped> = HashMap::new();
     for ((_, proto, local_ip, lport, remote_ip, rport), (pair, any)) in pairs {
         let Some(protocol) = Protocol::from_ip_proto(proto) else { continue };
         let ns = any.namespace.as_deref().unwrap_or_default();
@@ -230,13 +229,15 @@ pub fn conversations(views: &[PodFlowView], node: &str, selection: &Selection, u
             };
             (PodFlowSpec { source, destination, protocol, profile: rule.profile.clone() }, pod_owner(ns, &any.pod, uids))
         } else {
-            let Some(peer) = &any.peer else {
-                out.skipped_non_pod_source += 1;
-                continue;
-            };
-            let source = SourceEndpoint::pod(&peer.namespace, &peer.pod, &remote_ip.to_string(), &peer.node);
             let destination = DestinationEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node, port(lport));
-            let owner = if peer.namespace == rule.namespace { pod_owner(&peer.namespace, &peer.pod, uids) } else { None };
+            let (source, owner) = match &any.peer {
+                Some(peer) => {
+                    let owner = if peer.namespace == rule.namespace { pod_owner(&peer.namespace, &peer.pod, uids) } else { None };
+                    (SourceEndpoint::pod(&peer.namespace, &peer.pod, &remote_ip.to_string(), &peer.node), owner)
+                }
+                // Opened from outside the pods weir knows: the local pod owns it.
+                None => (SourceEndpoint::address(&remote_ip.to_string()), None),
+            };
             let owner = owner.or_else(|| pod_owner(ns, &any.pod, uids));
             (PodFlowSpec { source, destination, protocol, profile: rule.profile.clone() }, owner)
         };
@@ -459,7 +460,8 @@ impl Writer {
 
     /// The next PodFlow to write now, else when the next one is due.
     fn next(&self, now: Instant) -> (Option<(String, String)>, Option<Instant>) {
-        let mut best: Option<((bool, Instant), &(String, String))> = None;
+        type Rank = (bool, Instant);
+        let mut best: Option<(Rank, &(String, String))> = None;
         let mut wake: Option<Instant> = None;
         let mut capped = 0u64;
         let mut created: HashMap<&str, i32> = HashMap::new();
@@ -682,17 +684,20 @@ mod tests {
     }
 
     #[test]
-    fn a_server_pods_reply_names_the_client_as_source_and_outsiders_are_skipped() {
+    fn a_server_pods_reply_names_the_client_as_source_and_outsiders_by_address() {
         let views = vec![
             view("db", false, (WEB, 4000), (DB, 53), 10, 100, peer("front", "web", "node-a")),
             view("db", true, (DB, 53), (WEB, 4000), 10, 200, peer("front", "web", "node-a")),
             view("db", false, ("1.2.3.4", 5555), (DB, 53), 3, 10, None),
         ];
         let c = conversations(&views, "node-b", &selection(&["db"], |_| {}), &uids(), &Clock::at(0));
-        assert_eq!(c.flows.len(), 1);
-        assert_eq!(c.skipped_non_pod_source, 1);
-        let f = &c.flows[0];
-        assert_eq!((f.spec.source.display.as_str(), f.spec.source.node.as_str()), ("front/web", "node-a"));
+        assert_eq!(c.flows.len(), 2);
+        let outsider = c.flows.iter().find(|f| f.spec.source.pod.is_none()).expect("the outsider's conversation");
+        assert_eq!((outsider.spec.source.display.as_str(), outsider.spec.destination.display.as_str()), ("1.2.3.4", "shop/db"));
+        assert_eq!(outsider.owner.as_ref().unwrap().uid, "uid-db");
+        assert!(outsider.name.starts_with("db-"), "{}", outsider.name);
+        let f = c.flows.iter().find(|f| f.spec.source.pod.is_some()).unwrap();
+        assert_eq!((f.spec.source.display.as_str(), f.spec.source.node.as_deref()), ("front/web", Some("node-a")));
         assert_eq!(f.spec.destination.port, Some(53));
         assert_eq!(f.observer.forward.packets, 10);
         assert_eq!(f.observer.node, "node-b");

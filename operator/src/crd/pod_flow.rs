@@ -122,7 +122,7 @@ pub fn agent_field_manager(node: &str) -> String {
     }
 ]))]
 pub struct PodFlowSpec {
-    /// The pod that sent the conversation's first packet.
+    /// Who sent the conversation's first packet: a pod, or an address.
     pub source: SourceEndpoint,
     /// The other end: a pod, or only an IP (outside the cluster, a service
     /// address, a pod weir does not know).
@@ -134,28 +134,39 @@ pub struct PodFlowSpec {
     pub profile: String,
 }
 
-/// The source end of a conversation: always a pod.
+/// The source end of a conversation: the pod that sent the first packet, or
+/// only an address when a client outside the cluster (or one weir does not
+/// know) opened a conversation with a local pod.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "self.display == self.__namespace__ + '/' + self.pod",
-    "message": "display must be namespace/pod"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.pod) == has(self.__namespace__)",
+        "message": "source.pod and source.namespace are set together"
+    },
+    {
+        "rule": "self.display == (has(self.pod) && has(self.__namespace__) ? self.__namespace__ + '/' + self.pod : self.ip)",
+        "message": "display must be namespace/pod for a pod, else the ip"
+    }
+]))]
 pub struct SourceEndpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub pod: String,
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
-    pub namespace: String,
-    /// The pod's IP this conversation used.
+    pub namespace: Option<String>,
+    /// The address this conversation came from.
     #[schemars(
         length(max = 45),
         extend("x-kubernetes-validations" = [{ "rule": "isIP(self)", "message": "ip must be an IPv4 or IPv6 address" }])
     )]
     pub ip: String,
-    /// The node the pod runs on.
+    /// The node of the source pod, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub node: String,
-    /// `namespace/pod`, for `kubectl get`.
+    pub node: Option<String>,
+    /// `namespace/pod`, or the IP when the source is not a pod.
     #[schemars(length(max = 317))]
     pub display: String,
 }
@@ -206,12 +217,17 @@ impl SourceEndpoint {
     /// A source pod; `display` is derived.
     pub fn pod(namespace: &str, pod: &str, ip: &str, node: &str) -> Self {
         Self {
-            pod: pod.to_owned(),
-            namespace: namespace.to_owned(),
+            pod: Some(pod.to_owned()),
+            namespace: Some(namespace.to_owned()),
             ip: ip.to_owned(),
-            node: node.to_owned(),
+            node: Some(node.to_owned()),
             display: format!("{namespace}/{pod}"),
         }
+    }
+
+    /// A source that is only an address; `display` is the IP.
+    pub fn address(ip: &str) -> Self {
+        Self { pod: None, namespace: None, ip: ip.to_owned(), node: None, display: ip.to_owned() }
     }
 }
 
@@ -253,7 +269,10 @@ impl PodFlowSpec {
             self.protocol
         );
         let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
-        let prefix: String = self.source.pod.chars().take(40).collect();
+        // Named after the pod the conversation belongs to: the source, or the
+        // destination for a conversation opened from outside.
+        let owner = self.source.pod.as_deref().or(self.destination.pod.as_deref()).unwrap_or_default();
+        let prefix: String = owner.chars().take(40).collect();
         let prefix = prefix.trim_end_matches(['-', '.']);
         if prefix.is_empty() { format!("flow-{hash:016x}") } else { format!("{prefix}-{hash:016x}") }
     }
@@ -393,7 +412,7 @@ impl PodFlowStatus {
             return PodFlowStatus::default();
         }
         let on = |node: &str| observers.iter().find(|o| o.node == node);
-        let src = on(&spec.source.node);
+        let src = spec.source.node.as_deref().and_then(on);
         let dst = spec.destination.node.as_deref().and_then(on);
         let main = src.or(dst).or_else(|| {
             observers.iter().max_by_key(|o| (o.forward.packets.saturating_add(o.reverse.packets), std::cmp::Reverse(&o.node)))
@@ -517,7 +536,7 @@ mod tests {
         assert_ne!(a.object_name(), b.object_name());
         assert_ne!(a.object_name(), c.object_name());
         let mut long = spec();
-        long.source.pod = format!("{}-x", "p".repeat(39));
+        long.source.pod = Some(format!("{}-x", "p".repeat(39)));
         assert!(long.object_name().starts_with(&format!("{}-", "p".repeat(39))));
     }
 

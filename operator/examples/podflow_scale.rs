@@ -1,6 +1,6 @@
 //! Scale benchmark of the agent's PodFlow writer against a real control
 //! plane (etcd + kube-apiserver): `make bench-scale` (bench/scale.sh) runs
-//! it; it is `#[ignore]`d in `cargo test`.
+//! this example; `cargo test` only builds it.
 //!
 //! Simulated: WEIR_SCALE_PODS pods (1000) spread over WEIR_SCALE_NODES nodes
 //! (10), each talking to WEIR_SCALE_PEERS peers (10) on other pods, every
@@ -131,9 +131,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "scale benchmark: run by `make bench-scale` (bench/scale.sh)"]
-async fn podflow_writer_at_scale() -> Result<()> {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
     let (pods, peers, nodes) = (env("WEIR_SCALE_PODS", 1000), env("WEIR_SCALE_PEERS", 10), env("WEIR_SCALE_NODES", 10));
     let interval = Duration::from_secs(env("WEIR_SCALE_INTERVAL", 10));
     let secs = env("WEIR_SCALE_SECS", 120);
