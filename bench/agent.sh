@@ -3,13 +3,14 @@
 # this host, measured in one run (e2e/src/bin/weir-bench-agent.rs measures).
 #   - TCP throughput pod to pod across flannel-style VXLAN, monitor attached
 #     to both nodes' underlay vs detached, alternating round by round,
+#   - the monitor programs' own CPU time (BPF_ENABLE_STATS, read with bpftool if installed),
 #   - the agent's RSS (VmRSS, VmHWM) with 0, 10k and 100k flows in its maps,
 #   - its CPU per collection (utime+stime / collections) and its own
 #     weir_collection_duration_seconds.
 # Raw numbers: bench/results/agent-*.raw; the summary table: stdout (and
-# bench/results/agent-summary.raw). Takes about 6 minutes.
+# bench/results/agent-summary.raw). Takes about 8 minutes.
 #
-# Knobs (environment): WEIR_BENCH_AGENT_ROUNDS (10), WEIR_BENCH_AGENT_TCP_SECS (3),
+# Knobs (environment): WEIR_BENCH_AGENT_ROUNDS (16), WEIR_BENCH_AGENT_TCP_SECS (3),
 # WEIR_BENCH_AGENT_FLOWS (0,10000,100000), WEIR_BENCH_AGENT_REPS (3),
 # WEIR_BENCH_AGENT_WINDOW_SECS (12), WEIR_BENCH_AGENT_PODS (100).
 set -euo pipefail

@@ -8,12 +8,14 @@
 //! 1. Underlay TCP throughput across VXLAN, pod on A to pod on B (iperf3, one
 //!    stream), with the monitor attached to both nodes' underlay (TCX, pinned,
 //!    as the agent attaches it) and detached, alternating round by round.
+//!    One more attached run with BPF_ENABLE_STATS on gives the monitor
+//!    programs' own CPU time (read with bpftool).
 //! 2. The agent's memory with N active flows: `weir_flows` (the pods' flow
 //!    map) is filled with N synthetic flows of the node's real pods (half
 //!    egress, half ingress, over all of them), and `weir_vx_flows` with the
 //!    overlay leg of each one (N more), so the agent's join finds a VNI and
 //!    outer addresses for every flow and names every peer (a peers file for
-//!    the remote pods). The release agent runs in node A's namespace with
+//!    the remote pods); the run's real flows are removed first. The release agent runs in node A's namespace with
 //!    `--interval 1s`; VmRSS and VmHWM are read from /proc after a window of
 //!    collections.
 //! 3. CPU per collection: utime+stime of the agent over the window divided by
@@ -98,7 +100,7 @@ impl Settings {
             bail!("{too_many} flows do not fit the flow maps ({} entries, LRU)", abi::FLOWS_MAX_ENTRIES);
         }
         Ok(Self {
-            rounds: num("WEIR_BENCH_AGENT_ROUNDS", 10)?.max(1),
+            rounds: num("WEIR_BENCH_AGENT_ROUNDS", 16)?.max(1),
             tcp_secs: num("WEIR_BENCH_AGENT_TCP_SECS", 3)?.max(1) as u32,
             reps: num("WEIR_BENCH_AGENT_REPS", 3)?.max(1),
             window_secs: num("WEIR_BENCH_AGENT_WINDOW_SECS", 12)?.max(2) as u64,
@@ -127,7 +129,10 @@ mod bpf {
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
     const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    const BPF_STATS_RUN_TIME: u32 = 0;
     const BPF_ANY: u64 = 0;
 
     #[repr(C)]
@@ -223,6 +228,30 @@ mod bpf {
             Ok(())
         }
 
+        /// Deletes every entry; returns how many there were.
+        pub fn clear(&self) -> Result<usize> {
+            let mut keys: Vec<K> = Vec::new();
+            // SAFETY: K is plain data (a map key); the kernel fills it.
+            let mut next: K = unsafe { std::mem::zeroed() };
+            loop {
+                let mut attr = ElemAttr {
+                    map_fd: self.fd.as_raw_fd() as u32,
+                    key: keys.last().map_or(0, |k| k as *const K as u64),
+                    value: &mut next as *mut K as u64,
+                    ..Default::default()
+                };
+                match sys(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+                    Ok(_) => keys.push(next),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                    Err(e) => return Err(e).context("map get_next_key"),
+                }
+            }
+            for k in &keys {
+                self.remove(k)?;
+            }
+            Ok(keys.len())
+        }
+
         /// False when the key was not there.
         pub fn remove(&self, key: &K) -> Result<bool> {
             let mut attr =
@@ -233,6 +262,19 @@ mod bpf {
                 Err(e) => Err(e).context("map delete"),
             }
         }
+    }
+
+    /// Turns on the kernel's run-time statistics of every BPF program while the
+    /// returned fd is open (BPF_ENABLE_STATS).
+    pub fn enable_stats() -> Result<OwnedFd> {
+        #[repr(C)]
+        struct StatsAttr {
+            kind: u32,
+        }
+        let mut attr = StatsAttr { kind: BPF_STATS_RUN_TIME };
+        let fd = sys(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?;
+        // SAFETY: a new fd that we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 }
 
@@ -300,13 +342,17 @@ fn pod_id(node: &Node, ns: &Netns) -> Result<u32> {
     bail!("no weir state record for {want}")
 }
 
-fn add_pod(node: &Node, ns_name: &str, k8s_name: &str) -> Result<Pod> {
+/// A pod chained by cnitool; `count` turns weir's counting on for it (the
+/// others stay in pass-through: their own chatter would add flows).
+fn add_pod(node: &Node, ns_name: &str, k8s_name: &str, count: bool) -> Result<Pod> {
     let ns = Netns::create(ns_name)?;
     let result = node.add(&ns, "eth0", "bench", k8s_name)?.ok()?.json()?;
     let IpAddr::V4(ip) = Node::pod_ipv4(&result)? else { bail!("no IPv4 for {k8s_name}") };
     ns.exec(&["ip", "link", "set", "eth0", "mtu", POD_MTU])?;
     let id = pod_id(node, &ns)?;
-    NodeMaps::open(&BpfRoot::new(&node.bpf_root))?.set_pod_mode(id, PodMode::Count)?;
+    if count {
+        NodeMaps::open(&BpfRoot::new(&node.bpf_root))?.set_pod_mode(id, PodMode::Count)?;
+    }
     Ok(Pod { ns, ip, id })
 }
 
@@ -322,11 +368,11 @@ fn setup(s: &Settings) -> Result<Bed> {
         &FlannelNode { ns: &a.ns, underlay_ip: UNDERLAY_A, pod_subnet: SUBNET_A },
         &FlannelNode { ns: &b.ns, underlay_ip: UNDERLAY_B, pod_subnet: SUBNET_B },
     )?;
-    let pod_b = add_pod(&b, "wbab-p0", "server")?;
+    let pod_b = add_pod(&b, "wbab-p0", "server", true)?;
     let mut pods_a = Vec::new();
     let started = Instant::now();
     for i in 0..s.pods {
-        pods_a.push(add_pod(&a, &format!("wbaa-p{i}"), &format!("web-{i}"))?);
+        pods_a.push(add_pod(&a, &format!("wbaa-p{i}"), &format!("web-{i}"), i == 0)?);
     }
     eprintln!("weir-bench-agent: {} pods on node A in {:.1} s", s.pods, started.elapsed().as_secs_f64());
     let a_ifindex = ifindex(&a.ns, "eth0")?;
@@ -420,17 +466,81 @@ fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Throughput> {
             }
             let name = if on { "attached" } else { "detached" };
             eprintln!("  round {round} monitor {name}: {gbps:.3} Gbit/s, {retrans} retransmits, {counted} VXLAN packets counted");
-            lines.push(format!("{round} {name} {gbps:.3} {retrans} {counted}"));
+            lines.push(format!("{round} {name} {gbps:.3} {retrans} {counted} {}", loadavg().replace(' ', ",")));
             if on { t.on.push(gbps) } else { t.off.push(gbps) }
         }
     }
     set_monitor(bed, true)?;
     raw.write(
         "agent-throughput.raw",
-        "round monitor gbit_per_s retransmits vxlan_packets_counted_on_node_a (iperf3 pod A -> pod B across flannel.1, one TCP stream)",
+        "round monitor gbit_per_s retransmits vxlan_packets_counted_on_node_a loadavg_after (iperf3 pod A -> pod B across flannel.1, one TCP stream)",
         &lines,
     )?;
     Ok(t)
+}
+
+/// The monitor's own CPU time during one more run with it attached, from the
+/// kernel's per-program statistics (BPF_ENABLE_STATS, on for this run only).
+struct MonitorCpu {
+    runs: u64,
+    run_time_ns: u64,
+    wire_packets: u64,
+    wall_s: f64,
+    gbps: f64,
+}
+
+/// (prog id, run_time_ns, run_cnt) of the four monitor programs (both nodes, both hooks).
+fn monitor_prog_stats(bed: &Bed) -> Result<Vec<(u64, u64, u64)>> {
+    let mut out = Vec::new();
+    for node in [&bed.a, &bed.b] {
+        let dir = vxlan::links_dir(&BpfRoot::new(&node.bpf_root), "eth0")?;
+        for pin in [vxlan::INGRESS_PIN, vxlan::EGRESS_PIN] {
+            let path = dir.join(pin);
+            let link: Value = serde_json::from_slice(
+                &netns::run(std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&path))?.stdout,
+            )?;
+            let id = link["prog_id"].as_u64().with_context(|| format!("no prog_id for {}: {link}", path.display()))?;
+            let prog: Value = serde_json::from_slice(
+                &netns::run(std::process::Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?.stdout,
+            )?;
+            out.push((id, prog["run_time_ns"].as_u64().unwrap_or(0), prog["run_cnt"].as_u64().unwrap_or(0)));
+        }
+    }
+    Ok(out)
+}
+
+fn monitor_cpu(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Option<MonitorCpu>> {
+    if host::which("bpftool").is_none() {
+        eprintln!("weir-bench-agent: bpftool not found: no per-program CPU time of the monitor");
+        return Ok(None);
+    }
+    set_monitor(bed, true)?;
+    let stats = bpf::enable_stats()?;
+    let before = monitor_prog_stats(bed)?;
+    let packets_before = monitor_packets(bed)?;
+    let started = Instant::now();
+    let (gbps, _) = iperf(bed, s.tcp_secs)?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let after = monitor_prog_stats(bed)?;
+    let wire_packets = monitor_packets(bed)? - packets_before;
+    drop(stats);
+    let mut lines = Vec::new();
+    let (mut run_time_ns, mut runs) = (0, 0);
+    for ((id, t0, c0), (_, t1, c1)) in before.iter().zip(&after) {
+        lines.push(format!("{id} {} {}", t1 - t0, c1 - c0));
+        run_time_ns += t1 - t0;
+        runs += c1 - c0;
+    }
+    if runs == 0 {
+        bail!("the monitor programs did not run during the stats run");
+    }
+    lines.push(format!("# total {run_time_ns} ns, {runs} runs, {wire_packets} wire packets on node A, {wall_s:.3} s wall, {gbps:.3} Gbit/s"));
+    raw.write(
+        "agent-monitor-cpu.raw",
+        "prog_id run_time_ns run_cnt (BPF_ENABLE_STATS during one iperf3 run, monitor on both nodes)",
+        &lines,
+    )?;
+    Ok(Some(MonitorCpu { runs, run_time_ns, wire_packets, wall_s, gbps }))
 }
 
 // --- 2./3. the agent with N flows -------------------------------------------
@@ -475,7 +585,7 @@ impl Synth {
 
     fn keys(&self, i: usize) -> (FlowKey, VxFlowKey) {
         let conv = i / 2;
-        let egress = i % 2 == 0;
+        let egress = i.is_multiple_of(2);
         let (pod_id, pod_ip) = self.pods[conv % self.pods.len()];
         let k = conv / self.pods.len();
         let (pod_ip, remote) = (IpAddr::V4(pod_ip), IpAddr::V4(remote_ip(k)));
@@ -673,9 +783,10 @@ struct Scrape {
 fn scrape(ns: &Netns) -> Result<Scrape> {
     let text = http_get(ns, "/metrics")?;
     let value = |prefix: &str| -> Result<f64> {
+        // (series without labels are written `name{} value`)
         let line = text
             .lines()
-            .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(' '))
+            .find(|l| l.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with("{} ")))
             .with_context(|| format!("no {prefix} in /metrics:\n{text}"))?;
         Ok(line.rsplit(' ').next().unwrap_or("").parse()?)
     };
@@ -752,6 +863,10 @@ fn agent_run(bed: &Bed, s: &Settings, synth: &mut Synth, peers: &Path, size: usi
     let after_flows = if check_flows {
         let body = http_get(ns, "/flows")?;
         let flows: Vec<Value> = serde_json::from_str(&body)?;
+        if size == 0 && std::env::var_os("WEIR_BENCH_AGENT_SAVE_FLOWS").is_some() {
+            // The run's own (real) flows, for a look at what the data path made.
+            fs::write(s.results.join("agent-flows-real.raw"), &body)?;
+        }
         check_join(&flows, size)?;
         let (rss, hwm) = agent.memory_kib()?;
         Some((rss, hwm, flows.len(), body.len()))
@@ -847,10 +962,10 @@ fn uname_r() -> String {
 }
 
 fn size_label(n: usize) -> String {
-    if n >= 1000 && n % 1000 == 0 { format!("{}k", n / 1000) } else { n.to_string() }
+    if n >= 1000 && n.is_multiple_of(1000) { format!("{}k", n / 1000) } else { n.to_string() }
 }
 
-fn summary(s: &Settings, t: &Throughput, runs: &[AgentRun]) -> Result<String> {
+fn summary(s: &Settings, t: &Throughput, mon: Option<&MonitorCpu>, runs: &[AgentRun]) -> Result<String> {
     let mut out = String::new();
     let ratios: Vec<f64> = t.on.iter().zip(&t.off).map(|(on, off)| on / off).collect();
     let ratio = med(&ratios);
@@ -864,6 +979,18 @@ fn summary(s: &Settings, t: &Throughput, runs: &[AgentRun]) -> Result<String> {
         spread(&ratios, 3),
         verdict(ratio >= MIN_THROUGHPUT_RATIO)
     )?;
+    if let Some(m) = mon {
+        writeln!(
+            out,
+            "| monitor's own CPU (kernel BPF stats, 1 run at {:.2} Gbit/s) | {:.0} ns per program run, {:.0} ns per wire packet (both ends); {:.1} ms in {:.1} s = {:.2}% of one CPU |",
+            m.gbps,
+            m.run_time_ns as f64 / m.runs as f64,
+            m.run_time_ns as f64 / m.wire_packets.max(1) as f64,
+            m.run_time_ns as f64 / 1e6,
+            m.wall_s,
+            m.run_time_ns as f64 / 1e7 / m.wall_s
+        )?;
+    }
     writeln!(out)?;
 
     let sizes: Vec<usize> = s.sizes.clone();
@@ -935,13 +1062,17 @@ fn main() -> Result<()> {
         s.rounds, s.tcp_secs, s.sizes, s.reps, s.window_secs
     );
     let _ = fs::remove_dir_all(BPF_PARENT);
-    let result = (|| -> Result<(Throughput, Vec<AgentRun>)> {
+    let result = (|| -> Result<(Throughput, Option<MonitorCpu>, Vec<AgentRun>)> {
         let bed = setup(&s)?;
         let tput = throughput(&bed, &s, &raw)?;
+        let mon = monitor_cpu(&bed, &s, &raw)?;
 
         let peers = bed.a.work_dir.join("peers.json");
         Synth::peers_file(&peers)?;
         let mut synth = Synth::new(&bed)?;
+        // Only the synthetic flows (and what trickles in meanwhile) count.
+        let (real, real_vx) = (synth.flows.clear()?, synth.vx_flows.clear()?);
+        eprintln!("weir-bench-agent: removed the run's {real} pod and {real_vx} overlay flows before the agent runs");
         let mut runs = Vec::new();
         for rep in 0..s.reps {
             let order: Vec<usize> = (0..s.sizes.len()).map(|i| s.sizes[(i + rep) % s.sizes.len()]).collect();
@@ -960,10 +1091,10 @@ fn main() -> Result<()> {
         }
         synth.fill(0)?;
         drop(bed);
-        Ok((tput, runs))
+        Ok((tput, mon, runs))
     })();
     let _ = fs::remove_dir_all(BPF_PARENT);
-    let (tput, runs) = result?;
+    let (tput, mon, runs) = result?;
 
     raw.write(
         "agent-resources.raw",
@@ -1006,7 +1137,7 @@ fn main() -> Result<()> {
         s.window_secs,
         s.pods
     );
-    let out = header + &summary(&s, &tput, &runs)?;
+    let out = header + &summary(&s, &tput, mon.as_ref(), &runs)?;
     print!("{out}");
     fs::write(s.results.join("agent-summary.raw"), &out)?;
     Ok(())

@@ -388,13 +388,17 @@ fn main() -> Result<()> {
     // Where weir's share of an ADD goes: traced ADDs, and the eBPF loader's
     // phases timed on their own.
     let mut parts = Vec::new();
-    if host::which("strace").is_some() {
-        let how = format!("{} more ADDs, weir under strace (seccomp-filtered)", s.traced_adds);
-        for (name, ms) in traced_adds(&bed.split_node, &s.weir, s.traced_adds, &raw)? {
-            parts.push((name, ms, how.clone()));
-        }
+    if host::which("strace").is_none() {
+        eprintln!("weir-bench: WARNING: strace not found: no per-phase breakdown of the ADD");
     } else {
-        eprintln!("weir-bench: strace not found: no per-phase breakdown of the ADD");
+        // A diagnostic: its failure is reported, not allowed to lose the run.
+        match traced_adds(&bed.split_node, &s.weir, s.traced_adds, &raw) {
+            Ok(phases) => {
+                let how = format!("{} more ADDs, weir under strace (seccomp-filtered)", s.traced_adds);
+                parts.extend(phases.into_iter().map(|(name, ms)| (name, ms, how.clone())));
+            }
+            Err(e) => eprintln!("weir-bench: WARNING: no per-phase breakdown of the ADD: {e:#}"),
+        }
     }
     if let Some(probe) = &s.loader_probe {
         let how = format!("bench/loader-probe, {} fresh processes each", s.loader_samples);
@@ -588,7 +592,7 @@ fn traced_adds(node: &Node, weir: &Path, samples: usize, raw: &Raw) -> Result<Ve
     let plugin = node.work_dir.join("bin/weir");
     let script = format!(
         "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] || exec {w} \"$@\"\n\
-         exec strace -f --seccomp-bpf -qq -ttt -T -e trace=execve,openat,bpf,exit_group -o {d}/\"${{CNI_NETNS##*/}}\" {w} \"$@\"\n",
+         exec strace -f --seccomp-bpf -q -ttt -T -e trace=execve,openat,bpf,exit_group -o {d}/\"${{CNI_NETNS##*/}}\" {w} \"$@\"\n",
         w = weir.display(),
         d = dir.display()
     );
@@ -632,8 +636,10 @@ fn trace_phases(text: &str) -> Option<[f64; 8]> {
     let calls: Vec<(f64, &str, f64)> = text
         .lines()
         .filter_map(|l| {
-            let mut f = l.splitn(3, ' ');
-            let (_, ts, call) = (f.next()?, f.next()?.parse().ok()?, f.next()?);
+            let mut f = l.split_ascii_whitespace();
+            let (_pid, ts_text) = (f.next()?, f.next()?);
+            let ts: f64 = ts_text.parse().ok()?;
+            let call = l[l.find(ts_text)? + ts_text.len()..].trim_start();
             let dur = call.rsplit_once('<').and_then(|(_, d)| d.trim_end_matches('>').parse().ok()).unwrap_or(0.0);
             Some((ts, call, dur))
         })
