@@ -5,12 +5,14 @@
 #     (pass-through and counting),
 #   - request/response round trips (sockperf ping-pong, UDP and TCP): p50, p99,
 #   - ADD time of the whole CNI chain via cnitool, with weir vs without,
-#   - the eBPF loader's phases inside one ADD (bench/loader-probe).
+#   - where weir's share of an ADD goes: ADDs with weir under strace, and the
+#     eBPF loader's phases timed alone (bench/loader-probe).
 # Raw numbers: bench/results/*.raw; the summary table: stdout (and
-# bench/results/summary.raw). Takes about 5 minutes.
+# bench/results/summary.raw). Takes about 8 minutes. Results: BENCHMARKS.md.
 #
 # Knobs (environment): WEIR_BENCH_ROUNDS (10), WEIR_BENCH_TCP_SECS (3),
-# WEIR_BENCH_RTT_SECS (2), WEIR_BENCH_ADDS (60), WEIR_BENCH_LOADER_SAMPLES (20).
+# WEIR_BENCH_RTT_SECS (2), WEIR_BENCH_ADDS (100), WEIR_BENCH_TRACED_ADDS (15),
+# WEIR_BENCH_LOADER_SAMPLES (20).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
@@ -30,7 +32,7 @@ cleanup() {
 }
 
 bash scripts/check-host.sh
-for tool in iperf3 sockperf; do
+for tool in iperf3 sockperf taskset; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found; run scripts/bootstrap.sh" >&2; exit 1; }
 done
 [[ -r /sys/kernel/btf/vmlinux ]] || { echo "bench: /sys/kernel/btf/vmlinux missing: the kernel has no BTF (weir's loader reads it)" >&2; exit 1; }

@@ -38,6 +38,15 @@ const BPF_ROOT: &str = "/sys/fs/bpf/weir-bench";
 const IPERF_PORT: &str = "5201";
 const SOCKPERF_UDP_PORT: &str = "11111";
 const SOCKPERF_TCP_PORT: &str = "11112";
+// Client and server pinned to a CPU each: the scheduler moving them around
+// (and onto the other's CPU) made throughput swing by tens of percent from
+// run to run on the 2-vCPU host; pinned, weir's per-packet cost shows.
+const CLIENT_CPU: &str = "0";
+const SERVER_CPU: &str = "1";
+
+fn pinned<'a>(cpu: &'a str, argv: &[&'a str]) -> Vec<&'a str> {
+    [&["taskset", "-c", cpu][..], argv].concat()
+}
 
 // Targets of the issue.
 const MIN_THROUGHPUT_RATIO: f64 = 0.97;
@@ -256,9 +265,13 @@ fn setup(s: &Settings) -> Result<Bed> {
     }
     let mut servers = Vec::new();
     for p in [&split, &unsplit] {
-        servers.push(daemon(&p.server, &["iperf3", "-s", "-p", IPERF_PORT])?);
-        servers.push(daemon(&p.server, &["sockperf", "server", "-i", "0.0.0.0", "-p", SOCKPERF_UDP_PORT])?);
-        servers.push(daemon(&p.server, &["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", SOCKPERF_TCP_PORT])?);
+        for argv in [
+            &["iperf3", "-s", "-p", IPERF_PORT][..],
+            &["sockperf", "server", "-i", "0.0.0.0", "-p", SOCKPERF_UDP_PORT],
+            &["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", SOCKPERF_TCP_PORT],
+        ] {
+            servers.push(daemon(&p.server, &pinned(SERVER_CPU, argv))?);
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
     for (i, d) in servers.iter_mut().enumerate() {
@@ -275,8 +288,11 @@ fn setup(s: &Settings) -> Result<Bed> {
 fn iperf(p: &Pair, secs: u32) -> Result<(f64, u64)> {
     let ip = p.server_ip.to_string();
     let secs = secs.to_string();
-    let out =
-        netns::run(&mut p.client.command(&["iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J"]))?;
+    let out = netns::run(
+        &mut p
+            .client
+            .command(&pinned(CLIENT_CPU, &["iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J"])),
+    )?;
     let j: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("no throughput in {j}"))?;
     Ok((bps / 1e9, j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
@@ -287,7 +303,7 @@ fn sockperf(p: &Pair, tcp: bool, secs: u32) -> Result<(f64, f64)> {
     let ip = p.server_ip.to_string();
     let secs = secs.to_string();
     let port = if tcp { SOCKPERF_TCP_PORT } else { SOCKPERF_UDP_PORT };
-    let mut argv = vec!["sockperf", "ping-pong", "-i", &ip, "-p", port, "-t", &secs, "--full-rtt"];
+    let mut argv = pinned(CLIENT_CPU, &["sockperf", "ping-pong", "-i", &ip, "-p", port, "-t", &secs, "--full-rtt"]);
     if tcp {
         argv.push("--tcp");
     }
@@ -362,7 +378,10 @@ impl Raw {
 fn main() -> Result<()> {
     let s = Settings::from_env()?;
     host::require_privileged_host();
-    for tool in ["iperf3", "sockperf"] {
+    if std::thread::available_parallelism().map_or(0, |n| n.get()) < 2 {
+        bail!("needs at least 2 CPUs: client and server are pinned to CPUs 0 and 1");
+    }
+    for tool in ["iperf3", "sockperf", "taskset"] {
         if host::which(tool).is_none() {
             bail!("{tool} not found (run scripts/bootstrap.sh)");
         }
