@@ -238,8 +238,17 @@ pub async fn set_up(handle: &Handle, index: u32, up: bool) -> Result<()> {
 }
 
 /// Creates a veth pair in the current namespace: `name` carries `mac`.
-pub async fn create_veth(handle: &Handle, name: &str, peer: &str, mac: &[u8], mtu: u32) -> Result<()> {
-    let mut msg = LinkVeth::new(name, peer).mtu(mtu).address(mac.to_vec()).build();
+pub async fn create_veth(
+    handle: &Handle,
+    name: &str,
+    peer: &str,
+    mac: &[u8],
+    mtu: u32,
+) -> Result<()> {
+    let mut msg = LinkVeth::new(name, peer)
+        .mtu(mtu)
+        .address(mac.to_vec())
+        .build();
     // The peer inherits the MTU only if asked; a split must not change it.
     for attr in msg.attributes.iter_mut() {
         if let LinkAttribute::LinkInfo(infos) = attr {
@@ -271,16 +280,21 @@ pub async fn delete_link(handle: &Handle, index: u32) -> Result<()> {
 
 /// Adds `addresses` to link `index`; already present ones are fine, so a
 /// retried step converges.
-pub async fn add_addresses(handle: &Handle, index: u32, addresses: &[AddressMessage]) -> Result<()> {
+pub async fn add_addresses(
+    handle: &Handle,
+    index: u32,
+    addresses: &[AddressMessage],
+) -> Result<()> {
     for original in addresses {
         let msg = retarget_address(original, index);
         let describe = describe_address(&msg);
-        let mut req = handle.address().add(index, std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        let mut req = handle
+            .address()
+            .add(index, std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
         *req.message_mut() = msg;
-        req.replace()
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::new(format!("add address {describe} to link #{index}"), e))?;
+        req.replace().execute().await.map_err(|e| {
+            NetlinkError::new(format!("add address {describe} to link #{index}"), e)
+        })?;
     }
     Ok(())
 }
@@ -295,7 +309,11 @@ pub async fn remove_addresses(handle: &Handle, addresses: &[AddressMessage]) -> 
             .retain(|a| matches!(a, AddressAttribute::Address(_) | AddressAttribute::Local(_)));
         match handle.address().del(addr.clone()).execute().await {
             Ok(()) => {}
-            Err(err) if matches!(errno_of(&err), Some(libc::EADDRNOTAVAIL | libc::ENODEV | libc::ENOENT)) => {}
+            Err(err)
+                if matches!(
+                    errno_of(&err),
+                    Some(libc::EADDRNOTAVAIL | libc::ENODEV | libc::ENOENT)
+                ) => {}
             Err(err) => {
                 return Err(NetlinkError::new(
                     format!("remove address {}", describe_address(&addr)),
@@ -426,11 +444,19 @@ mod tests {
         let moved = retarget_route(&original, 42);
         assert_eq!(route_oif(&moved), Some(42));
         assert_eq!(moved.header.flags, RouteFlags::Onlink);
-        assert!(!moved.attributes.iter().any(|a| matches!(a, RouteAttribute::Expires(_))));
+        assert!(
+            !moved
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Expires(_)))
+        );
         assert!(moved.attributes.iter().any(
             |a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(g)) if *g == Ipv4Addr::new(10, 244, 1, 1))
         ));
-        assert_eq!(describe_route(&moved), "Inet(10.1.0.0)/16 via Inet(10.244.1.1)");
+        assert_eq!(
+            describe_route(&moved),
+            "Inet(10.1.0.0)/16 via Inet(10.244.1.1)"
+        );
     }
 
     #[test]
@@ -448,7 +474,12 @@ mod tests {
         let moved = retarget_address(&original, 9);
         assert_eq!(moved.header.index, 9);
         assert_eq!(moved.header.prefix_len, 64);
-        assert!(!moved.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(_))));
+        assert!(
+            !moved
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Label(_)))
+        );
         let flags = moved.attributes.iter().find_map(|a| match a {
             AddressAttribute::Flags(f) => Some(*f),
             _ => None,

@@ -13,7 +13,8 @@ use crate::cni::LogLevel;
 /// the config's level. A log file that cannot be opened falls back to stderr
 /// rather than failing the pod's networking.
 pub fn init(level: LogLevel, file: Option<&Path>) {
-    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new(level.as_str()));
+    let filter =
+        EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new(level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

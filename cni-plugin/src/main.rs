@@ -4,8 +4,8 @@
 use std::io::{Read, Write};
 
 use weir_cni::cni::{CniError, CniVersion, Request, env};
-use weir_cni::plugin::{self, Answer};
 use weir_cni::logging;
+use weir_cni::plugin::{self, Answer};
 
 fn main() {
     let mut stdin = Vec::new();

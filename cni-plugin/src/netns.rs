@@ -18,13 +18,22 @@ pub enum NetnsError {
     #[error("network namespace {path} does not exist")]
     Missing { path: PathBuf },
     #[error("cannot open network namespace {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: PathBuf, source: nix::Error },
     #[error("cannot start the netlink connection in {path}: {source}")]
-    Netlink { path: PathBuf, source: std::io::Error },
+    Netlink {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the worker for {path}: {source}")]
-    Runtime { path: PathBuf, source: std::io::Error },
+    Runtime {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the worker inside {path} panicked")]
     Panicked { path: PathBuf },
 }

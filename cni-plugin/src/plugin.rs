@@ -22,7 +22,10 @@ pub struct Answer {
 
 impl Answer {
     fn ok(stdout: String) -> Self {
-        Self { stdout, exit_code: 0 }
+        Self {
+            stdout,
+            exit_code: 0,
+        }
     }
 
     fn silent() -> Self {
@@ -80,7 +83,9 @@ fn add(req: &Request) -> cni::Result<Answer> {
     let pass_through = Answer::ok(output::add_result(prev, req.version));
 
     let Some(names) = Names::for_ifname(ifname) else {
-        eprintln!("weir: passing {ifname} through unsplit: the name is too long for the wx-/wi- prefixes (15 bytes max)");
+        eprintln!(
+            "weir: passing {ifname} through unsplit: the name is too long for the wx-/wi- prefixes (15 bytes max)"
+        );
         return Ok(pass_through);
     };
     let store = StateStore::new(&conf.state_dir, &conf.name);
@@ -89,7 +94,16 @@ fn add(req: &Request) -> cni::Result<Answer> {
 
     if let Some(existing) = store.load(container_id, ifname).map_err(state_error)? {
         // A repeated ADD converges: an intact split is kept as it is.
-        if verify_in(netns_path, &names, &root, &attachment, existing.pod_id, None).is_ok() {
+        if verify_in(
+            netns_path,
+            &names,
+            &root,
+            &attachment,
+            existing.pod_id,
+            None,
+        )
+        .is_ok()
+        {
             info!(container_id, ifname, "ADD repeated; split already in place");
             return Ok(pass_through);
         }
@@ -127,12 +141,19 @@ fn add(req: &Request) -> cni::Result<Answer> {
         pod: pod_identity(req),
         pod_id,
         mac: split::format_mac(&done.mac),
-        ips: prev.pod_ips(ifname).iter().map(|ip| ip.address.to_string()).collect(),
+        ips: prev
+            .pod_ips(ifname)
+            .iter()
+            .map(|ip| ip.address.to_string())
+            .collect(),
         attach_mode: done.attach_mode.as_str().to_string(),
         pod_ifindex: done.pod_ifindex,
         outer_ifindex: done.outer_ifindex,
         inner_ifindex: done.inner_ifindex,
-        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     let saved = if fail_after == Some(Step::WriteState) {
         Err(format!("fault injected after step {}", Step::WriteState))
@@ -141,7 +162,13 @@ fn add(req: &Request) -> cni::Result<Answer> {
     };
     if let Err(cause) = saved {
         let _ = store.remove(container_id, ifname);
-        let restore_failures = match undo_in(netns_path, &names, &root, &attachment, Some(done.attach_mode)) {
+        let restore_failures = match undo_in(
+            netns_path,
+            &names,
+            &root,
+            &attachment,
+            Some(done.attach_mode),
+        ) {
             Ok(()) => Vec::new(),
             Err(e) => vec![e],
         };
@@ -181,7 +208,11 @@ impl OwnedSplitRequest {
 /// A failed split whose undo worked leaves the pod as the plugins before weir
 /// made it: with `failurePolicy: Ignore` that pod is fine to run unobserved.
 /// A failed undo is always an error, whatever the policy.
-fn on_split_failure(conf: &NetConf, err: split::SplitError, pass_through: Answer) -> cni::Result<Answer> {
+fn on_split_failure(
+    conf: &NetConf,
+    err: split::SplitError,
+    pass_through: Answer,
+) -> cni::Result<Answer> {
     if !err.restore_failures.is_empty() {
         return Err(CniError::rollback_failed(err.to_string()));
     }
@@ -268,8 +299,20 @@ fn del(req: &Request) -> cni::Result<()> {
     };
     let root = bpf_root(conf);
     let attachment = weir_ebpf::attachment_id(container_id, ifname);
-    let mode = record.as_ref().and_then(|r| r.attach_mode.parse::<AttachMode>().ok());
-    release(&store, &root, &attachment, container_id, ifname, record.as_ref(), req.env.netns().ok(), &names, mode)
+    let mode = record
+        .as_ref()
+        .and_then(|r| r.attach_mode.parse::<AttachMode>().ok());
+    release(
+        &store,
+        &root,
+        &attachment,
+        container_id,
+        ifname,
+        record.as_ref(),
+        req.env.netns().ok(),
+        &names,
+        mode,
+    )
 }
 
 /// Removes one attachment: undoes the split if its namespace still exists,
@@ -296,7 +339,8 @@ fn release(
         // Without pinned maps there is no config to drop. The pod's flows
         // stay for the agent's last read.
         if let Ok(mut maps) = NodeMaps::open(root) {
-            maps.clear_pod_mode(record.pod_id).map_err(|e| CniError::state_failed(e.to_string()))?;
+            maps.clear_pod_mode(record.pod_id)
+                .map_err(|e| CniError::state_failed(e.to_string()))?;
         }
     }
     store.remove(container_id, ifname).map_err(state_error)
@@ -403,6 +447,9 @@ fn gc(req: &Request) -> cni::Result<()> {
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(CniError::state_failed(format!("GC could not release: {}", failures.join("; "))))
+        Err(CniError::state_failed(format!(
+            "GC could not release: {}",
+            failures.join("; ")
+        )))
     }
 }

@@ -85,10 +85,13 @@ impl fmt::Display for Step {
 impl FromStr for Step {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Step::ALL.into_iter().find(|step| step.name() == s).ok_or_else(|| {
-            let known: Vec<_> = Step::ALL.iter().map(|s| s.name()).collect();
-            format!("unknown step {s:?}; known steps: {}", known.join(", "))
-        })
+        Step::ALL
+            .into_iter()
+            .find(|step| step.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = Step::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown step {s:?}; known steps: {}", known.join(", "))
+            })
     }
 }
 
@@ -219,17 +222,33 @@ async fn run_steps(
     progress.renamed = true;
     fault(Step::Rename)?;
 
-    iface::create_veth(handle, &names.pod, &names.inner, &original.mac, original.mtu)
-        .await
-        .map_err(at(Step::CreatePair))?;
+    iface::create_veth(
+        handle,
+        &names.pod,
+        &names.inner,
+        &original.mac,
+        original.mtu,
+    )
+    .await
+    .map_err(at(Step::CreatePair))?;
     progress.pair_created = true;
-    let pod = require_link(handle, &names.pod).await.map_err(at_msg(Step::CreatePair))?;
-    let inner = require_link(handle, &names.inner).await.map_err(at_msg(Step::CreatePair))?;
+    let pod = require_link(handle, &names.pod)
+        .await
+        .map_err(at_msg(Step::CreatePair))?;
+    let inner = require_link(handle, &names.inner)
+        .await
+        .map_err(at_msg(Step::CreatePair))?;
     fault(Step::CreatePair)?;
 
-    iface::set_up(handle, original.index, true).await.map_err(at(Step::LinkUp))?;
-    iface::set_up(handle, inner.index, true).await.map_err(at(Step::LinkUp))?;
-    iface::set_up(handle, pod.index, original.up).await.map_err(at(Step::LinkUp))?;
+    iface::set_up(handle, original.index, true)
+        .await
+        .map_err(at(Step::LinkUp))?;
+    iface::set_up(handle, inner.index, true)
+        .await
+        .map_err(at(Step::LinkUp))?;
+    iface::set_up(handle, pod.index, original.up)
+        .await
+        .map_err(at(Step::LinkUp))?;
     fault(Step::LinkUp)?;
 
     let params = SplitParams {
@@ -288,9 +307,10 @@ async fn restore(
     let original = &snap.link;
     let mut failures = Vec::new();
     if let Some(mode) = progress.attach_mode
-        && let Err(e) = weir_ebpf::split::detach(req.bpf_root, req.attachment_id, mode) {
-            failures.push(format!("detach programs: {e}"));
-        }
+        && let Err(e) = weir_ebpf::split::detach(req.bpf_root, req.attachment_id, mode)
+    {
+        failures.push(format!("detach programs: {e}"));
+    }
     if progress.pair_created {
         match iface::link_by_name(handle, &names.pod).await {
             Ok(Some(pod)) if pod.index != original.index => {
@@ -303,9 +323,10 @@ async fn restore(
         }
     }
     if progress.renamed
-        && let Err(e) = iface::rename_down(handle, original.index, &original.name).await {
-            failures.push(e.to_string());
-        }
+        && let Err(e) = iface::rename_down(handle, original.index, &original.name).await
+    {
+        failures.push(e.to_string());
+    }
     failures.extend(reapply(handle, original.index, snap).await);
     failures
 }
@@ -320,9 +341,10 @@ async fn reapply(handle: &Handle, index: u32, snap: &Snapshot) -> Vec<String> {
         failures.push(e.to_string());
     }
     if snap.link.up
-        && let Err(e) = iface::add_routes(handle, index, &snap.routes).await {
-            failures.push(e.to_string());
-        }
+        && let Err(e) = iface::add_routes(handle, index, &snap.routes).await
+    {
+        failures.push(e.to_string());
+    }
     failures
 }
 
@@ -337,32 +359,51 @@ pub async fn unsplit(
     mode: Option<AttachMode>,
 ) -> Result<bool, String> {
     if let Some(mode) = mode {
-        weir_ebpf::split::detach(bpf_root, attachment_id, mode).map_err(|e| format!("detach programs: {e}"))?;
+        weir_ebpf::split::detach(bpf_root, attachment_id, mode)
+            .map_err(|e| format!("detach programs: {e}"))?;
     }
-    let Some(outer) = iface::link_by_name(handle, &names.outer).await.map_err(|e| e.to_string())? else {
+    let Some(outer) = iface::link_by_name(handle, &names.outer)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(false);
     };
-    let pod = iface::link_by_name(handle, &names.pod).await.map_err(|e| e.to_string())?;
+    let pod = iface::link_by_name(handle, &names.pod)
+        .await
+        .map_err(|e| e.to_string())?;
     let moved = match pod {
         Some(pod) if pod.index != outer.index => {
-            let snap = iface::capture(handle, pod.clone()).await.map_err(|e| e.to_string())?;
-            iface::delete_link(handle, pod.index).await.map_err(|e| e.to_string())?;
+            let snap = iface::capture(handle, pod.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            iface::delete_link(handle, pod.index)
+                .await
+                .map_err(|e| e.to_string())?;
             Some(snap)
         }
         _ => None,
     };
     // The inner end goes with the pod end; this covers a pair left half-made.
-    if let Some(inner) = iface::link_by_name(handle, &names.inner).await.map_err(|e| e.to_string())? {
-        iface::delete_link(handle, inner.index).await.map_err(|e| e.to_string())?;
+    if let Some(inner) = iface::link_by_name(handle, &names.inner)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        iface::delete_link(handle, inner.index)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    iface::rename_down(handle, outer.index, &names.pod).await.map_err(|e| e.to_string())?;
+    iface::rename_down(handle, outer.index, &names.pod)
+        .await
+        .map_err(|e| e.to_string())?;
     if let Some(snap) = moved {
         let failures = reapply(handle, outer.index, &snap).await;
         if !failures.is_empty() {
             return Err(failures.join("; "));
         }
     } else {
-        iface::set_up(handle, outer.index, true).await.map_err(|e| e.to_string())?;
+        iface::set_up(handle, outer.index, true)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(true)
 }
@@ -392,21 +433,29 @@ pub async fn verify(
     let pod = get(&names.pod).await?;
     for link in [&outer, &inner, &pod] {
         if !link.is_veth() {
-            return Err(format!("{} is a {} device, expected veth", link.name, link.kind_name()));
+            return Err(format!(
+                "{} is a {} device, expected veth",
+                link.name,
+                link.kind_name()
+            ));
         }
     }
     if pod.peer_index != Some(inner.index) || inner.peer_index != Some(pod.index) {
-        return Err(format!("{} and {} are not each other's peers", names.pod, names.inner));
+        return Err(format!(
+            "{} and {} are not each other's peers",
+            names.pod, names.inner
+        ));
     }
     if let Some(mac) = expected_mac
-        && pod.mac != mac {
-            return Err(format!(
-                "{} has MAC {}, expected {}",
-                names.pod,
-                format_mac(&pod.mac),
-                format_mac(mac)
-            ));
-        }
+        && pod.mac != mac
+    {
+        return Err(format!(
+            "{} has MAC {}, expected {}",
+            names.pod,
+            format_mac(&pod.mac),
+            format_mac(mac)
+        ));
+    }
     if !(outer.up && inner.up) {
         return Err(format!("{} or {} is down", names.outer, names.inner));
     }
@@ -419,11 +468,17 @@ pub async fn verify(
 }
 
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn parse_mac(text: &str) -> Option<Vec<u8>> {
-    let bytes: Option<Vec<u8>> = text.split(':').map(|p| u8::from_str_radix(p, 16).ok()).collect();
+    let bytes: Option<Vec<u8>> = text
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
     bytes.filter(|b| b.len() == 6)
 }
 
@@ -434,9 +489,15 @@ mod tests {
     #[test]
     fn names_derive_from_ifname_and_respect_kernel_limit() {
         let n = Names::for_ifname("eth0").unwrap();
-        assert_eq!((n.pod.as_str(), n.outer.as_str(), n.inner.as_str()), ("eth0", "wx-eth0", "wi-eth0"));
+        assert_eq!(
+            (n.pod.as_str(), n.outer.as_str(), n.inner.as_str()),
+            ("eth0", "wx-eth0", "wi-eth0")
+        );
         assert!(Names::for_ifname("net1234567890").is_none());
-        assert_eq!(Names::for_ifname("abcdefghijkl").unwrap().outer, "wx-abcdefghijkl");
+        assert_eq!(
+            Names::for_ifname("abcdefghijkl").unwrap().outer,
+            "wx-abcdefghijkl"
+        );
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub type Result<T> = std::result::Result<T, StateError>;
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
     let path = path.to_path_buf();
-    move |source| StateError::Io { action, path, source }
+    move |source| StateError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// Who the pod is, from CNI_ARGS; absent outside Kubernetes.
@@ -133,9 +137,10 @@ impl StateStore {
         for entry in entries {
             let path = entry.map_err(io("list", &self.network_dir))?.path();
             if path.extension().is_some_and(|e| e == "json")
-                && let Some(record) = read_record(&path)? {
-                    records.push(record);
-                }
+                && let Some(record) = read_record(&path)?
+            {
+                records.push(record);
+            }
         }
         records.sort_by_key(|r| r.record_name());
         Ok(records)
@@ -182,7 +187,8 @@ impl StateStore {
         let next = last.checked_add(1).filter(|n| *n != 0).unwrap_or(1);
         file.seek(SeekFrom::Start(0)).map_err(io("rewind", &path))?;
         file.set_len(0).map_err(io("truncate", &path))?;
-        file.write_all(next.to_string().as_bytes()).map_err(io("write", &path))?;
+        file.write_all(next.to_string().as_bytes())
+            .map_err(io("write", &path))?;
         file.sync_data().map_err(io("sync", &path))?;
         Ok(next)
     }
@@ -206,7 +212,13 @@ fn read_record(path: &Path) -> Result<Option<AttachmentRecord>> {
 fn sanitize(network: &str) -> String {
     network
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -268,8 +280,16 @@ mod tests {
         let store = StateStore::new(&dir, "my net/1");
         store.save(&record("c1", "eth0", 1)).unwrap();
         store.save(&record("c2", "net1", 2)).unwrap();
-        assert_eq!(store.load("c1", "eth0").unwrap(), Some(record("c1", "eth0", 1)));
-        let ids: Vec<_> = store.list().unwrap().iter().map(|r| r.record_name()).collect();
+        assert_eq!(
+            store.load("c1", "eth0").unwrap(),
+            Some(record("c1", "eth0", 1))
+        );
+        let ids: Vec<_> = store
+            .list()
+            .unwrap()
+            .iter()
+            .map(|r| r.record_name())
+            .collect();
         assert_eq!(ids, ["c1:eth0", "c2:net1"]);
         assert!(dir.join("networks/my_net_1/c1:eth0.json").exists());
         store.remove("c1", "eth0").unwrap();
@@ -286,11 +306,16 @@ mod tests {
                 let dir = dir.clone();
                 std::thread::spawn(move || {
                     let store = StateStore::new(&dir, "n");
-                    (0..25).map(|_| store.allocate_pod_id().unwrap()).collect::<Vec<_>>()
+                    (0..25)
+                        .map(|_| store.allocate_pod_id().unwrap())
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        let mut all: Vec<u32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut all: Vec<u32> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         all.sort_unstable();
         let expected: Vec<u32> = (1..=200).collect();
         assert_eq!(all, expected);

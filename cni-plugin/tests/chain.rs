@@ -46,14 +46,29 @@ fn add_pod(node: &Node, tag: &str, name: &str) -> Result<Pod> {
     let ns = Netns::create(&format!("{tag}-{name}"))?;
     let call = node.add(&ns, "eth0", "shop", name)?.ok()?;
     let result = call.json()?;
-    assert_eq!(result["cniVersion"], node.cni_version(), "result must be in the request's version: {result}");
+    assert_eq!(
+        result["cniVersion"],
+        node.cni_version(),
+        "result must be in the request's version: {result}"
+    );
     let ip = Node::pod_ipv4(&result)?;
     let record = record_of(node, &ns)?;
     assert_eq!(record.pod.namespace.as_deref(), Some("shop"));
     assert_eq!(record.pod.name.as_deref(), Some(name));
-    assert_eq!(record.pod.uid.as_deref(), Some(format!("uid-{name}").as_str()));
-    assert!(record.ips.iter().any(|a| a.starts_with(&ip.to_string())), "{record:?}");
-    Ok(Pod { ns, ip, record, result })
+    assert_eq!(
+        record.pod.uid.as_deref(),
+        Some(format!("uid-{name}").as_str())
+    );
+    assert!(
+        record.ips.iter().any(|a| a.starts_with(&ip.to_string())),
+        "{record:?}"
+    );
+    Ok(Pod {
+        ns,
+        ip,
+        record,
+        result,
+    })
 }
 
 fn maps(node: &Node) -> Result<NodeMaps> {
@@ -66,7 +81,14 @@ fn observe(node: &Node, pod: &Pod) -> Result<()> {
 }
 
 /// The counters of one flow direction at one pod, by its 5-tuple.
-fn flow(node: &Node, pod: &Pod, dir: Direction, proto: u8, src: (IpAddr, Option<u16>), dst: (IpAddr, Option<u16>)) -> Result<FlowCounters> {
+fn flow(
+    node: &Node,
+    pod: &Pod,
+    dir: Direction,
+    proto: u8,
+    src: (IpAddr, Option<u16>),
+    dst: (IpAddr, Option<u16>),
+) -> Result<FlowCounters> {
     let flows = maps(node)?.flows()?;
     let matches = |k: &FlowKey| {
         k.pod_id == pod.record.pod_id
@@ -77,10 +99,17 @@ fn flow(node: &Node, pod: &Pod, dir: Direction, proto: u8, src: (IpAddr, Option<
             && src.1.is_none_or(|p| k.sport == p)
             && dst.1.is_none_or(|p| k.dport == p)
     };
-    let found: Vec<FlowCounters> = flows.iter().filter(|(k, _)| matches(k)).map(|(_, v)| *v).collect();
+    let found: Vec<FlowCounters> = flows
+        .iter()
+        .filter(|(k, _)| matches(k))
+        .map(|(_, v)| *v)
+        .collect();
     match found.as_slice() {
         [one] => Ok(*one),
-        [] => bail!("no {dir:?} flow {src:?} -> {dst:?} at pod {}; flows: {flows:#?}", pod.record.pod_id),
+        [] => bail!(
+            "no {dir:?} flow {src:?} -> {dst:?} at pod {}; flows: {flows:#?}",
+            pod.record.pod_id
+        ),
         many => bail!("{} flows match {src:?} -> {dst:?}: {many:?}", many.len()),
     }
 }
@@ -103,7 +132,11 @@ fn client_port(node: &Node, pod: &Pod, proto: u8, dst: IpAddr, dst_port: u16) ->
 }
 
 fn links_named(ns: &Netns) -> Result<Vec<String>> {
-    Ok(ns.links()?.iter().map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect())
+    Ok(ns
+        .links()?
+        .iter()
+        .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect())
 }
 
 const UDP: u8 = 17;
@@ -122,11 +155,18 @@ fn exact_counts_over(version: &str, tag: &str) -> Result<()> {
         ["eth0 veth", "lo -", "wi-eth0 veth", "wx-eth0 veth"],
         "pod a after ADD"
     );
-    assert_eq!(a.ns.addresses()?, [format!("eth0 {}/24", a.ip)], "pod's IP moved to the new eth0");
+    assert_eq!(
+        a.ns.addresses()?,
+        [format!("eth0 {}/24", a.ip)],
+        "pod's IP moved to the new eth0"
+    );
 
     // Not observed yet: pass-through, nothing counted.
     traffic::udp_echo(&a.ns, &b.ns, b.ip, 7000, 3, 100)?;
-    assert!(maps(&node)?.flows()?.is_empty(), "pass-through pods must not be counted");
+    assert!(
+        maps(&node)?.flows()?.is_empty(),
+        "pass-through pods must not be counted"
+    );
 
     observe(&node, &a)?;
     observe(&node, &b)?;
@@ -144,22 +184,39 @@ fn exact_counts_over(version: &str, tag: &str) -> Result<()> {
         (&a, Direction::ToPod, cb, ca),
     ] {
         let c = flow(&node, pod, dir, UDP, src, dst)?;
-        assert_eq!((c.packets, c.bytes), (n, udp_bytes), "UDP {dir:?} at pod {}", pod.record.pod_id);
+        assert_eq!(
+            (c.packets, c.bytes),
+            (n, udp_bytes),
+            "UDP {dir:?} at pod {}",
+            pod.record.pod_id
+        );
         assert!(c.first_seen_ns > 0 && c.last_seen_ns >= c.first_seen_ns);
     }
 
     // TCP with GSO: segments on the wire, not super-packets. The kernel's own
     // per-namespace segment counters are the truth.
-    assert!(a.ns.exec(&["ethtool", "-k", "eth0"])?.contains("tcp-segmentation-offload: on"), "TSO must be on for this test");
+    assert!(
+        a.ns.exec(&["ethtool", "-k", "eth0"])?
+            .contains("tcp-segmentation-offload: on"),
+        "TSO must be on for this test"
+    );
     // Without SACK every segment after the handshake has the same header, so
     // wire bytes follow from segments and payload alone.
     for pod in [&a, &b] {
         pod.ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_sack=0"])?;
     }
     let payload = 8 << 20;
-    let (seg_a0, seg_b0, skb_a0) = (traffic::tcp_segments(&a.ns)?, traffic::tcp_segments(&b.ns)?, traffic::tx_skbs(&a.ns, "eth0")?);
+    let (seg_a0, seg_b0, skb_a0) = (
+        traffic::tcp_segments(&a.ns)?,
+        traffic::tcp_segments(&b.ns)?,
+        traffic::tx_skbs(&a.ns, "eth0")?,
+    );
     let report = traffic::tcp_send(&a.ns, &b.ns, b.ip, 5201, payload)?;
-    let (seg_a1, seg_b1, skb_a1) = (traffic::tcp_segments(&a.ns)?, traffic::tcp_segments(&b.ns)?, traffic::tx_skbs(&a.ns, "eth0")?);
+    let (seg_a1, seg_b1, skb_a1) = (
+        traffic::tcp_segments(&a.ns)?,
+        traffic::tcp_segments(&b.ns)?,
+        traffic::tx_skbs(&a.ns, "eth0")?,
+    );
     let sent_a = seg_a1.out_segs - seg_a0.out_segs;
     let sent_b = seg_b1.out_segs - seg_b0.out_segs;
     let sport = client_port(&node, &a, TCP, b.ip, 5201)?;
@@ -168,16 +225,34 @@ fn exact_counts_over(version: &str, tag: &str) -> Result<()> {
     let b_in = flow(&node, &b, Direction::ToPod, TCP, ca, cb)?;
     let b_out = flow(&node, &b, Direction::FromPod, TCP, cb, ca)?;
     let a_in = flow(&node, &a, Direction::ToPod, TCP, cb, ca)?;
-    assert_eq!(a_out.packets, sent_a, "a's segments vs the kernel's OutSegs");
-    assert_eq!(b_out.packets, sent_b, "b's segments vs the kernel's OutSegs");
-    assert_eq!((b_in.packets, b_in.bytes), (a_out.packets, a_out.bytes), "what left a arrived at b");
-    assert_eq!((a_in.packets, a_in.bytes), (b_out.packets, b_out.bytes), "what left b arrived at a");
+    assert_eq!(
+        a_out.packets, sent_a,
+        "a's segments vs the kernel's OutSegs"
+    );
+    assert_eq!(
+        b_out.packets, sent_b,
+        "b's segments vs the kernel's OutSegs"
+    );
+    assert_eq!(
+        (b_in.packets, b_in.bytes),
+        (a_out.packets, a_out.bytes),
+        "what left a arrived at b"
+    );
+    assert_eq!(
+        (a_in.packets, a_in.bytes),
+        (b_out.packets, b_out.bytes),
+        "what left b arrived at a"
+    );
     // Every segment is Ethernet 14 + IPv4 20 + TCP 32 (timestamps) + payload;
     // the SYN and SYN-ACK carry 8 more option bytes. The payload on the wire
     // is what the client's socket says it sent, retransmissions included.
     const HEADERS: u64 = 14 + 20 + 32;
     assert!(report.bytes_sent >= payload as u64);
-    assert_eq!(a_out.bytes, report.bytes_sent + HEADERS * a_out.packets + 8, "a's wire bytes");
+    assert_eq!(
+        a_out.bytes,
+        report.bytes_sent + HEADERS * a_out.packets + 8,
+        "a's wire bytes"
+    );
     assert_eq!(b_out.bytes, HEADERS * b_out.packets + 8, "b's wire bytes");
     assert!(
         a_out.packets > skb_a1 - skb_a0,
@@ -215,7 +290,10 @@ fn exact_counts_over(version: &str, tag: &str) -> Result<()> {
         let (call, exit) = check(&b)?;
         assert_ne!(exit, 0, "CHECK must fail without the programs");
         let err = call.json()?;
-        assert!(err["msg"].as_str().unwrap_or("").contains("not intact"), "{err}");
+        assert!(
+            err["msg"].as_str().unwrap_or("").contains("not intact"),
+            "{err}"
+        );
     }
 
     // DEL hands bridge its own eth0 back; twice is fine.
@@ -223,10 +301,20 @@ fn exact_counts_over(version: &str, tag: &str) -> Result<()> {
         node.del(&pod.ns.path(), "eth0")?.ok()?;
         node.del(&pod.ns.path(), "eth0")?.ok()?;
     }
-    assert_eq!(links_named(&a.ns)?, ["lo -"], "bridge's DEL removed the original veth");
-    assert!(StateStore::new(&node.state_dir, &node.network).list()?.is_empty());
+    assert_eq!(
+        links_named(&a.ns)?,
+        ["lo -"],
+        "bridge's DEL removed the original veth"
+    );
+    assert!(
+        StateStore::new(&node.state_dir, &node.network)
+            .list()?
+            .is_empty()
+    );
     let pins = BpfRoot::new(&node.bpf_root).links_root();
-    let left: Vec<_> = std::fs::read_dir(&pins).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&pins)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "pins left after DEL: {left:?}");
     Ok(())
 }
@@ -270,17 +358,38 @@ fn dual_stack_pod_keeps_both_families() -> Result<()> {
     let v6 = |ns: &Netns| -> Result<IpAddr> {
         ns.addresses()?
             .iter()
-            .find_map(|l| l.strip_prefix("eth0 ").and_then(|a| a.split('/').next()).and_then(|a| a.parse::<IpAddr>().ok()).filter(IpAddr::is_ipv6))
+            .find_map(|l| {
+                l.strip_prefix("eth0 ")
+                    .and_then(|a| a.split('/').next())
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                    .filter(IpAddr::is_ipv6)
+            })
             .context("no IPv6 address on eth0")
     };
     let b6 = v6(&b.ns)?;
     v6(&a.ns)?;
-    assert!(a.ns.routes()?.iter().any(|r| r.starts_with("default via fd00:244:2::1 dev eth0")), "{:?}", a.ns.routes()?);
+    assert!(
+        a.ns.routes()?
+            .iter()
+            .any(|r| r.starts_with("default via fd00:244:2::1 dev eth0")),
+        "{:?}",
+        a.ns.routes()?
+    );
     observe(&node, &a)?;
     traffic::udp_echo(&a.ns, &b.ns, b6, 7002, 20, 200)?;
     let sport = client_port(&node, &a, UDP, b6, 7002)?;
-    let c = flow(&node, &a, Direction::FromPod, UDP, (v6(&a.ns)?, Some(sport)), (b6, Some(7002)))?;
-    assert_eq!((c.packets, c.bytes), (20, 20 * (traffic::UDP6_OVERHEAD + 200)));
+    let c = flow(
+        &node,
+        &a,
+        Direction::FromPod,
+        UDP,
+        (v6(&a.ns)?, Some(sport)),
+        (b6, Some(7002)),
+    )?;
+    assert_eq!(
+        (c.packets, c.bytes),
+        (20, 20 * (traffic::UDP6_OVERHEAD + 200))
+    );
     Ok(())
 }
 
@@ -334,7 +443,10 @@ fn failure_at_every_step_restores_the_pod_exactly() -> Result<()> {
     };
 
     for step in weir_cni::split::Step::ALL {
-        let (call, exit) = invoke("ADD", &conf(json!({ "faultInjection": { "failAt": step.name() } })))?;
+        let (call, exit) = invoke(
+            "ADD",
+            &conf(json!({ "faultInjection": { "failAt": step.name() } })),
+        )?;
         assert_ne!(exit, 0, "ADD with a fault at {step} must fail");
         let err = call.json()?;
         let expected_code = match step {
@@ -344,18 +456,45 @@ fn failure_at_every_step_restores_the_pod_exactly() -> Result<()> {
         };
         assert_eq!(err["code"], expected_code, "step {step}: {err}");
         assert_eq!(err["cniVersion"], "1.1.0");
-        assert!(err["msg"].as_str().unwrap_or("").contains(step.name()), "message names the step: {err}");
-        assert!(err["msg"].as_str().unwrap_or("").contains("restored"), "{err}");
-        assert_eq!((pod.links()?, pod.addresses()?, pod.routes()?), before, "pod after a fault at {step}");
-        weir_e2e::chain::ping(&pod, peer_ip, 1).with_context(|| format!("pod lost networking after a fault at {step}"))?;
-        assert!(StateStore::new(&node.state_dir, &node.network).list()?.is_empty(), "no state after a fault at {step}");
+        assert!(
+            err["msg"].as_str().unwrap_or("").contains(step.name()),
+            "message names the step: {err}"
+        );
+        assert!(
+            err["msg"].as_str().unwrap_or("").contains("restored"),
+            "{err}"
+        );
+        assert_eq!(
+            (pod.links()?, pod.addresses()?, pod.routes()?),
+            before,
+            "pod after a fault at {step}"
+        );
+        weir_e2e::chain::ping(&pod, peer_ip, 1)
+            .with_context(|| format!("pod lost networking after a fault at {step}"))?;
+        assert!(
+            StateStore::new(&node.state_dir, &node.network)
+                .list()?
+                .is_empty(),
+            "no state after a fault at {step}"
+        );
     }
 
     // failurePolicy Ignore: the same fault passes prevResult through untouched.
-    let (call, exit) = invoke("ADD", &conf(json!({ "failurePolicy": "Ignore", "faultInjection": { "failAt": "move-routes" } })))?;
+    let (call, exit) = invoke(
+        "ADD",
+        &conf(json!({ "failurePolicy": "Ignore", "faultInjection": { "failAt": "move-routes" } })),
+    )?;
     assert_eq!(exit, 0, "{}", call.stderr);
-    assert_eq!(call.json()?, prev, "Ignore passes prevResult through unchanged");
-    assert!(call.stderr.contains("move-routes"), "the failure is still reported on stderr: {}", call.stderr);
+    assert_eq!(
+        call.json()?,
+        prev,
+        "Ignore passes prevResult through unchanged"
+    );
+    assert!(
+        call.stderr.contains("move-routes"),
+        "the failure is still reported on stderr: {}",
+        call.stderr
+    );
     assert_eq!((pod.links()?, pod.addresses()?, pod.routes()?), before);
 
     // A real split, then DEL: back to exactly what the plugins before weir made.
@@ -366,7 +505,11 @@ fn failure_at_every_step_restores_the_pod_exactly() -> Result<()> {
     weir_e2e::chain::ping(&pod, peer_ip, 1).context("split pod must be reachable")?;
     let (call, exit) = invoke("DEL", &conf(json!({})))?;
     assert_eq!(exit, 0, "{}{}", call.stdout, call.stderr);
-    assert_eq!((pod.links()?, pod.addresses()?, pod.routes()?), before, "pod after DEL");
+    assert_eq!(
+        (pod.links()?, pod.addresses()?, pod.routes()?),
+        before,
+        "pod after DEL"
+    );
     Ok(())
 }
 
@@ -383,7 +526,10 @@ fn failed_add_through_cnitool_leaves_a_working_pod() -> Result<()> {
     let pod = Netns::create(&format!("{tag}-a"))?;
     let call = node.add(&pod, "eth0", "shop", "a")?;
     assert!(!call.success, "ADD must fail");
-    assert!(call.stderr.contains("attach") || call.stdout.contains("attach"), "{call:?}");
+    assert!(
+        call.stderr.contains("attach") || call.stdout.contains("attach"),
+        "{call:?}"
+    );
     assert_eq!(links_named(&pod)?, ["eth0 veth", "lo -"]);
     weir_e2e::chain::ping(&pod, gateway, 1).context("pod must keep its networking")?;
     Ok(())
@@ -404,12 +550,25 @@ fn del_without_netns_succeeds_and_cleans_up() -> Result<()> {
     let conf = json!({ "cniVersion": "1.0.0", "name": node.network, "type": "weir", "stateDir": node.state_dir, "bpfRoot": node.bpf_root });
     let (call, exit) = node.invoke(
         weir(),
-        &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", &b.record.container_id), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")],
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", &b.record.container_id),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/x"),
+        ],
         &conf.to_string(),
     )?;
     assert_eq!(exit, 0, "{call:?}");
-    assert!(call.stdout.is_empty(), "DEL prints nothing: {:?}", call.stdout);
-    assert!(StateStore::new(&node.state_dir, &node.network).list()?.is_empty());
+    assert!(
+        call.stdout.is_empty(),
+        "DEL prints nothing: {:?}",
+        call.stdout
+    );
+    assert!(
+        StateStore::new(&node.state_dir, &node.network)
+            .list()?
+            .is_empty()
+    );
     Ok(())
 }
 
@@ -427,18 +586,38 @@ fn gc_releases_only_stale_attachments() -> Result<()> {
         "stateDir": node.state_dir, "bpfRoot": node.bpf_root,
         "cni.dev/valid-attachments": [{ "containerID": b.record.container_id, "ifname": "eth0" }],
     });
-    let (call, exit) = node.invoke(weir(), &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")], &conf.to_string())?;
+    let (call, exit) = node.invoke(
+        weir(),
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")],
+        &conf.to_string(),
+    )?;
     assert_eq!(exit, 0, "{call:?}");
-    let left: Vec<String> = StateStore::new(&node.state_dir, &node.network).list()?.into_iter().map(|r| r.container_id).collect();
+    let left: Vec<String> = StateStore::new(&node.state_dir, &node.network)
+        .list()?
+        .into_iter()
+        .map(|r| r.container_id)
+        .collect();
     assert_eq!(left, [b.record.container_id.clone()]);
-    assert_eq!(links_named(&a.ns)?, ["eth0 veth", "lo -"], "a got its own eth0 back");
-    assert_eq!(links_named(&b.ns)?, ["eth0 veth", "lo -", "wi-eth0 veth", "wx-eth0 veth"], "b untouched");
+    assert_eq!(
+        links_named(&a.ns)?,
+        ["eth0 veth", "lo -"],
+        "a got its own eth0 back"
+    );
+    assert_eq!(
+        links_named(&b.ns)?,
+        ["eth0 veth", "lo -", "wi-eth0 veth", "wx-eth0 veth"],
+        "b untouched"
+    );
     weir_e2e::chain::ping(&a.ns, b.ip, 1).context("both pods still talk")?;
     // cnitool's GC names nothing valid: libcni DELs every cached attachment
     // through the whole chain (weir first, then bridge removes the veth), then
     // GCs each plugin with no list.
     node.cnitool("gc", &b.ns.path(), "eth0", "")?.ok()?;
-    assert!(StateStore::new(&node.state_dir, &node.network).list()?.is_empty());
+    assert!(
+        StateStore::new(&node.state_dir, &node.network)
+            .list()?
+            .is_empty()
+    );
     assert_eq!(links_named(&b.ns)?, ["lo -"]);
     node.cnitool("status", &b.ns.path(), "eth0", "")?.ok()?;
     Ok(())
@@ -449,10 +628,20 @@ fn gc_releases_only_stale_attachments() -> Result<()> {
 fn status_reports_unusable_bpffs() -> Result<()> {
     host::require_privileged_host();
     let node = Node::new("wst", &ChainSpec::new("1.1.0", "10.244.7.0/24"), weir())?;
-    let conf = |root: &str| json!({ "cniVersion": "1.1.0", "name": node.network, "type": "weir", "stateDir": node.state_dir, "bpfRoot": root }).to_string();
-    let (ok, exit) = node.invoke(weir(), &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/x")], &conf(node.bpf_root.to_str().unwrap()))?;
+    let conf = |root: &str| {
+        json!({ "cniVersion": "1.1.0", "name": node.network, "type": "weir", "stateDir": node.state_dir, "bpfRoot": root }).to_string()
+    };
+    let (ok, exit) = node.invoke(
+        weir(),
+        &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/x")],
+        &conf(node.bpf_root.to_str().unwrap()),
+    )?;
     assert_eq!(exit, 0, "{ok:?}");
-    let (bad, exit) = node.invoke(weir(), &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/x")], &conf("/tmp/not-bpffs/weir"))?;
+    let (bad, exit) = node.invoke(
+        weir(),
+        &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/x")],
+        &conf("/tmp/not-bpffs/weir"),
+    )?;
     assert_ne!(exit, 0);
     let err = bad.json()?;
     assert_eq!(err["code"], 50, "{err}");
@@ -467,10 +656,23 @@ fn non_veth_interface_passes_through() -> Result<()> {
     host::require_privileged_host();
     let tag = "wmv";
     let node = Node::new(tag, &ChainSpec::new("1.0.0", "10.244.8.0/24"), weir())?;
-    node.ns.exec(&["ip", "link", "add", "wparent0", "type", "veth", "peer", "name", "wparent1"])?;
+    node.ns.exec(&[
+        "ip", "link", "add", "wparent0", "type", "veth", "peer", "name", "wparent1",
+    ])?;
     let pod = Netns::create(&format!("{tag}-a"))?;
-    node.ns.exec(&["ip", "link", "add", "mv0", "link", "wparent0", "type", "macvlan", "mode", "bridge"])?;
-    node.ns.exec(&["ip", "link", "set", "mv0", "netns", pod.path().to_str().unwrap(), "name", "net1"])?;
+    node.ns.exec(&[
+        "ip", "link", "add", "mv0", "link", "wparent0", "type", "macvlan", "mode", "bridge",
+    ])?;
+    node.ns.exec(&[
+        "ip",
+        "link",
+        "set",
+        "mv0",
+        "netns",
+        pod.path().to_str().unwrap(),
+        "name",
+        "net1",
+    ])?;
     let before = pod.links()?;
     let prev = json!({
         "cniVersion": "1.0.0",
@@ -481,12 +683,22 @@ fn non_veth_interface_passes_through() -> Result<()> {
     let netns = pod.path().display().to_string();
     let (call, exit) = node.invoke(
         weir(),
-        &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "mv"), ("CNI_NETNS", &netns), ("CNI_IFNAME", "net1"), ("CNI_PATH", "/x")],
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "mv"),
+            ("CNI_NETNS", &netns),
+            ("CNI_IFNAME", "net1"),
+            ("CNI_PATH", "/x"),
+        ],
         &conf.to_string(),
     )?;
     assert_eq!(exit, 0, "{call:?}");
     assert_eq!(call.json()?, prev);
-    assert!(call.stderr.contains("macvlan"), "says why on stderr: {}", call.stderr);
+    assert!(
+        call.stderr.contains("macvlan"),
+        "says why on stderr: {}",
+        call.stderr
+    );
     assert_eq!(pod.links()?, before, "nothing changed");
     Ok(())
 }
@@ -498,28 +710,58 @@ fn bad_input_gets_spec_errors() -> Result<()> {
     let node = Node::new("wbad", &ChainSpec::new("1.0.0", "10.244.9.0/24"), weir())?;
     let pod = Netns::create("wbad-a")?;
     let netns = pod.path().display().to_string();
-    let add_env = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", netns.as_str()), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")];
+    let add_env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/x"),
+    ];
     let cases: [(&[(&str, &str)], String, u64); 5] = [
         (&add_env, "{not json".into(), 6),
-        (&add_env, json!({ "cniVersion": "1.0.0", "name": "n", "type": "weir" }).to_string(), 7),
-        (&add_env, json!({ "cniVersion": "9.9.9", "name": "n", "type": "weir" }).to_string(), 1),
-        (&add_env[..1], json!({ "cniVersion": "1.0.0", "name": "n", "type": "weir", "prevResult": {} }).to_string(), 4),
         (
-            &[("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", netns.as_str()), ("CNI_IFNAME", "eth0")],
-            json!({ "cniVersion": "0.3.1", "name": "n", "type": "weir", "prevResult": {} }).to_string(),
+            &add_env,
+            json!({ "cniVersion": "1.0.0", "name": "n", "type": "weir" }).to_string(),
+            7,
+        ),
+        (
+            &add_env,
+            json!({ "cniVersion": "9.9.9", "name": "n", "type": "weir" }).to_string(),
+            1,
+        ),
+        (
+            &add_env[..1],
+            json!({ "cniVersion": "1.0.0", "name": "n", "type": "weir", "prevResult": {} })
+                .to_string(),
+            4,
+        ),
+        (
+            &[
+                ("CNI_COMMAND", "CHECK"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_NETNS", netns.as_str()),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            json!({ "cniVersion": "0.3.1", "name": "n", "type": "weir", "prevResult": {} })
+                .to_string(),
             1,
         ),
     ];
     for (env, stdin, code) in cases {
         let (call, exit) = node.invoke(weir(), env, &stdin)?;
         assert_ne!(exit, 0, "{stdin}");
-        let err = call.json().with_context(|| format!("stdout must be error JSON for {stdin}"))?;
+        let err = call
+            .json()
+            .with_context(|| format!("stdout must be error JSON for {stdin}"))?;
         assert_eq!(err["code"], code, "{stdin} -> {err}");
         assert!(!err["msg"].as_str().unwrap_or("").is_empty());
     }
     let (call, exit) = node.invoke(weir(), &[("CNI_COMMAND", "VERSION")], "")?;
     assert_eq!(exit, 0);
     let versions = call.json()?["supportedVersions"].clone();
-    assert_eq!(versions, json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(
+        versions,
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
     Ok(())
 }

@@ -84,7 +84,9 @@ impl Node {
         let _ = fs::remove_dir_all(&bpf_root);
         let plugin_dir = work_dir.join("bin");
         fs::create_dir_all(&plugin_dir)?;
-        let weir = weir.canonicalize().with_context(|| format!("plugin binary {}", weir.display()))?;
+        let weir = weir
+            .canonicalize()
+            .with_context(|| format!("plugin binary {}", weir.display()))?;
         std::os::unix::fs::symlink(weir, plugin_dir.join("weir"))?;
         let node = Self {
             ns,
@@ -92,7 +94,11 @@ impl Node {
             state_dir: work_dir.join("state"),
             bpf_root,
             conf_dir,
-            cni_path: format!("{}:{}", plugin_dir.display(), host::reference_plugins().display()),
+            cni_path: format!(
+                "{}:{}",
+                plugin_dir.display(),
+                host::reference_plugins().display()
+            ),
             spec_version: spec.cni_version.clone(),
             work_dir,
         };
@@ -128,7 +134,8 @@ impl Node {
                 "logFile": self.work_dir.join("weir.log"),
                 "logLevel": "debug",
             });
-            if let (Some(weir), Some(extra)) = (weir.as_object_mut(), spec.weir_options.as_object()) {
+            if let (Some(weir), Some(extra)) = (weir.as_object_mut(), spec.weir_options.as_object())
+            {
                 for (k, v) in extra {
                     weir.insert(k.clone(), v.clone());
                 }
@@ -152,8 +159,16 @@ impl Node {
     }
 
     /// Runs `cnitool <verb> <network> <netns>` inside the node namespace.
-    pub fn cnitool(&self, verb: &str, pod_netns: &Path, ifname: &str, cni_args: &str) -> Result<CniCall> {
-        let mut cmd = self.ns.command(&[host::cnitool().to_str().context("tool path")?]);
+    pub fn cnitool(
+        &self,
+        verb: &str,
+        pod_netns: &Path,
+        ifname: &str,
+        cni_args: &str,
+    ) -> Result<CniCall> {
+        let mut cmd = self
+            .ns
+            .command(&[host::cnitool().to_str().context("tool path")?]);
         cmd.args([verb, &self.network])
             .arg(pod_netns)
             .env("NETCONFPATH", &self.conf_dir)
@@ -173,7 +188,13 @@ impl Node {
     }
 
     /// ADD for a Kubernetes-like pod `namespace/name` on interface `ifname`.
-    pub fn add(&self, pod: &Netns, ifname: &str, k8s_namespace: &str, k8s_name: &str) -> Result<CniCall> {
+    pub fn add(
+        &self,
+        pod: &Netns,
+        ifname: &str,
+        k8s_namespace: &str,
+        k8s_name: &str,
+    ) -> Result<CniCall> {
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={k8s_namespace};K8S_POD_NAME={k8s_name};K8S_POD_UID=uid-{k8s_name}"
         );
@@ -193,9 +214,10 @@ impl Node {
         for ip in result["ips"].as_array().into_iter().flatten() {
             let addr = ip["address"].as_str().unwrap_or_default();
             if let Some((ip, _)) = addr.split_once('/')
-                && let Ok(v4 @ std::net::IpAddr::V4(_)) = ip.parse() {
-                    return Ok(v4);
-                }
+                && let Ok(v4 @ std::net::IpAddr::V4(_)) = ip.parse()
+            {
+                return Ok(v4);
+            }
         }
         bail!("no IPv4 address in result {result}")
     }
@@ -232,7 +254,11 @@ impl Node {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn()?;
-        child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
         let out = child.wait_with_output()?;
         Ok((
             CniCall {
@@ -254,6 +280,15 @@ impl Drop for Node {
 
 /// Command that runs in a pod namespace; convenience for tests and the demo.
 pub fn ping(from: &Netns, to: std::net::IpAddr, count: u32) -> Result<()> {
-    let mut cmd: Command = from.command(&["ping", "-c", &count.to_string(), "-i", "0.05", "-W", "2", &to.to_string()]);
+    let mut cmd: Command = from.command(&[
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        &to.to_string(),
+    ]);
     crate::netns::run(&mut cmd).map(|_| ())
 }

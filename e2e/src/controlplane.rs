@@ -93,7 +93,9 @@ impl Tools {
         let dir = match std::env::var_os("WEIR_K8S_BIN_DIR") {
             Some(d) => PathBuf::from(d),
             None => {
-                let tools = std::env::var_os("WEIR_TOOLS").map(PathBuf::from).unwrap_or_else(|| "/var/cache/weir/tools".into());
+                let tools = std::env::var_os("WEIR_TOOLS")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| "/var/cache/weir/tools".into());
                 tools.join("k8s").join(kubernetes_version())
             }
         };
@@ -126,7 +128,11 @@ impl Tools {
     }
 
     fn require(&self, paths: &[&PathBuf]) -> Result<()> {
-        let missing: Vec<String> = paths.iter().filter(|p| !is_executable(p)).map(|p| p.display().to_string()).collect();
+        let missing: Vec<String> = paths
+            .iter()
+            .filter(|p| !is_executable(p))
+            .map(|p| p.display().to_string())
+            .collect();
         if !missing.is_empty() {
             bail!(
                 "control plane tools missing: {} (etcd {}, Kubernetes {}); build them with `bash scripts/controlplane-tools.sh` \
@@ -157,7 +163,10 @@ pub struct ControlPlane {
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlPlane").field("server", &self.server).field("dir", &self.dir).finish()
+        f.debug_struct("ControlPlane")
+            .field("server", &self.server)
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -248,7 +257,9 @@ impl ControlPlane {
             match Self::try_start(&tools, bind_to_thread, gc) {
                 Ok(cp) => return Ok(cp),
                 Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
-                    eprintln!("controlplane: attempt {attempt}: a port was taken ({e:#}); again with other ports");
+                    eprintln!(
+                        "controlplane: attempt {attempt}: a port was taken ({e:#}); again with other ports"
+                    );
                     last = Some(e);
                 }
                 Err(StartError::PortTaken(e) | StartError::Other(e)) => return Err(e),
@@ -257,7 +268,11 @@ impl ControlPlane {
         Err(last.unwrap_or_else(|| anyhow!("control plane did not start")))
     }
 
-    fn try_start(tools: &Tools, bind_to_thread: bool, gc: bool) -> std::result::Result<ControlPlane, StartError> {
+    fn try_start(
+        tools: &Tools,
+        bind_to_thread: bool,
+        gc: bool,
+    ) -> std::result::Result<ControlPlane, StartError> {
         let dir = make_temp_dir().map_err(StartError::Other)?;
         let mut cp = ControlPlane {
             dir: dir.clone(),
@@ -306,7 +321,10 @@ impl ControlPlane {
                 format!("--client-ca-file={}", pki.ca_cert.display()),
                 "--service-account-issuer=https://kubernetes.default.svc".into(),
                 format!("--service-account-key-file={}", pki.sa_public.display()),
-                format!("--service-account-signing-key-file={}", pki.sa_private.display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    pki.sa_private.display()
+                ),
                 "--authorization-mode=RBAC".into(),
                 "--service-cluster-ip-range=10.96.0.0/24".into(),
                 // No node runs here: nothing to publish the `kubernetes`
@@ -329,9 +347,16 @@ impl ControlPlane {
 
     /// kube-controller-manager with only the garbage collector, as the
     /// admin (its own kubeconfig), without serving anything.
-    fn start_garbage_collector(&self, pki: &Pki, bind_to_thread: bool) -> std::result::Result<(), StartError> {
+    fn start_garbage_collector(
+        &self,
+        pki: &Pki,
+        bind_to_thread: bool,
+    ) -> std::result::Result<(), StartError> {
         let kubeconfig = self.dir.join("kube-controller-manager.kubeconfig");
-        write_private(&kubeconfig, kubeconfig_json(&self.server, pki, "kube-controller-manager")?.as_bytes())?;
+        write_private(
+            &kubeconfig,
+            kubeconfig_json(&self.server, pki, "kube-controller-manager")?.as_bytes(),
+        )?;
         let kcm = self.spawn(
             "kube-controller-manager",
             &self.tools.kube_controller_manager,
@@ -351,7 +376,9 @@ impl ControlPlane {
         // It exits at once on a bad flag or kubeconfig: say so here.
         std::thread::sleep(Duration::from_millis(1500));
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((name, child)) = children.iter_mut().find(|(n, _)| *n == "kube-controller-manager")
+        if let Some((name, child)) = children
+            .iter_mut()
+            .find(|(n, _)| *n == "kube-controller-manager")
             && let Ok(Some(status)) = child.try_wait()
         {
             return Err(StartError::Other(anyhow!(
@@ -365,11 +392,21 @@ impl ControlPlane {
     fn push_child(&self, name: &'static str, child: Child) {
         // The last started goes first: kube-controller-manager, then
         // kube-apiserver are stopped before etcd.
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(0, (name, child));
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(0, (name, child));
     }
 
-    fn spawn(&self, name: &str, bin: &Path, args: &[String], bind_to_thread: bool) -> Result<Child> {
-        let log = std::fs::File::create(self.log_path(name)).with_context(|| format!("creating {name}.log"))?;
+    fn spawn(
+        &self,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        bind_to_thread: bool,
+    ) -> Result<Child> {
+        let log = std::fs::File::create(self.log_path(name))
+            .with_context(|| format!("creating {name}.log"))?;
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .current_dir(&self.dir)
@@ -392,7 +429,8 @@ impl ControlPlane {
                 });
             }
         }
-        cmd.spawn().with_context(|| format!("starting {}", bin.display()))
+        cmd.spawn()
+            .with_context(|| format!("starting {}", bin.display()))
     }
 
     /// Waits for `/readyz`, failing early (with the log's end) when a
@@ -406,7 +444,9 @@ impl ControlPlane {
                 for (name, child) in children.iter_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
                         let tail = log_tail(&self.log_path(name), 30);
-                        let err = anyhow!("{name} exited ({status}) before the API server was ready; end of {name}.log:\n{tail}");
+                        let err = anyhow!(
+                            "{name} exited ({status}) before the API server was ready; end of {name}.log:\n{tail}"
+                        );
                         return Err(if tail.contains("address already in use") {
                             StartError::PortTaken(err)
                         } else {
@@ -416,7 +456,12 @@ impl ControlPlane {
                 }
             }
             match self.kubectl(["get", "--raw", "/readyz"]) {
-                Ok(out) if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" => return Ok(()),
+                Ok(out)
+                    if out.status.success()
+                        && String::from_utf8_lossy(&out.stdout).trim() == "ok" =>
+                {
+                    return Ok(());
+                }
                 Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_owned(),
                 Err(e) => return Err(StartError::Other(e)),
             }
@@ -431,7 +476,10 @@ impl ControlPlane {
     }
 
     fn write_kubeconfig(&self, pki: &Pki) -> Result<()> {
-        write_private(&self.kubeconfig, kubeconfig_json(&self.server, pki, "default")?.as_bytes())
+        write_private(
+            &self.kubeconfig,
+            kubeconfig_json(&self.server, pki, "default")?.as_bytes(),
+        )
     }
 
     /// Writes a kubeconfig (into the control plane's directory) that acts as
@@ -448,7 +496,10 @@ impl ControlPlane {
             auth["as-groups"] = groups.iter().map(|g| serde_json::Value::from(*g)).collect();
         }
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = self.dir.join(format!("kubeconfig-as-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let path = self.dir.join(format!(
+            "kubeconfig-as-{}",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         write_private(&path, serde_json::to_string_pretty(&config)?.as_bytes())?;
         Ok(path)
     }
@@ -483,7 +534,10 @@ impl ControlPlane {
     pub fn kubectl_command(&self) -> Command {
         let mut cmd = Command::new(&self.tools.kubectl);
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .arg(format!("--cache-dir={}", self.dir.join("kubectl-cache").display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kubectl-cache").display()
+            ))
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null());
         cmd
@@ -497,7 +551,8 @@ impl ControlPlane {
     {
         let mut cmd = self.kubectl_command();
         cmd.args(args);
-        cmd.output().with_context(|| format!("running {}", self.tools.kubectl.display()))
+        cmd.output()
+            .with_context(|| format!("running {}", self.tools.kubectl.display()))
     }
 
     /// Runs kubectl with `args` and `stdin` as its input (`-f -`); the
@@ -508,9 +563,18 @@ impl ControlPlane {
         S: AsRef<OsStr>,
     {
         let mut cmd = self.kubectl_command();
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("running {}", self.tools.kubectl.display()))?;
-        child.stdin.take().expect("piped stdin").write_all(stdin.as_bytes())?;
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running {}", self.tools.kubectl.display()))?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(stdin.as_bytes())?;
         Ok(child.wait_with_output()?)
     }
 
@@ -540,7 +604,11 @@ impl ControlPlane {
     /// A client for the admin, from the kubeconfig. Needs a tokio runtime.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
         Ok(kube::Client::try_from(config)?)
     }
 
@@ -563,7 +631,12 @@ impl ControlPlane {
     /// Process ids of (kube-controller-manager,) kube-apiserver and etcd
     /// (for tests of the harness).
     pub fn pids(&self) -> Vec<u32> {
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, c)| c.id()).collect()
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, c)| c.id())
+            .collect()
     }
 }
 
@@ -612,8 +685,16 @@ fn checked<S: AsRef<OsStr>>(args: &[S], out: Output) -> Result<String> {
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
-    let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
-    bail!("kubectl {} failed ({}): {}", shown.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim())
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    bail!(
+        "kubectl {} failed ({}): {}",
+        shown.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
 }
 
 fn stop_child(child: &mut Child) {
@@ -636,14 +717,18 @@ fn stop_child(child: &mut Child) {
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn make_temp_dir() -> Result<PathBuf> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let dir = std::env::temp_dir().join(format!(
         "weir-controlplane-{}-{}-{nanos:08x}",
         std::process::id(),
@@ -657,7 +742,11 @@ fn make_temp_dir() -> Result<PathBuf> {
 
 /// Three distinct free loopback ports (all bound at once, so distinct).
 fn free_ports() -> Result<[u16; 3]> {
-    let listeners = [TcpListener::bind("127.0.0.1:0")?, TcpListener::bind("127.0.0.1:0")?, TcpListener::bind("127.0.0.1:0")?];
+    let listeners = [
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
+    ];
     let mut ports = [0u16; 3];
     for (p, l) in ports.iter_mut().zip(&listeners) {
         *p = l.local_addr()?.port();
@@ -693,7 +782,8 @@ struct Pki {
 /// service-account signing key. ECDSA P-256 throughout.
 fn write_pki(dir: &Path) -> Result<Pki> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
     };
     std::fs::create_dir(dir)?;
     let pki = Pki {
@@ -708,9 +798,14 @@ fn write_pki(dir: &Path) -> Result<Pki> {
 
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "weir-test-ca");
+    ca.distinguished_name
+        .push(DnType::CommonName, "weir-test-ca");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca.self_signed(&ca_key)?;
     write_private(&pki.ca_cert, ca_cert.pem().as_bytes())?;
     let issuer = Issuer::new(ca, &ca_key);
@@ -729,19 +824,37 @@ fn write_pki(dir: &Path) -> Result<Pki> {
         .map(String::from)
         .to_vec(),
     )?;
-    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-    serving.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    serving.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    write_private(&pki.serving_cert, serving.signed_by(&serving_key, &issuer)?.pem().as_bytes())?;
+    write_private(
+        &pki.serving_cert,
+        serving.signed_by(&serving_key, &issuer)?.pem().as_bytes(),
+    )?;
     write_private(&pki.serving_key, serving_key.serialize_pem().as_bytes())?;
 
     let admin_key = KeyPair::generate()?;
     let mut admin = CertificateParams::new(Vec::<String>::new())?;
-    admin.distinguished_name.push(DnType::CommonName, "weir-test-admin");
-    admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
-    admin.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    admin
+        .distinguished_name
+        .push(DnType::CommonName, "weir-test-admin");
+    admin
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    admin.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    write_private(&pki.admin_cert, admin.signed_by(&admin_key, &issuer)?.pem().as_bytes())?;
+    write_private(
+        &pki.admin_cert,
+        admin.signed_by(&admin_key, &issuer)?.pem().as_bytes(),
+    )?;
     write_private(&pki.admin_key, admin_key.serialize_pem().as_bytes())?;
 
     let sa_key = KeyPair::generate()?;
@@ -756,7 +869,11 @@ mod tests {
 
     #[test]
     fn versions_come_from_versions_env() {
-        assert!(kubernetes_version().starts_with("v1."), "{}", kubernetes_version());
+        assert!(
+            kubernetes_version().starts_with("v1."),
+            "{}",
+            kubernetes_version()
+        );
         assert!(etcd_version().starts_with("v3."), "{}", etcd_version());
     }
 
@@ -766,14 +883,25 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         for bin in ["etcd", "kube-apiserver", "kubectl"] {
             std::fs::write(dir.join(bin), "").unwrap();
-            std::fs::set_permissions(dir.join(bin), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(
+                dir.join(bin),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
         }
         let tools = Tools::in_dir(&dir).expect("the three required tools are there");
         let kcm = format!("{:#}", tools.kube_controller_manager().unwrap_err());
         let helm = format!("{:#}", tools.helm().unwrap_err());
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(kcm.contains("kube-controller-manager") && kcm.contains("scripts/controlplane-tools.sh"), "{kcm}");
-        assert!(helm.contains("helm") && helm.contains("scripts/controlplane-tools.sh"), "{helm}");
+        assert!(
+            kcm.contains("kube-controller-manager")
+                && kcm.contains("scripts/controlplane-tools.sh"),
+            "{kcm}"
+        );
+        assert!(
+            helm.contains("helm") && helm.contains("scripts/controlplane-tools.sh"),
+            "{helm}"
+        );
     }
 
     #[test]
@@ -783,7 +911,14 @@ mod tests {
         std::fs::write(dir.join("etcd"), "").unwrap(); // present but not executable
         let err = format!("{:#}", Tools::in_dir(&dir).unwrap_err());
         std::fs::remove_dir_all(&dir).unwrap();
-        for part in ["control plane tools missing", "etcd", "kube-apiserver", "kubectl", "scripts/controlplane-tools.sh", kubernetes_version()] {
+        for part in [
+            "control plane tools missing",
+            "etcd",
+            "kube-apiserver",
+            "kubectl",
+            "scripts/controlplane-tools.sh",
+            kubernetes_version(),
+        ] {
             assert!(err.contains(part), "{part:?} not in: {err}");
         }
     }

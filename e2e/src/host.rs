@@ -24,12 +24,18 @@ pub fn require_privileged_host() {
     let mut missing = Vec::new();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        missing.push("root (netns, veth and eBPF need CAP_SYS_ADMIN/CAP_NET_ADMIN/CAP_BPF)".to_string());
+        missing.push(
+            "root (netns, veth and eBPF need CAP_SYS_ADMIN/CAP_NET_ADMIN/CAP_BPF)".to_string(),
+        );
     }
     if !is_bpffs(Path::new("/sys/fs/bpf")) {
         missing.push("bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".to_string());
     }
-    for tool in [cnitool(), reference_plugins().join("bridge"), reference_plugins().join("host-local")] {
+    for tool in [
+        cnitool(),
+        reference_plugins().join("bridge"),
+        reference_plugins().join("host-local"),
+    ] {
         if !tool.exists() {
             missing.push(format!("{} (run scripts/bootstrap.sh)", tool.display()));
         }

@@ -4,8 +4,8 @@
 //! benchmarks and `make demo`.
 
 pub mod chain;
-pub mod flannel;
 pub mod controlplane;
+pub mod flannel;
 pub mod host;
 pub mod netns;
 pub mod traffic;

@@ -19,7 +19,9 @@ impl Netns {
     pub fn create(name: &str) -> Result<Self> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self { name: name.to_string() };
+        let ns = Self {
+            name: name.to_string(),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -36,7 +38,9 @@ impl Netns {
     /// `ip netns exec`) leaves /sys and bpffs as they are.
     pub fn command(&self, argv: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.path().display())).arg("--").args(argv);
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .args(argv);
         cmd
     }
 
@@ -59,7 +63,8 @@ impl Netns {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<std::thread::JoinHandle<Result<T>>> {
-        let file = File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
+        let file =
+            File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
         let name = self.name.clone();
         Ok(std::thread::spawn(move || -> Result<T> {
             // SAFETY: setns on a valid namespace fd affects only this thread.
@@ -73,7 +78,8 @@ impl Netns {
     /// One line per interface: "name kind mac mtu state", sorted — what the
     /// pod would see, read with iproute2 so weir's code is not its own judge.
     pub fn links(&self) -> Result<Vec<String>> {
-        let json: serde_json::Value = serde_json::from_str(&self.exec(&["ip", "-j", "-d", "link", "show"])?)?;
+        let json: serde_json::Value =
+            serde_json::from_str(&self.exec(&["ip", "-j", "-d", "link", "show"])?)?;
         let mut lines: Vec<String> = json
             .as_array()
             .into_iter()
@@ -85,7 +91,14 @@ impl Netns {
                     l["linkinfo"]["info_kind"].as_str().unwrap_or("-"),
                     l["address"].as_str().unwrap_or("-"),
                     l["mtu"],
-                    if l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP")) { "up" } else { "down" },
+                    if l["flags"]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|x| x == "UP"))
+                    {
+                        "up"
+                    } else {
+                        "down"
+                    },
                 )
             })
             .collect();
@@ -96,7 +109,8 @@ impl Netns {
     /// Global addresses as "dev addr/prefix", sorted (link-local ones are
     /// derived by the kernel and omitted).
     pub fn addresses(&self) -> Result<Vec<String>> {
-        let json: serde_json::Value = serde_json::from_str(&self.exec(&["ip", "-j", "addr", "show"])?)?;
+        let json: serde_json::Value =
+            serde_json::from_str(&self.exec(&["ip", "-j", "addr", "show"])?)?;
         let mut lines = Vec::new();
         for link in json.as_array().into_iter().flatten() {
             for addr in link["addr_info"].as_array().into_iter().flatten() {
@@ -132,7 +146,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 

@@ -16,7 +16,14 @@ pub const UDP6_OVERHEAD: u64 = 14 + 40 + 8;
 /// `client` sends `count` datagrams of `size` bytes to `server_ip:port` and
 /// `server` echoes each one; lock-step, so nothing is lost on the way and the
 /// exact number of packets each way is `count`.
-pub fn udp_echo(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, count: usize, size: usize) -> Result<()> {
+pub fn udp_echo(
+    client: &Netns,
+    server: &Netns,
+    server_ip: IpAddr,
+    port: u16,
+    count: usize,
+    size: usize,
+) -> Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let echo = server.spawn(move || -> Result<()> {
         let sock = UdpSocket::bind(SocketAddr::new(unspecified(server_ip), port))?;
@@ -29,7 +36,9 @@ pub fn udp_echo(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, co
         }
         Ok(())
     })?;
-    ready_rx.recv_timeout(Duration::from_secs(5)).context("echo server did not start")?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("echo server did not start")?;
     client.run(move || -> Result<()> {
         let sock = UdpSocket::bind(SocketAddr::new(unspecified(server_ip), 0))?;
         sock.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -38,14 +47,17 @@ pub fn udp_echo(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, co
         let mut buf = vec![0u8; 65536];
         for i in 0..count {
             sock.send(&payload)?;
-            let n = sock.recv(&mut buf).with_context(|| format!("echo {i} of {count} never came back"))?;
+            let n = sock
+                .recv(&mut buf)
+                .with_context(|| format!("echo {i} of {count} never came back"))?;
             if n != size {
                 bail!("echo {i} came back with {n} bytes, sent {size}");
             }
         }
         Ok(())
     })??;
-    echo.join().map_err(|_| anyhow::anyhow!("echo server panicked"))???;
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo server panicked"))???;
     Ok(())
 }
 
@@ -59,7 +71,13 @@ pub struct TcpReport {
 
 /// `client` sends `bytes` over one TCP connection to `server_ip:port`;
 /// returns once both sides have closed and the server read every byte.
-pub fn tcp_send(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, bytes: usize) -> Result<TcpReport> {
+pub fn tcp_send(
+    client: &Netns,
+    server: &Netns,
+    server_ip: IpAddr,
+    port: u16,
+    bytes: usize,
+) -> Result<TcpReport> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let sink = server.spawn(move || -> Result<usize> {
         let listener = TcpListener::bind(SocketAddr::new(unspecified(server_ip), port))?;
@@ -77,9 +95,12 @@ pub fn tcp_send(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, by
         }
         Ok(total)
     })?;
-    ready_rx.recv_timeout(Duration::from_secs(5)).context("TCP server did not start")?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("TCP server did not start")?;
     let report = client.run(move || -> Result<TcpReport> {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::new(server_ip, port), Duration::from_secs(5))?;
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::new(server_ip, port), Duration::from_secs(5))?;
         let chunk = vec![0xa5u8; 1 << 16];
         let mut left = bytes;
         while left > 0 {
@@ -94,7 +115,9 @@ pub fn tcp_send(client: &Netns, server: &Netns, server_ip: IpAddr, port: u16, by
         while conn.read(&mut rest)? > 0 {}
         tcp_info(&conn)
     })??;
-    let received = sink.join().map_err(|_| anyhow::anyhow!("TCP server panicked"))???;
+    let received = sink
+        .join()
+        .map_err(|_| anyhow::anyhow!("TCP server panicked"))???;
     if received != bytes {
         bail!("TCP server received {received} bytes, {bytes} were sent");
     }
@@ -109,12 +132,21 @@ fn tcp_info(conn: &TcpStream) -> Result<TcpReport> {
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     let rc = unsafe {
-        libc::getsockopt(conn.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         bail!("TCP_INFO: {}", std::io::Error::last_os_error());
     }
-    Ok(TcpReport { bytes_sent: info.tcpi_bytes_sent, bytes_retrans: info.tcpi_bytes_retrans })
+    Ok(TcpReport {
+        bytes_sent: info.tcpi_bytes_sent,
+        bytes_retrans: info.tcpi_bytes_retrans,
+    })
 }
 
 /// The kernel's own TCP segment counters of a namespace (per-namespace
@@ -134,8 +166,15 @@ pub fn tcp_segments(ns: &Netns) -> Result<TcpSegments> {
         bail!("no Tcp lines in snmp");
     };
     let field = |want: &str| -> Result<u64> {
-        let idx = names.split_whitespace().position(|n| n == want).context(want.to_string())?;
-        Ok(values.split_whitespace().nth(idx).context(want.to_string())?.parse()?)
+        let idx = names
+            .split_whitespace()
+            .position(|n| n == want)
+            .context(want.to_string())?;
+        Ok(values
+            .split_whitespace()
+            .nth(idx)
+            .context(want.to_string())?
+            .parse()?)
     };
     Ok(TcpSegments {
         out_segs: field("OutSegs")?,
@@ -147,8 +186,11 @@ pub fn tcp_segments(ns: &Netns) -> Result<TcpSegments> {
 /// Packets the device transmitted as the kernel counts them: one per skb,
 /// so a GSO super-packet counts once — the contrast to wire segments.
 pub fn tx_skbs(ns: &Netns, ifname: &str) -> Result<u64> {
-    let json: serde_json::Value = serde_json::from_str(&ns.exec(&["ip", "-j", "-s", "link", "show", ifname])?)?;
-    json[0]["stats64"]["tx"]["packets"].as_u64().context("no tx packet stats")
+    let json: serde_json::Value =
+        serde_json::from_str(&ns.exec(&["ip", "-j", "-s", "link", "show", ifname])?)?;
+    json[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .context("no tx packet stats")
 }
 
 fn unspecified(like: IpAddr) -> IpAddr {

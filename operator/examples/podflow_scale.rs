@@ -38,11 +38,19 @@ use weir_operator::crd::{CaptureProfile, CaptureProfileSpec, PodFlow};
 const NS: &str = "scale";
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn pod_ip(i: u64) -> IpAddr {
-    IpAddr::V4(std::net::Ipv4Addr::new(10, 200 + (i / 65536) as u8, ((i / 256) % 256) as u8, (i % 256) as u8))
+    IpAddr::V4(std::net::Ipv4Addr::new(
+        10,
+        200 + (i / 65536) as u8,
+        ((i / 256) % 256) as u8,
+        (i % 256) as u8,
+    ))
 }
 
 fn node_of(i: u64, nodes: u64) -> u64 {
@@ -55,7 +63,16 @@ fn packets(round: u64) -> u64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn view(pod: u64, egress: bool, src: (u64, u16), dst: (u64, u16), round: u64, first: u64, peer: u64, nodes: u64) -> PodFlowView {
+fn view(
+    pod: u64,
+    egress: bool,
+    src: (u64, u16),
+    dst: (u64, u16),
+    round: u64,
+    first: u64,
+    peer: u64,
+    nodes: u64,
+) -> PodFlowView {
     PodFlowView {
         pod_id: pod as u32 + 1,
         namespace: Some(NS.into()),
@@ -71,7 +88,11 @@ fn view(pod: u64, egress: bool, src: (u64, u16), dst: (u64, u16), round: u64, fi
         first_seen_ns: first,
         last_seen_ns: 1_000_000_000 * (round + 10),
         tcp_flags: 0,
-        peer: Some(Peer { namespace: NS.into(), pod: format!("pod-{peer}"), node: format!("sim-{}", node_of(peer, nodes)) }),
+        peer: Some(Peer {
+            namespace: NS.into(),
+            pod: format!("pod-{peer}"),
+            node: format!("sim-{}", node_of(peer, nodes)),
+        }),
         overlay: None,
     }
 }
@@ -106,13 +127,27 @@ fn selection(n: u64, pods: u64, nodes: u64, interval: Duration) -> Selection {
     spec.flush_interval = format!("{}s", interval.as_secs());
     spec.max_pod_flows = 10_000;
     let profile = Arc::new(CaptureProfile {
-        metadata: ObjectMeta { name: Some("all".into()), namespace: Some(NS.into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some("all".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
         spec,
         status: None,
     });
-    let names: Vec<String> = (0..pods).filter(|i| node_of(*i, nodes) == n).map(|i| format!("pod-{i}")).collect();
+    let names: Vec<String> = (0..pods)
+        .filter(|i| node_of(*i, nodes) == n)
+        .map(|i| format!("pod-{i}"))
+        .collect();
     let labels = BTreeMap::new();
-    Selection::compute(&[profile], names.iter().map(|p| LocalPod { namespace: NS, name: p, labels: &labels }))
+    Selection::compute(
+        &[profile],
+        names.iter().map(|p| LocalPod {
+            namespace: NS,
+            name: p,
+            labels: &labels,
+        }),
+    )
 }
 
 fn apiserver_metric(cp: &ControlPlane, prefix: &str, must: &[&str]) -> Result<f64> {
@@ -133,16 +168,41 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let (pods, peers, nodes) = (env("WEIR_SCALE_PODS", 1000), env("WEIR_SCALE_PEERS", 10), env("WEIR_SCALE_NODES", 10));
+    let (pods, peers, nodes) = (
+        env("WEIR_SCALE_PODS", 1000),
+        env("WEIR_SCALE_PEERS", 10),
+        env("WEIR_SCALE_NODES", 10),
+    );
     let interval = Duration::from_secs(env("WEIR_SCALE_INTERVAL", 10));
     let secs = env("WEIR_SCALE_SECS", 120);
     let qps = env("WEIR_SCALE_QPS", 5) as f64;
-    let cp = ControlPlane::start().context("the control plane (etcd + kube-apiserver) is needed")?;
-    cp.kubectl_ok(["apply", "--server-side", "--field-manager=weir-bench", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/../crds")])?;
-    cp.kubectl_ok(["wait", "--for=condition=Established", "--timeout=60s", "crd/podflows.weir.dev"])?;
+    let cp =
+        ControlPlane::start().context("the control plane (etcd + kube-apiserver) is needed")?;
+    cp.kubectl_ok([
+        "apply",
+        "--server-side",
+        "--field-manager=weir-bench",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../crds"),
+    ])?;
+    cp.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/podflows.weir.dev",
+    ])?;
     let admin = cp.client().await?;
     Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(NS.into()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(NS.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await?;
     let db_file = cp.dir().join("etcd/member/snap/db");
     let db_before = std::fs::metadata(&db_file).map(|m| m.len()).unwrap_or(0);
@@ -159,12 +219,18 @@ async fn main() -> Result<()> {
     let seen: Arc<Mutex<Seen>> = Arc::default();
     {
         let (published, seen) = (published.clone(), seen.clone());
-        let stream = watcher(Api::<PodFlow>::namespaced(admin.clone(), NS), watcher::Config::default()).default_backoff();
+        let stream = watcher(
+            Api::<PodFlow>::namespaced(admin.clone(), NS),
+            watcher::Config::default(),
+        )
+        .default_backoff();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut last: HashMap<(String, String), u64> = HashMap::new();
             while let Some(Ok(event)) = stream.next().await {
-                let (Event::Apply(pf) | Event::InitApply(pf)) = event else { continue };
+                let (Event::Apply(pf) | Event::InitApply(pf)) = event else {
+                    continue;
+                };
                 let now = Instant::now();
                 let name = pf.metadata.name.clone().unwrap_or_default();
                 let mut seen = seen.lock().unwrap();
@@ -191,7 +257,11 @@ async fn main() -> Result<()> {
         writers.push(writer::spawn(cp.client().await?, &format!("sim-{n}"), qps));
         selections.push(selection(n, pods, nodes, interval));
     }
-    let applies_before = apiserver_metric(&cp, "apiserver_request_total{", &[r#"resource="podflows""#, r#"verb="APPLY""#])?;
+    let applies_before = apiserver_metric(
+        &cp,
+        "apiserver_request_total{",
+        &[r#"resource="podflows""#, r#"verb="APPLY""#],
+    )?;
     let clock = Clock::at(0);
     let uids: HashMap<(String, String), String> = HashMap::new();
     let started = Instant::now();
@@ -203,7 +273,13 @@ async fn main() -> Result<()> {
         published.lock().unwrap().insert(round, t);
         for n in 0..nodes {
             let v = views(n, round, pods, peers, nodes);
-            let c = writer::conversations(&v, &format!("sim-{n}"), &selections[n as usize], &uids, &clock);
+            let c = writer::conversations(
+                &v,
+                &format!("sim-{n}"),
+                &selections[n as usize],
+                &uids,
+                &clock,
+            );
             if round == 1 {
                 observer_entries += c.flows.len();
                 conversations.extend(c.flows.iter().map(|f| f.name.clone()));
@@ -214,10 +290,23 @@ async fn main() -> Result<()> {
         tokio::time::sleep_until(next.into()).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let requests: u64 = writers.iter().map(|w| WriterStats::get(&w.stats.requests)).sum();
-    let failures: u64 = writers.iter().map(|w| WriterStats::get(&w.stats.failures)).sum();
-    let dirty: u64 = writers.iter().map(|w| WriterStats::get(&w.stats.dirty)).sum();
-    let applies = apiserver_metric(&cp, "apiserver_request_total{", &[r#"resource="podflows""#, r#"verb="APPLY""#])? - applies_before;
+    let requests: u64 = writers
+        .iter()
+        .map(|w| WriterStats::get(&w.stats.requests))
+        .sum();
+    let failures: u64 = writers
+        .iter()
+        .map(|w| WriterStats::get(&w.stats.failures))
+        .sum();
+    let dirty: u64 = writers
+        .iter()
+        .map(|w| WriterStats::get(&w.stats.dirty))
+        .sum();
+    let applies = apiserver_metric(
+        &cp,
+        "apiserver_request_total{",
+        &[r#"resource="podflows""#, r#"verb="APPLY""#],
+    )? - applies_before;
     let objects = apiserver_metric(&cp, "apiserver_storage_objects{", &["podflows.weir.dev"])?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let db_after = std::fs::metadata(&db_file).map(|m| m.len()).unwrap_or(0);
@@ -259,7 +348,13 @@ async fn main() -> Result<()> {
         "etcd_db_bytes": { "before": db_before, "after": db_after },
     });
     println!("SCALE {summary}");
-    assert!(max_per_interval <= 1, "an observer entry was written more than once per interval");
-    assert!(requests as f64 <= qps * nodes as f64 * (elapsed + 1.0), "{requests} requests exceed {qps}/s per node");
+    assert!(
+        max_per_interval <= 1,
+        "an observer entry was written more than once per interval"
+    );
+    assert!(
+        requests as f64 <= qps * nodes as f64 * (elapsed + 1.0),
+        "{requests} requests exceed {qps}/s per node"
+    );
     Ok(())
 }

@@ -151,8 +151,13 @@ enum Mode {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map(|i| text.split_at(i)).unwrap_or((text, "s"));
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, "s"));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
     let d = match unit {
         "ms" => std::time::Duration::from_millis(n),
         "s" | "" => std::time::Duration::from_secs(n),
@@ -166,19 +171,28 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn run_controller(args: ControllerArgs) -> Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
     let config = weir_operator::controller::Config {
         lease: weir_operator::controller::leader::LeaseConfig {
             namespace: args.lease_namespace,
             name: args.lease_name,
-            identity: args.identity.filter(|i| !i.is_empty()).unwrap_or_else(hostname),
+            identity: args
+                .identity
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(hostname),
             lease_duration: args.lease_duration,
             renew_deadline: args.renew_deadline,
             retry_period: args.retry_period,
@@ -186,7 +200,10 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
         orphan_sweep_interval: args.orphan_sweep_interval,
         error_requeue: std::time::Duration::from_secs(5),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let client = kube::Client::try_default().await?;
         weir_operator::controller::run::run(client, config).await?;
@@ -199,12 +216,24 @@ fn main() -> Result<()> {
         Command::Controller(args) => run_controller(args)?,
         Command::Agent { command } => match command {
             AgentCommand::Run {
-                paths, node_name, interval, listen, peers_file, max_series, no_vxlan, kubeconfig, no_kube, api_qps, log_level,
+                paths,
+                node_name,
+                interval,
+                listen,
+                peers_file,
+                max_series,
+                no_vxlan,
+                kubeconfig,
+                no_kube,
+                api_qps,
+                log_level,
             } => {
                 use weir_operator::agent::kube_agent::{KubeSettings, KubeSource};
                 let source = match kubeconfig {
                     Some(path) => Some(KubeSource::Kubeconfig(path)),
-                    None if !no_kube && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Some(KubeSource::InCluster),
+                    None if !no_kube && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                        Some(KubeSource::InCluster)
+                    }
                     None => None,
                 };
                 if !(api_qps.is_finite() && api_qps > 0.0) {
@@ -212,7 +241,10 @@ fn main() -> Result<()> {
                 }
                 let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log_level));
-                tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+                tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_writer(std::io::stderr)
+                    .init();
                 let config = weir_operator::agent::run::AgentConfig {
                     node_name: node_name.unwrap_or_else(hostname),
                     state_dir: paths.state_dir,
@@ -224,27 +256,50 @@ fn main() -> Result<()> {
                     watch_vxlan: !no_vxlan,
                     kube: source.map(|source| KubeSettings { source, api_qps }),
                 };
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 runtime.block_on(weir_operator::agent::run::run(config))?;
             }
-            AgentCommand::Dump { paths, output, pod, protocol } => {
+            AgentCommand::Dump {
+                paths,
+                output,
+                pod,
+                protocol,
+            } => {
                 let mut view = node_flows::read(&paths.state_dir, &paths.bpf_root)?;
-                view.flows.retain(|f| node_flows::matches(f, &pod, &protocol));
+                view.flows
+                    .retain(|f| node_flows::matches(f, &pod, &protocol));
                 match output {
                     Format::Table => {
-                        print!("{}", node_flows::render_table(&view.flows, node_flows::boot_time_ns()));
+                        print!(
+                            "{}",
+                            node_flows::render_table(&view.flows, node_flows::boot_time_ns())
+                        );
                         let pressure: Vec<String> = view
                             .stats
                             .iter()
                             .filter(|(_, v)| *v > 0)
                             .map(|(k, v)| format!("{k}={v}"))
                             .collect();
-                        println!("\nnode counters: {}", if pressure.is_empty() { "none".into() } else { pressure.join(" ") });
+                        println!(
+                            "\nnode counters: {}",
+                            if pressure.is_empty() {
+                                "none".into()
+                            } else {
+                                pressure.join(" ")
+                            }
+                        );
                     }
                     Format::Json => {
                         let stats: serde_json::Map<String, serde_json::Value> =
                             view.stats.into_iter().map(|(k, v)| (k, v.into())).collect();
-                        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "flows": view.flows, "stats": stats }))?);
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({ "flows": view.flows, "stats": stats })
+                            )?
+                        );
                     }
                 }
             }

@@ -63,14 +63,20 @@ pub struct NodeView {
 pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
     let reading = reading::read(state_dir, &BpfRoot::new(bpf_root))?;
     let directory: HashMap<IpAddr, Peer> = HashMap::new();
-    let flows = join::join(&reading, "this-node", &directory).iter().map(describe).collect();
+    let flows = join::join(&reading, "this-node", &directory)
+        .iter()
+        .map(describe)
+        .collect();
     let mut stats = Vec::new();
     if let Some(pods) = &reading.pods {
         let c = &pods.stats;
         stats.extend([
             ("new_flows".to_string(), c.new_flows),
             ("live_flows".to_string(), pods.live_flows),
-            ("lru_evictions".to_string(), c.lru_evictions(pods.live_flows, 0)),
+            (
+                "lru_evictions".to_string(),
+                c.lru_evictions(pods.live_flows, 0),
+            ),
             ("flow_update_failed".to_string(), c.flow_update_failed),
             ("events_lost".to_string(), c.events_lost),
             ("non_ip_packets".to_string(), c.non_ip_packets),
@@ -82,7 +88,10 @@ pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
     if let Some(overlay) = &reading.overlay {
         stats.extend([
             ("vxlan_live_flows".to_string(), overlay.live_flows),
-            ("vxlan_flow_update_failed".to_string(), overlay.stats.flow_update_failed()),
+            (
+                "vxlan_flow_update_failed".to_string(),
+                overlay.stats.flow_update_failed(),
+            ),
             ("vxlan_events_lost".to_string(), overlay.stats.events_lost()),
         ]);
     }
@@ -102,7 +111,10 @@ pub fn matches(flow: &NodeFlow, pods: &[String], protocols: &[String]) -> bool {
 /// on this node — what a CaptureProfile does through the agent.
 pub fn set_mode(state_dir: &Path, bpf_root: &Path, pod: &str, mode: PodMode) -> Result<Vec<u32>> {
     let records = StateStore::list_all(state_dir)?;
-    let matching: Vec<&AttachmentRecord> = records.iter().filter(|r| pod_name(r) == pod || r.container_id == pod).collect();
+    let matching: Vec<&AttachmentRecord> = records
+        .iter()
+        .filter(|r| pod_name(r) == pod || r.container_id == pod)
+        .collect();
     if matching.is_empty() {
         let known: Vec<String> = records.iter().map(pod_name).collect();
         return Err(Error::UnknownPod(pod.to_string(), known.join(", ")));
@@ -149,9 +161,15 @@ fn describe(view: &PodFlowView) -> NodeFlow {
         tcp_flags: tcp_flags(view.tcp_flags),
         first_seen_ns: view.first_seen_ns,
         last_seen_ns: view.last_seen_ns,
-        peer: view.peer.as_ref().map(|p| format!("{}/{}@{}", p.namespace, p.pod, p.node)),
+        peer: view
+            .peer
+            .as_ref()
+            .map(|p| format!("{}/{}@{}", p.namespace, p.pod, p.node)),
         vni: view.overlay.as_ref().map(|o| o.vni),
-        outer: view.overlay.as_ref().map(|o| format!("{}->{}", o.outer_source, o.outer_destination)),
+        outer: view
+            .overlay
+            .as_ref()
+            .map(|o| format!("{}->{}", o.outer_source, o.outer_destination)),
     }
 }
 
@@ -175,9 +193,24 @@ fn endpoint(ip: IpAddr, port: Option<u16>) -> String {
 }
 
 fn tcp_flags(bits: u32) -> String {
-    const NAMES: [(u32, &str); 6] = [(0x02, "SYN"), (0x10, "ACK"), (0x08, "PSH"), (0x01, "FIN"), (0x04, "RST"), (0x20, "URG")];
-    let set: Vec<&str> = NAMES.iter().filter(|(bit, _)| bits & bit != 0).map(|(_, n)| *n).collect();
-    if set.is_empty() { "-".into() } else { set.join(",") }
+    const NAMES: [(u32, &str); 6] = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x08, "PSH"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x20, "URG"),
+    ];
+    let set: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if set.is_empty() {
+        "-".into()
+    } else {
+        set.join(",")
+    }
 }
 
 pub fn human_bytes(bytes: u64) -> String {
@@ -188,12 +221,27 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// A fixed-width table, one flow per line, for a terminal.
 pub fn render_table(flows: &[NodeFlow], now_ns: u64) -> String {
-    let header = ["POD", "DIR", "PROTO", "SOURCE", "DESTINATION", "PACKETS", "BYTES", "VNI", "TCP-FLAGS", "LAST-SEEN"];
+    let header = [
+        "POD",
+        "DIR",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "PACKETS",
+        "BYTES",
+        "VNI",
+        "TCP-FLAGS",
+        "LAST-SEEN",
+    ];
     let rows: Vec<[String; 10]> = flows
         .iter()
         .map(|f| {
@@ -219,7 +267,11 @@ pub fn render_table(flows: &[NodeFlow], now_ns: u64) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -240,7 +292,10 @@ fn age(now_ns: u64, then_ns: u64) -> String {
 
 /// CLOCK_BOOTTIME in ns: the clock the programs stamp flows with.
 pub fn boot_time_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -276,13 +331,20 @@ mod tests {
     fn flows_read_as_a_person_expects() {
         let f = describe(&view(6, "egress"));
         assert_eq!((f.pod.as_str(), f.direction), ("pod-id:7", "out"));
-        assert_eq!((f.source.as_str(), f.destination.as_str()), ("10.244.0.2:40000", "10.244.0.3:8080"));
+        assert_eq!(
+            (f.source.as_str(), f.destination.as_str()),
+            ("10.244.0.2:40000", "10.244.0.3:8080")
+        );
         assert_eq!(f.tcp_flags, "SYN,ACK");
         assert_eq!((f.vni, f.outer.as_deref()), (None, None));
         let mut v = view(6, "ingress");
         v.namespace = Some("shop".into());
         v.pod = "cart".into();
-        v.peer = Some(Peer { namespace: "shop".into(), pod: "db-0".into(), node: "node-b".into() });
+        v.peer = Some(Peer {
+            namespace: "shop".into(),
+            pod: "db-0".into(),
+            node: "node-b".into(),
+        });
         v.overlay = Some(OverlayLeg {
             vni: 1,
             outer_source: "192.168.1.2".parse().unwrap(),
@@ -295,7 +357,10 @@ mod tests {
         let f = describe(&v);
         assert_eq!((f.pod.as_str(), f.direction), ("shop/cart", "in"));
         assert_eq!(f.peer.as_deref(), Some("shop/db-0@node-b"));
-        assert_eq!((f.vni, f.outer.as_deref()), (Some(1), Some("192.168.1.2->192.168.1.1")));
+        assert_eq!(
+            (f.vni, f.outer.as_deref()),
+            (Some(1), Some("192.168.1.2->192.168.1.1"))
+        );
     }
 
     #[test]
@@ -316,7 +381,11 @@ mod tests {
         assert!(!matches(&icmp6, &[], &icmp_only));
         assert!(matches(&icmp6, &[], &[]));
         assert!(!matches(&icmp, &["shop/cart".to_string()], &[]));
-        assert!(matches(&icmp, &["pod-id:7".to_string()], &["ICMP".to_string()]));
+        assert!(matches(
+            &icmp,
+            &["pod-id:7".to_string()],
+            &["ICMP".to_string()]
+        ));
     }
 
     #[test]
@@ -326,7 +395,13 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("POD"));
-        assert!(lines[1].contains("UDP") && lines[1].contains("2.9 KiB") && lines[1].ends_with("1m ago"), "{}", lines[1]);
+        assert!(
+            lines[1].contains("UDP")
+                && lines[1].contains("2.9 KiB")
+                && lines[1].ends_with("1m ago"),
+            "{}",
+            lines[1]
+        );
         assert_eq!(lines[0].find("DIR"), lines[1].find("out"));
     }
 }

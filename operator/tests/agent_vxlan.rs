@@ -28,7 +28,11 @@ const AGENT: &str = env!("CARGO_BIN_EXE_weir-operator");
 /// The plugin binary is built next to the agent by `cargo test --workspace`.
 fn weir_plugin() -> PathBuf {
     let path = Path::new(AGENT).with_file_name("weir");
-    assert!(path.exists(), "{} is missing: build the plugin first (cargo build -p weir-cni)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugin first (cargo build -p weir-cni)",
+        path.display()
+    );
     path
 }
 
@@ -40,19 +44,34 @@ impl Agent {
     fn start(node: &Node, name: &str) -> Result<Self> {
         let child = node
             .ns
-            .command(&[AGENT, "agent", "run", "--node-name", name, "--interval", "200ms", "--listen", "127.0.0.1:9465"])
+            .command(&[
+                AGENT,
+                "agent",
+                "run",
+                "--node-name",
+                name,
+                "--interval",
+                "200ms",
+                "--listen",
+                "127.0.0.1:9465",
+            ])
             .arg("--state-dir")
             .arg(&node.state_dir)
             .arg("--bpf-root")
             .arg(&node.bpf_root)
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(node.work_dir.join(format!("agent-{name}.log")))?))
+            .stderr(Stdio::from(std::fs::File::create(
+                node.work_dir.join(format!("agent-{name}.log")),
+            )?))
             .spawn()?;
         let agent = Self { child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while http_get(&node.ns, "/healthz").is_err() {
             if Instant::now() > deadline {
-                bail!("agent on {name} did not come up; log: {}", std::fs::read_to_string(node.work_dir.join(format!("agent-{name}.log")))?);
+                bail!(
+                    "agent on {name} did not come up; log: {}",
+                    std::fs::read_to_string(node.work_dir.join(format!("agent-{name}.log")))?
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -77,12 +96,15 @@ impl Drop for Agent {
 fn http_get(ns: &Netns, path: &str) -> Result<String> {
     let path = path.to_string();
     ns.run(move || -> Result<String> {
-        let mut stream = TcpStream::connect_timeout(&"127.0.0.1:9465".parse()?, Duration::from_secs(2))?;
+        let mut stream =
+            TcpStream::connect_timeout(&"127.0.0.1:9465".parse()?, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n")?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("no HTTP header end")?;
         if !head.starts_with("HTTP/1.1 200") {
             bail!("{path}: {head}");
         }
@@ -97,10 +119,21 @@ fn flows(ns: &Netns) -> Result<Vec<Value>> {
     Ok(serde_json::from_str::<Vec<Value>>(&body)?)
 }
 
-fn find<'a>(flows: &'a [Value], pod: &str, direction: &str, proto: u64, port: u64) -> Result<&'a Value> {
+fn find<'a>(
+    flows: &'a [Value],
+    pod: &str,
+    direction: &str,
+    proto: u64,
+    port: u64,
+) -> Result<&'a Value> {
     flows
         .iter()
-        .find(|f| f["pod"] == pod && f["direction"] == direction && f["protocol"] == proto && (f["destinationPort"] == port || f["sourcePort"] == port))
+        .find(|f| {
+            f["pod"] == pod
+                && f["direction"] == direction
+                && f["protocol"] == proto
+                && (f["destinationPort"] == port || f["sourcePort"] == port)
+        })
         .with_context(|| format!("no {direction} flow of {pod} on port {port}: {flows:#?}"))
 }
 
@@ -125,11 +158,27 @@ struct Cluster {
 fn two_nodes(tag: &str) -> Result<Cluster> {
     host::require_privileged_host();
     let weir = weir_plugin();
-    let a = Node::new(&format!("{tag}a"), &ChainSpec::new("1.0.0", "10.245.0.0/24"), &weir)?;
-    let b = Node::new(&format!("{tag}b"), &ChainSpec::new("1.0.0", "10.245.1.0/24"), &weir)?;
+    let a = Node::new(
+        &format!("{tag}a"),
+        &ChainSpec::new("1.0.0", "10.245.0.0/24"),
+        &weir,
+    )?;
+    let b = Node::new(
+        &format!("{tag}b"),
+        &ChainSpec::new("1.0.0", "10.245.1.0/24"),
+        &weir,
+    )?;
     flannel::connect(
-        &FlannelNode { ns: &a.ns, underlay_ip: "192.168.100.1", pod_subnet: "10.245.0.0/24" },
-        &FlannelNode { ns: &b.ns, underlay_ip: "192.168.100.2", pod_subnet: "10.245.1.0/24" },
+        &FlannelNode {
+            ns: &a.ns,
+            underlay_ip: "192.168.100.1",
+            pod_subnet: "10.245.0.0/24",
+        },
+        &FlannelNode {
+            ns: &b.ns,
+            underlay_ip: "192.168.100.2",
+            pod_subnet: "10.245.1.0/24",
+        },
     )?;
     let pod_a = Netns::create(&format!("{tag}a-web"))?;
     let pod_b = Netns::create(&format!("{tag}b-db"))?;
@@ -137,7 +186,13 @@ fn two_nodes(tag: &str) -> Result<Cluster> {
     let ip_b = Node::pod_ipv4(&b.add(&pod_b, "eth0", "shop", "db")?.ok()?.json()?)?;
     observe(&a, &pod_a)?;
     observe(&b, &pod_b)?;
-    Ok(Cluster { a, b, pod_a, pod_b, ip_b })
+    Ok(Cluster {
+        a,
+        b,
+        pod_a,
+        pod_b,
+        ip_b,
+    })
 }
 
 #[test]
@@ -158,40 +213,96 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
     let b_in = find(&on_b, "db", "ingress", 17, 9053)?;
     let b_out = find(&on_b, "db", "egress", 17, 9053)?;
     let a_in = find(&on_a, "web", "ingress", 17, 9053)?;
-    for (flow, what) in [(a_out, "web egress"), (b_in, "db ingress"), (b_out, "db egress"), (a_in, "web ingress")] {
-        assert_eq!((flow["packets"].as_u64(), flow["bytes"].as_u64()), (Some(n), Some(n * wire)), "pod counters of {what}");
-        assert_eq!(flow["overlay"]["vni"], flannel::VNI, "{what} crossed VNI 1: {flow}");
+    for (flow, what) in [
+        (a_out, "web egress"),
+        (b_in, "db ingress"),
+        (b_out, "db egress"),
+        (a_in, "web ingress"),
+    ] {
+        assert_eq!(
+            (flow["packets"].as_u64(), flow["bytes"].as_u64()),
+            (Some(n), Some(n * wire)),
+            "pod counters of {what}"
+        );
+        assert_eq!(
+            flow["overlay"]["vni"],
+            flannel::VNI,
+            "{what} crossed VNI 1: {flow}"
+        );
     }
     // Encapsulated on A = decapsulated on B = packets sent, each way.
-    assert_eq!(a_out["overlay"]["encapPackets"].as_u64(), Some(n), "{a_out}");
+    assert_eq!(
+        a_out["overlay"]["encapPackets"].as_u64(),
+        Some(n),
+        "{a_out}"
+    );
     assert_eq!(b_in["overlay"]["decapPackets"].as_u64(), Some(n), "{b_in}");
-    assert_eq!(b_out["overlay"]["encapPackets"].as_u64(), Some(n), "{b_out}");
+    assert_eq!(
+        b_out["overlay"]["encapPackets"].as_u64(),
+        Some(n),
+        "{b_out}"
+    );
     assert_eq!(a_in["overlay"]["decapPackets"].as_u64(), Some(n), "{a_in}");
     // The outer header is the nodes' underlay; VXLAN adds 50 bytes per frame.
     assert_eq!(a_out["overlay"]["outerSource"], "192.168.100.1");
     assert_eq!(a_out["overlay"]["outerDestination"], "192.168.100.2");
-    assert_eq!(a_out["overlay"]["encapBytes"].as_u64(), Some(n * (wire + 50)), "{a_out}");
+    assert_eq!(
+        a_out["overlay"]["encapBytes"].as_u64(),
+        Some(n * (wire + 50)),
+        "{a_out}"
+    );
     assert_eq!(b_in["overlay"]["outerSource"], "192.168.100.1");
     // The peer is named: the local pod on B, via node state.
-    assert_eq!(b_in["peer"], Value::Null, "A's pod is not in B's directory without a peers file");
+    assert_eq!(
+        b_in["peer"],
+        Value::Null,
+        "A's pod is not in B's directory without a peers file"
+    );
     assert_eq!(a_out["destination"], c.ip_b.to_string());
 
     let metrics = http_get(&c.a.ns, "/metrics")?;
     assert!(
-        metrics.contains(&format!(r#"weir_pod_packets_total{{namespace="shop",pod="web",direction="egress",vni="1"}} {n}"#)),
+        metrics.contains(&format!(
+            r#"weir_pod_packets_total{{namespace="shop",pod="web",direction="egress",vni="1"}} {n}"#
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"weir_vxlan_interface_packets_total{interface="eth0",direction="encap"}"#), "{metrics}");
-    assert!(metrics.contains("weir_collection_duration_seconds"), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"weir_vxlan_interface_packets_total{interface="eth0",direction="encap"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_collection_duration_seconds"),
+        "{metrics}"
+    );
 
     // The operator's local view shows the same, with the overlay.
-    let dump = c.a.ns.command(&[AGENT, "agent", "dump", "-o", "json", "--protocol", "udp"])
-        .arg("--state-dir").arg(&c.a.state_dir).arg("--bpf-root").arg(&c.a.bpf_root).output()?;
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump =
+        c.a.ns
+            .command(&[AGENT, "agent", "dump", "-o", "json", "--protocol", "udp"])
+            .arg("--state-dir")
+            .arg(&c.a.state_dir)
+            .arg("--bpf-root")
+            .arg(&c.a.bpf_root)
+            .output()?;
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let dump: Value = serde_json::from_slice(&dump.stdout)?;
-    let out = dump["flows"].as_array().into_iter().flatten()
-        .find(|f| f["pod"] == "shop/web" && f["direction"] == "out").context("web's flow in dump")?;
-    assert_eq!((out["packets"].as_u64(), out["vni"].as_u64()), (Some(n), Some(1)), "{out}");
+    let out = dump["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["pod"] == "shop/web" && f["direction"] == "out")
+        .context("web's flow in dump")?;
+    assert_eq!(
+        (out["packets"].as_u64(), out["vni"].as_u64()),
+        (Some(n), Some(1)),
+        "{out}"
+    );
     assert_eq!(out["outer"], "192.168.100.1->192.168.100.2");
     drop((agent_a, agent_b));
     Ok(())
@@ -203,31 +314,50 @@ fn agent_lifecycle_lock_kill9_under_traffic_and_sigterm() -> Result<()> {
     let agent = Agent::start(&c.a, "node-a")?;
 
     // A second agent on the same node is refused, saying why.
-    let second = c
-        .a
-        .ns
-        .command(&[AGENT, "agent", "run", "--listen", "127.0.0.1:9466", "--interval", "1s"])
-        .arg("--state-dir")
-        .arg(&c.a.state_dir)
-        .arg("--bpf-root")
-        .arg(&c.a.bpf_root)
-        .output()?;
+    let second =
+        c.a.ns
+            .command(&[
+                AGENT,
+                "agent",
+                "run",
+                "--listen",
+                "127.0.0.1:9466",
+                "--interval",
+                "1s",
+            ])
+            .arg("--state-dir")
+            .arg(&c.a.state_dir)
+            .arg("--bpf-root")
+            .arg(&c.a.bpf_root)
+            .output()?;
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("another weir agent is already running"), "{stderr}");
+    assert!(
+        stderr.contains("another weir agent is already running"),
+        "{stderr}"
+    );
 
     // kill -9 in the middle of a counted exchange, restart, and the count is exact.
     let n = 400u64;
     let (pod_a, pod_b, ip_b) = (&c.pod_a, &c.pod_b, c.ip_b);
     std::thread::scope(|s| -> Result<()> {
-        let exchange = s.spawn(move || traffic::udp_echo(pod_a, pod_b, ip_b, 9054, n as usize, 100));
+        let exchange =
+            s.spawn(move || traffic::udp_echo(pod_a, pod_b, ip_b, 9054, n as usize, 100));
         std::thread::sleep(Duration::from_millis(100));
         agent.kill9()?;
         let restarted = Agent::start(&c.a, "node-a")?;
-        exchange.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
+        exchange
+            .join()
+            .map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
         let seen = flows(&c.a.ns)?;
-        assert_eq!(find(&seen, "web", "egress", 17, 9054)?["packets"].as_u64(), Some(n));
-        assert_eq!(find(&seen, "web", "ingress", 17, 9054)?["packets"].as_u64(), Some(n));
+        assert_eq!(
+            find(&seen, "web", "egress", 17, 9054)?["packets"].as_u64(),
+            Some(n)
+        );
+        assert_eq!(
+            find(&seen, "web", "ingress", 17, 9054)?["packets"].as_u64(),
+            Some(n)
+        );
 
         // SIGTERM: a clean exit, and the programs keep counting without it.
         let mut restarted = restarted;
@@ -238,7 +368,10 @@ fn agent_lifecycle_lock_kill9_under_traffic_and_sigterm() -> Result<()> {
         traffic::udp_echo(pod_a, pod_b, ip_b, 9055, 10, 100)?;
         let after = Agent::start(&c.a, "node-a")?;
         let seen = flows(&c.a.ns)?;
-        assert_eq!(find(&seen, "web", "egress", 17, 9055)?["packets"].as_u64(), Some(10));
+        assert_eq!(
+            find(&seen, "web", "egress", 17, 9055)?["packets"].as_u64(),
+            Some(10)
+        );
         drop(after);
         Ok(())
     })?;

@@ -25,16 +25,16 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::ResourceExt as _;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use weir_e2e::controlplane::ControlPlane;
 use weir_operator::controller::labels;
 use weir_operator::crd::capture_profile::{conditions, reasons};
 use weir_operator::crd::pod_flow::agent_field_manager;
 use weir_operator::crd::{
-    CaptureProfile, DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, Protocol, SourceEndpoint,
-    VxlanCounters,
+    CaptureProfile, DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec,
+    Protocol, SourceEndpoint, VxlanCounters,
 };
 
 const SYSTEM_NS: &str = "weir-system";
@@ -84,8 +84,24 @@ fn try_setup() -> anyhow::Result<Setup> {
         logs,
     };
     cp.kubectl_ok(["create", "namespace", SYSTEM_NS])?;
-    let rendered = s.helm_ok(&["template", "weir", &chart_dir().to_string_lossy(), "--namespace", SYSTEM_NS, "--include-crds"])?;
-    cp.kubectl_stdin_ok(["apply", "--server-side", "--field-manager=weir-tests", "-f", "-"], &rendered)?;
+    let rendered = s.helm_ok(&[
+        "template",
+        "weir",
+        &chart_dir().to_string_lossy(),
+        "--namespace",
+        SYSTEM_NS,
+        "--include-crds",
+    ])?;
+    cp.kubectl_stdin_ok(
+        [
+            "apply",
+            "--server-side",
+            "--field-manager=weir-tests",
+            "-f",
+            "-",
+        ],
+        &rendered,
+    )?;
     cp.kubectl_ok([
         "wait",
         "--for=condition=Established",
@@ -126,7 +142,12 @@ impl Setup {
 
     async fn client_from(&self, kubeconfig: &Path) -> kube::Client {
         let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await.unwrap();
+        let config = kube::Config::from_custom_kubeconfig(
+            config,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
         kube::Client::try_from(config).unwrap()
     }
 
@@ -171,7 +192,11 @@ fn replicas() -> &'static Mutex<HashMap<String, Child>> {
     static CHILDREN: OnceLock<Mutex<HashMap<String, Child>>> = OnceLock::new();
     extern "C" fn kill_all() {
         if let Some(children) = CHILDREN.get() {
-            for child in children.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
+            for child in children
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values_mut()
+            {
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -185,7 +210,10 @@ fn replicas() -> &'static Mutex<HashMap<String, Child>> {
 }
 
 fn start_replica(s: &Setup, id: &str) -> anyhow::Result<()> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(s.logs.join(format!("{id}.log")))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(s.logs.join(format!("{id}.log")))?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-operator"));
     cmd.args([
         "controller",
@@ -226,7 +254,9 @@ fn start_replica(s: &Setup, id: &str) -> anyhow::Result<()> {
 /// SIGKILL: no chance to release the lease.
 fn kill_replica(id: &str) {
     let mut children = replicas().lock().unwrap();
-    let mut child = children.remove(id).unwrap_or_else(|| panic!("no replica {id}"));
+    let mut child = children
+        .remove(id)
+        .unwrap_or_else(|| panic!("no replica {id}"));
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -260,14 +290,40 @@ where
 /// A namespace with its `default` service account (no controller makes it
 /// here, and pods need it).
 async fn namespace(client: &kube::Client, name: &str) {
-    let ns = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
-    let sa = ServiceAccount { metadata: ObjectMeta { name: Some("default".into()), ..Default::default() }, ..Default::default() };
-    Api::<ServiceAccount>::namespaced(client.clone(), name).create(&PostParams::default(), &sa).await.expect("create default SA");
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create default SA");
 }
 
 /// A pod as the API knows it: bound to `node`, running, with `ip`.
-async fn pod(client: &kube::Client, ns: &str, name: &str, app: &str, node: &str, ip: &str, host_network: bool) -> Pod {
+async fn pod(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    app: &str,
+    node: &str,
+    ip: &str,
+    host_network: bool,
+) -> Pod {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -281,12 +337,21 @@ async fn pod(client: &kube::Client, ns: &str, name: &str, app: &str, node: &str,
         },
     }))
     .unwrap();
-    api.create(&PostParams::default(), &pod).await.expect("create pod");
+    api.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
     let status = json!({ "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] } });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("patch pod status")
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch pod status")
 }
 
-async fn profile(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) -> CaptureProfile {
+async fn profile(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> CaptureProfile {
     let api: Api<CaptureProfile> = Api::namespaced(client.clone(), ns);
     let p: CaptureProfile = serde_json::from_value(json!({
         "apiVersion": "weir.dev/v1alpha1",
@@ -295,7 +360,9 @@ async fn profile(client: &kube::Client, ns: &str, name: &str, spec: serde_json::
         "spec": spec,
     }))
     .unwrap();
-    api.create(&PostParams::default(), &p).await.expect("create profile")
+    api.create(&PostParams::default(), &p)
+        .await
+        .expect("create profile")
 }
 
 fn spec(profile: &str, src: &Pod, dst: &Pod, port: u16) -> PodFlowSpec {
@@ -304,17 +371,35 @@ fn spec(profile: &str, src: &Pod, dst: &Pod, port: u16) -> PodFlowSpec {
     let ns = src.namespace().unwrap();
     PodFlowSpec {
         source: SourceEndpoint::pod(&ns, &src.name_any(), &ip(src), &node(src)),
-        destination: DestinationEndpoint::pod(&ns, &dst.name_any(), &ip(dst), &node(dst), Some(port)),
+        destination: DestinationEndpoint::pod(
+            &ns,
+            &dst.name_any(),
+            &ip(dst),
+            &node(dst),
+            Some(port),
+        ),
         protocol: Protocol::Tcp,
         profile: profile.into(),
     }
 }
 
-fn observer(node: &str, fwd: (i64, i64), rev: (i64, i64), last_seen: Timestamp, vxlan: Option<VxlanCounters>) -> Observer {
+fn observer(
+    node: &str,
+    fwd: (i64, i64),
+    rev: (i64, i64),
+    last_seen: Timestamp,
+    vxlan: Option<VxlanCounters>,
+) -> Observer {
     Observer {
         node: node.into(),
-        forward: DirectionCounters { packets: fwd.0, bytes: fwd.1 },
-        reverse: DirectionCounters { packets: rev.0, bytes: rev.1 },
+        forward: DirectionCounters {
+            packets: fwd.0,
+            bytes: fwd.1,
+        },
+        reverse: DirectionCounters {
+            packets: rev.0,
+            bytes: rev.1,
+        },
         first_seen: Some(Time(last_seen - SignedDuration::from_secs(60))),
         last_seen: Some(Time(last_seen)),
         vxlan,
@@ -324,7 +409,13 @@ fn observer(node: &str, fwd: (i64, i64), rev: (i64, i64), last_seen: Timestamp, 
 /// Publishes a PodFlow the way the agent of `observer.node` does: spec,
 /// weir's labels and the ownerReference to `owner` applied as
 /// `weir-agent/<node>`, then its own observer entry in the status.
-async fn agent_apply(client: &kube::Client, ns: &str, spec: &PodFlowSpec, owner: &Pod, observer: &Observer) -> String {
+async fn agent_apply(
+    client: &kube::Client,
+    ns: &str,
+    spec: &PodFlowSpec,
+    owner: &Pod,
+    observer: &Observer,
+) -> String {
     let name = spec.object_name();
     let api: Api<PodFlow> = Api::namespaced(client.clone(), ns);
     let pp = PatchParams::apply(&agent_field_manager(&observer.node));
@@ -338,27 +429,49 @@ async fn agent_apply(client: &kube::Client, ns: &str, spec: &PodFlowSpec, owner:
         },
         "spec": spec,
     });
-    api.patch(&name, &pp, &Patch::Apply(&body)).await.expect("agent applies the PodFlow");
-    api.patch_status(&name, &pp, &Patch::Apply(PodFlow::observer_patch(&name, observer)))
+    api.patch(&name, &pp, &Patch::Apply(&body))
         .await
-        .expect("agent applies its observer entry");
+        .expect("agent applies the PodFlow");
+    api.patch_status(
+        &name,
+        &pp,
+        &Patch::Apply(PodFlow::observer_patch(&name, observer)),
+    )
+    .await
+    .expect("agent applies its observer entry");
     name
 }
 
-async fn status_of(client: &kube::Client, ns: &str, name: &str) -> Result<weir_operator::crd::CaptureProfileStatus, String> {
-    let p = Api::<CaptureProfile>::namespaced(client.clone(), ns).get(name).await.map_err(|e| e.to_string())?;
+async fn status_of(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<weir_operator::crd::CaptureProfileStatus, String> {
+    let p = Api::<CaptureProfile>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(|e| e.to_string())?;
     p.status.ok_or_else(|| "no status yet".to_owned())
 }
 
 async fn flow_names(client: &kube::Client, ns: &str) -> Vec<String> {
-    let mut names: Vec<String> =
-        Api::<PodFlow>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.iter().map(|f| f.name_any()).collect();
+    let mut names: Vec<String> = Api::<PodFlow>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|f| f.name_any())
+        .collect();
     names.sort();
     names
 }
 
 async fn lease_holder(client: &kube::Client) -> Option<(String, i32)> {
-    let lease = Api::<Lease>::namespaced(client.clone(), SYSTEM_NS).get_opt(LEASE).await.ok()??;
+    let lease = Api::<Lease>::namespaced(client.clone(), SYSTEM_NS)
+        .get_opt(LEASE)
+        .await
+        .ok()??;
     let spec = lease.spec?;
     Some((spec.holder_identity?, spec.lease_transitions.unwrap_or(0)))
 }
@@ -372,7 +485,12 @@ async fn event_reporters(client: &kube::Client, ns: &str, profile: &str) -> Vec<
         .items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(profile))
-        .map(|e| (e.reason.unwrap_or_default(), e.reporting_instance.unwrap_or_default()))
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.reporting_instance.unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -381,10 +499,20 @@ async fn event_reporters(client: &kube::Client, ns: &str, profile: &str) -> Vec<
 #[test]
 fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     let s = setup();
-    let lint = s.helm_ok(&["lint", "--strict", &chart_dir().to_string_lossy()]).unwrap();
+    let lint = s
+        .helm_ok(&["lint", "--strict", &chart_dir().to_string_lossy()])
+        .unwrap();
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
 
-    let rendered = s.helm_ok(&["template", "weir", &chart_dir().to_string_lossy(), "--namespace", SYSTEM_NS]).unwrap();
+    let rendered = s
+        .helm_ok(&[
+            "template",
+            "weir",
+            &chart_dir().to_string_lossy(),
+            "--namespace",
+            SYSTEM_NS,
+        ])
+        .unwrap();
     let docs: Vec<serde_json::Value> = rendered
         .split("\n---")
         .filter_map(|d| serde_yaml_ng::from_str::<serde_json::Value>(d).ok())
@@ -403,30 +531,68 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     let c = &pod["containers"][0];
     assert_eq!(c["securityContext"]["privileged"], true);
     assert_eq!(c["args"][0], "agent");
-    let node_name = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME");
-    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
-    let mounts: Vec<&str> = c["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
-    for path in ["/sys/fs/bpf", "/var/lib/weir", "/opt/cni/bin", "/etc/cni/net.d"] {
+    let node_name = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .expect("NODE_NAME");
+    assert_eq!(
+        node_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for path in [
+        "/sys/fs/bpf",
+        "/var/lib/weir",
+        "/opt/cni/bin",
+        "/etc/cni/net.d",
+    ] {
         assert!(mounts.contains(&path), "{path} not mounted: {mounts:?}");
     }
     let deploy = find("Deployment", "weir-controller");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["args"][0], "controller");
-    assert_eq!(deploy["spec"]["template"]["spec"]["serviceAccountName"], "weir-controller");
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["serviceAccountName"],
+        "weir-controller"
+    );
     find("ClusterRole", "weir-controller");
     find("ClusterRole", "weir-agent");
     find("Role", "weir-controller-leader-election");
 
     // The CNI install is a later issue: asking for it fails, it is not faked.
-    let out = s.helm(&["template", "weir", &chart_dir().to_string_lossy(), "--set", "cniInstall.enabled=true"]).unwrap();
+    let out = s
+        .helm(&[
+            "template",
+            "weir",
+            &chart_dir().to_string_lossy(),
+            "--set",
+            "cniInstall.enabled=true",
+        ])
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not implemented"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The chart's CRDs are the generated ones (crdgen writes and checks both).
     for m in weir_operator::crd::manifests() {
         let path = chart_dir().join("crds").join(&m.file_name);
-        let have = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(have == m.yaml, "{} is stale: run `cargo run -p weir-operator --bin crdgen`", path.display());
+        let have =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            have == m.yaml,
+            "{} is stale: run `cargo run -p weir-operator --bin crdgen`",
+            path.display()
+        );
     }
 }
 
@@ -435,8 +601,16 @@ fn rbac_grants_the_controller_what_it_uses_and_nothing_more() {
     let s = setup();
     // `resource`, `resource/name` or `resource:subresource`.
     let can = |verb: &str, resource: &str, ns: Option<&str>, user: &str| -> String {
-        let (resource, sub) = resource.split_once(':').map_or((resource, None), |(r, s)| (r, Some(s)));
-        let mut args = vec!["auth".to_owned(), "can-i".into(), verb.into(), resource.into(), format!("--as={user}")];
+        let (resource, sub) = resource
+            .split_once(':')
+            .map_or((resource, None), |(r, s)| (r, Some(s)));
+        let mut args = vec![
+            "auth".to_owned(),
+            "can-i".into(),
+            verb.into(),
+            resource.into(),
+            format!("--as={user}"),
+        ];
         args.extend(sub.map(|s| format!("--subresource={s}")));
         match ns {
             Some(ns) => args.push(format!("--namespace={ns}")),
@@ -456,9 +630,20 @@ fn rbac_grants_the_controller_what_it_uses_and_nothing_more() {
         ("list", "pods"),
         ("create", "events.events.k8s.io"),
     ] {
-        assert_eq!(controller(verb, resource, None), "yes", "controller: {verb} {resource}");
+        assert_eq!(
+            controller(verb, resource, None),
+            "yes",
+            "controller: {verb} {resource}"
+        );
     }
-    assert_eq!(controller("update", "leases.coordination.k8s.io/weir-controller", Some(SYSTEM_NS)), "yes");
+    assert_eq!(
+        controller(
+            "update",
+            "leases.coordination.k8s.io/weir-controller",
+            Some(SYSTEM_NS)
+        ),
+        "yes"
+    );
     for (verb, resource, ns) in [
         ("create", "podflows.weir.dev", None),
         ("delete", "captureprofiles.weir.dev", None),
@@ -467,16 +652,32 @@ fn rbac_grants_the_controller_what_it_uses_and_nothing_more() {
         ("patch", "pods:status", None),
         ("update", "captureprofiles.weir.dev:status", None),
         ("list", "secrets", None),
-        ("update", "leases.coordination.k8s.io/weir-controller", Some("default")),
-        ("update", "leases.coordination.k8s.io/someone-elses", Some(SYSTEM_NS)),
+        (
+            "update",
+            "leases.coordination.k8s.io/weir-controller",
+            Some("default"),
+        ),
+        (
+            "update",
+            "leases.coordination.k8s.io/someone-elses",
+            Some(SYSTEM_NS),
+        ),
     ] {
-        assert_eq!(controller(verb, resource, ns), "no", "controller must not: {verb} {resource} in {ns:?}");
+        assert_eq!(
+            controller(verb, resource, ns),
+            "no",
+            "controller must not: {verb} {resource} in {ns:?}"
+        );
     }
     let agent = |verb, resource| can(verb, resource, None, AGENT_SA);
     assert_eq!(agent("patch", "podflows.weir.dev:status"), "yes");
     assert_eq!(agent("create", "podflows.weir.dev"), "yes");
     assert_eq!(agent("get", "nodes"), "yes");
-    assert_eq!(agent("delete", "podflows.weir.dev"), "no", "the agent never deletes");
+    assert_eq!(
+        agent("delete", "podflows.weir.dev"),
+        "no",
+        "the agent never deletes"
+    );
     assert_eq!(agent("patch", "captureprofiles.weir.dev:status"), "no");
 }
 
@@ -490,7 +691,13 @@ async fn profile_becomes_ready_counts_matched_pods_and_reports_invalid_selectors
     pod(&admin, ns, "web-2", "web", "node-b", "10.244.2.10", false).await;
     pod(&admin, ns, "web-host", "web", "node-a", "192.168.0.1", true).await;
     pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.11", false).await;
-    let created = profile(&admin, ns, "web", json!({ "podSelector": { "matchLabels": { "app": "web" } } })).await;
+    let created = profile(
+        &admin,
+        ns,
+        "web",
+        json!({ "podSelector": { "matchLabels": { "app": "web" } } }),
+    )
+    .await;
 
     let st = poll("Ready=True on profile web", WAIT, || async {
         let st = status_of(&admin, ns, "web").await?;
@@ -500,20 +707,40 @@ async fn profile_becomes_ready_counts_matched_pods_and_reports_invalid_selectors
         }
     })
     .await;
-    let ready = st.conditions.iter().find(|c| c.type_ == conditions::READY).unwrap();
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY)
+        .unwrap();
     assert_eq!(ready.reason, reasons::ACTIVE);
     assert_eq!(ready.observed_generation, created.metadata.generation);
     assert_eq!(st.observed_generation, created.metadata.generation);
-    assert_eq!((st.active_flows, st.flows_dropped_by_cap, st.lost_samples), (Some(0), Some(0), Some(0)));
-    let p = Api::<CaptureProfile>::namespaced(admin.clone(), ns).get("web").await.unwrap();
-    assert!(p.finalizers().iter().any(|f| f == weir_operator::controller::FINALIZER), "{:?}", p.finalizers());
+    assert_eq!(
+        (st.active_flows, st.flows_dropped_by_cap, st.lost_samples),
+        (Some(0), Some(0), Some(0))
+    );
+    let p = Api::<CaptureProfile>::namespaced(admin.clone(), ns)
+        .get("web")
+        .await
+        .unwrap();
+    assert!(
+        p.finalizers()
+            .iter()
+            .any(|f| f == weir_operator::controller::FINALIZER),
+        "{:?}",
+        p.finalizers()
+    );
     let status_managers: Vec<String> = p
         .managed_fields()
         .iter()
         .filter(|m| m.subresource.as_deref() == Some("status"))
         .filter_map(|m| m.manager.clone())
         .collect();
-    assert_eq!(status_managers, ["weir-operator"], "status is applied by the controller's field manager");
+    assert_eq!(
+        status_managers,
+        ["weir-operator"],
+        "status is applied by the controller's field manager"
+    );
 
     // A selector the API server cannot judge but the controller can.
     profile(
@@ -531,19 +758,36 @@ async fn profile_becomes_ready_counts_matched_pods_and_reports_invalid_selectors
         }
     })
     .await;
-    let ready = st.conditions.iter().find(|c| c.type_ == conditions::READY).unwrap();
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY)
+        .unwrap();
     assert_eq!(ready.reason, reasons::INVALID_SELECTOR);
     assert!(ready.message.contains("Matches"), "{}", ready.message);
     assert_eq!(st.matched_pods, Some(0));
     let events = poll("a Warning event for odd", WAIT, || async {
         let ev = event_reporters(&admin, ns, "odd").await;
-        if ev.iter().any(|(r, _)| r == reasons::INVALID_SELECTOR) { Ok(ev) } else { Err(format!("{ev:?}")) }
+        if ev.iter().any(|(r, _)| r == reasons::INVALID_SELECTOR) {
+            Ok(ev)
+        } else {
+            Err(format!("{ev:?}"))
+        }
     })
     .await;
-    assert!(events.iter().all(|(_, who)| REPLICAS.contains(&who.as_str())), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|(_, who)| REPLICAS.contains(&who.as_str())),
+        "{events:?}"
+    );
     let ev = poll("a Ready event for web", WAIT, || async {
         let ev = event_reporters(&admin, ns, "web").await;
-        if ev.iter().any(|(r, _)| r == "Ready") { Ok(ev) } else { Err(format!("{ev:?}")) }
+        if ev.iter().any(|(r, _)| r == "Ready") {
+            Ok(ev)
+        } else {
+            Err(format!("{ev:?}"))
+        }
     })
     .await;
     assert!(!ev.is_empty());
@@ -551,10 +795,24 @@ async fn profile_becomes_ready_counts_matched_pods_and_reports_invalid_selectors
     // `kubectl get cprof` prints readiness and counts.
     let out = s.cp.kubectl_ok(["get", "cprof", "-n", ns]).unwrap();
     let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "MATCHED", "FLOWS", "AGE"], "{out}");
-    let row: Vec<&str> = out.lines().find(|l| l.starts_with("web ")).unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "MATCHED", "FLOWS", "AGE"],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..4], ["web", "True", "2", "0"], "{out}");
-    let row: Vec<&str> = out.lines().find(|l| l.starts_with("odd ")).unwrap().split_whitespace().collect();
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("odd "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..2], ["odd", "False"], "{out}");
 }
 
@@ -567,7 +825,13 @@ async fn summary_comes_from_both_observers_with_the_vxlan_loss_between_them() {
     namespace(&admin, ns).await;
     let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
     let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.7", false).await;
-    profile(&admin, ns, "all", json!({ "podSelector": {}, "flushInterval": "1s", "flowTTL": "10m" })).await;
+    profile(
+        &admin,
+        ns,
+        "all",
+        json!({ "podSelector": {}, "flushInterval": "1s", "flowTTL": "10m" }),
+    )
+    .await;
 
     let now = Timestamp::now();
     let spec = spec("all", &web, &db, 5432);
@@ -583,8 +847,20 @@ async fn summary_comes_from_both_observers_with_the_vxlan_loss_between_them() {
     };
     // node-a (the source's) sent 100 forward packets into the overlay,
     // node-b decapsulated 97 of them; node-b sent 80 back, node-a got 79.
-    let a = observer("node-a", (100, 15_000), (79, 11_850), now, Some(vx("192.168.0.1", "192.168.0.2", 100, 79)));
-    let b = observer("node-b", (97, 14_550), (80, 12_000), now - SignedDuration::from_secs(1), Some(vx("192.168.0.2", "192.168.0.1", 80, 97)));
+    let a = observer(
+        "node-a",
+        (100, 15_000),
+        (79, 11_850),
+        now,
+        Some(vx("192.168.0.1", "192.168.0.2", 100, 79)),
+    );
+    let b = observer(
+        "node-b",
+        (97, 14_550),
+        (80, 12_000),
+        now - SignedDuration::from_secs(1),
+        Some(vx("192.168.0.2", "192.168.0.1", 80, 97)),
+    );
     let name = agent_apply(&agent, ns, &spec, &web, &a).await;
     // Both agents own the flow by its source pod.
     agent_apply(&agent, ns, &spec, &web, &b).await;
@@ -594,50 +870,118 @@ async fn summary_comes_from_both_observers_with_the_vxlan_loss_between_them() {
         let f = api.get(&name).await.map_err(|e| e.to_string())?;
         let st = f.status.clone().ok_or("no status")?;
         match &st.vxlan {
-            Some(v) if st.observers.len() == 2 && v.loss_packets.is_some() && st.packets.is_some() => Ok(f),
+            Some(v)
+                if st.observers.len() == 2 && v.loss_packets.is_some() && st.packets.is_some() =>
+            {
+                Ok(f)
+            }
             _ => Err(format!("{st:?}")),
         }
     })
     .await;
     let st = flow.status.clone().unwrap();
-    assert_eq!(st.totals.unwrap().forward, a.forward, "totals are the source node's view");
+    assert_eq!(
+        st.totals.unwrap().forward,
+        a.forward,
+        "totals are the source node's view"
+    );
     assert_eq!((st.packets, st.bytes), (Some(179), Some(26_850)));
     let v = st.vxlan.unwrap();
-    assert_eq!(v.loss_packets, Some(3 + 1), "encap on A minus decap on B (100-97), and back (80-79)");
+    assert_eq!(
+        v.loss_packets,
+        Some(3 + 1),
+        "encap on A minus decap on B (100-97), and back (80-79)"
+    );
     assert_eq!((v.encap_packets, v.decap_packets), (180, 176));
     assert_eq!(v.outer_source.as_deref(), Some("192.168.0.1"));
     // Times are stored to the second.
-    assert_eq!(st.last_seen.map(|t| t.0.as_second()), a.last_seen.map(|t| t.0.as_second()));
+    assert_eq!(
+        st.last_seen.map(|t| t.0.as_second()),
+        a.last_seen.map(|t| t.0.as_second())
+    );
     let managers: BTreeMap<String, Vec<String>> = flow
         .managed_fields()
         .iter()
         .filter(|m| m.subresource.as_deref() == Some("status"))
         .map(|m| {
-            let fields = m.fields_v1.as_ref().map(|f| f.0.clone()).unwrap_or_default();
-            let keys = fields["f:status"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+            let fields = m
+                .fields_v1
+                .as_ref()
+                .map(|f| f.0.clone())
+                .unwrap_or_default();
+            let keys = fields["f:status"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
             (m.manager.clone().unwrap_or_default(), keys)
         })
         .collect();
-    assert!(managers["weir-operator"].contains(&"f:vxlan".to_owned()), "{managers:?}");
-    assert!(!managers["weir-operator"].contains(&"f:observers".to_owned()), "the summary's writer owns no observer: {managers:?}");
-    assert_eq!(managers["weir-agent/node-a"], ["f:observers"], "{managers:?}");
+    assert!(
+        managers["weir-operator"].contains(&"f:vxlan".to_owned()),
+        "{managers:?}"
+    );
+    assert!(
+        !managers["weir-operator"].contains(&"f:observers".to_owned()),
+        "the summary's writer owns no observer: {managers:?}"
+    );
+    assert_eq!(
+        managers["weir-agent/node-a"],
+        ["f:observers"],
+        "{managers:?}"
+    );
 
     // The profile counts it.
     poll("activeFlows 1", WAIT, || async {
         let st = status_of(&admin, ns, "all").await?;
-        if st.active_flows == Some(1) { Ok(()) } else { Err(format!("{st:?}")) }
+        if st.active_flows == Some(1) {
+            Ok(())
+        } else {
+            Err(format!("{st:?}"))
+        }
     })
     .await;
 
     // `kubectl get podflows` prints the conversation and the summary.
     let out = s.cp.kubectl_ok(["get", "podflows", "-n", ns]).unwrap();
     let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "SOURCE", "DESTINATION", "PROTO", "PORT", "PACKETS", "BYTES", "VNI", "LAST-SEEN"], "{out}");
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "SOURCE",
+            "DESTINATION",
+            "PROTO",
+            "PORT",
+            "PACKETS",
+            "BYTES",
+            "VNI",
+            "LAST-SEEN"
+        ],
+        "{out}"
+    );
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(&row[..8], [name.as_str(), "ctl-summary/web-1", "ctl-summary/db-0", "TCP", "5432", "179", "26850", "1"], "{out}");
-    let wide = s.cp.kubectl_ok(["get", "pf", "-n", ns, "-o", "wide"]).unwrap();
+    assert_eq!(
+        &row[..8],
+        [
+            name.as_str(),
+            "ctl-summary/web-1",
+            "ctl-summary/db-0",
+            "TCP",
+            "5432",
+            "179",
+            "26850",
+            "1"
+        ],
+        "{out}"
+    );
+    let wide =
+        s.cp.kubectl_ok(["get", "pf", "-n", ns, "-o", "wide"])
+            .unwrap();
     assert!(wide.lines().next().unwrap().contains("OUTER-SRC"), "{wide}");
-    assert!(wide.contains("192.168.0.1") && wide.contains("node-b"), "{wide}");
+    assert!(
+        wide.contains("192.168.0.1") && wide.contains("node-b"),
+        "{wide}"
+    );
 }
 
 #[tokio::test]
@@ -649,19 +993,53 @@ async fn flows_idle_longer_than_the_ttl_are_deleted() {
     namespace(&admin, ns).await;
     let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
     let db = pod(&admin, ns, "db-0", "db", "node-a", "10.244.1.6", false).await;
-    profile(&admin, ns, "p", json!({ "podSelector": {}, "flushInterval": "1s", "flowTTL": "1m" })).await;
+    profile(
+        &admin,
+        ns,
+        "p",
+        json!({ "podSelector": {}, "flushInterval": "1s", "flowTTL": "1m" }),
+    )
+    .await;
     let now = Timestamp::now();
-    let old = agent_apply(&agent, ns, &spec("p", &web, &db, 80), &web, &observer("node-a", (1, 60), (1, 60), now - SignedDuration::from_mins(5), None)).await;
-    let fresh = agent_apply(&agent, ns, &spec("p", &web, &db, 443), &web, &observer("node-a", (1, 60), (1, 60), now, None)).await;
+    let old = agent_apply(
+        &agent,
+        ns,
+        &spec("p", &web, &db, 80),
+        &web,
+        &observer(
+            "node-a",
+            (1, 60),
+            (1, 60),
+            now - SignedDuration::from_mins(5),
+            None,
+        ),
+    )
+    .await;
+    let fresh = agent_apply(
+        &agent,
+        ns,
+        &spec("p", &web, &db, 443),
+        &web,
+        &observer("node-a", (1, 60), (1, 60), now, None),
+    )
+    .await;
     poll("the idle flow deleted", WAIT, || async {
         let names = flow_names(&admin, ns).await;
-        if names == [fresh.clone()] { Ok(()) } else { Err(format!("{names:?}")) }
+        if names == [fresh.clone()] {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
     })
     .await;
     assert_ne!(old, fresh);
     let st = poll("activeFlows 1", WAIT, || async {
         let st = status_of(&admin, ns, "p").await?;
-        if st.active_flows == Some(1) { Ok(st) } else { Err(format!("{st:?}")) }
+        if st.active_flows == Some(1) {
+            Ok(st)
+        } else {
+            Err(format!("{st:?}"))
+        }
     })
     .await;
     assert_eq!(st.flows_dropped_by_cap, Some(0), "expiry is not the cap");
@@ -676,31 +1054,55 @@ async fn the_cap_evicts_the_least_recently_seen_and_counts_them() {
     namespace(&admin, ns).await;
     let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
     let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.6", false).await;
-    profile(&admin, ns, "capped", json!({ "podSelector": {}, "flushInterval": "1s", "maxPodFlows": 2 })).await;
+    profile(
+        &admin,
+        ns,
+        "capped",
+        json!({ "podSelector": {}, "flushInterval": "1s", "maxPodFlows": 2 }),
+    )
+    .await;
     let now = Timestamp::now();
     let mut names = Vec::new();
     // Fixed lastSeen times: whichever reconcile sees the third, the least
     // recently seen (port 1002) is the one to go.
     for (port, age) in [(1001u16, 10i64), (1002, 30), (1003, 20)] {
-        let o = observer("node-a", (1, 60), (0, 0), now - SignedDuration::from_secs(age), None);
+        let o = observer(
+            "node-a",
+            (1, 60),
+            (0, 0),
+            now - SignedDuration::from_secs(age),
+            None,
+        );
         names.push(agent_apply(&agent, ns, &spec("capped", &web, &db, port), &web, &o).await);
     }
     let st = poll("one flow evicted and counted", WAIT, || async {
         let st = status_of(&admin, ns, "capped").await?;
-        if st.flows_dropped_by_cap == Some(1) && st.active_flows == Some(2) { Ok(st) } else { Err(format!("{st:?}")) }
+        if st.flows_dropped_by_cap == Some(1) && st.active_flows == Some(2) {
+            Ok(st)
+        } else {
+            Err(format!("{st:?}"))
+        }
     })
     .await;
     assert_eq!(st.matched_pods, Some(2));
     let mut kept = vec![names[0].clone(), names[2].clone()];
     kept.sort();
-    assert_eq!(flow_names(&admin, ns).await, kept, "the least recently seen (port 1002) went");
+    assert_eq!(
+        flow_names(&admin, ns).await,
+        kept,
+        "the least recently seen (port 1002) went"
+    );
     // A fourth conversation, the most recent: the oldest left goes, and the
     // count is cumulative.
     let o = observer("node-a", (1, 60), (0, 0), Timestamp::now(), None);
     let newest = agent_apply(&agent, ns, &spec("capped", &web, &db, 1004), &web, &o).await;
     poll("a second eviction counted", WAIT, || async {
         let st = status_of(&admin, ns, "capped").await?;
-        if st.flows_dropped_by_cap == Some(2) && st.active_flows == Some(2) { Ok(()) } else { Err(format!("{st:?}")) }
+        if st.flows_dropped_by_cap == Some(2) && st.active_flows == Some(2) {
+            Ok(())
+        } else {
+            Err(format!("{st:?}"))
+        }
     })
     .await;
     let mut kept = vec![names[0].clone(), newest];
@@ -718,20 +1120,54 @@ async fn flows_of_a_deleted_pod_are_garbage_collected_by_kubernetes() {
     let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
     let other = pod(&admin, ns, "web-2", "web", "node-a", "10.244.1.7", false).await;
     let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.6", false).await;
-    profile(&admin, ns, "p", json!({ "podSelector": {}, "flushInterval": "1s" })).await;
+    profile(
+        &admin,
+        ns,
+        "p",
+        json!({ "podSelector": {}, "flushInterval": "1s" }),
+    )
+    .await;
     let now = Timestamp::now();
-    let gone = agent_apply(&agent, ns, &spec("p", &web, &db, 80), &web, &observer("node-a", (1, 60), (0, 0), now, None)).await;
-    let stays = agent_apply(&agent, ns, &spec("p", &other, &db, 80), &other, &observer("node-a", (1, 60), (0, 0), now, None)).await;
+    let gone = agent_apply(
+        &agent,
+        ns,
+        &spec("p", &web, &db, 80),
+        &web,
+        &observer("node-a", (1, 60), (0, 0), now, None),
+    )
+    .await;
+    let stays = agent_apply(
+        &agent,
+        ns,
+        &spec("p", &other, &db, 80),
+        &other,
+        &observer("node-a", (1, 60), (0, 0), now, None),
+    )
+    .await;
     // No kubelet: a bound pod goes only when forced.
     Api::<Pod>::namespaced(admin.clone(), ns)
-        .delete("web-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .delete(
+            "web-1",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     // The garbage collector finds a new kind within its 30 s discovery resync.
-    poll("the garbage collector to delete the dead pod's flow", Duration::from_secs(150), || async {
-        let names = flow_names(&admin, ns).await;
-        if names == [stays.clone()] { Ok(()) } else { Err(format!("{names:?} (expected only {stays}, not {gone})")) }
-    })
+    poll(
+        "the garbage collector to delete the dead pod's flow",
+        Duration::from_secs(150),
+        || async {
+            let names = flow_names(&admin, ns).await;
+            if names == [stays.clone()] {
+                Ok(())
+            } else {
+                Err(format!("{names:?} (expected only {stays}, not {gone})"))
+            }
+        },
+    )
     .await;
 }
 
@@ -744,11 +1180,30 @@ async fn a_deleted_profile_takes_its_flows_and_only_those() {
     namespace(&admin, ns).await;
     let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
     let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.6", false).await;
-    profile(&admin, ns, "doomed", json!({ "podSelector": {}, "flushInterval": "1s" })).await;
-    profile(&admin, ns, "kept", json!({ "podSelector": {}, "flushInterval": "1s" })).await;
+    profile(
+        &admin,
+        ns,
+        "doomed",
+        json!({ "podSelector": {}, "flushInterval": "1s" }),
+    )
+    .await;
+    profile(
+        &admin,
+        ns,
+        "kept",
+        json!({ "podSelector": {}, "flushInterval": "1s" }),
+    )
+    .await;
     poll("the finalizer on doomed", WAIT, || async {
-        let p = Api::<CaptureProfile>::namespaced(admin.clone(), ns).get("doomed").await.map_err(|e| e.to_string())?;
-        if p.finalizers().is_empty() { Err("no finalizer yet".into()) } else { Ok(()) }
+        let p = Api::<CaptureProfile>::namespaced(admin.clone(), ns)
+            .get("doomed")
+            .await
+            .map_err(|e| e.to_string())?;
+        if p.finalizers().is_empty() {
+            Err("no finalizer yet".into())
+        } else {
+            Ok(())
+        }
     })
     .await;
     let now = Timestamp::now();
@@ -766,17 +1221,31 @@ async fn a_deleted_profile_takes_its_flows_and_only_those() {
     }))
     .unwrap();
     let flows: Api<PodFlow> = Api::namespaced(admin.clone(), ns);
-    flows.create(&PostParams::default(), &foreign).await.unwrap();
+    flows
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
     // weir's labels, but a profile that does not exist: the sweep takes it.
     let ghost = agent_apply(&agent, ns, &spec("ghost", &web, &db, 80), &web, &o).await;
 
-    Api::<CaptureProfile>::namespaced(admin.clone(), ns).delete("doomed", &DeleteParams::default()).await.unwrap();
+    Api::<CaptureProfile>::namespaced(admin.clone(), ns)
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
     poll("doomed and its flows gone", WAIT, || async {
         let names = flow_names(&admin, ns).await;
-        let profile_gone = Api::<CaptureProfile>::namespaced(admin.clone(), ns).get_opt("doomed").await.map_err(|e| e.to_string())?.is_none();
+        let profile_gone = Api::<CaptureProfile>::namespaced(admin.clone(), ns)
+            .get_opt("doomed")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none();
         let mut want = vec![k1.clone(), "not-weirs".to_owned()];
         want.sort();
-        if profile_gone && names == want { Ok(()) } else { Err(format!("profile gone: {profile_gone}, flows {names:?}")) }
+        if profile_gone && names == want {
+            Ok(())
+        } else {
+            Err(format!("profile gone: {profile_gone}, flows {names:?}"))
+        }
     })
     .await;
     for gone in [d1, d2, ghost] {
@@ -794,7 +1263,10 @@ async fn one_replica_leads_and_a_killed_leader_hands_over() {
     namespace(&admin, ns).await;
 
     let (leader, transitions) = poll("a lease holder", WAIT, || async {
-        lease_holder(&admin).await.filter(|(h, _)| REPLICAS.contains(&h.as_str())).ok_or_else(|| "no holder".to_owned())
+        lease_holder(&admin)
+            .await
+            .filter(|(h, _)| REPLICAS.contains(&h.as_str()))
+            .ok_or_else(|| "no holder".to_owned())
     })
     .await;
     let follower = REPLICAS.iter().find(|r| **r != leader).unwrap().to_string();
@@ -802,12 +1274,23 @@ async fn one_replica_leads_and_a_killed_leader_hands_over() {
     profile(&admin, ns, "first", json!({ "podSelector": {} })).await;
     poll("first Ready", WAIT, || async {
         let st = status_of(&admin, ns, "first").await?;
-        if st.conditions.iter().any(|c| c.status == "True") { Ok(()) } else { Err(format!("{st:?}")) }
+        if st.conditions.iter().any(|c| c.status == "True") {
+            Ok(())
+        } else {
+            Err(format!("{st:?}"))
+        }
     })
     .await;
     let ev = event_reporters(&admin, ns, "first").await;
-    assert!(!ev.is_empty() && ev.iter().all(|(_, who)| *who == leader), "only {leader} reports: {ev:?}");
-    assert_eq!(lease_holder(&admin).await.unwrap().0, leader, "the lease stays with {leader}");
+    assert!(
+        !ev.is_empty() && ev.iter().all(|(_, who)| *who == leader),
+        "only {leader} reports: {ev:?}"
+    );
+    assert_eq!(
+        lease_holder(&admin).await.unwrap().0,
+        leader,
+        "the lease stays with {leader}"
+    );
 
     kill_replica(&leader);
     let (holder, after) = poll("the follower to take the lease over", WAIT, || async {
@@ -818,11 +1301,18 @@ async fn one_replica_leads_and_a_killed_leader_hands_over() {
     })
     .await;
     assert_eq!(holder, follower);
-    assert!(after > transitions, "leaseTransitions {transitions} -> {after}");
+    assert!(
+        after > transitions,
+        "leaseTransitions {transitions} -> {after}"
+    );
     profile(&admin, ns, "second", json!({ "podSelector": {} })).await;
     poll("second Ready, reported by the new leader", WAIT, || async {
         let ev = event_reporters(&admin, ns, "second").await;
-        if ev.iter().any(|(r, who)| r == "Ready" && *who == follower) { Ok(()) } else { Err(format!("{ev:?}")) }
+        if ev.iter().any(|(r, who)| r == "Ready" && *who == follower) {
+            Ok(())
+        } else {
+            Err(format!("{ev:?}"))
+        }
     })
     .await;
 

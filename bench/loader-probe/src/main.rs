@@ -24,7 +24,9 @@ fn main() {
         "read" => drop(std::fs::read("/sys/kernel/btf/vmlinux").expect("reading kernel BTF")),
         "btf" => drop(aya::Btf::from_sys_fs().expect("parsing kernel BTF")),
         "features" => drop(aya::features()),
-        "load" => weir_ebpf::probe(&weir_ebpf::BpfRoot::new(&root)).expect("loading weir's eBPF object"),
+        "load" => {
+            weir_ebpf::probe(&weir_ebpf::BpfRoot::new(&root)).expect("loading weir's eBPF object")
+        }
         other => {
             eprintln!("unknown phase {other:?}");
             std::process::exit(2);

@@ -78,26 +78,36 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self> {
-        let usage = "usage: weir-bench-agent <weir plugin binary> <weir-operator binary> <results dir>";
+        let usage =
+            "usage: weir-bench-agent <weir plugin binary> <weir-operator binary> <results dir>";
         let mut args = std::env::args_os().skip(1);
         let weir = PathBuf::from(args.next().context(usage)?);
         let agent = PathBuf::from(args.next().context(usage)?);
         let results = PathBuf::from(args.next().context(usage)?);
         let num = |name: &str, default: usize| -> Result<usize> {
             match std::env::var(name) {
-                Ok(v) => v.parse().with_context(|| format!("{name}={v:?} is not a number")),
+                Ok(v) => v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number")),
                 Err(_) => Ok(default),
             }
         };
         let sizes = match std::env::var("WEIR_BENCH_AGENT_FLOWS") {
             Ok(v) => v
                 .split(',')
-                .map(|s| s.trim().parse::<usize>().with_context(|| format!("WEIR_BENCH_AGENT_FLOWS={v:?}")))
+                .map(|s| {
+                    s.trim()
+                        .parse::<usize>()
+                        .with_context(|| format!("WEIR_BENCH_AGENT_FLOWS={v:?}"))
+                })
                 .collect::<Result<Vec<_>>>()?,
             Err(_) => vec![0, 10_000, 100_000],
         };
         if let Some(too_many) = sizes.iter().find(|n| **n > 120_000) {
-            bail!("{too_many} flows do not fit the flow maps ({} entries, LRU)", abi::FLOWS_MAX_ENTRIES);
+            bail!(
+                "{too_many} flows do not fit the flow maps ({} entries, LRU)",
+                abi::FLOWS_MAX_ENTRIES
+            );
         }
         Ok(Self {
             rounds: num("WEIR_BENCH_AGENT_ROUNDS", 16)?.max(1),
@@ -179,8 +189,19 @@ mod bpf {
     fn sys<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
         // SAFETY: `attr` is a properly sized, zero-padded prefix of union
         // bpf_attr for `cmd`; the kernel reads at most size_of::<T>() bytes.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as libc::c_uint) };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *mut T,
+                size_of::<T>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
     }
 
     /// A pinned hash map with keys `K` and values `V`, sizes checked.
@@ -192,8 +213,12 @@ mod bpf {
     impl<K: Copy, V: Copy> Map<K, V> {
         pub fn open(path: &Path) -> Result<Self> {
             let c_path = CString::new(path.as_os_str().as_encoded_bytes())?;
-            let mut attr = ObjGetAttr { pathname: c_path.as_ptr() as u64, ..Default::default() };
-            let fd = sys(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening pinned map {}", path.display()))?;
+            let mut attr = ObjGetAttr {
+                pathname: c_path.as_ptr() as u64,
+                ..Default::default()
+            };
+            let fd = sys(BPF_OBJ_GET, &mut attr)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
             // SAFETY: BPF_OBJ_GET returned a new fd that we own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
             let mut info = MapInfo::default();
@@ -203,7 +228,9 @@ mod bpf {
                 info: &mut info as *mut MapInfo as u64,
             };
             sys(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("map info")?;
-            if (info.key_size as usize, info.value_size as usize) != (size_of::<K>(), size_of::<V>()) {
+            if (info.key_size as usize, info.value_size as usize)
+                != (size_of::<K>(), size_of::<V>())
+            {
                 bail!(
                     "{}: key/value sizes {}/{} differ from this build's ABI ({}/{})",
                     path.display(),
@@ -213,7 +240,10 @@ mod bpf {
                     size_of::<V>()
                 );
             }
-            Ok(Self { fd, _types: std::marker::PhantomData })
+            Ok(Self {
+                fd,
+                _types: std::marker::PhantomData,
+            })
         }
 
         pub fn insert(&self, key: &K, value: &V) -> Result<()> {
@@ -254,8 +284,11 @@ mod bpf {
 
         /// False when the key was not there.
         pub fn remove(&self, key: &K) -> Result<bool> {
-            let mut attr =
-                ElemAttr { map_fd: self.fd.as_raw_fd() as u32, key: key as *const K as u64, ..Default::default() };
+            let mut attr = ElemAttr {
+                map_fd: self.fd.as_raw_fd() as u32,
+                key: key as *const K as u64,
+                ..Default::default()
+            };
             match sys(BPF_MAP_DELETE_ELEM, &mut attr) {
                 Ok(_) => Ok(true),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
@@ -271,7 +304,9 @@ mod bpf {
         struct StatsAttr {
             kind: u32,
         }
-        let mut attr = StatsAttr { kind: BPF_STATS_RUN_TIME };
+        let mut attr = StatsAttr {
+            kind: BPF_STATS_RUN_TIME,
+        };
         let fd = sys(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?;
         // SAFETY: a new fd that we own.
         Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -336,7 +371,10 @@ fn pod_id(node: &Node, ns: &Netns) -> Result<u32> {
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let record: Value = serde_json::from_slice(&fs::read(entry?.path())?)?;
         if record["netns"] == want.as_str() {
-            return record["podId"].as_u64().map(|id| id as u32).context("record without podId");
+            return record["podId"]
+                .as_u64()
+                .map(|id| id as u32)
+                .context("record without podId");
         }
     }
     bail!("no weir state record for {want}")
@@ -347,7 +385,9 @@ fn pod_id(node: &Node, ns: &Netns) -> Result<u32> {
 fn add_pod(node: &Node, ns_name: &str, k8s_name: &str, count: bool) -> Result<Pod> {
     let ns = Netns::create(ns_name)?;
     let result = node.add(&ns, "eth0", "bench", k8s_name)?.ok()?.json()?;
-    let IpAddr::V4(ip) = Node::pod_ipv4(&result)? else { bail!("no IPv4 for {k8s_name}") };
+    let IpAddr::V4(ip) = Node::pod_ipv4(&result)? else {
+        bail!("no IPv4 for {k8s_name}")
+    };
     ns.exec(&["ip", "link", "set", "eth0", "mtu", POD_MTU])?;
     let id = pod_id(node, &ns)?;
     if count {
@@ -358,25 +398,52 @@ fn add_pod(node: &Node, ns_name: &str, k8s_name: &str, count: bool) -> Result<Po
 
 fn ifindex(ns: &Netns, dev: &str) -> Result<u32> {
     let json: Value = serde_json::from_str(&ns.exec(&["ip", "-j", "link", "show", dev])?)?;
-    json[0]["ifindex"].as_u64().map(|i| i as u32).context("no ifindex")
+    json[0]["ifindex"]
+        .as_u64()
+        .map(|i| i as u32)
+        .context("no ifindex")
 }
 
 fn setup(s: &Settings) -> Result<Bed> {
     let a = node("wbaa", SUBNET_A, &s.weir)?;
     let b = node("wbab", SUBNET_B, &s.weir)?;
     flannel::connect(
-        &FlannelNode { ns: &a.ns, underlay_ip: UNDERLAY_A, pod_subnet: SUBNET_A },
-        &FlannelNode { ns: &b.ns, underlay_ip: UNDERLAY_B, pod_subnet: SUBNET_B },
+        &FlannelNode {
+            ns: &a.ns,
+            underlay_ip: UNDERLAY_A,
+            pod_subnet: SUBNET_A,
+        },
+        &FlannelNode {
+            ns: &b.ns,
+            underlay_ip: UNDERLAY_B,
+            pod_subnet: SUBNET_B,
+        },
     )?;
     let pod_b = add_pod(&b, "wbab-p0", "server", true)?;
     let mut pods_a = Vec::new();
     let started = Instant::now();
     for i in 0..s.pods {
-        pods_a.push(add_pod(&a, &format!("wbaa-p{i}"), &format!("web-{i}"), i == 0)?);
+        pods_a.push(add_pod(
+            &a,
+            &format!("wbaa-p{i}"),
+            &format!("web-{i}"),
+            i == 0,
+        )?);
     }
-    eprintln!("weir-bench-agent: {} pods on node A in {:.1} s", s.pods, started.elapsed().as_secs_f64());
+    eprintln!(
+        "weir-bench-agent: {} pods on node A in {:.1} s",
+        s.pods,
+        started.elapsed().as_secs_f64()
+    );
     let a_ifindex = ifindex(&a.ns, "eth0")?;
-    let mut bed = Bed { iperf: None, pods_a, pod_b, a, b, a_ifindex };
+    let mut bed = Bed {
+        iperf: None,
+        pods_a,
+        pod_b,
+        a,
+        b,
+        a_ifindex,
+    };
     let mut server = Daemon(
         bed.pod_b
             .ns
@@ -393,12 +460,15 @@ fn setup(s: &Settings) -> Result<Bed> {
     }
     bed.iperf = Some(server);
     // Across the overlay before anything is measured.
-    weir_e2e::chain::ping(&bed.pods_a[0].ns, IpAddr::V4(bed.pod_b.ip), 3).context("pod A to pod B across flannel.1")?;
+    weir_e2e::chain::ping(&bed.pods_a[0].ns, IpAddr::V4(bed.pod_b.ip), 3)
+        .context("pod A to pod B across flannel.1")?;
     Ok(bed)
 }
 
 fn params() -> VxlanParams {
-    VxlanParams { port: flannel::PORT }
+    VxlanParams {
+        port: flannel::PORT,
+    }
 }
 
 /// Attaches or detaches the monitor on both nodes' underlay, as the agent
@@ -407,7 +477,8 @@ fn set_monitor(bed: &Bed, on: bool) -> Result<()> {
     for node in [&bed.a, &bed.b] {
         let root = BpfRoot::new(&node.bpf_root);
         if on {
-            node.ns.run(move || vxlan::attach(&root, "eth0", &params()))??;
+            node.ns
+                .run(move || vxlan::attach(&root, "eth0", &params()))??;
         } else {
             node.ns.run(move || vxlan::detach(&root, "eth0"))??;
         }
@@ -436,8 +507,13 @@ fn iperf(bed: &Bed, secs: u32) -> Result<(f64, u64)> {
         "iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J",
     ]))?;
     let j: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("no throughput in {j}"))?;
-    Ok((bps / 1e9, j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
+    let bps = j["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no throughput in {j}"))?;
+    Ok((
+        bps / 1e9,
+        j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    ))
 }
 
 struct Throughput {
@@ -448,10 +524,17 @@ struct Throughput {
 fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Throughput> {
     // Pins the monitor's maps once, so "off" rounds can read them too.
     set_monitor(bed, true)?;
-    let mut t = Throughput { off: Vec::new(), on: Vec::new() };
+    let mut t = Throughput {
+        off: Vec::new(),
+        on: Vec::new(),
+    };
     let mut lines = Vec::new();
     for round in 0..s.rounds {
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for on in order {
             set_monitor(bed, on)?;
             let before = monitor_packets(bed)?;
@@ -465,9 +548,18 @@ fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Throughput> {
                 bail!("round {round}: monitor detached but counted {counted} VXLAN packets");
             }
             let name = if on { "attached" } else { "detached" };
-            eprintln!("  round {round} monitor {name}: {gbps:.3} Gbit/s, {retrans} retransmits, {counted} VXLAN packets counted");
-            lines.push(format!("{round} {name} {gbps:.3} {retrans} {counted} {}", loadavg().replace(' ', ",")));
-            if on { t.on.push(gbps) } else { t.off.push(gbps) }
+            eprintln!(
+                "  round {round} monitor {name}: {gbps:.3} Gbit/s, {retrans} retransmits, {counted} VXLAN packets counted"
+            );
+            lines.push(format!(
+                "{round} {name} {gbps:.3} {retrans} {counted} {}",
+                loadavg().replace(' ', ",")
+            ));
+            if on {
+                t.on.push(gbps)
+            } else {
+                t.off.push(gbps)
+            }
         }
     }
     set_monitor(bed, true)?;
@@ -497,13 +589,31 @@ fn monitor_prog_stats(bed: &Bed) -> Result<Vec<(u64, u64, u64)>> {
         for pin in [vxlan::INGRESS_PIN, vxlan::EGRESS_PIN] {
             let path = dir.join(pin);
             let link: Value = serde_json::from_slice(
-                &netns::run(std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&path))?.stdout,
+                &netns::run(
+                    std::process::Command::new("bpftool")
+                        .args(["-j", "link", "show", "pinned"])
+                        .arg(&path),
+                )?
+                .stdout,
             )?;
-            let id = link["prog_id"].as_u64().with_context(|| format!("no prog_id for {}: {link}", path.display()))?;
+            let id = link["prog_id"]
+                .as_u64()
+                .with_context(|| format!("no prog_id for {}: {link}", path.display()))?;
             let prog: Value = serde_json::from_slice(
-                &netns::run(std::process::Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?.stdout,
+                &netns::run(std::process::Command::new("bpftool").args([
+                    "-j",
+                    "prog",
+                    "show",
+                    "id",
+                    &id.to_string(),
+                ]))?
+                .stdout,
             )?;
-            out.push((id, prog["run_time_ns"].as_u64().unwrap_or(0), prog["run_cnt"].as_u64().unwrap_or(0)));
+            out.push((
+                id,
+                prog["run_time_ns"].as_u64().unwrap_or(0),
+                prog["run_cnt"].as_u64().unwrap_or(0),
+            ));
         }
     }
     Ok(out)
@@ -540,7 +650,13 @@ fn monitor_cpu(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Option<MonitorCpu>>
         "prog_id run_time_ns run_cnt (BPF_ENABLE_STATS during one iperf3 run, monitor on both nodes)",
         &lines,
     )?;
-    Ok(Some(MonitorCpu { runs, run_time_ns, wire_packets, wall_s, gbps }))
+    Ok(Some(MonitorCpu {
+        runs,
+        run_time_ns,
+        wire_packets,
+        wall_s,
+        gbps,
+    }))
 }
 
 // --- 2./3. the agent with N flows -------------------------------------------
@@ -560,7 +676,10 @@ struct Synth {
 }
 
 fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -591,9 +710,21 @@ impl Synth {
         let (pod_ip, remote) = (IpAddr::V4(pod_ip), IpAddr::V4(remote_ip(k)));
         // (remote, local port) is unique per conversation of the pod
         let (local_port, remote_port) = (1024 + (k / REMOTE_PEERS as usize) as u16, 443u16);
-        let mut key = FlowKey { pod_id, proto: 6, ..Default::default() };
-        let mut vx = VxFlowKey { vni: flannel::VNI, ifindex: self.ifindex, inner_proto: 6, ..Default::default() };
-        let (a, b): (IpAddr, IpAddr) = (UNDERLAY_A.parse().expect("ip"), UNDERLAY_B.parse().expect("ip"));
+        let mut key = FlowKey {
+            pod_id,
+            proto: 6,
+            ..Default::default()
+        };
+        let mut vx = VxFlowKey {
+            vni: flannel::VNI,
+            ifindex: self.ifindex,
+            inner_proto: 6,
+            ..Default::default()
+        };
+        let (a, b): (IpAddr, IpAddr) = (
+            UNDERLAY_A.parse().expect("ip"),
+            UNDERLAY_B.parse().expect("ip"),
+        );
         if egress {
             key.direction = abi::Direction::FromPod as u8;
             key.set_addrs(pod_ip, remote);
@@ -683,7 +814,18 @@ impl Agent {
         let child = bed
             .a
             .ns
-            .command(&[agent, "agent", "run", "--node-name", "node-a", "--interval", "1s", "--listen", AGENT_LISTEN, "--no-kube"])
+            .command(&[
+                agent,
+                "agent",
+                "run",
+                "--node-name",
+                "node-a",
+                "--interval",
+                "1s",
+                "--listen",
+                AGENT_LISTEN,
+                "--no-kube",
+            ])
             .arg("--state-dir")
             .arg(&bed.a.state_dir)
             .arg("--bpf-root")
@@ -702,7 +844,10 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(15);
         while http_get(&bed.a.ns, "/healthz").is_err() {
             if Instant::now() > deadline {
-                bail!("agent did not come up (comm {comm:?}); log: {}", fs::read_to_string(&agent.log)?);
+                bail!(
+                    "agent did not come up (comm {comm:?}); log: {}",
+                    fs::read_to_string(&agent.log)?
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -723,15 +868,23 @@ impl Agent {
         let rest = stat.rsplit_once(')').context("malformed stat")?.1;
         let f: Vec<&str> = rest.split_whitespace().collect();
         // fields 14 and 15 of stat(5); `rest` starts at field 3
-        Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+        Ok(f.get(11).context("utime")?.parse::<u64>()?
+            + f.get(12).context("stime")?.parse::<u64>()?)
     }
 
     /// (VmRSS, VmHWM) in KiB.
     fn memory_kib(&self) -> Result<(u64, u64)> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let field = |name: &str| -> Result<u64> {
-            let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name}"))?;
-            Ok(line.split_whitespace().nth(1).context(name.to_string())?.parse()?)
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("no {name}"))?;
+            Ok(line
+                .split_whitespace()
+                .nth(1)
+                .context(name.to_string())?
+                .parse()?)
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
@@ -741,7 +894,10 @@ impl Agent {
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
         let status = self.child.wait()?;
         if !status.success() {
-            bail!("agent exited with {status} on SIGTERM; log: {}", fs::read_to_string(&self.log)?);
+            bail!(
+                "agent exited with {status} on SIGTERM; log: {}",
+                fs::read_to_string(&self.log)?
+            );
         }
         Ok(())
     }
@@ -758,12 +914,18 @@ impl Drop for Agent {
 fn http_get(ns: &Netns, path: &str) -> Result<String> {
     let path = path.to_string();
     ns.run(move || -> Result<String> {
-        let mut stream = TcpStream::connect_timeout(&AGENT_LISTEN.parse()?, Duration::from_secs(2))?;
+        let mut stream =
+            TcpStream::connect_timeout(&AGENT_LISTEN.parse()?, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+        )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("no HTTP header end")?;
         if !head.starts_with("HTTP/1.1 200") {
             bail!("{path}: {head}");
         }
@@ -786,7 +948,10 @@ fn scrape(ns: &Netns) -> Result<Scrape> {
         // (series without labels are written `name{} value`)
         let line = text
             .lines()
-            .find(|l| l.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with("{} ")))
+            .find(|l| {
+                l.strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with("{} "))
+            })
             .with_context(|| format!("no {prefix} in /metrics:\n{text}"))?;
         Ok(line.rsplit(' ').next().unwrap_or("").parse()?)
     };
@@ -829,7 +994,15 @@ struct AgentRun {
     after_flows: Option<(u64, u64, usize, usize)>,
 }
 
-fn agent_run(bed: &Bed, s: &Settings, synth: &mut Synth, peers: &Path, size: usize, rep: usize, check_flows: bool) -> Result<AgentRun> {
+fn agent_run(
+    bed: &Bed,
+    s: &Settings,
+    synth: &mut Synth,
+    peers: &Path,
+    size: usize,
+    rep: usize,
+    check_flows: bool,
+) -> Result<AgentRun> {
     synth.fill(size)?;
     let agent = Agent::start(bed, s, peers)?;
     let ns = &bed.a.ns;
@@ -855,10 +1028,18 @@ fn agent_run(bed: &Bed, s: &Settings, synth: &mut Synth, peers: &Path, size: usi
     let (rss_kib, hwm_kib) = agent.memory_kib()?;
     let end = scrape(ns)?;
     if end.errors != 0 {
-        bail!("{} failed collections; log: {}", end.errors, fs::read_to_string(&agent.log)?);
+        bail!(
+            "{} failed collections; log: {}",
+            end.errors,
+            fs::read_to_string(&agent.log)?
+        );
     }
     if (end.pod_flows as usize) < size || (end.overlay_flows as usize) < size {
-        bail!("the agent sees {} pod and {} overlay flows, {size} were written", end.pod_flows, end.overlay_flows);
+        bail!(
+            "the agent sees {} pod and {} overlay flows, {size} were written",
+            end.pod_flows,
+            end.overlay_flows
+        );
     }
     let after_flows = if check_flows {
         let body = http_get(ns, "/flows")?;
@@ -897,10 +1078,14 @@ fn check_join(flows: &[Value], size: usize) -> Result<()> {
         .filter(|f| f["protocol"] == 6 && (f["sourcePort"] == 443 || f["destinationPort"] == 443))
         .collect();
     if synthetic.len() != size {
-        bail!("/flows has {} synthetic flows, {size} were written", synthetic.len());
+        bail!(
+            "/flows has {} synthetic flows, {size} were written",
+            synthetic.len()
+        );
     }
     for f in synthetic {
-        let named = f["namespace"] == "bench" && f["pod"].as_str().is_some_and(|p| p.starts_with("web-"));
+        let named =
+            f["namespace"] == "bench" && f["pod"].as_str().is_some_and(|p| p.starts_with("web-"));
         let peer = f["peer"]["namespace"] == "remote";
         let overlay = f["overlay"]["vni"] == flannel::VNI;
         if !(named && peer && overlay) {
@@ -958,21 +1143,36 @@ fn loadavg() -> String {
 }
 
 fn uname_r() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn size_label(n: usize) -> String {
-    if n >= 1000 && n.is_multiple_of(1000) { format!("{}k", n / 1000) } else { n.to_string() }
+    if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
 }
 
-fn summary(s: &Settings, t: &Throughput, mon: Option<&MonitorCpu>, runs: &[AgentRun]) -> Result<String> {
+fn summary(
+    s: &Settings,
+    t: &Throughput,
+    mon: Option<&MonitorCpu>,
+    runs: &[AgentRun],
+) -> Result<String> {
     let mut out = String::new();
     let ratios: Vec<f64> = t.on.iter().zip(&t.off).map(|(on, off)| on / off).collect();
     let ratio = med(&ratios);
     writeln!(out, "| VXLAN monitor | TCP Gbit/s, median (min–max) |")?;
     writeln!(out, "|---|---:|")?;
     writeln!(out, "| detached | {} |", spread(&t.off, 2))?;
-    writeln!(out, "| attached (both nodes' underlay, ingress + egress) | {} |", spread(&t.on, 2))?;
+    writeln!(
+        out,
+        "| attached (both nodes' underlay, ingress + egress) | {} |",
+        spread(&t.on, 2)
+    )?;
     writeln!(
         out,
         "| ratio attached/detached, median of per-round ratios | {} — target >= {MIN_THROUGHPUT_RATIO}: {} |",
@@ -994,7 +1194,10 @@ fn summary(s: &Settings, t: &Throughput, mon: Option<&MonitorCpu>, runs: &[Agent
     writeln!(out)?;
 
     let sizes: Vec<usize> = s.sizes.clone();
-    write!(out, "| agent, flows in weir_flows (+ as many in weir_vx_flows) |")?;
+    write!(
+        out,
+        "| agent, flows in weir_flows (+ as many in weir_vx_flows) |"
+    )?;
     for n in &sizes {
         write!(out, " {} |", size_label(*n))?;
     }
@@ -1005,7 +1208,13 @@ fn summary(s: &Settings, t: &Throughput, mon: Option<&MonitorCpu>, runs: &[Agent
     }
     writeln!(out, "---|---|")?;
     let of = |n: usize| -> Vec<&AgentRun> { runs.iter().filter(|r| r.size == n).collect() };
-    let row = |out: &mut String, name: &str, f: &dyn Fn(&AgentRun) -> f64, d: usize, target: &str, result: &str| -> Result<()> {
+    let row = |out: &mut String,
+               name: &str,
+               f: &dyn Fn(&AgentRun) -> f64,
+               d: usize,
+               target: &str,
+               result: &str|
+     -> Result<()> {
         write!(out, "| {name} |")?;
         for n in &sizes {
             let v: Vec<f64> = of(*n).iter().map(|r| f(r)).collect();
@@ -1021,21 +1230,52 @@ fn summary(s: &Settings, t: &Throughput, mon: Option<&MonitorCpu>, runs: &[Agent
     } else {
         format!("{} at 10k", verdict(med(&rss_10k) <= MAX_RSS_MIB_AT_10K))
     };
-    row(&mut out, "VmRSS, MiB", &|r| mib(r.rss_kib), 1, &format!("<= {MAX_RSS_MIB_AT_10K} MiB at 10k"), &rss_result)?;
-    row(&mut out, "VmHWM (peak RSS), MiB", &|r| mib(r.hwm_kib), 1, "(reported)", "")?;
-    row(&mut out, "CPU per collection, ms (utime+stime / collections)", &|r| r.cpu_ms_per_collection, 1, "(reported)", "")?;
+    row(
+        &mut out,
+        "VmRSS, MiB",
+        &|r| mib(r.rss_kib),
+        1,
+        &format!("<= {MAX_RSS_MIB_AT_10K} MiB at 10k"),
+        &rss_result,
+    )?;
+    row(
+        &mut out,
+        "VmHWM (peak RSS), MiB",
+        &|r| mib(r.hwm_kib),
+        1,
+        "(reported)",
+        "",
+    )?;
+    row(
+        &mut out,
+        "CPU per collection, ms (utime+stime / collections)",
+        &|r| r.cpu_ms_per_collection,
+        1,
+        "(reported)",
+        "",
+    )?;
     write!(out, "| weir_collection_duration_seconds, ms |")?;
     for n in &sizes {
-        let v: Vec<f64> = of(*n).iter().flat_map(|r| r.durations_ms.iter().copied()).collect();
+        let v: Vec<f64> = of(*n)
+            .iter()
+            .flat_map(|r| r.durations_ms.iter().copied())
+            .collect();
         write!(out, " {} |", spread(&v, 1))?;
     }
     writeln!(out, " (reported) | |")?;
-    write!(out, "| after one GET /flows: VmRSS / VmHWM, MiB (flows served, body MB) |")?;
+    write!(
+        out,
+        "| after one GET /flows: VmRSS / VmHWM, MiB (flows served, body MB) |"
+    )?;
     for n in &sizes {
         match of(*n).iter().find_map(|r| r.after_flows) {
-            Some((rss, hwm, count, body)) => {
-                write!(out, " {:.1} / {:.1} ({count}, {:.1}) |", mib(rss), mib(hwm), body as f64 / 1e6)?
-            }
+            Some((rss, hwm, count, body)) => write!(
+                out,
+                " {:.1} / {:.1} ({count}, {:.1}) |",
+                mib(rss),
+                mib(hwm),
+                body as f64 / 1e6
+            )?,
             None => write!(out, " - |")?,
         }
     }
@@ -1051,11 +1291,16 @@ fn main() -> Result<()> {
     }
     for bin in [&s.weir, &s.agent] {
         if !bin.is_file() {
-            bail!("{} is missing; build it first (`make bench-agent` does)", bin.display());
+            bail!(
+                "{} is missing; build it first (`make bench-agent` does)",
+                bin.display()
+            );
         }
     }
     fs::create_dir_all(&s.results)?;
-    let raw = Raw { dir: s.results.clone() };
+    let raw = Raw {
+        dir: s.results.clone(),
+    };
     let load_before = loadavg();
     eprintln!(
         "weir-bench-agent: {} throughput rounds of {} s; agent with {:?} flows, {} repetitions, {} s windows; load average {load_before}",
@@ -1072,10 +1317,14 @@ fn main() -> Result<()> {
         let mut synth = Synth::new(&bed)?;
         // Only the synthetic flows (and what trickles in meanwhile) count.
         let (real, real_vx) = (synth.flows.clear()?, synth.vx_flows.clear()?);
-        eprintln!("weir-bench-agent: removed the run's {real} pod and {real_vx} overlay flows before the agent runs");
+        eprintln!(
+            "weir-bench-agent: removed the run's {real} pod and {real_vx} overlay flows before the agent runs"
+        );
         let mut runs = Vec::new();
         for rep in 0..s.reps {
-            let order: Vec<usize> = (0..s.sizes.len()).map(|i| s.sizes[(i + rep) % s.sizes.len()]).collect();
+            let order: Vec<usize> = (0..s.sizes.len())
+                .map(|i| s.sizes[(i + rep) % s.sizes.len()])
+                .collect();
             for size in order {
                 let run = agent_run(&bed, &s, &mut synth, &peers, size, rep, rep + 1 == s.reps)?;
                 eprintln!(
@@ -1114,7 +1363,11 @@ fn main() -> Result<()> {
         "rep flows weir_collection_duration_ms (gauge, one scrape per line)",
         &runs
             .iter()
-            .flat_map(|r| r.durations_ms.iter().map(move |d| format!("{} {} {d:.3}", r.rep, r.size)))
+            .flat_map(|r| {
+                r.durations_ms
+                    .iter()
+                    .map(move |d| format!("{} {} {d:.3}", r.rep, r.size))
+            })
             .collect::<Vec<_>>(),
     )?;
     raw.write(
@@ -1122,7 +1375,10 @@ fn main() -> Result<()> {
         "flows vmrss_kib vmhwm_kib flows_served body_bytes (after one GET /flows, last repetition)",
         &runs
             .iter()
-            .filter_map(|r| r.after_flows.map(|(rss, hwm, n, b)| format!("{} {rss} {hwm} {n} {b}", r.size)))
+            .filter_map(|r| {
+                r.after_flows
+                    .map(|(rss, hwm, n, b)| format!("{} {rss} {hwm} {n} {b}", r.size))
+            })
             .collect::<Vec<_>>(),
     )?;
     let header = format!(

@@ -75,7 +75,9 @@ impl Settings {
         let loader_probe = args.next().map(PathBuf::from);
         let num = |name: &str, default: usize| -> Result<usize> {
             match std::env::var(name) {
-                Ok(v) => v.parse().with_context(|| format!("{name}={v:?} is not a number")),
+                Ok(v) => v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number")),
                 Err(_) => Ok(default),
             }
         };
@@ -117,7 +119,9 @@ impl Variant {
 
 /// Round `r` runs the variants rotated by `r`, so none is always first.
 fn rotation<T: Copy>(items: &[T], r: usize) -> Vec<T> {
-    (0..items.len()).map(|i| items[(i + r) % items.len()]).collect()
+    (0..items.len())
+        .map(|i| items[(i + r) % items.len()])
+        .collect()
 }
 
 /// A server process we started; killed (by its pid) and reaped on drop.
@@ -161,7 +165,11 @@ struct Bed {
 
 impl Bed {
     fn pair(&self, v: Variant) -> &Pair {
-        if v == Variant::Unsplit { &self.unsplit } else { &self.split }
+        if v == Variant::Unsplit {
+            &self.unsplit
+        } else {
+            &self.split
+        }
     }
 
     fn maps(&self) -> Result<NodeMaps> {
@@ -189,8 +197,10 @@ impl Bed {
         let before = self.maps()?.stats()?;
         let out = work(self.pair(v))?;
         let after = self.maps()?.stats()?;
-        let (redirects, passed) =
-            (after.redirects - before.redirects, after.passthrough_packets - before.passthrough_packets);
+        let (redirects, passed) = (
+            after.redirects - before.redirects,
+            after.passthrough_packets - before.passthrough_packets,
+        );
         // (the idle split pods' own chatter, e.g. IPv6 router solicitations,
         // is redirected too, whatever runs: hence thresholds, not zero)
         match v {
@@ -209,7 +219,10 @@ impl Drop for Bed {
     /// DEL the pods through their chains, as a runtime would, so no CNI
     /// result cache, IPAM lease or weir state outlives the run.
     fn drop(&mut self) {
-        for (node, pair) in [(&self.split_node, &self.split), (&self.unsplit_node, &self.unsplit)] {
+        for (node, pair) in [
+            (&self.split_node, &self.split),
+            (&self.unsplit_node, &self.unsplit),
+        ] {
             for pod in [&pair.client, &pair.server] {
                 let _ = node.del(&pod.path(), "eth0");
             }
@@ -235,7 +248,10 @@ fn pod_id(node: &Node, ns: &Netns) -> Result<u32> {
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let record: Value = serde_json::from_slice(&fs::read(entry?.path())?)?;
         if record["netns"] == want.as_str() {
-            return record["podId"].as_u64().map(|id| id as u32).context("record without podId");
+            return record["podId"]
+                .as_u64()
+                .map(|id| id as u32)
+                .context("record without podId");
         }
     }
     bail!("no weir state record for {want}")
@@ -247,12 +263,21 @@ fn pair(node: &Node, tag: &str, split: bool) -> Result<Pair> {
         let ns = Netns::create(&format!("{tag}-{name}"))?;
         let result = node.add(&ns, "eth0", "bench", name)?.ok()?.json()?;
         let ip = Node::pod_ipv4(&result)?;
-        let id = if split { Some(pod_id(node, &ns)?) } else { None };
+        let id = if split {
+            Some(pod_id(node, &ns)?)
+        } else {
+            None
+        };
         pods.push((ns, ip, id));
     }
     let (server, server_ip, server_id) = pods.pop().context("server")?;
     let (client, _, client_id) = pods.pop().context("client")?;
-    Ok(Pair { client, server, server_ip, pod_ids: [client_id, server_id].into_iter().flatten().collect() })
+    Ok(Pair {
+        client,
+        server,
+        server_ip,
+        pod_ids: [client_id, server_id].into_iter().flatten().collect(),
+    })
 }
 
 fn setup(s: &Settings) -> Result<Bed> {
@@ -260,15 +285,37 @@ fn setup(s: &Settings) -> Result<Bed> {
     let (unsplit_node, _) = node("wbu", "10.245.2.0/24", false, &s.weir)?;
     let split = pair(&split_node, "wbs", true)?;
     let unsplit = pair(&unsplit_node, "wbu", false)?;
-    if split.client.links()?.iter().filter(|l| l.starts_with("w")).count() != 2 {
+    if split
+        .client
+        .links()?
+        .iter()
+        .filter(|l| l.starts_with("w"))
+        .count()
+        != 2
+    {
         bail!("the weir pod is not split: {:?}", split.client.links()?);
     }
     let mut servers = Vec::new();
     for p in [&split, &unsplit] {
         for argv in [
             &["iperf3", "-s", "-p", IPERF_PORT][..],
-            &["sockperf", "server", "-i", "0.0.0.0", "-p", SOCKPERF_UDP_PORT],
-            &["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", SOCKPERF_TCP_PORT],
+            &[
+                "sockperf",
+                "server",
+                "-i",
+                "0.0.0.0",
+                "-p",
+                SOCKPERF_UDP_PORT,
+            ],
+            &[
+                "sockperf",
+                "server",
+                "--tcp",
+                "-i",
+                "0.0.0.0",
+                "-p",
+                SOCKPERF_TCP_PORT,
+            ],
         ] {
             servers.push(daemon(&p.server, &pinned(SERVER_CPU, argv))?);
         }
@@ -279,7 +326,13 @@ fn setup(s: &Settings) -> Result<Bed> {
             bail!("benchmark server {i} exited at once ({status})");
         }
     }
-    Ok(Bed { _servers: servers, unsplit, split, split_node, unsplit_node })
+    Ok(Bed {
+        _servers: servers,
+        unsplit,
+        split,
+        split_node,
+        unsplit_node,
+    })
 }
 
 // --- measurements -----------------------------------------------------------
@@ -288,27 +341,51 @@ fn setup(s: &Settings) -> Result<Bed> {
 fn iperf(p: &Pair, secs: u32) -> Result<(f64, u64)> {
     let ip = p.server_ip.to_string();
     let secs = secs.to_string();
-    let out = netns::run(
-        &mut p
-            .client
-            .command(&pinned(CLIENT_CPU, &["iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J"])),
-    )?;
+    let out = netns::run(&mut p.client.command(&pinned(
+        CLIENT_CPU,
+        &[
+            "iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J",
+        ],
+    )))?;
     let j: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("no throughput in {j}"))?;
-    Ok((bps / 1e9, j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
+    let bps = j["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no throughput in {j}"))?;
+    Ok((
+        bps / 1e9,
+        j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    ))
 }
 
 /// Round-trip p50 and p99 in µs, as sockperf reports them.
 fn sockperf(p: &Pair, tcp: bool, secs: u32) -> Result<(f64, f64)> {
     let ip = p.server_ip.to_string();
     let secs = secs.to_string();
-    let port = if tcp { SOCKPERF_TCP_PORT } else { SOCKPERF_UDP_PORT };
-    let mut argv = pinned(CLIENT_CPU, &["sockperf", "ping-pong", "-i", &ip, "-p", port, "-t", &secs, "--full-rtt"]);
+    let port = if tcp {
+        SOCKPERF_TCP_PORT
+    } else {
+        SOCKPERF_UDP_PORT
+    };
+    let mut argv = pinned(
+        CLIENT_CPU,
+        &[
+            "sockperf",
+            "ping-pong",
+            "-i",
+            &ip,
+            "-p",
+            port,
+            "-t",
+            &secs,
+            "--full-rtt",
+        ],
+    );
     if tcp {
         argv.push("--tcp");
     }
     let out = netns::run(&mut p.client.command(&argv))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let pct = |which: &str| -> Result<f64> {
         let line = text
             .lines()
@@ -326,7 +403,8 @@ fn timed_add(node: &Node, tag: &str, i: usize) -> Result<f64> {
     let start = Instant::now();
     let call = node.add(&ns, "eth0", "bench", &format!("add{i}"))?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    call.ok().with_context(|| format!("ADD {i} on {}", node.network))?;
+    call.ok()
+        .with_context(|| format!("ADD {i} on {}", node.network))?;
     node.del(&ns.path(), "eth0")?.ok()?;
     Ok(ms)
 }
@@ -348,7 +426,11 @@ fn med(values: &[f64]) -> f64 {
 /// weir's cost taken within each round (the variants ran back to back), and
 /// its median over the rounds: drift between rounds cancels out.
 fn paired(v: &[f64], base: &[f64], cost: fn(f64, f64) -> f64) -> f64 {
-    med(&v.iter().zip(base).map(|(a, b)| cost(*a, *b)).collect::<Vec<_>>())
+    med(&v
+        .iter()
+        .zip(base)
+        .map(|(a, b)| cost(*a, *b))
+        .collect::<Vec<_>>())
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -387,10 +469,15 @@ fn main() -> Result<()> {
         }
     }
     if !s.weir.is_file() {
-        bail!("{} is missing; build it first (`make bench` does)", s.weir.display());
+        bail!(
+            "{} is missing; build it first (`make bench` does)",
+            s.weir.display()
+        );
     }
     fs::create_dir_all(&s.results)?;
-    let raw = Raw { dir: s.results.clone() };
+    let raw = Raw {
+        dir: s.results.clone(),
+    };
     let load_before = loadavg();
     eprintln!(
         "weir-bench: {} rounds; TCP {} s, RTT {} s per run; {} ADDs per chain; load average {load_before}",
@@ -413,14 +500,20 @@ fn main() -> Result<()> {
         // A diagnostic: its failure is reported, not allowed to lose the run.
         match traced_adds(&bed.split_node, &s.weir, s.traced_adds, &raw) {
             Ok(phases) => {
-                let how = format!("{} more ADDs, weir under strace (seccomp-filtered)", s.traced_adds);
+                let how = format!(
+                    "{} more ADDs, weir under strace (seccomp-filtered)",
+                    s.traced_adds
+                );
                 parts.extend(phases.into_iter().map(|(name, ms)| (name, ms, how.clone())));
             }
             Err(e) => eprintln!("weir-bench: WARNING: no per-phase breakdown of the ADD: {e:#}"),
         }
     }
     if let Some(probe) = &s.loader_probe {
-        let how = format!("bench/loader-probe, {} fresh processes each", s.loader_samples);
+        let how = format!(
+            "bench/loader-probe, {} fresh processes each",
+            s.loader_samples
+        );
         for (name, ms) in loader_phases(probe, s.loader_samples, &raw)? {
             parts.push((name, ms, how.clone()));
         }
@@ -456,7 +549,11 @@ fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
         }
         eprintln!("weir-bench: throughput round {}/{} done", r + 1, s.rounds);
     }
-    raw.write("throughput.raw", "round variant gbit_per_s retransmits (iperf3, one TCP stream)", &lines)?;
+    raw.write(
+        "throughput.raw",
+        "round variant gbit_per_s retransmits (iperf3, one TCP stream)",
+        &lines,
+    )?;
     Ok(tput)
 }
 
@@ -478,7 +575,11 @@ fn latency(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Rtts> {
         }
         eprintln!("weir-bench: latency round {}/{} done", r + 1, s.rounds);
     }
-    raw.write("latency.raw", "round proto variant rtt_p50_us rtt_p99_us (sockperf ping-pong --full-rtt)", &lines)?;
+    raw.write(
+        "latency.raw",
+        "round proto variant rtt_p50_us rtt_p99_us (sockperf ping-pong --full-rtt)",
+        &lines,
+    )?;
     Ok(rtt)
 }
 
@@ -487,7 +588,10 @@ fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 2]> {
     bed.set_mode(Variant::Pass)?;
     let mut adds: [Vec<f64>; 2] = Default::default();
     let mut lines = Vec::new();
-    let nodes = [("without-weir", &bed.unsplit_node, "wbu"), ("with-weir", &bed.split_node, "wbs")];
+    let nodes = [
+        ("without-weir", &bed.unsplit_node, "wbu"),
+        ("with-weir", &bed.split_node, "wbs"),
+    ];
     for i in 0..s.adds {
         for k in rotation(&[0, 1], i) {
             let (name, node, tag) = nodes[k];
@@ -496,20 +600,32 @@ fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 2]> {
             lines.push(format!("{i} {name} {ms:.3}"));
         }
     }
-    raw.write("add.raw", "i chain add_ms (cnitool ADD of bridge+host-local[+weir], fresh netns)", &lines)?;
+    raw.write(
+        "add.raw",
+        "i chain add_ms (cnitool ADD of bridge+host-local[+weir], fresh netns)",
+        &lines,
+    )?;
     eprintln!("weir-bench: {} ADDs done", 2 * s.adds);
     Ok(adds)
 }
 
 /// The results table (markdown) with the targets, and the ADD breakdown.
-fn summary(tput: &[Vec<f64>; 3], rtt: &Rtts, adds: &[Vec<f64>; 2], parts: &[(&str, f64, String)]) -> Result<String> {
+fn summary(
+    tput: &[Vec<f64>; 3],
+    rtt: &Rtts,
+    adds: &[Vec<f64>; 2],
+    parts: &[(&str, f64, String)],
+) -> Result<String> {
     let mut out = String::new();
     writeln!(
         out,
         "| measure | unsplit | split pass-through | split counting | weir's cost (counting; pass-through) | target | result |"
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---|---|")?;
-    let (rc, rp) = (paired(&tput[2], &tput[0], ratio), paired(&tput[1], &tput[0], ratio));
+    let (rc, rp) = (
+        paired(&tput[2], &tput[0], ratio),
+        paired(&tput[1], &tput[0], ratio),
+    );
     let ok = rc >= MIN_THROUGHPUT_RATIO && rp >= MIN_THROUGHPUT_RATIO;
     writeln!(
         out,
@@ -571,7 +687,8 @@ fn loadavg() -> String {
 
 fn uname_r() -> String {
     let out = Command::new("uname").arg("-r").output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Runs the loader probe `samples` times (each a fresh process, as every ADD
@@ -580,9 +697,15 @@ fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'stati
     let root = PathBuf::from(BPF_ROOT).join("loader-probe");
     let phases = [
         ("read", "alone: reading /sys/kernel/btf/vmlinux (I/O only)"),
-        ("btf", "alone: aya Btf::from_sys_fs(), read + parse, as EbpfLoader::new() does"),
+        (
+            "btf",
+            "alone: aya Btf::from_sys_fs(), read + parse, as EbpfLoader::new() does",
+        ),
         ("features", "alone: aya's feature probing"),
-        ("load", "alone: weir's whole eBPF load (BTF, features, object, maps, verifier)"),
+        (
+            "load",
+            "alone: weir's whole eBPF load (BTF, features, object, maps, verifier)",
+        ),
     ];
     let mut lines = Vec::new();
     let mut medians = Vec::new();
@@ -590,21 +713,33 @@ fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'stati
         let mut v = Vec::new();
         for _ in 0..samples {
             let out = netns::run(Command::new(probe).arg(phase).arg(&root))?;
-            let ms: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("probe output")?;
+            let ms: f64 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .context("probe output")?;
             lines.push(format!("{phase} {ms:.3}"));
             v.push(ms);
         }
         medians.push((label, med(&v)));
     }
     let _ = fs::remove_dir_all(&root);
-    raw.write("loader.raw", "phase ms (each line a fresh weir-loader-probe process)", &lines)?;
+    raw.write(
+        "loader.raw",
+        "phase ms (each line a fresh weir-loader-probe process)",
+        &lines,
+    )?;
     Ok(medians)
 }
 
 /// A few more ADDs through the chain with weir, the plugin run under strace
 /// filtered by seccomp (only the marker syscalls stop it, so the overhead is
 /// small): medians of the chain's time and of the phases between the markers.
-fn traced_adds(node: &Node, weir: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'static str, f64)>> {
+fn traced_adds(
+    node: &Node,
+    weir: &Path,
+    samples: usize,
+    raw: &Raw,
+) -> Result<Vec<(&'static str, f64)>> {
     let weir = fs::canonicalize(weir)?;
     let dir = node.work_dir.join("strace");
     fs::create_dir_all(&dir)?;
@@ -618,7 +753,9 @@ fn traced_adds(node: &Node, weir: &Path, samples: usize, raw: &Raw) -> Result<Ve
     fs::remove_file(&plugin)?;
     fs::write(&plugin, script)?;
     fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let chain: Result<Vec<f64>> = (0..samples).map(|i| timed_add(node, "wbs", 1000 + i)).collect();
+    let chain: Result<Vec<f64>> = (0..samples)
+        .map(|i| timed_add(node, "wbs", 1000 + i))
+        .collect();
     fs::remove_file(&plugin)?;
     std::os::unix::fs::symlink(&weir, &plugin)?;
 
@@ -637,14 +774,24 @@ fn traced_adds(node: &Node, weir: &Path, samples: usize, raw: &Raw) -> Result<Ve
     let mut lines = Vec::new();
     for (i, chain_ms) in chain?.into_iter().enumerate() {
         let text = fs::read_to_string(dir.join(format!("wbs-add{}", 1000 + i)))?;
-        let phases = trace_phases(&text).with_context(|| format!("unexpected strace output:\n{text}"))?;
+        let phases =
+            trace_phases(&text).with_context(|| format!("unexpected strace output:\n{text}"))?;
         let row: Vec<f64> = [chain_ms].into_iter().chain(phases).collect();
-        lines.push(row.iter().map(|ms| format!("{ms:.3}")).collect::<Vec<_>>().join(" "));
+        lines.push(
+            row.iter()
+                .map(|ms| format!("{ms:.3}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         for (v, ms) in per.iter_mut().zip(row) {
             v.push(ms);
         }
     }
-    raw.write("add-phases.raw", &format!("ms per traced ADD: {}", LABELS.join(" | ")), &lines)?;
+    raw.write(
+        "add-phases.raw",
+        &format!("ms per traced ADD: {}", LABELS.join(" | ")),
+        &lines,
+    )?;
     Ok(LABELS.into_iter().zip(per.iter().map(|v| med(v))).collect())
 }
 
@@ -659,12 +806,20 @@ fn trace_phases(text: &str) -> Option<[f64; 8]> {
             let (_pid, ts_text) = (f.next()?, f.next()?);
             let ts: f64 = ts_text.parse().ok()?;
             let call = l[l.find(ts_text)? + ts_text.len()..].trim_start();
-            let dur = call.rsplit_once('<').and_then(|(_, d)| d.trim_end_matches('>').parse().ok()).unwrap_or(0.0);
+            let dur = call
+                .rsplit_once('<')
+                .and_then(|(_, d)| d.trim_end_matches('>').parse().ok())
+                .unwrap_or(0.0);
             Some((ts, call, dur))
         })
         .collect();
     let at = |pred: &dyn Fn(&str) -> bool, from: usize| {
-        calls.iter().enumerate().skip(from).find(|(_, c)| pred(c.1)).map(|(i, _)| i)
+        calls
+            .iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, c)| pred(c.1))
+            .map(|(i, _)| i)
     };
     let exec = at(&|c| c.starts_with("execve("), 0)?;
     let open = at(&|c| c.contains("/sys/kernel/btf/vmlinux"), exec)?;
@@ -675,12 +830,20 @@ fn trace_phases(text: &str) -> Option<[f64; 8]> {
     if !calls[reaped].1.starts_with("+++ exited") {
         return None;
     }
-    let sum = |pred: &dyn Fn(&str) -> bool| calls[prog..exit].iter().filter(|c| pred(c.1)).map(|c| c.2).sum::<f64>();
+    let sum = |pred: &dyn Fn(&str) -> bool| {
+        calls[prog..exit]
+            .iter()
+            .filter(|c| pred(c.1))
+            .map(|c| c.2)
+            .sum::<f64>()
+    };
     let verifier = sum(&|c| c.contains("BPF_PROG_TYPE_SCHED_CLS"));
     let attach = sum(&|c| c.starts_with("bpf(BPF_LINK_CREATE"));
     let last_attach_end = calls[prog..exit]
         .iter()
-        .filter(|c| c.1.starts_with("bpf(BPF_LINK_CREATE") || c.1.contains("BPF_PROG_TYPE_SCHED_CLS"))
+        .filter(|c| {
+            c.1.starts_with("bpf(BPF_LINK_CREATE") || c.1.contains("BPF_PROG_TYPE_SCHED_CLS")
+        })
         .map(|c| c.0 + c.2)
         .fold(0.0, f64::max);
     let t = |i: usize| calls[i].0;

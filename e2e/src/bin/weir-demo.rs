@@ -18,13 +18,20 @@ struct Pod {
 }
 
 fn main() -> Result<()> {
-    let release = PathBuf::from(std::env::args().nth(1).context("usage: weir-demo <dir with weir and weir-operator>")?);
+    let release = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .context("usage: weir-demo <dir with weir and weir-operator>")?,
+    );
     let weir = release.join("weir");
     let operator = release.join("weir-operator");
     host::require_privileged_host();
     for bin in [&weir, &operator] {
         if !bin.exists() {
-            bail!("{} is missing; build it first (make demo does)", bin.display());
+            bail!(
+                "{} is missing; build it first (make demo does)",
+                bin.display()
+            );
         }
     }
 
@@ -35,13 +42,25 @@ fn main() -> Result<()> {
         let ns = Netns::create(&format!("wdemo-{name}"))?;
         let result = node.add(&ns, "eth0", "shop", name)?.ok()?.json()?;
         let ip = Node::pod_ipv4(&result)?;
-        println!("  shop/{name:<9} {ip:<12} interfaces: {}", ns.links()?.iter().filter(|l| !l.starts_with("lo ")).map(|l| l.split(' ').next().unwrap_or("")).collect::<Vec<_>>().join(", "));
+        println!(
+            "  shop/{name:<9} {ip:<12} interfaces: {}",
+            ns.links()?
+                .iter()
+                .filter(|l| !l.starts_with("lo "))
+                .map(|l| l.split(' ').next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         pods.push(Pod { name, ns, ip });
     }
 
     step("observe the shop pods (what a CaptureProfile selecting them does)");
     for pod in &pods {
-        operator_cmd(&operator, &node, &["observe", &format!("shop/{}", pod.name)])?;
+        operator_cmd(
+            &operator,
+            &node,
+            &["observe", &format!("shop/{}", pod.name)],
+        )?;
     }
 
     step("real traffic");
@@ -53,10 +72,26 @@ fn main() -> Result<()> {
     traffic::udp_echo(&cart.ns, &db.ns, db.ip, 5432, 200, 512)?;
     println!("  cart     -> db     UDP 5432, 200 x 512 B echoed");
 
-    step("the flows weir counted on this node (weir-operator agent dump --protocol tcp --protocol udp --protocol icmp)");
-    let table = operator_cmd(&operator, &node, &["dump", "--protocol", "tcp", "--protocol", "udp", "--protocol", "icmp"])?;
+    step(
+        "the flows weir counted on this node (weir-operator agent dump --protocol tcp --protocol udp --protocol icmp)",
+    );
+    let table = operator_cmd(
+        &operator,
+        &node,
+        &[
+            "dump",
+            "--protocol",
+            "tcp",
+            "--protocol",
+            "udp",
+            "--protocol",
+            "icmp",
+        ],
+    )?;
     print!("{table}");
-    println!("  (the kernel's own IPv6 neighbour discovery and MLD are counted too: drop the --protocol filters to see them)");
+    println!(
+        "  (the kernel's own IPv6 neighbour discovery and MLD are counted too: drop the --protocol filters to see them)"
+    );
 
     step("clean up: CNI DEL restores each pod's own eth0, then the namespaces go");
     for pod in &pods {
@@ -81,7 +116,10 @@ fn operator_cmd(operator: &Path, node: &Node, args: &[&str]) -> Result<String> {
         .args(&args[1..])
         .output()?;
     if !out.status.success() {
-        bail!("weir-operator {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "weir-operator {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -59,7 +59,8 @@ pub fn join(reading: &NodeReading, node: &str, directory: &dyn PeerDirectory) ->
     let Some(pods) = &reading.pods else {
         return Vec::new();
     };
-    let by_id: HashMap<u32, &AttachmentRecord> = reading.records.iter().map(|r| (r.pod_id, r)).collect();
+    let by_id: HashMap<u32, &AttachmentRecord> =
+        reading.records.iter().map(|r| (r.pod_id, r)).collect();
     let local_peers = local_directory(&reading.records, node);
     let mut encap: HashMap<InnerTuple, OverlayLeg> = HashMap::new();
     let mut decap: HashMap<InnerTuple, OverlayLeg> = HashMap::new();
@@ -105,14 +106,33 @@ pub fn join(reading: &NodeReading, node: &str, directory: &dyn PeerDirectory) ->
                 first_seen_ns: counters.first_seen_ns,
                 last_seen_ns: counters.last_seen_ns,
                 tcp_flags: counters.tcp_flags,
-                peer: local_peers.get(&remote).cloned().or_else(|| directory.lookup(remote)),
+                peer: local_peers
+                    .get(&remote)
+                    .cloned()
+                    .or_else(|| directory.lookup(remote)),
                 overlay,
             }
         })
         .collect();
     views.sort_by(|a, b| {
-        (&a.namespace, &a.pod, a.direction, a.source, a.source_port, a.destination, a.destination_port)
-            .cmp(&(&b.namespace, &b.pod, b.direction, b.source, b.source_port, b.destination, b.destination_port))
+        (
+            &a.namespace,
+            &a.pod,
+            a.direction,
+            a.source,
+            a.source_port,
+            a.destination,
+            a.destination_port,
+        )
+            .cmp(&(
+                &b.namespace,
+                &b.pod,
+                b.direction,
+                b.source,
+                b.source_port,
+                b.destination,
+                b.destination_port,
+            ))
     });
     views
 }
@@ -122,7 +142,13 @@ fn inner_tuple(key: &FlowKey) -> InnerTuple {
 }
 
 fn merge_leg(side: &mut HashMap<InnerTuple, OverlayLeg>, key: &VxFlowKey, c: &VxFlowCounters) {
-    let tuple = (key.inner_src_ip(), key.inner_dst_ip(), key.inner_proto, key.inner_sport, key.inner_dport);
+    let tuple = (
+        key.inner_src_ip(),
+        key.inner_dst_ip(),
+        key.inner_proto,
+        key.inner_sport,
+        key.inner_dport,
+    );
     let leg = side.entry(tuple).or_insert_with(|| OverlayLeg {
         vni: key.vni,
         outer_source: key.outer_src_ip(),
@@ -145,9 +171,19 @@ fn local_directory(records: &[AttachmentRecord], node: &str) -> HashMap<IpAddr, 
             continue;
         };
         for cidr in &record.ips {
-            let ip = cidr.split('/').next().and_then(|ip| ip.parse::<IpAddr>().ok());
+            let ip = cidr
+                .split('/')
+                .next()
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
             if let Some(ip) = ip {
-                peers.insert(ip, Peer { namespace: namespace.clone(), pod: pod.clone(), node: node.to_string() });
+                peers.insert(
+                    ip,
+                    Peer {
+                        namespace: namespace.clone(),
+                        pod: pod.clone(),
+                        node: node.to_string(),
+                    },
+                );
             }
         }
     }
@@ -167,7 +203,12 @@ mod tests {
             container_id: format!("c{pod_id}"),
             ifname: "eth0".into(),
             netns: "/run/netns/x".into(),
-            pod: PodIdentity { namespace: Some("shop".into()), name: Some(name.into()), uid: None, infra_container_id: None },
+            pod: PodIdentity {
+                namespace: Some("shop".into()),
+                name: Some(name.into()),
+                uid: None,
+                infra_container_id: None,
+            },
             pod_id,
             mac: "aa:bb:cc:dd:ee:ff".into(),
             ips: vec![format!("{ip}/24")],
@@ -179,20 +220,58 @@ mod tests {
         }
     }
 
-    fn pod_flow(pod_id: u32, dir: Direction, src: &str, dst: &str, packets: u64) -> (FlowKey, FlowCounters) {
-        let mut key = FlowKey { pod_id, direction: dir as u8, proto: 17, sport: 4000, dport: 53, ..Default::default() };
+    fn pod_flow(
+        pod_id: u32,
+        dir: Direction,
+        src: &str,
+        dst: &str,
+        packets: u64,
+    ) -> (FlowKey, FlowCounters) {
+        let mut key = FlowKey {
+            pod_id,
+            direction: dir as u8,
+            proto: 17,
+            sport: 4000,
+            dport: 53,
+            ..Default::default()
+        };
         if dir == Direction::ToPod {
             (key.sport, key.dport) = (53, 4000);
         }
         key.set_addrs(src.parse().unwrap(), dst.parse().unwrap());
-        (key, FlowCounters { packets, bytes: packets * 100, ..Default::default() })
+        (
+            key,
+            FlowCounters {
+                packets,
+                bytes: packets * 100,
+                ..Default::default()
+            },
+        )
     }
 
-    fn vx_flow(dir: VxDirection, inner: (&str, &str, u16, u16), packets: u64) -> (VxFlowKey, VxFlowCounters) {
-        let mut key = VxFlowKey { vni: 1, inner_proto: 17, inner_sport: inner.2, inner_dport: inner.3, direction: dir as u8, ..Default::default() };
-        key.set_outer("192.168.50.1".parse().unwrap(), "192.168.50.2".parse().unwrap());
+    fn vx_flow(
+        dir: VxDirection,
+        inner: (&str, &str, u16, u16),
+        packets: u64,
+    ) -> (VxFlowKey, VxFlowCounters) {
+        let mut key = VxFlowKey {
+            vni: 1,
+            inner_proto: 17,
+            inner_sport: inner.2,
+            inner_dport: inner.3,
+            direction: dir as u8,
+            ..Default::default()
+        };
+        key.set_outer(
+            "192.168.50.1".parse().unwrap(),
+            "192.168.50.2".parse().unwrap(),
+        );
         key.set_inner(inner.0.parse().unwrap(), inner.1.parse().unwrap());
-        let mut c = VxFlowCounters { packets, bytes: packets * 150, ..Default::default() };
+        let mut c = VxFlowCounters {
+            packets,
+            bytes: packets * 150,
+            ..Default::default()
+        };
         match dir {
             VxDirection::Encap => (c.encap_packets, c.encap_bytes) = (packets, packets * 150),
             VxDirection::Decap => (c.decap_packets, c.decap_bytes) = (packets, packets * 150),
@@ -203,7 +282,10 @@ mod tests {
     #[test]
     fn remote_flows_get_their_overlay_leg_and_peer_local_ones_do_not() {
         let reading = NodeReading {
-            records: vec![record(1, "cart", "10.244.0.3"), record(2, "web", "10.244.0.4")],
+            records: vec![
+                record(1, "cart", "10.244.0.3"),
+                record(2, "web", "10.244.0.4"),
+            ],
             pods: Some(PodSide {
                 flows: vec![
                     pod_flow(1, Direction::FromPod, "10.244.0.3", "10.244.1.7", 10),
@@ -215,8 +297,16 @@ mod tests {
             }),
             overlay: Some(OverlaySide {
                 flows: vec![
-                    vx_flow(VxDirection::Encap, ("10.244.0.3", "10.244.1.7", 4000, 53), 10),
-                    vx_flow(VxDirection::Decap, ("10.244.1.7", "10.244.0.3", 53, 4000), 9),
+                    vx_flow(
+                        VxDirection::Encap,
+                        ("10.244.0.3", "10.244.1.7", 4000, 53),
+                        10,
+                    ),
+                    vx_flow(
+                        VxDirection::Decap,
+                        ("10.244.1.7", "10.244.0.3", 53, 4000),
+                        9,
+                    ),
                 ],
                 ..Default::default()
             }),
@@ -224,22 +314,46 @@ mod tests {
         };
         let directory: HashMap<IpAddr, Peer> = [(
             "10.244.1.7".parse().unwrap(),
-            Peer { namespace: "shop".into(), pod: "db-0".into(), node: "node-b".into() },
+            Peer {
+                namespace: "shop".into(),
+                pod: "db-0".into(),
+                node: "node-b".into(),
+            },
         )]
         .into();
         let views = join(&reading, "node-a", &directory);
         assert_eq!(views.len(), 4);
-        let out = views.iter().find(|v| v.direction == "egress" && v.destination.to_string() == "10.244.1.7").unwrap();
+        let out = views
+            .iter()
+            .find(|v| v.direction == "egress" && v.destination.to_string() == "10.244.1.7")
+            .unwrap();
         assert_eq!(out.peer.as_ref().unwrap().node, "node-b");
         let leg = out.overlay.as_ref().unwrap();
         assert_eq!((leg.vni, leg.encap_packets, leg.decap_packets), (1, 10, 0));
         assert_eq!(leg.outer_destination.to_string(), "192.168.50.2");
         let back = views.iter().find(|v| v.direction == "ingress").unwrap();
         assert_eq!(back.overlay.as_ref().unwrap().decap_packets, 9);
-        let local = views.iter().find(|v| v.destination.to_string() == "10.244.0.4").unwrap();
-        assert_eq!(local.peer.as_ref().unwrap(), &Peer { namespace: "shop".into(), pod: "web".into(), node: "node-a".into() });
+        let local = views
+            .iter()
+            .find(|v| v.destination.to_string() == "10.244.0.4")
+            .unwrap();
+        assert_eq!(
+            local.peer.as_ref().unwrap(),
+            &Peer {
+                namespace: "shop".into(),
+                pod: "web".into(),
+                node: "node-a".into()
+            }
+        );
         assert_eq!(local.overlay, None);
         let orphan = views.iter().find(|v| v.pod_id == 9).unwrap();
-        assert_eq!((orphan.pod.as_str(), orphan.namespace.as_deref(), orphan.peer.as_ref()), ("pod-id:9", None, None));
+        assert_eq!(
+            (
+                orphan.pod.as_str(),
+                orphan.namespace.as_deref(),
+                orphan.peer.as_ref()
+            ),
+            ("pod-id:9", None, None)
+        );
     }
 }

@@ -35,9 +35,9 @@ use std::sync::{Arc, RwLock};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::watcher::{self, Event, watcher};
-use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -68,12 +68,18 @@ pub struct KubeSettings {
 pub async fn client(source: &KubeSource) -> Result<Client, String> {
     let config = match source {
         KubeSource::Kubeconfig(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
         }
-        KubeSource::InCluster => kube::Config::incluster().map_err(|e| format!("in-cluster configuration: {e}"))?,
+        KubeSource::InCluster => {
+            kube::Config::incluster().map_err(|e| format!("in-cluster configuration: {e}"))?
+        }
     };
     Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
 }
@@ -105,14 +111,28 @@ impl PodIndex {
         }
         let node = spec.node_name.as_deref()?;
         let status = pod.status.as_ref()?;
-        let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
         if ips.is_empty() {
-            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+            ips.extend(
+                status
+                    .pod_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse::<IpAddr>().ok()),
+            );
         }
         if ips.is_empty() {
             return None;
         }
-        let node = self.nodes.entry(node.to_owned()).or_insert_with(|| Arc::from(node)).clone();
+        let node = self
+            .nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| Arc::from(node))
+            .clone();
         Some(PodEntry {
             namespace: pod.metadata.namespace.clone()?,
             name: pod.metadata.name.clone()?,
@@ -123,7 +143,9 @@ impl PodIndex {
     }
 
     pub fn apply(&mut self, pod: &Pod) {
-        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else { return };
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+            return;
+        };
         match self.reduce(pod) {
             Some(entry) => self.insert(entry),
             None => self.remove(ns, name),
@@ -166,13 +188,20 @@ impl PodIndex {
 
 impl PeerDirectory for PodIndex {
     fn lookup(&self, ip: IpAddr) -> Option<Peer> {
-        PodIndex::lookup(self, ip).map(|e| Peer { namespace: e.namespace.clone(), pod: e.name.clone(), node: e.node.to_string() })
+        PodIndex::lookup(self, ip).map(|e| Peer {
+            namespace: e.namespace.clone(),
+            pod: e.name.clone(),
+            node: e.node.to_string(),
+        })
     }
 }
 
 impl PodUids for PodIndex {
     fn uid(&self, namespace: &str, pod: &str) -> Option<String> {
-        self.by_key.get(&(namespace.to_owned(), pod.to_owned())).map(|e| e.uid.clone()).filter(|u| !u.is_empty())
+        self.by_key
+            .get(&(namespace.to_owned(), pod.to_owned()))
+            .map(|e| e.uid.clone())
+            .filter(|u| !u.is_empty())
     }
 }
 
@@ -185,7 +214,9 @@ pub struct NodeIndex {
 
 impl NodeIndex {
     pub fn apply(&mut self, node: &Node) {
-        let Some(name) = node.metadata.name.clone() else { return };
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
         self.remove(&name);
         let ips: Vec<IpAddr> = node
             .status
@@ -232,9 +263,21 @@ fn watch_config() -> watcher::Config {
     watcher::Config::default().any_semantic()
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, what: &'static str, changed: Arc<Notify>, synced: Arc<AtomicBool>) -> Store<K>
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    changed: Arc<Notify>,
+    synced: Arc<AtomicBool>,
+) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, config)).default_backoff();
@@ -260,7 +303,11 @@ where
 impl ClusterView {
     pub fn start(client: &Client, node: &str) -> Self {
         let changed = Arc::new(Notify::new());
-        let (local_synced, profiles_synced, pods_synced): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicBool>) = Default::default();
+        let (local_synced, profiles_synced, pods_synced): (
+            Arc<AtomicBool>,
+            Arc<AtomicBool>,
+            Arc<AtomicBool>,
+        ) = Default::default();
         let local_pods = spawn_reflector(
             Api::<Pod>::all(client.clone()),
             watch_config().fields(&format!("spec.nodeName={node}")),
@@ -279,7 +326,9 @@ impl ClusterView {
         let nodes = Arc::new(RwLock::new(NodeIndex::default()));
         {
             let (pods, synced) = (pods.clone(), Arc::clone(&pods_synced));
-            let config = watch_config().fields("status.phase!=Succeeded,status.phase!=Failed").page_size(500);
+            let config = watch_config()
+                .fields("status.phase!=Succeeded,status.phase!=Failed")
+                .page_size(500);
             let stream = watcher(Api::<Pod>::all(client.clone()), config).default_backoff();
             tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
@@ -287,7 +336,9 @@ impl ClusterView {
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(Event::Init) => fresh = Some(PodIndex::default()),
-                        Ok(Event::InitApply(pod)) => fresh.get_or_insert_with(PodIndex::default).apply(&pod),
+                        Ok(Event::InitApply(pod)) => {
+                            fresh.get_or_insert_with(PodIndex::default).apply(&pod)
+                        }
                         Ok(Event::InitDone) => {
                             let index = fresh.take().unwrap_or_default();
                             info!(pods = index.len(), "cluster pods: listed");
@@ -296,7 +347,9 @@ impl ClusterView {
                         }
                         Ok(Event::Apply(pod)) => pods.write().expect("pod index lock").apply(&pod),
                         Ok(Event::Delete(pod)) => {
-                            if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+                            if let (Some(ns), Some(name)) =
+                                (&pod.metadata.namespace, &pod.metadata.name)
+                            {
                                 pods.write().expect("pod index lock").remove(ns, name);
                             }
                         }
@@ -307,16 +360,24 @@ impl ClusterView {
         }
         {
             let nodes = nodes.clone();
-            let stream = watcher(Api::<Node>::all(client.clone()), watch_config()).default_backoff();
+            let stream =
+                watcher(Api::<Node>::all(client.clone()), watch_config()).default_backoff();
             tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
                 let mut fresh: Option<NodeIndex> = None;
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(Event::Init) => fresh = Some(NodeIndex::default()),
-                        Ok(Event::InitApply(node)) => fresh.get_or_insert_with(NodeIndex::default).apply(&node),
-                        Ok(Event::InitDone) => *nodes.write().expect("node index lock") = fresh.take().unwrap_or_default(),
-                        Ok(Event::Apply(node)) => nodes.write().expect("node index lock").apply(&node),
+                        Ok(Event::InitApply(node)) => {
+                            fresh.get_or_insert_with(NodeIndex::default).apply(&node)
+                        }
+                        Ok(Event::InitDone) => {
+                            *nodes.write().expect("node index lock") =
+                                fresh.take().unwrap_or_default()
+                        }
+                        Ok(Event::Apply(node)) => {
+                            nodes.write().expect("node index lock").apply(&node)
+                        }
                         Ok(Event::Delete(node)) => {
                             if let Some(name) = &node.metadata.name {
                                 nodes.write().expect("node index lock").remove(name);
@@ -327,7 +388,16 @@ impl ClusterView {
                 }
             });
         }
-        Self { local_pods, profiles, pods, nodes, changed, local_synced, profiles_synced, pods_synced }
+        Self {
+            local_pods,
+            profiles,
+            pods,
+            nodes,
+            changed,
+            local_synced,
+            profiles_synced,
+            pods_synced,
+        }
     }
 
     /// Whether the local pods and the profiles have been listed.
@@ -345,13 +415,15 @@ impl ClusterView {
         let profiles = self.profiles.state();
         Selection::compute(
             &profiles,
-            pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.host_network) != Some(true)).filter_map(|p| {
-                Some(LocalPod {
-                    namespace: p.metadata.namespace.as_deref()?,
-                    name: p.metadata.name.as_deref()?,
-                    labels: p.metadata.labels.as_ref().unwrap_or(&EMPTY_LABELS),
-                })
-            }),
+            pods.iter()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.host_network) != Some(true))
+                .filter_map(|p| {
+                    Some(LocalPod {
+                        namespace: p.metadata.namespace.as_deref()?,
+                        name: p.metadata.name.as_deref()?,
+                        labels: p.metadata.labels.as_ref().unwrap_or(&EMPTY_LABELS),
+                    })
+                }),
         )
     }
 }
@@ -385,13 +457,28 @@ impl KubeAgent {
         let client = client(&settings.source).await?;
         let view = ClusterView::start(&client, node);
         let writer = writer::spawn(client, node, settings.api_qps);
-        info!(node, api_qps = settings.api_qps, "watching the API server; PodFlows are written as {}", crate::crd::pod_flow::agent_field_manager(node));
-        Ok(Self { view, writer, node: node.to_owned(), clock: Clock::now(), last_selected: Default::default() })
+        info!(
+            node,
+            api_qps = settings.api_qps,
+            "watching the API server; PodFlows are written as {}",
+            crate::crd::pod_flow::agent_field_manager(node)
+        );
+        Ok(Self {
+            view,
+            writer,
+            node: node.to_owned(),
+            clock: Clock::now(),
+            last_selected: Default::default(),
+        })
     }
 
     /// Selection → data path. Does nothing until the local pods and the
     /// profiles were listed, or before the first pod's maps are pinned.
-    pub fn apply_selection(&self, records: &[AttachmentRecord], root: &BpfRoot) -> Option<Selection> {
+    pub fn apply_selection(
+        &self,
+        records: &[AttachmentRecord],
+        root: &BpfRoot,
+    ) -> Option<Selection> {
         if !self.view.selection_ready() {
             return None;
         }
@@ -400,7 +487,12 @@ impl KubeAgent {
             Ok(mut maps) => match selection::apply(&selection, records, &mut maps) {
                 Ok(applied) => {
                     if applied.started + applied.stopped > 0 {
-                        info!(counting = applied.counting, started = applied.started, stopped = applied.stopped, "pod selection applied");
+                        info!(
+                            counting = applied.counting,
+                            started = applied.started,
+                            stopped = applied.stopped,
+                            "pod selection applied"
+                        );
                     }
                 }
                 Err(e) => warn!("applying the pod selection: {e}"),
@@ -410,7 +502,10 @@ impl KubeAgent {
         }
         let mut last = self.last_selected.lock().expect("selection lock");
         if *last != Some(selection.len()) {
-            debug!(selected = selection.len(), "local pods selected by CaptureProfiles");
+            debug!(
+                selected = selection.len(),
+                "local pods selected by CaptureProfiles"
+            );
             *last = Some(selection.len());
         }
         Some(selection)
@@ -418,7 +513,9 @@ impl KubeAgent {
 
     /// One collection round: selection, then the conversations to write.
     pub fn round(&self, records: &[AttachmentRecord], root: &BpfRoot, views: &[PodFlowView]) {
-        let Some(selection) = self.apply_selection(records, root) else { return };
+        let Some(selection) = self.apply_selection(records, root) else {
+            return;
+        };
         let conversations = {
             let pods = self.view.pods.read().expect("pod index lock");
             writer::conversations(views, &self.node, &selection, &*pods, &self.clock)
@@ -436,8 +533,17 @@ mod tests {
 
     fn pod(ns: &str, name: &str, node: &str, ips: &[&str], host: bool) -> Pod {
         Pod {
-            metadata: ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), uid: Some(format!("uid-{name}")), ..Default::default() },
-            spec: Some(PodSpec { node_name: Some(node.into()), host_network: Some(host), ..Default::default() }),
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                host_network: Some(host),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 pod_ips: Some(ips.iter().map(|ip| PodIP { ip: (*ip).into() }).collect()),
                 ..Default::default()
@@ -448,13 +554,38 @@ mod tests {
     #[test]
     fn pod_index_names_ips_and_survives_ip_reuse() {
         let mut index = PodIndex::default();
-        index.apply(&pod("shop", "db-0", "node-b", &["10.244.1.7", "fd00::7"], false));
-        index.apply(&pod("kube-system", "proxy", "node-b", &["192.168.0.2"], true));
+        index.apply(&pod(
+            "shop",
+            "db-0",
+            "node-b",
+            &["10.244.1.7", "fd00::7"],
+            false,
+        ));
+        index.apply(&pod(
+            "kube-system",
+            "proxy",
+            "node-b",
+            &["192.168.0.2"],
+            true,
+        ));
         let ip = "10.244.1.7".parse().unwrap();
         assert_eq!(index.lookup(ip).unwrap().name, "db-0");
-        assert_eq!(index.lookup("fd00::7".parse().unwrap()).unwrap().node.as_ref(), "node-b");
-        assert!(index.lookup("192.168.0.2".parse().unwrap()).is_none(), "host-network pods are not peers");
-        assert_eq!(PodUids::uid(&index, "shop", "db-0").as_deref(), Some("uid-db-0"));
+        assert_eq!(
+            index
+                .lookup("fd00::7".parse().unwrap())
+                .unwrap()
+                .node
+                .as_ref(),
+            "node-b"
+        );
+        assert!(
+            index.lookup("192.168.0.2".parse().unwrap()).is_none(),
+            "host-network pods are not peers"
+        );
+        assert_eq!(
+            PodUids::uid(&index, "shop", "db-0").as_deref(),
+            Some("uid-db-0")
+        );
         // A new pod takes the IP before the old one's delete arrives.
         index.apply(&pod("shop", "db-1", "node-c", &["10.244.1.7"], false));
         index.remove("shop", "db-0");
@@ -466,17 +597,29 @@ mod tests {
     fn node_index_maps_outer_addresses() {
         let mut nodes = NodeIndex::default();
         nodes.apply(&Node {
-            metadata: ObjectMeta { name: Some("node-a".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("node-a".into()),
+                ..Default::default()
+            },
             status: Some(NodeStatus {
                 addresses: Some(vec![
-                    NodeAddress { type_: "InternalIP".into(), address: "192.168.100.1".into() },
-                    NodeAddress { type_: "Hostname".into(), address: "node-a".into() },
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: "192.168.100.1".into(),
+                    },
+                    NodeAddress {
+                        type_: "Hostname".into(),
+                        address: "node-a".into(),
+                    },
                 ]),
                 ..Default::default()
             }),
             ..Default::default()
         });
-        assert_eq!(nodes.node_of("192.168.100.1".parse().unwrap()), Some("node-a"));
+        assert_eq!(
+            nodes.node_of("192.168.100.1".parse().unwrap()),
+            Some("node-a")
+        );
         nodes.remove("node-a");
         assert_eq!(nodes.node_of("192.168.100.1".parse().unwrap()), None);
     }

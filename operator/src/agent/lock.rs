@@ -9,10 +9,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another weir agent is already running on this node (pid {holder}, lock {path}); stop it first")]
+    #[error(
+        "another weir agent is already running on this node (pid {holder}, lock {path}); stop it first"
+    )]
     Held { path: PathBuf, holder: String },
     #[error("cannot take the agent lock {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Held for the agent's lifetime; the kernel drops the lock when the process
@@ -24,7 +29,10 @@ pub struct AgentLock {
 
 impl AgentLock {
     pub fn acquire(path: &Path) -> Result<Self, LockError> {
-        let io = |source| LockError::Io { path: path.to_path_buf(), source };
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -44,7 +52,11 @@ impl AgentLock {
                 let holder = holder.trim();
                 return Err(LockError::Held {
                     path: path.to_path_buf(),
-                    holder: if holder.is_empty() { "unknown".into() } else { holder.to_string() },
+                    holder: if holder.is_empty() {
+                        "unknown".into()
+                    } else {
+                        holder.to_string()
+                    },
                 });
             }
             return Err(io(err));
@@ -66,7 +78,10 @@ mod tests {
         let path = std::env::temp_dir().join(format!("weir-agent-lock-{}", std::process::id()));
         let first = AgentLock::acquire(&path).unwrap();
         let err = AgentLock::acquire(&path).unwrap_err().to_string();
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
         AgentLock::acquire(&path).unwrap();
         std::fs::remove_file(&path).unwrap();

@@ -45,13 +45,19 @@ pub fn registry(shared: Shared) -> Registry {
 
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
     out
 }
 
 type Labels = Vec<(&'static str, String)>;
 
-fn counters(encoder: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, u64)]) -> Result<(), std::fmt::Error> {
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
     let probe = ConstCounter::new(0u64);
     let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
     for (labels, value) in rows {
@@ -60,7 +66,12 @@ fn counters(encoder: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(La
     Ok(())
 }
 
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, f64)]) -> Result<(), std::fmt::Error> {
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, f64)],
+) -> Result<(), std::fmt::Error> {
     let probe = ConstGauge::new(0f64);
     let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
     for (labels, value) in rows {
@@ -80,37 +91,135 @@ impl Collector for SnapshotCollector {
                 ("vni", k.vni.clone()),
             ]
         };
-        let rows: Vec<(Labels, u64)> = s.pod_series.iter().map(|(k, c)| (pod_labels(k), c.packets)).collect();
-        counters(&mut encoder, "weir_pod_packets", "Wire packets of observed pods, by direction and VXLAN VNI (empty: stayed on the node).", &rows)?;
-        let rows: Vec<(Labels, u64)> = s.pod_series.iter().map(|(k, c)| (pod_labels(k), c.bytes)).collect();
-        counters(&mut encoder, "weir_pod_bytes", "Wire bytes of observed pods, by direction and VXLAN VNI.", &rows)?;
+        let rows: Vec<(Labels, u64)> = s
+            .pod_series
+            .iter()
+            .map(|(k, c)| (pod_labels(k), c.packets))
+            .collect();
+        counters(
+            &mut encoder,
+            "weir_pod_packets",
+            "Wire packets of observed pods, by direction and VXLAN VNI (empty: stayed on the node).",
+            &rows,
+        )?;
+        let rows: Vec<(Labels, u64)> = s
+            .pod_series
+            .iter()
+            .map(|(k, c)| (pod_labels(k), c.bytes))
+            .collect();
+        counters(
+            &mut encoder,
+            "weir_pod_bytes",
+            "Wire bytes of observed pods, by direction and VXLAN VNI.",
+            &rows,
+        )?;
         gauge(
             &mut encoder,
             "weir_active_flows",
             "Flows currently in the node's flow maps.",
             &[
                 (vec![("source", "pods".into())], s.active_pod_flows as f64),
-                (vec![("source", "overlay".into())], s.active_overlay_flows as f64),
+                (
+                    vec![("source", "overlay".into())],
+                    s.active_overlay_flows as f64,
+                ),
             ],
         )?;
-        let rows: Vec<(Labels, u64)> =
-            s.map_pressure.iter().map(|(map, kind, v)| (vec![("map", map.to_string()), ("kind", kind.to_string())], *v)).collect();
-        counters(&mut encoder, "weir_map_pressure", "Flows not recorded because a map was full (update_failed) or pushed out by newer ones (lru_evicted).", &rows)?;
-        let rows: Vec<(Labels, u64)> = s.events_lost.iter().map(|(src, v)| (vec![("source", src.to_string())], *v)).collect();
-        counters(&mut encoder, "weir_ring_events_lost", "New-flow events dropped because the ring buffer was full.", &rows)?;
-        let vni_labels = |vni: &u32, dir: &&str| -> Labels { vec![("vni", vni.to_string()), ("direction", dir.to_string())] };
-        let rows: Vec<(Labels, u64)> = s.vxlan_by_vni.iter().map(|(vni, dir, c)| (vni_labels(vni, dir), c.packets)).collect();
-        counters(&mut encoder, "weir_vxlan_packets", "VXLAN wire packets on the underlay by VNI; encap = sent, decap = received.", &rows)?;
-        let rows: Vec<(Labels, u64)> = s.vxlan_by_vni.iter().map(|(vni, dir, c)| (vni_labels(vni, dir), c.bytes)).collect();
-        counters(&mut encoder, "weir_vxlan_bytes", "VXLAN wire bytes on the underlay by VNI.", &rows)?;
-        let if_labels = |name: &String, dir: &&str| -> Labels { vec![("interface", name.clone()), ("direction", dir.to_string())] };
-        let rows: Vec<(Labels, u64)> = s.vxlan_by_interface.iter().map(|(n, dir, c)| (if_labels(n, dir), c.packets)).collect();
-        counters(&mut encoder, "weir_vxlan_interface_packets", "VXLAN wire packets by underlay interface.", &rows)?;
-        let rows: Vec<(Labels, u64)> = s.vxlan_by_interface.iter().map(|(n, dir, c)| (if_labels(n, dir), c.bytes)).collect();
-        counters(&mut encoder, "weir_vxlan_interface_bytes", "VXLAN wire bytes by underlay interface.", &rows)?;
-        gauge(&mut encoder, "weir_collection_duration_seconds", "How long the last read of the node's maps took.", &[(vec![], s.collection_seconds)])?;
-        counters(&mut encoder, "weir_collections", "Reads of the node's maps.", &[(vec![], s.collections)])?;
-        counters(&mut encoder, "weir_collection_errors", "Reads of the node's maps that failed.", &[(vec![], s.collection_errors)])?;
+        let rows: Vec<(Labels, u64)> = s
+            .map_pressure
+            .iter()
+            .map(|(map, kind, v)| {
+                (
+                    vec![("map", map.to_string()), ("kind", kind.to_string())],
+                    *v,
+                )
+            })
+            .collect();
+        counters(
+            &mut encoder,
+            "weir_map_pressure",
+            "Flows not recorded because a map was full (update_failed) or pushed out by newer ones (lru_evicted).",
+            &rows,
+        )?;
+        let rows: Vec<(Labels, u64)> = s
+            .events_lost
+            .iter()
+            .map(|(src, v)| (vec![("source", src.to_string())], *v))
+            .collect();
+        counters(
+            &mut encoder,
+            "weir_ring_events_lost",
+            "New-flow events dropped because the ring buffer was full.",
+            &rows,
+        )?;
+        let vni_labels = |vni: &u32, dir: &&str| -> Labels {
+            vec![("vni", vni.to_string()), ("direction", dir.to_string())]
+        };
+        let rows: Vec<(Labels, u64)> = s
+            .vxlan_by_vni
+            .iter()
+            .map(|(vni, dir, c)| (vni_labels(vni, dir), c.packets))
+            .collect();
+        counters(
+            &mut encoder,
+            "weir_vxlan_packets",
+            "VXLAN wire packets on the underlay by VNI; encap = sent, decap = received.",
+            &rows,
+        )?;
+        let rows: Vec<(Labels, u64)> = s
+            .vxlan_by_vni
+            .iter()
+            .map(|(vni, dir, c)| (vni_labels(vni, dir), c.bytes))
+            .collect();
+        counters(
+            &mut encoder,
+            "weir_vxlan_bytes",
+            "VXLAN wire bytes on the underlay by VNI.",
+            &rows,
+        )?;
+        let if_labels = |name: &String, dir: &&str| -> Labels {
+            vec![("interface", name.clone()), ("direction", dir.to_string())]
+        };
+        let rows: Vec<(Labels, u64)> = s
+            .vxlan_by_interface
+            .iter()
+            .map(|(n, dir, c)| (if_labels(n, dir), c.packets))
+            .collect();
+        counters(
+            &mut encoder,
+            "weir_vxlan_interface_packets",
+            "VXLAN wire packets by underlay interface.",
+            &rows,
+        )?;
+        let rows: Vec<(Labels, u64)> = s
+            .vxlan_by_interface
+            .iter()
+            .map(|(n, dir, c)| (if_labels(n, dir), c.bytes))
+            .collect();
+        counters(
+            &mut encoder,
+            "weir_vxlan_interface_bytes",
+            "VXLAN wire bytes by underlay interface.",
+            &rows,
+        )?;
+        gauge(
+            &mut encoder,
+            "weir_collection_duration_seconds",
+            "How long the last read of the node's maps took.",
+            &[(vec![], s.collection_seconds)],
+        )?;
+        counters(
+            &mut encoder,
+            "weir_collections",
+            "Reads of the node's maps.",
+            &[(vec![], s.collections)],
+        )?;
+        counters(
+            &mut encoder,
+            "weir_collection_errors",
+            "Reads of the node's maps that failed.",
+            &[(vec![], s.collection_errors)],
+        )?;
         Ok(())
     }
 }
@@ -125,17 +234,38 @@ mod tests {
         {
             let mut s = shared.lock().unwrap();
             s.pod_series.push((
-                SeriesKey { namespace: "shop".into(), pod: "cart".into(), direction: "egress", vni: "1".into() },
-                Count { packets: 7, bytes: 700 },
+                SeriesKey {
+                    namespace: "shop".into(),
+                    pod: "cart".into(),
+                    direction: "egress",
+                    vni: "1".into(),
+                },
+                Count {
+                    packets: 7,
+                    bytes: 700,
+                },
             ));
-            s.vxlan_by_vni.push((1, "encap", Count { packets: 3, bytes: 450 }));
+            s.vxlan_by_vni.push((
+                1,
+                "encap",
+                Count {
+                    packets: 3,
+                    bytes: 450,
+                },
+            ));
             s.events_lost.push(("pods", 2));
         }
         let text = render(&registry(shared));
         assert!(text.contains(r#"weir_pod_packets_total{namespace="shop",pod="cart",direction="egress",vni="1"} 7"#), "{text}");
         assert!(text.contains(r#"weir_pod_bytes_total{namespace="shop",pod="cart",direction="egress",vni="1"} 700"#), "{text}");
-        assert!(text.contains(r#"weir_vxlan_bytes_total{vni="1",direction="encap"} 450"#), "{text}");
-        assert!(text.contains(r#"weir_ring_events_lost_total{source="pods"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"weir_vxlan_bytes_total{vni="1",direction="encap"} 450"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_ring_events_lost_total{source="pods"} 2"#),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 }

@@ -29,7 +29,10 @@ pub enum Error {
     #[error("Kubernetes: {0}")]
     Kube(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -45,7 +45,9 @@ pub fn ensure_attached(root: &BpfRoot) -> UnderlayNames {
                 device = %device.name, vni = device.vni, port = device.port, underlay = %att.ifname,
                 "VXLAN monitor attached"
             ),
-            Err(e) => warn!(device = %device.name, underlay = %underlay.name, "cannot attach VXLAN monitor: {e}"),
+            Err(e) => {
+                warn!(device = %device.name, underlay = %underlay.name, "cannot attach VXLAN monitor: {e}")
+            }
         }
     }
     names
@@ -55,16 +57,57 @@ pub fn fill_metrics(snapshot: &mut MetricsSnapshot, overlay: &OverlaySide, names
     snapshot.active_overlay_flows = overlay.live_flows;
     snapshot.vxlan_by_vni.clear();
     for (vni, c) in &overlay.per_vni {
-        snapshot.vxlan_by_vni.push((*vni, "encap", Count { packets: c.encap_packets, bytes: c.encap_bytes }));
-        snapshot.vxlan_by_vni.push((*vni, "decap", Count { packets: c.decap_packets, bytes: c.decap_bytes }));
+        snapshot.vxlan_by_vni.push((
+            *vni,
+            "encap",
+            Count {
+                packets: c.encap_packets,
+                bytes: c.encap_bytes,
+            },
+        ));
+        snapshot.vxlan_by_vni.push((
+            *vni,
+            "decap",
+            Count {
+                packets: c.decap_packets,
+                bytes: c.decap_bytes,
+            },
+        ));
     }
     snapshot.vxlan_by_interface.clear();
     for (ifindex, c) in &overlay.per_interface {
-        let name = names.get(ifindex).cloned().unwrap_or_else(|| format!("ifindex-{ifindex}"));
-        snapshot.vxlan_by_interface.push((name.clone(), "encap", Count { packets: c.encap_packets, bytes: c.encap_bytes }));
-        snapshot.vxlan_by_interface.push((name, "decap", Count { packets: c.decap_packets, bytes: c.decap_bytes }));
+        let name = names
+            .get(ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("ifindex-{ifindex}"));
+        snapshot.vxlan_by_interface.push((
+            name.clone(),
+            "encap",
+            Count {
+                packets: c.encap_packets,
+                bytes: c.encap_bytes,
+            },
+        ));
+        snapshot.vxlan_by_interface.push((
+            name,
+            "decap",
+            Count {
+                packets: c.decap_packets,
+                bytes: c.decap_bytes,
+            },
+        ));
     }
-    snapshot.map_pressure.push(("vxlan_flows", "update_failed", overlay.stats.flow_update_failed()));
-    snapshot.map_pressure.push(("vxlan_flows", "lru_evicted", overlay.stats.lru_evictions(overlay.live_flows, 0)));
-    snapshot.events_lost.push(("overlay", overlay.stats.events_lost()));
+    snapshot.map_pressure.push((
+        "vxlan_flows",
+        "update_failed",
+        overlay.stats.flow_update_failed(),
+    ));
+    snapshot.map_pressure.push((
+        "vxlan_flows",
+        "lru_evicted",
+        overlay.stats.lru_evictions(overlay.live_flows, 0),
+    ));
+    snapshot
+        .events_lost
+        .push(("overlay", overlay.stats.events_lost()));
 }

@@ -38,7 +38,11 @@ pub struct FilePeers {
 
 impl FilePeers {
     pub fn new(path: &Path) -> Self {
-        Self { path: path.to_path_buf(), loaded_at: None, peers: HashMap::new() }
+        Self {
+            path: path.to_path_buf(),
+            loaded_at: None,
+            peers: HashMap::new(),
+        }
     }
 
     /// Re-reads the file if its mtime moved; returns a warning to log when the
@@ -58,14 +62,19 @@ impl FilePeers {
         }
         let parsed = std::fs::read(&self.path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice::<HashMap<IpAddr, Peer>>(&bytes).map_err(|e| e.to_string()));
+            .and_then(|bytes| {
+                serde_json::from_slice::<HashMap<IpAddr, Peer>>(&bytes).map_err(|e| e.to_string())
+            });
         match parsed {
             Ok(peers) => {
                 self.peers = peers;
                 self.loaded_at = Some(modified);
                 None
             }
-            Err(e) => Some(format!("peers file {} is unusable, keeping the last good one: {e}", self.path.display())),
+            Err(e) => Some(format!(
+                "peers file {} is unusable, keeping the last good one: {e}",
+                self.path.display()
+            )),
         }
     }
 }
@@ -88,7 +97,11 @@ mod tests {
         assert_eq!(peers.refresh(), None);
         let ip: IpAddr = "10.244.1.5".parse().unwrap();
         assert_eq!(peers.lookup(ip), None);
-        std::fs::write(&path, r#"{"10.244.1.5": {"namespace": "shop", "pod": "db-0", "node": "node-b"}}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"10.244.1.5": {"namespace": "shop", "pod": "db-0", "node": "node-b"}}"#,
+        )
+        .unwrap();
         assert_eq!(peers.refresh(), None);
         assert_eq!(peers.lookup(ip).unwrap().node, "node-b");
         std::thread::sleep(std::time::Duration::from_millis(20));

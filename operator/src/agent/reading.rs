@@ -63,5 +63,10 @@ pub fn read(state_dir: &Path, bpf_root: &BpfRoot) -> Result<NodeReading> {
         Err(EbpfError::MapsNotPinned { .. } | EbpfError::VxlanMonitorNotLoaded { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    Ok(NodeReading { records, pods, overlay, took: started.elapsed() })
+    Ok(NodeReading {
+        records,
+        pods,
+        overlay,
+        took: started.elapsed(),
+    })
 }

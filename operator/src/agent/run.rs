@@ -42,13 +42,23 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let flows: Arc<Mutex<Vec<PodFlowView>>> = Arc::default();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| Error::Io { what: format!("listen on {}", config.listen), source })?;
+        .map_err(|source| Error::Io {
+            what: format!("listen on {}", config.listen),
+            source,
+        })?;
     info!(node = %config.node_name, listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "weir agent started");
-    let endpoints = Arc::new(Endpoints { registry: metrics::registry(shared.clone()), flows: flows.clone() });
+    let endpoints = Arc::new(Endpoints {
+        registry: metrics::registry(shared.clone()),
+        flows: flows.clone(),
+    });
     tokio::spawn(server::serve(listener, endpoints));
 
     let kube = match &config.kube {
-        Some(settings) => Some(super::kube_agent::KubeAgent::start(settings, &config.node_name).await.map_err(Error::Kube)?),
+        Some(settings) => Some(
+            super::kube_agent::KubeAgent::start(settings, &config.node_name)
+                .await
+                .map_err(Error::Kube)?,
+        ),
         None => None,
     };
     let mut peers = config.peers_file.as_deref().map(FilePeers::new);
@@ -56,7 +66,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| Error::Io { what: "install SIGTERM handler".into(), source })?;
+        .map_err(|source| Error::Io {
+            what: "install SIGTERM handler".into(),
+            source,
+        })?;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -70,7 +83,11 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        let names = if config.watch_vxlan { overlay::ensure_attached(&root) } else { Default::default() };
+        let names = if config.watch_vxlan {
+            overlay::ensure_attached(&root)
+        } else {
+            Default::default()
+        };
         if let Some(warning) = peers.as_mut().and_then(FilePeers::refresh) {
             warn!("{warning}");
         }
@@ -83,7 +100,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 };
                 let views = match &kube {
                     Some(k) => {
-                        let directory = super::kube_agent::KubePeers { pods: &k.view.pods, fallback: Some(file_directory) };
+                        let directory = super::kube_agent::KubePeers {
+                            pods: &k.view.pods,
+                            fallback: Some(file_directory),
+                        };
                         let views = join::join(&reading, &config.node_name, &directory);
                         k.round(&reading.records, &root, &views);
                         views
@@ -104,12 +124,21 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     Ok(())
 }
 
-fn publish(shared: &Shared, reading: &NodeReading, totals: &Totals, names: &overlay::UnderlayNames) {
+fn publish(
+    shared: &Shared,
+    reading: &NodeReading,
+    totals: &Totals,
+    names: &overlay::UnderlayNames,
+) {
     let mut s = shared.lock().expect("metrics lock");
     let collections = s.collections + 1;
     let errors = s.collection_errors;
     *s = MetricsSnapshot {
-        pod_series: totals.series().iter().map(|(k, c)| (k.clone(), *c)).collect(),
+        pod_series: totals
+            .series()
+            .iter()
+            .map(|(k, c)| (k.clone(), *c))
+            .collect(),
         collection_seconds: reading.took.as_secs_f64(),
         collections,
         collection_errors: errors,
@@ -117,8 +146,13 @@ fn publish(shared: &Shared, reading: &NodeReading, totals: &Totals, names: &over
     };
     if let Some(pods) = &reading.pods {
         s.active_pod_flows = pods.live_flows;
-        s.map_pressure.push(("pod_flows", "update_failed", pods.stats.flow_update_failed));
-        s.map_pressure.push(("pod_flows", "lru_evicted", pods.stats.lru_evictions(pods.live_flows, 0)));
+        s.map_pressure
+            .push(("pod_flows", "update_failed", pods.stats.flow_update_failed));
+        s.map_pressure.push((
+            "pod_flows",
+            "lru_evicted",
+            pods.stats.lru_evictions(pods.live_flows, 0),
+        ));
         s.events_lost.push(("pods", pods.stats.events_lost));
     }
     if let Some(overlay) = &reading.overlay {

@@ -38,7 +38,10 @@ impl Cidr {
             return None;
         }
         let (addr, len) = text.split_once('/')?;
-        Some(Self { addr: addr.parse().ok()?, len: len.parse().ok()? })
+        Some(Self {
+            addr: addr.parse().ok()?,
+            len: len.parse().ok()?,
+        })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -135,11 +138,20 @@ pub struct Selection {
 impl Selection {
     /// Evaluates every valid profile against the local pods; per pod, the
     /// first selecting profile by name wins.
-    pub fn compute<'a>(profiles: &[Arc<CaptureProfile>], pods: impl IntoIterator<Item = LocalPod<'a>>) -> Self {
+    pub fn compute<'a>(
+        profiles: &[Arc<CaptureProfile>],
+        pods: impl IntoIterator<Item = LocalPod<'a>>,
+    ) -> Self {
         let mut rules: HashMap<&str, Vec<(Arc<Rule>, Selector)>> = HashMap::new();
         for profile in profiles {
-            if let (Some(ns), Some((rule, selector))) = (profile.metadata.namespace.as_deref(), Rule::from_profile(profile)) {
-                rules.entry(ns).or_default().push((Arc::new(rule), selector));
+            if let (Some(ns), Some((rule, selector))) = (
+                profile.metadata.namespace.as_deref(),
+                Rule::from_profile(profile),
+            ) {
+                rules
+                    .entry(ns)
+                    .or_default()
+                    .push((Arc::new(rule), selector));
             }
         }
         for list in rules.values_mut() {
@@ -147,9 +159,17 @@ impl Selection {
         }
         let mut by_pod = HashMap::new();
         for pod in pods {
-            let Some(list) = rules.get(pod.namespace) else { continue };
-            if let Some((rule, _)) = list.iter().find(|(_, selector)| selector.matches(pod.labels)) {
-                by_pod.insert((pod.namespace.to_owned(), pod.name.to_owned()), rule.clone());
+            let Some(list) = rules.get(pod.namespace) else {
+                continue;
+            };
+            if let Some((rule, _)) = list
+                .iter()
+                .find(|(_, selector)| selector.matches(pod.labels))
+            {
+                by_pod.insert(
+                    (pod.namespace.to_owned(), pod.name.to_owned()),
+                    rule.clone(),
+                );
             }
         }
         Self { by_pod }
@@ -187,7 +207,11 @@ pub struct Applied {
 /// Puts the selection into the data path: counting for the selected pods'
 /// records, pass-through (no config entry) for the others. Only entries that
 /// differ are written.
-pub fn apply(selection: &Selection, records: &[AttachmentRecord], maps: &mut NodeMaps) -> weir_ebpf::Result<Applied> {
+pub fn apply(
+    selection: &Selection,
+    records: &[AttachmentRecord],
+    maps: &mut NodeMaps,
+) -> weir_ebpf::Result<Applied> {
     let mut applied = Applied::default();
     for record in records {
         let want = selection.selects(record);
@@ -214,14 +238,23 @@ mod tests {
     use super::*;
     use crate::crd::CaptureProfileSpec;
 
-    fn profile(ns: &str, name: &str, app: Option<&str>, edit: impl FnOnce(&mut CaptureProfileSpec)) -> Arc<CaptureProfile> {
+    fn profile(
+        ns: &str,
+        name: &str,
+        app: Option<&str>,
+        edit: impl FnOnce(&mut CaptureProfileSpec),
+    ) -> Arc<CaptureProfile> {
         let mut spec = CaptureProfileSpec::selecting(LabelSelector {
             match_labels: app.map(|a| [("app".to_owned(), a.to_owned())].into()),
             ..Default::default()
         });
         edit(&mut spec);
         Arc::new(CaptureProfile {
-            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
             spec,
             status: None,
         })
@@ -236,22 +269,43 @@ mod tests {
         let (web, db) = (labels("web"), labels("db"));
         let profiles = vec![
             profile("shop", "zeta", None, |_| {}),
-            profile("shop", "alpha", Some("web"), |s| s.protocols = vec![Protocol::Tcp]),
+            profile("shop", "alpha", Some("web"), |s| {
+                s.protocols = vec![Protocol::Tcp]
+            }),
             profile("shop", "aaa-invalid", None, |s| s.max_pod_flows = 0),
             profile("other", "all", None, |_| {}),
             profile("shop", "exprs", None, |s| {
-                s.pod_selector.match_expressions =
-                    Some(vec![LabelSelectorRequirement { key: "app".into(), operator: "NotIn".into(), values: Some(vec!["db".into()]) }]);
+                s.pod_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: "NotIn".into(),
+                    values: Some(vec!["db".into()]),
+                }]);
             }),
         ];
         let pods = [
-            LocalPod { namespace: "shop", name: "web-1", labels: &web },
-            LocalPod { namespace: "shop", name: "db-0", labels: &db },
-            LocalPod { namespace: "idle", name: "x", labels: &web },
+            LocalPod {
+                namespace: "shop",
+                name: "web-1",
+                labels: &web,
+            },
+            LocalPod {
+                namespace: "shop",
+                name: "db-0",
+                labels: &db,
+            },
+            LocalPod {
+                namespace: "idle",
+                name: "x",
+                labels: &web,
+            },
         ];
         let s = Selection::compute(&profiles, pods);
         assert_eq!(s.rule("shop", "web-1").unwrap().profile, "alpha");
-        assert_eq!(s.rule("shop", "db-0").unwrap().profile, "zeta", "exprs does not select db; the invalid one is ignored");
+        assert_eq!(
+            s.rule("shop", "db-0").unwrap().profile,
+            "zeta",
+            "exprs does not select db; the invalid one is ignored"
+        );
         assert!(s.rule("idle", "x").is_none(), "no profile in its namespace");
         assert_eq!(s.len(), 2);
     }
@@ -266,15 +320,24 @@ mod tests {
         .unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(p.admits(Protocol::Udp, Some(53), ip("10.244.3.4")));
-        assert!(!p.admits(Protocol::Tcp, Some(53), ip("10.244.3.4")), "protocol");
+        assert!(
+            !p.admits(Protocol::Tcp, Some(53), ip("10.244.3.4")),
+            "protocol"
+        );
         assert!(!p.admits(Protocol::Udp, Some(54), ip("10.244.3.4")), "port");
         assert!(!p.admits(Protocol::Udp, Some(53), ip("10.245.0.1")), "peer");
-        assert!(p.admits(Protocol::Icmp, None, ip("fd00::1")), "ICMP is listed, so the port list does not apply");
+        assert!(
+            p.admits(Protocol::Icmp, None, ip("fd00::1")),
+            "ICMP is listed, so the port list does not apply"
+        );
         let (all, _) = Rule::from_profile(&profile("shop", "p", None, |_| {})).unwrap();
         assert!(all.admits(Protocol::IcmpV6, None, ip("1.1.1.1")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
         assert!(Cidr::parse("10.1.2.3/32").unwrap().contains(ip("10.1.2.3")));
         assert!(!Cidr::parse("10.1.2.3/32").unwrap().contains(ip("10.1.2.4")));
-        assert!(!Cidr::parse("::/0").unwrap().contains(ip("10.1.2.4")), "families do not mix");
+        assert!(
+            !Cidr::parse("::/0").unwrap().contains(ip("10.1.2.4")),
+            "families do not mix"
+        );
     }
 }

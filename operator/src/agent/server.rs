@@ -38,13 +38,16 @@ async fn answer(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
         let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request header timeout"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "request header timeout")
+            })??;
         if n == 0 {
             break;
         }
         request.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(request.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+    let line = String::from_utf8_lossy(request.split(|b| *b == b'\n').next().unwrap_or_default())
+        .into_owned();
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
@@ -56,11 +59,19 @@ async fn answer(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result
         ),
         ("GET", "/flows") => {
             let flows = endpoints.flows.lock().expect("flows lock").clone();
-            ("200 OK", "application/json", serde_json::to_string(&flows).unwrap_or_else(|_| "[]".into()))
+            (
+                "200 OK",
+                "application/json",
+                serde_json::to_string(&flows).unwrap_or_else(|_| "[]".into()),
+            )
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

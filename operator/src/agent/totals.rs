@@ -42,17 +42,35 @@ pub const OVERFLOW_POD: &str = "_overflow";
 
 impl Totals {
     pub fn new(max_series: usize) -> Self {
-        Self { last: HashMap::new(), series: BTreeMap::new(), max_series: max_series.max(1) }
+        Self {
+            last: HashMap::new(),
+            series: BTreeMap::new(),
+            max_series: max_series.max(1),
+        }
     }
 
     pub fn update(&mut self, views: &[PodFlowView]) {
         let mut seen = HashMap::with_capacity(views.len());
         for view in views {
-            let id = (view.pod_id, view.direction, view.protocol, view.source, view.source_port, view.destination, view.destination_port);
-            let now = Count { packets: view.packets, bytes: view.bytes };
+            let id = (
+                view.pod_id,
+                view.direction,
+                view.protocol,
+                view.source,
+                view.source_port,
+                view.destination,
+                view.destination_port,
+            );
+            let now = Count {
+                packets: view.packets,
+                bytes: view.bytes,
+            };
             let before = self.last.get(&id).copied().unwrap_or_default();
             let grew = if now.packets >= before.packets && now.bytes >= before.bytes {
-                Count { packets: now.packets - before.packets, bytes: now.bytes - before.bytes }
+                Count {
+                    packets: now.packets - before.packets,
+                    bytes: now.bytes - before.bytes,
+                }
             } else {
                 now
             };
@@ -64,10 +82,19 @@ impl Totals {
                 namespace: view.namespace.clone().unwrap_or_default(),
                 pod: view.pod.clone(),
                 direction: view.direction,
-                vni: view.overlay.as_ref().map(|o| o.vni.to_string()).unwrap_or_default(),
+                vni: view
+                    .overlay
+                    .as_ref()
+                    .map(|o| o.vni.to_string())
+                    .unwrap_or_default(),
             };
             if !self.series.contains_key(&key) && self.series.len() + 1 >= self.max_series {
-                key = SeriesKey { namespace: String::new(), pod: OVERFLOW_POD.into(), direction: "any", vni: String::new() };
+                key = SeriesKey {
+                    namespace: String::new(),
+                    pod: OVERFLOW_POD.into(),
+                    direction: "any",
+                    vni: String::new(),
+                };
             }
             let total = self.series.entry(key).or_default();
             total.packets += grew.packets;
@@ -108,7 +135,11 @@ mod tests {
     }
 
     fn total(t: &Totals, pod: &str) -> Count {
-        t.series().iter().find(|(k, _)| k.pod == pod).map(|(_, c)| *c).unwrap_or_default()
+        t.series()
+            .iter()
+            .find(|(k, _)| k.pod == pod)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -116,7 +147,13 @@ mod tests {
         let mut t = Totals::new(100);
         t.update(&[view("a", 1, 5)]);
         t.update(&[view("a", 1, 8)]);
-        assert_eq!(total(&t, "a"), Count { packets: 8, bytes: 80 });
+        assert_eq!(
+            total(&t, "a"),
+            Count {
+                packets: 8,
+                bytes: 80
+            }
+        );
         // Evicted and re-created from zero: its 3 new packets still count.
         t.update(&[view("a", 1, 3)]);
         assert_eq!(total(&t, "a").packets, 11);
@@ -129,8 +166,16 @@ mod tests {
     #[test]
     fn series_are_capped_into_an_overflow_series_without_losing_counts() {
         let mut t = Totals::new(3);
-        t.update(&[view("a", 1, 1), view("b", 1, 2), view("c", 1, 4), view("d", 1, 8)]);
+        t.update(&[
+            view("a", 1, 1),
+            view("b", 1, 2),
+            view("c", 1, 4),
+            view("d", 1, 8),
+        ]);
         assert_eq!(t.series().len(), 3);
-        assert_eq!(total(&t, "a").packets + total(&t, "b").packets + total(&t, OVERFLOW_POD).packets, 15);
+        assert_eq!(
+            total(&t, "a").packets + total(&t, "b").packets + total(&t, OVERFLOW_POD).packets,
+            15
+        );
     }
 }

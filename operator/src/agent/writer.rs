@@ -64,7 +64,8 @@ use super::join::{OverlayLeg, PodFlowView};
 use super::selection::{Rule, Selection};
 use crate::crd::pod_flow::agent_field_manager;
 use crate::crd::{
-    DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
+    DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, Protocol,
+    SourceEndpoint, VxlanCounters,
 };
 
 /// Label naming the profile that publishes a PodFlow.
@@ -81,8 +82,13 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-        Self { boot_epoch_ns: wall - i128::from(crate::node_flows::boot_time_ns()) }
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Self {
+            boot_epoch_ns: wall - i128::from(crate::node_flows::boot_time_ns()),
+        }
     }
 
     /// A clock whose boot happened at `boot_epoch_ns` (for tests).
@@ -96,7 +102,9 @@ impl Clock {
             return None;
         }
         let secs = (self.boot_epoch_ns + i128::from(boot_ns)).div_euclid(1_000_000_000);
-        k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).ok()?).ok().map(Time)
+        k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).ok()?)
+            .ok()
+            .map(Time)
     }
 }
 
@@ -157,8 +165,11 @@ fn add(c: &mut DirectionCounters, views: &[&PodFlowView]) {
 
 fn add_leg(vx: &mut Option<VxlanCounters>, leg: &OverlayLeg, forward: bool) {
     let v = vx.get_or_insert_with(|| {
-        let (src, dst) =
-            if forward { (leg.outer_source, leg.outer_destination) } else { (leg.outer_destination, leg.outer_source) };
+        let (src, dst) = if forward {
+            (leg.outer_source, leg.outer_destination)
+        } else {
+            (leg.outer_destination, leg.outer_source)
+        };
         VxlanCounters {
             vni: Some(i64::from(leg.vni)),
             outer_source: Some(src.to_string()),
@@ -185,12 +196,20 @@ fn pod_owner(namespace: &str, pod: &str, uids: &dyn PodUids) -> Option<OwnerRefe
 
 /// Groups a round's views into the PodFlows this node publishes (see the
 /// module doc for the rules).
-pub fn conversations(views: &[PodFlowView], node: &str, selection: &Selection, uids: &dyn PodUids, clock: &Clock) -> Conversations {
+pub fn conversations(
+    views: &[PodFlowView],
+    node: &str,
+    selection: &Selection,
+    uids: &dyn PodUids,
+    clock: &Clock,
+) -> Conversations {
     // (pod id, proto, local ip, local port, remote ip, remote port)
     type Tuple = (u32, u8, IpAddr, u16, IpAddr, u16);
     let mut pairs: HashMap<Tuple, (Pair<'_>, &PodFlowView)> = HashMap::new();
     for v in views {
-        let (Some(ns), true) = (&v.namespace, v.direction != "unknown") else { continue };
+        let (Some(ns), true) = (&v.namespace, v.direction != "unknown") else {
+            continue;
+        };
         if selection.rule(ns, &v.pod).is_none() {
             continue;
         }
@@ -202,8 +221,14 @@ pub fn conversations(views: &[PodFlowView], node: &str, selection: &Selection, u
             (v.destination, v.destination_port, v.source, v.source_port)
         };
         let (lport, rport) = if has_ports { (lport, rport) } else { (0, 0) };
-        let entry = pairs.entry((v.pod_id, v.protocol, local, lport, remote, rport)).or_insert_with(|| (Pair::default(), v));
-        if egress { entry.0.egress.push(v) } else { entry.0.ingress.push(v) }
+        let entry = pairs
+            .entry((v.pod_id, v.protocol, local, lport, remote, rport))
+            .or_insert_with(|| (Pair::default(), v));
+        if egress {
+            entry.0.egress.push(v)
+        } else {
+            entry.0.ingress.push(v)
+        }
     }
 
     let mut out = Conversations::default();
@@ -211,10 +236,15 @@ pub fn conversations(views: &[PodFlowView], node: &str, selection: &Selection, u
     type Grouped = (PodFlowSpec, Option<OwnerReference>, Arc<Rule>, Agg);
     let mut aggs: HashMap<(String, String, bool), Grouped> = HashMap::new();
     for ((_, proto, local_ip, lport, remote_ip, rport), (pair, any)) in pairs {
-        let Some(protocol) = Protocol::from_ip_proto(proto) else { continue };
+        let Some(protocol) = Protocol::from_ip_proto(proto) else {
+            continue;
+        };
         let ns = any.namespace.as_deref().unwrap_or_default();
-        let Some(rule) = selection.rule(ns, &any.pod) else { continue };
-        let first = |vs: &[&PodFlowView]| vs.iter().map(|v| v.first_seen_ns).filter(|t| *t > 0).min();
+        let Some(rule) = selection.rule(ns, &any.pod) else {
+            continue;
+        };
+        let first =
+            |vs: &[&PodFlowView]| vs.iter().map(|v| v.first_seen_ns).filter(|t| *t > 0).min();
         let local_is_source = match (first(&pair.egress), first(&pair.ingress)) {
             (Some(e), Some(i)) => e <= i,
             (_, None) => true,
@@ -224,22 +254,57 @@ pub fn conversations(views: &[PodFlowView], node: &str, selection: &Selection, u
         let (spec, owner) = if local_is_source {
             let source = SourceEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node);
             let destination = match &any.peer {
-                Some(peer) => DestinationEndpoint::pod(&peer.namespace, &peer.pod, &remote_ip.to_string(), &peer.node, port(rport)),
+                Some(peer) => DestinationEndpoint::pod(
+                    &peer.namespace,
+                    &peer.pod,
+                    &remote_ip.to_string(),
+                    &peer.node,
+                    port(rport),
+                ),
                 None => DestinationEndpoint::address(&remote_ip.to_string(), port(rport)),
             };
-            (PodFlowSpec { source, destination, protocol, profile: rule.profile.clone() }, pod_owner(ns, &any.pod, uids))
+            (
+                PodFlowSpec {
+                    source,
+                    destination,
+                    protocol,
+                    profile: rule.profile.clone(),
+                },
+                pod_owner(ns, &any.pod, uids),
+            )
         } else {
-            let destination = DestinationEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node, port(lport));
+            let destination =
+                DestinationEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node, port(lport));
             let (source, owner) = match &any.peer {
                 Some(peer) => {
-                    let owner = if peer.namespace == rule.namespace { pod_owner(&peer.namespace, &peer.pod, uids) } else { None };
-                    (SourceEndpoint::pod(&peer.namespace, &peer.pod, &remote_ip.to_string(), &peer.node), owner)
+                    let owner = if peer.namespace == rule.namespace {
+                        pod_owner(&peer.namespace, &peer.pod, uids)
+                    } else {
+                        None
+                    };
+                    (
+                        SourceEndpoint::pod(
+                            &peer.namespace,
+                            &peer.pod,
+                            &remote_ip.to_string(),
+                            &peer.node,
+                        ),
+                        owner,
+                    )
                 }
                 // Opened from outside the pods weir knows: the local pod owns it.
                 None => (SourceEndpoint::address(&remote_ip.to_string()), None),
             };
             let owner = owner.or_else(|| pod_owner(ns, &any.pod, uids));
-            (PodFlowSpec { source, destination, protocol, profile: rule.profile.clone() }, owner)
+            (
+                PodFlowSpec {
+                    source,
+                    destination,
+                    protocol,
+                    profile: rule.profile.clone(),
+                },
+                owner,
+            )
         };
         let destination_port = spec.destination.port.and_then(|p| u16::try_from(p).ok());
         if !rule.admits(protocol, destination_port, remote_ip) {
@@ -250,7 +315,11 @@ pub fn conversations(views: &[PodFlowView], node: &str, selection: &Selection, u
         let (_, _, _, agg) = aggs
             .entry((rule.namespace.clone(), name, local_is_source))
             .or_insert_with(|| (spec, owner, rule.clone(), Agg::default()));
-        let (fwd, rev) = if local_is_source { (&pair.egress, &pair.ingress) } else { (&pair.ingress, &pair.egress) };
+        let (fwd, rev) = if local_is_source {
+            (&pair.egress, &pair.ingress)
+        } else {
+            (&pair.ingress, &pair.egress)
+        };
         add(&mut agg.forward, fwd);
         add(&mut agg.reverse, rev);
         for (views, forward) in [(fwd, true), (rev, false)] {
@@ -357,7 +426,10 @@ pub fn spawn(client: Client, node: &str, qps: f64) -> WriterHandle {
         stats: stats.clone(),
     };
     tokio::spawn(writer.run(rx));
-    WriterHandle { tx: Arc::new(tx), stats }
+    WriterHandle {
+        tx: Arc::new(tx),
+        stats,
+    }
 }
 
 /// `rate` tokens per second, at most `rate` (at least 1) saved up.
@@ -371,15 +443,25 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate: f64) -> Self {
-        let rate = if rate.is_finite() && rate > 0.0 { rate } else { 5.0 };
+        let rate = if rate.is_finite() && rate > 0.0 {
+            rate
+        } else {
+            5.0
+        };
         let burst = rate.max(1.0);
-        Self { rate, burst, tokens: burst, last: Instant::now() }
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
     }
 
     pub async fn take(&mut self) {
         loop {
             let now = Instant::now();
-            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+                .min(self.burst);
             self.last = now;
             if self.tokens >= 1.0 {
                 self.tokens -= 1.0;
@@ -449,12 +531,17 @@ impl Writer {
             }
         }
         // Gone from the maps: keep what still has to be written, drop the rest.
-        self.entries.retain(|k, e| present.contains(k) || e.dirty_since.is_some());
+        self.entries
+            .retain(|k, e| present.contains(k) || e.dirty_since.is_some());
         self.count_dirty();
     }
 
     fn count_dirty(&self) {
-        let dirty = self.entries.values().filter(|e| e.dirty_since.is_some()).count();
+        let dirty = self
+            .entries
+            .values()
+            .filter(|e| e.dirty_since.is_some())
+            .count();
         self.stats.dirty.store(dirty as u64, Ordering::Relaxed);
     }
 
@@ -469,7 +556,9 @@ impl Writer {
             *created.entry(e.desired.spec.profile.as_str()).or_default() += 1;
         }
         for (key, e) in &self.entries {
-            let Some(dirty_since) = e.dirty_since else { continue };
+            let Some(dirty_since) = e.dirty_since else {
+                continue;
+            };
             let due = match (e.blocked_until, e.last_write) {
                 (Some(b), _) if b > now => b,
                 (_, Some(last)) => last + e.desired.flush_interval,
@@ -480,7 +569,12 @@ impl Writer {
                 continue;
             }
             if !e.spec_applied && e.written.is_none() {
-                let active = e.desired.profile_active_flows.unwrap_or(0).max(created.get(e.desired.spec.profile.as_str()).copied().unwrap_or(0));
+                let active = e.desired.profile_active_flows.unwrap_or(0).max(
+                    created
+                        .get(e.desired.spec.profile.as_str())
+                        .copied()
+                        .unwrap_or(0),
+                );
                 if active >= e.desired.max_pod_flows {
                     capped += 1;
                     continue;
@@ -558,7 +652,9 @@ impl Writer {
     async fn write(&mut self, key: &(String, String)) -> Result<(), Failure> {
         let api: Api<PodFlow> = Api::namespaced(self.client.clone(), &key.0);
         let params = PatchParams::apply(&self.manager);
-        let Some(entry) = self.entries.get(key) else { return Ok(()) };
+        let Some(entry) = self.entries.get(key) else {
+            return Ok(());
+        };
         if !entry.spec_applied {
             let body = spec_patch(&entry.desired);
             self.bucket.take().await;
@@ -572,12 +668,17 @@ impl Writer {
             }
         }
         // The newest counters this writer has, taken right before the request.
-        let Some(entry) = self.entries.get(key) else { return Ok(()) };
+        let Some(entry) = self.entries.get(key) else {
+            return Ok(());
+        };
         let observer = entry.desired.observer.clone();
         let body = PodFlow::observer_patch(&key.1, &observer);
         self.bucket.take().await;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = api.patch_status(&key.1, &params, &Patch::Apply(&body)).await {
+        if let Err(e) = api
+            .patch_status(&key.1, &params, &Patch::Apply(&body))
+            .await
+        {
             return Err(self.failed(key, "status", &e));
         }
         self.stats.status_applies.fetch_add(1, Ordering::Relaxed);
@@ -597,9 +698,15 @@ impl Writer {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         let failure = classify(e);
         match failure {
-            Failure::Transient => debug!(podflow = %format!("{}/{}", key.0, key.1), "{what} apply failed, backing off: {e}"),
-            Failure::Gone => debug!(podflow = %format!("{}/{}", key.0, key.1), "PodFlow is gone; creating it again"),
-            Failure::Refused => warn!(podflow = %format!("{}/{}", key.0, key.1), "{what} apply refused, retrying in 5m: {e}"),
+            Failure::Transient => {
+                debug!(podflow = %format!("{}/{}", key.0, key.1), "{what} apply failed, backing off: {e}")
+            }
+            Failure::Gone => {
+                debug!(podflow = %format!("{}/{}", key.0, key.1), "PodFlow is gone; creating it again")
+            }
+            Failure::Refused => {
+                warn!(podflow = %format!("{}/{}", key.0, key.1), "{what} apply refused, retrying in 5m: {e}")
+            }
         }
         failure
     }
@@ -618,7 +725,15 @@ mod tests {
     use crate::crd::{CaptureProfile, CaptureProfileSpec};
 
     #[allow(clippy::too_many_arguments)]
-    fn view(pod: &str, egress: bool, src: (&str, u16), dst: (&str, u16), packets: u64, first: u64, peer: Option<Peer>) -> PodFlowView {
+    fn view(
+        pod: &str,
+        egress: bool,
+        src: (&str, u16),
+        dst: (&str, u16),
+        packets: u64,
+        first: u64,
+        peer: Option<Peer>,
+    ) -> PodFlowView {
         PodFlowView {
             pod_id: if pod == "web" { 1 } else { 2 },
             namespace: Some("shop".into()),
@@ -640,23 +755,41 @@ mod tests {
     }
 
     fn peer(ns: &str, pod: &str, node: &str) -> Option<Peer> {
-        Some(Peer { namespace: ns.into(), pod: pod.into(), node: node.into() })
+        Some(Peer {
+            namespace: ns.into(),
+            pod: pod.into(),
+            node: node.into(),
+        })
     }
 
     fn selection(pods: &[&str], edit: impl FnOnce(&mut CaptureProfileSpec)) -> Selection {
         let mut spec = CaptureProfileSpec::selecting(LabelSelector::default());
         edit(&mut spec);
         let profile = Arc::new(CaptureProfile {
-            metadata: ObjectMeta { name: Some("all".into()), namespace: Some("shop".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("all".into()),
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
             spec,
             status: None,
         });
         let labels = BTreeMap::new();
-        Selection::compute(&[profile], pods.iter().map(|p| LocalPod { namespace: "shop", name: p, labels: &labels }))
+        Selection::compute(
+            &[profile],
+            pods.iter().map(|p| LocalPod {
+                namespace: "shop",
+                name: p,
+                labels: &labels,
+            }),
+        )
     }
 
     fn uids() -> HashMap<(String, String), String> {
-        ["web", "db", "api"].into_iter().map(|p| (("shop".to_owned(), p.to_owned()), format!("uid-{p}"))).collect()
+        ["web", "db", "api"]
+            .into_iter()
+            .map(|p| (("shop".to_owned(), p.to_owned()), format!("uid-{p}")))
+            .collect()
     }
 
     const WEB: &str = "10.244.0.3";
@@ -665,18 +798,66 @@ mod tests {
     #[test]
     fn client_egress_and_reply_make_one_podflow_summed_over_client_ports() {
         let views = vec![
-            view("web", true, (WEB, 4000), (DB, 53), 10, 100, peer("shop", "db", "node-b")),
-            view("web", false, (DB, 53), (WEB, 4000), 9, 200, peer("shop", "db", "node-b")),
-            view("web", true, (WEB, 4001), (DB, 53), 5, 50, peer("shop", "db", "node-b")),
+            view(
+                "web",
+                true,
+                (WEB, 4000),
+                (DB, 53),
+                10,
+                100,
+                peer("shop", "db", "node-b"),
+            ),
+            view(
+                "web",
+                false,
+                (DB, 53),
+                (WEB, 4000),
+                9,
+                200,
+                peer("shop", "db", "node-b"),
+            ),
+            view(
+                "web",
+                true,
+                (WEB, 4001),
+                (DB, 53),
+                5,
+                50,
+                peer("shop", "db", "node-b"),
+            ),
         ];
-        let c = conversations(&views, "node-a", &selection(&["web"], |_| {}), &uids(), &Clock::at(0));
+        let c = conversations(
+            &views,
+            "node-a",
+            &selection(&["web"], |_| {}),
+            &uids(),
+            &Clock::at(0),
+        );
         assert_eq!(c.flows.len(), 1, "{c:#?}");
         let f = &c.flows[0];
-        assert_eq!((f.spec.source.display.as_str(), f.spec.destination.display.as_str()), ("shop/web", "shop/db"));
+        assert_eq!(
+            (
+                f.spec.source.display.as_str(),
+                f.spec.destination.display.as_str()
+            ),
+            ("shop/web", "shop/db")
+        );
         assert_eq!(f.spec.destination.port, Some(53));
         assert_eq!(f.spec.destination.node.as_deref(), Some("node-b"));
-        assert_eq!(f.observer.forward, DirectionCounters { packets: 15, bytes: 1500 });
-        assert_eq!(f.observer.reverse, DirectionCounters { packets: 9, bytes: 900 });
+        assert_eq!(
+            f.observer.forward,
+            DirectionCounters {
+                packets: 15,
+                bytes: 1500
+            }
+        );
+        assert_eq!(
+            f.observer.reverse,
+            DirectionCounters {
+                packets: 9,
+                bytes: 900
+            }
+        );
         assert_eq!(f.observer.first_seen, Clock::at(0).time(50));
         assert_eq!(f.owner.as_ref().unwrap().uid, "uid-web");
         assert_eq!(f.owner.as_ref().unwrap().controller, Some(false));
@@ -686,36 +867,129 @@ mod tests {
     #[test]
     fn a_server_pods_reply_names_the_client_as_source_and_outsiders_by_address() {
         let views = vec![
-            view("db", false, (WEB, 4000), (DB, 53), 10, 100, peer("front", "web", "node-a")),
-            view("db", true, (DB, 53), (WEB, 4000), 10, 200, peer("front", "web", "node-a")),
+            view(
+                "db",
+                false,
+                (WEB, 4000),
+                (DB, 53),
+                10,
+                100,
+                peer("front", "web", "node-a"),
+            ),
+            view(
+                "db",
+                true,
+                (DB, 53),
+                (WEB, 4000),
+                10,
+                200,
+                peer("front", "web", "node-a"),
+            ),
             view("db", false, ("1.2.3.4", 5555), (DB, 53), 3, 10, None),
         ];
-        let c = conversations(&views, "node-b", &selection(&["db"], |_| {}), &uids(), &Clock::at(0));
+        let c = conversations(
+            &views,
+            "node-b",
+            &selection(&["db"], |_| {}),
+            &uids(),
+            &Clock::at(0),
+        );
         assert_eq!(c.flows.len(), 2);
-        let outsider = c.flows.iter().find(|f| f.spec.source.pod.is_none()).expect("the outsider's conversation");
-        assert_eq!((outsider.spec.source.display.as_str(), outsider.spec.destination.display.as_str()), ("1.2.3.4", "shop/db"));
+        let outsider = c
+            .flows
+            .iter()
+            .find(|f| f.spec.source.pod.is_none())
+            .expect("the outsider's conversation");
+        assert_eq!(
+            (
+                outsider.spec.source.display.as_str(),
+                outsider.spec.destination.display.as_str()
+            ),
+            ("1.2.3.4", "shop/db")
+        );
         assert_eq!(outsider.owner.as_ref().unwrap().uid, "uid-db");
         assert!(outsider.name.starts_with("db-"), "{}", outsider.name);
-        let f = c.flows.iter().find(|f| f.spec.source.pod.is_some()).unwrap();
-        assert_eq!((f.spec.source.display.as_str(), f.spec.source.node.as_deref()), ("front/web", Some("node-a")));
+        let f = c
+            .flows
+            .iter()
+            .find(|f| f.spec.source.pod.is_some())
+            .unwrap();
+        assert_eq!(
+            (
+                f.spec.source.display.as_str(),
+                f.spec.source.node.as_deref()
+            ),
+            ("front/web", Some("node-a"))
+        );
         assert_eq!(f.spec.destination.port, Some(53));
         assert_eq!(f.observer.forward.packets, 10);
         assert_eq!(f.observer.node, "node-b");
-        assert_eq!(f.owner.as_ref().unwrap().uid, "uid-db", "the source is in another namespace: the local pod owns it");
+        assert_eq!(
+            f.owner.as_ref().unwrap().uid,
+            "uid-db",
+            "the source is in another namespace: the local pod owns it"
+        );
     }
 
     #[test]
     fn both_ends_local_publish_the_source_side_once_and_filters_apply() {
         let views = vec![
-            view("web", true, (WEB, 4000), (DB, 53), 10, 100, peer("shop", "db", "node-a")),
-            view("web", false, (DB, 53), (WEB, 4000), 10, 200, peer("shop", "db", "node-a")),
-            view("db", false, (WEB, 4000), (DB, 53), 10, 100, peer("shop", "web", "node-a")),
-            view("db", true, (DB, 53), (WEB, 4000), 10, 200, peer("shop", "web", "node-a")),
+            view(
+                "web",
+                true,
+                (WEB, 4000),
+                (DB, 53),
+                10,
+                100,
+                peer("shop", "db", "node-a"),
+            ),
+            view(
+                "web",
+                false,
+                (DB, 53),
+                (WEB, 4000),
+                10,
+                200,
+                peer("shop", "db", "node-a"),
+            ),
+            view(
+                "db",
+                false,
+                (WEB, 4000),
+                (DB, 53),
+                10,
+                100,
+                peer("shop", "web", "node-a"),
+            ),
+            view(
+                "db",
+                true,
+                (DB, 53),
+                (WEB, 4000),
+                10,
+                200,
+                peer("shop", "web", "node-a"),
+            ),
         ];
-        let c = conversations(&views, "node-a", &selection(&["web", "db"], |_| {}), &uids(), &Clock::at(0));
+        let c = conversations(
+            &views,
+            "node-a",
+            &selection(&["web", "db"], |_| {}),
+            &uids(),
+            &Clock::at(0),
+        );
         assert_eq!(c.flows.len(), 1, "{c:#?}");
-        assert_eq!(c.flows[0].observer.forward.packets, 10, "not summed over both pods' views");
-        let tcp_only = conversations(&views, "node-a", &selection(&["web", "db"], |s| s.protocols = vec![Protocol::Tcp]), &uids(), &Clock::at(0));
+        assert_eq!(
+            c.flows[0].observer.forward.packets, 10,
+            "not summed over both pods' views"
+        );
+        let tcp_only = conversations(
+            &views,
+            "node-a",
+            &selection(&["web", "db"], |s| s.protocols = vec![Protocol::Tcp]),
+            &uids(),
+            &Clock::at(0),
+        );
         assert!(tcp_only.flows.is_empty());
         assert!(tcp_only.filtered > 0);
     }
@@ -725,7 +999,10 @@ mod tests {
         let clock = Clock::at(1_700_000_000_000_000_000);
         assert_eq!(clock.time(0), None);
         assert_eq!(clock.time(1_500_000_000), clock.time(1_900_000_000));
-        assert_eq!(clock.time(1_500_000_000).unwrap().0.as_second(), 1_700_000_001);
+        assert_eq!(
+            clock.time(1_500_000_000).unwrap().0.as_second(),
+            1_700_000_001
+        );
     }
 
     #[tokio::test]
@@ -737,6 +1014,9 @@ mod tests {
         }
         // 50 from the burst, then 10 at 50/s.
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(190) && took <= Duration::from_millis(400), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(190) && took <= Duration::from_millis(400),
+            "{took:?}"
+        );
     }
 }

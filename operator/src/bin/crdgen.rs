@@ -27,7 +27,9 @@ struct Cli {
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let dirs = if cli.dir.is_empty() {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("operator/ is in the workspace");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("operator/ is in the workspace");
         vec![workspace.join("crds"), workspace.join("charts/weir/crds")]
     } else {
         cli.dir
@@ -38,11 +40,17 @@ fn main() -> Result<ExitCode> {
             .iter()
             .flat_map(|dir| manifests.iter().map(move |m| dir.join(&m.file_name)))
             .zip(manifests.iter().cycle())
-            .filter_map(|(path, m)| describe_difference(&path, &m.yaml).map(|why| format!("{}: {why}", path.display())))
+            .filter_map(|(path, m)| {
+                describe_difference(&path, &m.yaml).map(|why| format!("{}: {why}", path.display()))
+            })
             .collect();
         if stale.is_empty() {
             for dir in &dirs {
-                eprintln!("crdgen: {} CRD manifests in {} are up to date", manifests.len(), dir.display());
+                eprintln!(
+                    "crdgen: {} CRD manifests in {} are up to date",
+                    manifests.len(),
+                    dir.display()
+                );
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -60,7 +68,8 @@ fn main() -> Result<ExitCode> {
                 eprintln!("crdgen: {} unchanged", path.display());
                 continue;
             }
-            std::fs::write(&path, &m.yaml).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, &m.yaml)
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("crdgen: wrote {}", path.display());
         }
     }
@@ -81,7 +90,9 @@ fn describe_difference(path: &Path, want: &str) -> Option<String> {
     loop {
         match (h.next(), w.next()) {
             (Some(a), Some(b)) if a == b => line += 1,
-            (None, None) => return Some("differs from the generated manifest in line endings".to_owned()),
+            (None, None) => {
+                return Some("differs from the generated manifest in line endings".to_owned());
+            }
             (a, b) => {
                 return Some(format!(
                     "differs from the generated manifest at line {line}: has {:?}, generated {:?}",

@@ -45,7 +45,9 @@ impl LeaseConfig {
     /// Checks that the timings make sense (client-go's rules).
     pub fn validate(&self) -> Result<()> {
         if self.identity.is_empty() {
-            return Err(Error::Invalid("the leader election identity is empty".into()));
+            return Err(Error::Invalid(
+                "the leader election identity is empty".into(),
+            ));
         }
         if self.lease_duration <= self.renew_deadline {
             return Err(Error::Invalid(format!(
@@ -76,7 +78,11 @@ pub struct LeaderElector {
 
 impl LeaderElector {
     pub fn new(client: kube::Client, config: LeaseConfig) -> Self {
-        Self { api: Api::namespaced(client, &config.namespace), config, observed: None }
+        Self {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            observed: None,
+        }
     }
 
     /// One attempt: `Ok(true)` when we hold the Lease afterwards.
@@ -132,14 +138,24 @@ impl LeaderElector {
         lease.spec = Some(LeaseSpec {
             holder_identity: Some(self.config.identity.clone()),
             lease_duration_seconds: Some(duration),
-            acquire_time: if ours { record.acquire_time.clone() } else { Some(now.clone()) },
+            acquire_time: if ours {
+                record.acquire_time.clone()
+            } else {
+                Some(now.clone())
+            },
             renew_time: Some(now),
-            lease_transitions: Some(record.lease_transitions.unwrap_or(0) + i32::from(!ours && holder.is_some())),
+            lease_transitions: Some(
+                record.lease_transitions.unwrap_or(0) + i32::from(!ours && holder.is_some()),
+            ),
             ..record
         });
         // `lease` carries the resourceVersion we read: a concurrent change
         // makes this a 409 Conflict.
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(written) => {
                 self.observed = Some((written.spec.unwrap_or_default(), Instant::now()));
                 Ok(true)
@@ -151,8 +167,12 @@ impl LeaderElector {
 
     /// Gives the Lease up if we hold it (empty holder, 1s duration).
     pub async fn release(&mut self) -> Result<()> {
-        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else { return Ok(()) };
-        let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
         if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
             return Ok(());
         }
@@ -161,7 +181,9 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now.clone());
         spec.acquire_time = Some(now);
-        self.api.replace(&self.config.name, &PostParams::default(), &lease).await?;
+        self.api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await?;
         info!(lease = %self.config.name, "released the lease");
         Ok(())
     }
@@ -171,7 +193,8 @@ impl LeaderElector {
     pub async fn run(mut self, leading: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
         let mut last_renew: Option<Instant> = None;
         loop {
-            let attempt = tokio::time::timeout(self.config.renew_deadline, self.try_acquire_or_renew()).await;
+            let attempt =
+                tokio::time::timeout(self.config.renew_deadline, self.try_acquire_or_renew()).await;
             let is_leader = *leading.borrow();
             match attempt {
                 Ok(Ok(true)) => {
@@ -190,7 +213,9 @@ impl LeaderElector {
                 Ok(Err(e)) => warn!(error = %e, "acquiring or renewing the lease failed"),
                 Err(_) => warn!("acquiring or renewing the lease timed out"),
             }
-            if *leading.borrow() && last_renew.is_none_or(|t| t.elapsed() >= self.config.renew_deadline) {
+            if *leading.borrow()
+                && last_renew.is_none_or(|t| t.elapsed() >= self.config.renew_deadline)
+            {
                 warn!(deadline = ?self.config.renew_deadline, "could not renew the lease in time: stop leading");
                 let _ = leading.send(false);
             }

@@ -17,18 +17,29 @@ use crate::crd::{CaptureProfile, PodFlow, PodFlowStatus};
 /// The label selector of the PodFlows weir made for `profile` (both labels:
 /// the controller never touches anything else).
 pub fn profile_selector(profile: &str) -> String {
-    format!("{}={},{}={profile}", labels::MANAGED_BY, labels::MANAGED_BY_WEIR, labels::PROFILE)
+    format!(
+        "{}={},{}={profile}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_WEIR,
+        labels::PROFILE
+    )
 }
 
 /// The label selector of every PodFlow weir made, of any profile.
 pub fn managed_selector() -> String {
-    format!("{}={},{}", labels::MANAGED_BY, labels::MANAGED_BY_WEIR, labels::PROFILE)
+    format!(
+        "{}={},{}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_WEIR,
+        labels::PROFILE
+    )
 }
 
 /// Whether the controller may delete `flow`: weir made it.
 pub fn is_managed(flow: &PodFlow) -> bool {
     let l = flow.labels();
-    l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_WEIR) && l.contains_key(labels::PROFILE)
+    l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_WEIR)
+        && l.contains_key(labels::PROFILE)
 }
 
 /// A flow's summary as it should be, and when it was last active.
@@ -45,11 +56,31 @@ pub struct FlowState {
 
 impl FlowState {
     pub fn of(flow: &PodFlow) -> FlowState {
-        let observers = flow.status.as_ref().map(|s| s.observers.as_slice()).unwrap_or_default();
+        let observers = flow
+            .status
+            .as_ref()
+            .map(|s| s.observers.as_slice())
+            .unwrap_or_default();
         let summary = PodFlowStatus::summarize(&flow.spec, observers);
-        let stored = flow.status.clone().map(|s| PodFlowStatus { observers: Vec::new(), ..s }).unwrap_or_default();
-        let last_active = summary.last_seen.as_ref().map(|t| t.0).or_else(|| flow.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        FlowState { name: flow.name_any(), summary_stale: stored != summary, summary, last_active }
+        let stored = flow
+            .status
+            .clone()
+            .map(|s| PodFlowStatus {
+                observers: Vec::new(),
+                ..s
+            })
+            .unwrap_or_default();
+        let last_active = summary
+            .last_seen
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| flow.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        FlowState {
+            name: flow.name_any(),
+            summary_stale: stored != summary,
+            summary,
+            last_active,
+        }
     }
 }
 
@@ -71,12 +102,28 @@ pub fn plan(flows: &[FlowState], now: Timestamp, ttl: Duration, max: usize) -> P
     let mut plan = Plan::default();
     let mut alive: Vec<&FlowState> = Vec::new();
     for f in flows {
-        let idle = f.last_active.map(|t| now.duration_since(t)).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        if idle > ttl.as_secs_f64() { plan.expired.push(f.name.clone()) } else { alive.push(f) }
+        let idle = f
+            .last_active
+            .map(|t| now.duration_since(t))
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        if idle > ttl.as_secs_f64() {
+            plan.expired.push(f.name.clone())
+        } else {
+            alive.push(f)
+        }
     }
-    alive.sort_by(|a, b| b.last_active.cmp(&a.last_active).then_with(|| a.name.cmp(&b.name)));
+    alive.sort_by(|a, b| {
+        b.last_active
+            .cmp(&a.last_active)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     for (i, f) in alive.into_iter().enumerate() {
-        if i < max { plan.kept.push(f.name.clone()) } else { plan.evicted.push(f.name.clone()) }
+        if i < max {
+            plan.kept.push(f.name.clone())
+        } else {
+            plan.evicted.push(f.name.clone())
+        }
     }
     plan.evicted.reverse();
     plan.expired.sort();
@@ -91,9 +138,16 @@ pub async fn delete_flow(api: &Api<PodFlow>, flow: &PodFlow, unchanged: bool) ->
     if !is_managed(flow) {
         return Ok(false);
     }
-    let resource_version = if unchanged { flow.resource_version() } else { None };
+    let resource_version = if unchanged {
+        flow.resource_version()
+    } else {
+        None
+    };
     let dp = DeleteParams {
-        preconditions: Some(Preconditions { resource_version, uid: flow.uid() }),
+        preconditions: Some(Preconditions {
+            resource_version,
+            uid: flow.uid(),
+        }),
         ..DeleteParams::background()
     };
     match api.delete(&flow.name_any(), &dp).await {
@@ -112,7 +166,9 @@ pub async fn delete_flow(api: &Api<PodFlow>, flow: &PodFlow, unchanged: bool) ->
 /// whose profile existed throughout is never taken. Returns how many went.
 pub async fn sweep_orphans(client: &kube::Client) -> Result<usize> {
     let flows: Api<PodFlow> = Api::all(client.clone());
-    let listed = flows.list(&ListParams::default().labels(&managed_selector())).await?;
+    let listed = flows
+        .list(&ListParams::default().labels(&managed_selector()))
+        .await?;
     let profiles: Api<CaptureProfile> = Api::all(client.clone());
     let existing: HashSet<(String, String)> = profiles
         .list(&ListParams::default())
@@ -123,7 +179,11 @@ pub async fn sweep_orphans(client: &kube::Client) -> Result<usize> {
     let mut deleted = 0;
     for flow in listed {
         let ns = flow.namespace().unwrap_or_default();
-        let profile = flow.labels().get(labels::PROFILE).cloned().unwrap_or_default();
+        let profile = flow
+            .labels()
+            .get(labels::PROFILE)
+            .cloned()
+            .unwrap_or_default();
         if existing.contains(&(ns.clone(), profile.clone())) {
             continue;
         }
@@ -151,7 +211,13 @@ mod tests {
     #[test]
     fn expired_flows_go_and_the_cap_evicts_the_least_recently_seen() {
         let now = Timestamp::now();
-        let flows = [state("a", 10, now), state("b", 400, now), state("c", 5, now), state("d", 20, now), state("e", 30, now)];
+        let flows = [
+            state("a", 10, now),
+            state("b", 400, now),
+            state("c", 5, now),
+            state("d", 20, now),
+            state("e", 30, now),
+        ];
         let p = plan(&flows, now, Duration::from_secs(300), 2);
         assert_eq!(p.expired, ["b"]);
         assert_eq!(p.kept, ["c", "a"]);
@@ -164,7 +230,11 @@ mod tests {
     #[test]
     fn ties_are_broken_by_name() {
         let now = Timestamp::now();
-        let flows = [state("y", 10, now), state("x", 10, now), state("z", 10, now)];
+        let flows = [
+            state("y", 10, now),
+            state("x", 10, now),
+            state("z", 10, now),
+        ];
         let p = plan(&flows, now, Duration::from_secs(300), 1);
         assert_eq!(p.kept, ["x"]);
         assert_eq!(p.evicted, ["z", "y"]);
@@ -172,7 +242,13 @@ mod tests {
 
     #[test]
     fn selectors_name_both_labels() {
-        assert_eq!(profile_selector("web"), "app.kubernetes.io/managed-by=weir,weir.dev/profile=web");
-        assert_eq!(managed_selector(), "app.kubernetes.io/managed-by=weir,weir.dev/profile");
+        assert_eq!(
+            profile_selector("web"),
+            "app.kubernetes.io/managed-by=weir,weir.dev/profile=web"
+        );
+        assert_eq!(
+            managed_selector(),
+            "app.kubernetes.io/managed-by=weir,weir.dev/profile"
+        );
     }
 }

@@ -41,7 +41,12 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: kube::Client, recorder: Recorder, error_requeue: Duration) -> Self {
-        Self { client, recorder, dropped: Mutex::new(HashMap::new()), error_requeue }
+        Self {
+            client,
+            recorder,
+            dropped: Mutex::new(HashMap::new()),
+            error_requeue,
+        }
     }
 }
 
@@ -49,11 +54,16 @@ impl Context {
 /// [`CaptureProfile::reconcile`] or [`CaptureProfile::cleanup`].
 #[instrument(skip(profile, ctx), fields(namespace, profile, generation = field::Empty))]
 pub async fn reconcile(profile: Arc<CaptureProfile>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = profile.namespace().ok_or_else(|| Error::MissingField(profile.name_any(), "namespace"))?;
+    let ns = profile
+        .namespace()
+        .ok_or_else(|| Error::MissingField(profile.name_any(), "namespace"))?;
     let span = Span::current();
     span.record("namespace", ns.as_str());
     span.record("profile", profile.name_any().as_str());
-    span.record("generation", profile.metadata.generation.unwrap_or_default());
+    span.record(
+        "generation",
+        profile.metadata.generation.unwrap_or_default(),
+    );
     let api: Api<CaptureProfile> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, profile, |event| async {
         match event {
@@ -73,9 +83,17 @@ pub fn error_policy(profile: Arc<CaptureProfile>, error: &Error, ctx: Arc<Contex
 
 /// The `Ready` condition as it should be, keeping the transition time when
 /// the status does not change.
-fn ready_condition(previous: Option<&Condition>, problem: Option<&crate::crd::SpecProblem>, generation: Option<i64>) -> Condition {
+fn ready_condition(
+    previous: Option<&Condition>,
+    problem: Option<&crate::crd::SpecProblem>,
+    generation: Option<i64>,
+) -> Condition {
     let (status, reason, message) = match problem {
-        None => ("True", reasons::ACTIVE, "the profile is valid; its PodFlows are kept by the controller".to_owned()),
+        None => (
+            "True",
+            reasons::ACTIVE,
+            "the profile is valid; its PodFlows are kept by the controller".to_owned(),
+        ),
         Some(p) => ("False", p.reason, p.message.clone()),
     };
     let last_transition_time = previous
@@ -95,17 +113,25 @@ fn ready_condition(previous: Option<&Condition>, problem: Option<&crate::crd::Sp
 impl CaptureProfile {
     /// Apply: validate, keep the PodFlows, write the status.
     pub async fn reconcile(&self, ctx: Arc<Context>) -> Result<Action> {
-        let ns = self.namespace().ok_or_else(|| Error::MissingField(self.name_any(), "namespace"))?;
+        let ns = self
+            .namespace()
+            .ok_or_else(|| Error::MissingField(self.name_any(), "namespace"))?;
         let name = self.name_any();
         let uid = self.uid().unwrap_or_default();
         let problem = self.spec.check().err();
         let status = self.status.clone().unwrap_or_default();
-        let previous_ready = status.conditions.iter().find(|c| c.type_ == conditions::READY);
+        let previous_ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::READY);
 
         let matched = self.matched_pods(&ctx.client, &ns).await?;
 
         let flows: Api<PodFlow> = Api::namespaced(ctx.client.clone(), &ns);
-        let listed = flows.list(&ListParams::default().labels(&lifecycle::profile_selector(&name))).await?.items;
+        let listed = flows
+            .list(&ListParams::default().labels(&lifecycle::profile_selector(&name)))
+            .await?
+            .items;
         let mut active = listed.len();
         let mut newly_dropped = 0i64;
         if problem.is_none() {
@@ -113,7 +139,10 @@ impl CaptureProfile {
             let max = usize::try_from(self.spec.max_pod_flows).unwrap_or(usize::MAX);
             let states: Vec<FlowState> = listed.iter().map(FlowState::of).collect();
             let plan = lifecycle::plan(&states, Timestamp::now(), ttl, max);
-            let by_name: HashMap<&str, &PodFlow> = listed.iter().map(|f| (f.metadata.name.as_deref().unwrap_or_default(), f)).collect();
+            let by_name: HashMap<&str, &PodFlow> = listed
+                .iter()
+                .map(|f| (f.metadata.name.as_deref().unwrap_or_default(), f))
+                .collect();
             for name in &plan.expired {
                 if lifecycle::delete_flow(&flows, by_name[name.as_str()], true).await? {
                     active -= 1;
@@ -128,9 +157,15 @@ impl CaptureProfile {
                 }
             }
             let apply = PatchParams::apply(SUMMARY_FIELD_MANAGER).force();
-            for state in states.iter().filter(|s| s.summary_stale && plan.kept.contains(&s.name)) {
+            for state in states
+                .iter()
+                .filter(|s| s.summary_stale && plan.kept.contains(&s.name))
+            {
                 let patch = PodFlow::summary_patch(&state.name, &state.summary);
-                match flows.patch_status(&state.name, &apply, &Patch::Apply(&patch)).await {
+                match flows
+                    .patch_status(&state.name, &apply, &Patch::Apply(&patch))
+                    .await
+                {
                     Ok(_) => debug!(flow = %state.name, "summary updated"),
                     Err(e) if super::is_not_found(&e) => {}
                     Err(e) => return Err(e.into()),
@@ -140,7 +175,10 @@ impl CaptureProfile {
 
         let dropped = {
             let mut memory = ctx.dropped.lock().unwrap_or_else(|e| e.into_inner());
-            let seen = status.flows_dropped_by_cap.unwrap_or(0).max(memory.get(&uid).copied().unwrap_or(0));
+            let seen = status
+                .flows_dropped_by_cap
+                .unwrap_or(0)
+                .max(memory.get(&uid).copied().unwrap_or(0));
             let total = seen.saturating_add(newly_dropped);
             memory.insert(uid, total);
             total
@@ -162,12 +200,23 @@ impl CaptureProfile {
             "status": new_status,
         });
         let profiles: Api<CaptureProfile> = Api::namespaced(ctx.client.clone(), &ns);
-        profiles.patch_status(&name, &PatchParams::apply(SUMMARY_FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+        profiles
+            .patch_status(
+                &name,
+                &PatchParams::apply(SUMMARY_FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
 
-        self.publish_transition(&ctx, previous_ready, &ready, problem.is_some()).await;
+        self.publish_transition(&ctx, previous_ready, &ready, problem.is_some())
+            .await;
 
         Ok(match problem {
-            None => Action::requeue(self.spec.flush_interval().unwrap_or(Duration::from_secs(10))),
+            None => Action::requeue(
+                self.spec
+                    .flush_interval()
+                    .unwrap_or(Duration::from_secs(10)),
+            ),
             Some(_) => Action::requeue(INVALID_REQUEUE),
         })
     }
@@ -175,14 +224,22 @@ impl CaptureProfile {
     /// Pods of the namespace the selector selects (not host-network, not
     /// finished). An unusable selector selects nothing.
     async fn matched_pods(&self, client: &kube::Client, ns: &str) -> Result<usize> {
-        let Ok(selector) = Selector::try_from(self.spec.pod_selector.clone()) else { return Ok(0) };
+        let Ok(selector) = Selector::try_from(self.spec.pod_selector.clone()) else {
+            return Ok(0);
+        };
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let listed = pods.list(&ListParams::default().labels_from(&selector)).await?;
+        let listed = pods
+            .list(&ListParams::default().labels_from(&selector))
+            .await?;
         Ok(listed
             .items
             .iter()
             .filter(|p| {
-                let host_network = p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+                let host_network = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false);
                 let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
                 !host_network && !matches!(phase, Some("Succeeded" | "Failed"))
             })
@@ -190,14 +247,30 @@ impl CaptureProfile {
     }
 
     /// An Event when `Ready` changes, or when an invalid spec changes.
-    async fn publish_transition(&self, ctx: &Context, previous: Option<&Condition>, ready: &Condition, invalid: bool) {
-        let changed = previous.is_none_or(|p| p.status != ready.status || p.reason != ready.reason || p.message != ready.message);
+    async fn publish_transition(
+        &self,
+        ctx: &Context,
+        previous: Option<&Condition>,
+        ready: &Condition,
+        invalid: bool,
+    ) {
+        let changed = previous.is_none_or(|p| {
+            p.status != ready.status || p.reason != ready.reason || p.message != ready.message
+        });
         if !changed {
             return;
         }
         let event = Event {
-            type_: if invalid { EventType::Warning } else { EventType::Normal },
-            reason: if invalid { ready.reason.clone() } else { "Ready".into() },
+            type_: if invalid {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: if invalid {
+                ready.reason.clone()
+            } else {
+                "Ready".into()
+            },
             note: Some(ready.message.clone()),
             action: "Validate".into(),
             secondary: None,
@@ -209,10 +282,14 @@ impl CaptureProfile {
 
     /// Cleanup (the profile is being deleted): delete its PodFlows.
     pub async fn cleanup(&self, ctx: Arc<Context>) -> Result<Action> {
-        let ns = self.namespace().ok_or_else(|| Error::MissingField(self.name_any(), "namespace"))?;
+        let ns = self
+            .namespace()
+            .ok_or_else(|| Error::MissingField(self.name_any(), "namespace"))?;
         let name = self.name_any();
         let flows: Api<PodFlow> = Api::namespaced(ctx.client.clone(), &ns);
-        let listed = flows.list(&ListParams::default().labels(&lifecycle::profile_selector(&name))).await?;
+        let listed = flows
+            .list(&ListParams::default().labels(&lifecycle::profile_selector(&name)))
+            .await?;
         let mut deleted = 0;
         for flow in &listed.items {
             if lifecycle::delete_flow(&flows, flow, false).await? {
@@ -220,7 +297,10 @@ impl CaptureProfile {
             }
         }
         if let Some(uid) = self.uid() {
-            ctx.dropped.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+            ctx.dropped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
         }
         info!(deleted, "profile deleted: removed its PodFlows");
         let event = Event {

@@ -29,7 +29,11 @@ pub async fn run(client: kube::Client, config: Config) -> Result<()> {
 }
 
 /// Runs the controller until `shutdown` turns true.
-pub async fn run_until(client: kube::Client, config: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+pub async fn run_until(
+    client: kube::Client,
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     config.lease.validate()?;
     info!(identity = %config.lease.identity, lease = %format!("{}/{}", config.lease.namespace, config.lease.name), "weir controller starting");
     let (leading_tx, mut leading) = watch::channel(false);
@@ -56,8 +60,15 @@ pub async fn run_until(client: kube::Client, config: Config, mut shutdown: watch
 
 /// What the leader does: the CaptureProfile controller and the sweep.
 async fn lead(client: kube::Client, config: &Config) {
-    let reporter = Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(config.lease.identity.clone()) };
-    let ctx = Arc::new(Context::new(client.clone(), Recorder::new(client.clone(), reporter), config.error_requeue));
+    let reporter = Reporter {
+        controller: REPORTING_CONTROLLER.into(),
+        instance: Some(config.lease.identity.clone()),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        config.error_requeue,
+    ));
     let profiles: Api<CaptureProfile> = Api::all(client.clone());
     let controller = Controller::new(profiles, watcher::Config::default().any_semantic())
         .run(profile::reconcile, profile::error_policy, ctx)
@@ -65,7 +76,9 @@ async fn lead(client: kube::Client, config: &Config) {
             match result {
                 Ok((obj, _)) => tracing::debug!(profile = %obj, "reconciled"),
                 // A profile deleted between the trigger and the run.
-                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => tracing::debug!(profile = %obj, "gone before its reconcile"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(profile = %obj, "gone before its reconcile")
+                }
                 Err(e) => warn!(error = %e, "reconcile failed"),
             }
         });

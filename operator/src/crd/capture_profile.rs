@@ -20,9 +20,11 @@ pub const DEFAULT_MAX_POD_FLOWS: i32 = 500;
 /// Bounds of `spec.maxPodFlows` (inclusive).
 pub const MAX_POD_FLOWS_RANGE: (i32, i32) = (1, 10_000);
 /// Bounds of `spec.flushInterval` (inclusive).
-pub const FLUSH_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+pub const FLUSH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
 /// Bounds of `spec.flowTTL` (inclusive); it is also at least `flushInterval`.
-pub const FLOW_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+pub const FLOW_TTL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 
 /// Observe the pods of this namespace that `podSelector` selects: count
 /// their conversations (optionally only some protocols, ports or peers) and
@@ -61,7 +63,12 @@ pub const FLOW_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Durati
         json_path = ".status.activeFlows",
         description = "PodFlows the profile keeps now"
     ),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode", priority = 1),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mode",
+        priority = 1
+    ),
     printcolumn(
         name = "Dropped",
         type_ = "integer",
@@ -76,7 +83,11 @@ pub const FLOW_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Durati
         description = "Updates the data path could not record (map pressure)",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -267,18 +278,31 @@ pub struct SpecProblem {
 }
 
 fn problem(reason: &'static str, message: impl Into<String>) -> SpecProblem {
-    SpecProblem { reason, message: message.into() }
+    SpecProblem {
+        reason,
+        message: message.into(),
+    }
 }
 
 /// Whether `text` is a CIDR in the sense of CEL's `isCIDR` (an address, `/`,
 /// a prefix length within the family's width).
 pub fn is_cidr(text: &str) -> bool {
-    let Some((addr, len)) = text.split_once('/') else { return false };
-    let Ok(addr) = addr.parse::<IpAddr>() else { return false };
-    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) || (len.len() > 1 && len.starts_with('0')) {
+    let Some((addr, len)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(addr) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    if len.is_empty()
+        || len.len() > 3
+        || !len.bytes().all(|b| b.is_ascii_digit())
+        || (len.len() > 1 && len.starts_with('0'))
+    {
         return false;
     }
-    let Ok(len) = len.parse::<u8>() else { return false };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
     len <= if addr.is_ipv4() { 32 } else { 128 }
 }
 
@@ -311,65 +335,115 @@ impl CaptureProfileSpec {
     /// that skipped it) and what it cannot: label selector operators. The
     /// controller reports the problem in the `Ready` condition.
     pub fn check(&self) -> Result<(), SpecProblem> {
-        for (i, req) in self.pod_selector.match_expressions.iter().flatten().enumerate() {
+        for (i, req) in self
+            .pod_selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .enumerate()
+        {
             let values = req.values.as_deref().unwrap_or_default();
             match req.operator.as_str() {
                 "In" | "NotIn" if values.is_empty() => {
                     return Err(problem(
                         reasons::INVALID_SELECTOR,
-                        format!("podSelector.matchExpressions[{i}]: operator {} needs values", req.operator),
+                        format!(
+                            "podSelector.matchExpressions[{i}]: operator {} needs values",
+                            req.operator
+                        ),
                     ));
                 }
                 "Exists" | "DoesNotExist" if !values.is_empty() => {
                     return Err(problem(
                         reasons::INVALID_SELECTOR,
-                        format!("podSelector.matchExpressions[{i}]: operator {} takes no values", req.operator),
+                        format!(
+                            "podSelector.matchExpressions[{i}]: operator {} takes no values",
+                            req.operator
+                        ),
                     ));
                 }
                 "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
                 other => {
                     return Err(problem(
                         reasons::INVALID_SELECTOR,
-                        format!("podSelector.matchExpressions[{i}]: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"),
+                        format!(
+                            "podSelector.matchExpressions[{i}]: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"
+                        ),
                     ));
                 }
             }
             if req.key.is_empty() {
-                return Err(problem(reasons::INVALID_SELECTOR, format!("podSelector.matchExpressions[{i}]: empty key")));
+                return Err(problem(
+                    reasons::INVALID_SELECTOR,
+                    format!("podSelector.matchExpressions[{i}]: empty key"),
+                ));
             }
         }
         if self.mode != CaptureMode::Counters {
-            return Err(problem(reasons::UNSUPPORTED_MODE, format!("mode {:?} is not supported yet: use Counters", self.mode)));
+            return Err(problem(
+                reasons::UNSUPPORTED_MODE,
+                format!("mode {:?} is not supported yet: use Counters", self.mode),
+            ));
         }
         if let Some(p) = self.ports.iter().find(|p| !(1..=65535).contains(*p)) {
-            return Err(problem(reasons::INVALID_FILTER, format!("port {p}: ports must be between 1 and 65535")));
+            return Err(problem(
+                reasons::INVALID_FILTER,
+                format!("port {p}: ports must be between 1 and 65535"),
+            ));
         }
-        if !self.ports.is_empty() && !self.protocols.is_empty() && !self.protocols.iter().any(|p| p.has_ports()) {
+        if !self.ports.is_empty()
+            && !self.protocols.is_empty()
+            && !self.protocols.iter().any(|p| p.has_ports())
+        {
             return Err(problem(
                 reasons::INVALID_FILTER,
                 "ports select TCP or UDP conversations: add TCP or UDP to protocols, or remove ports",
             ));
         }
         if let Some(c) = self.peer_cidrs.iter().find(|c| !is_cidr(c)) {
-            return Err(problem(reasons::INVALID_FILTER, format!("peerCIDRs: {c:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8")));
+            return Err(problem(
+                reasons::INVALID_FILTER,
+                format!("peerCIDRs: {c:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8"),
+            ));
         }
         let flush = self.flush_interval().ok_or_else(|| {
-            problem(reasons::INVALID_TIMING, format!("flushInterval {:?} is not a duration such as 10s", self.flush_interval))
+            problem(
+                reasons::INVALID_TIMING,
+                format!(
+                    "flushInterval {:?} is not a duration such as 10s",
+                    self.flush_interval
+                ),
+            )
         })?;
         if !(FLUSH_INTERVAL_RANGE.0..=FLUSH_INTERVAL_RANGE.1).contains(&flush) {
-            return Err(problem(reasons::INVALID_TIMING, "flushInterval must be between 1s and 1h"));
+            return Err(problem(
+                reasons::INVALID_TIMING,
+                "flushInterval must be between 1s and 1h",
+            ));
         }
-        let ttl = self
-            .flow_ttl()
-            .ok_or_else(|| problem(reasons::INVALID_TIMING, format!("flowTTL {:?} is not a duration such as 5m", self.flow_ttl)))?;
+        let ttl = self.flow_ttl().ok_or_else(|| {
+            problem(
+                reasons::INVALID_TIMING,
+                format!("flowTTL {:?} is not a duration such as 5m", self.flow_ttl),
+            )
+        })?;
         if !(FLOW_TTL_RANGE.0..=FLOW_TTL_RANGE.1).contains(&ttl) {
-            return Err(problem(reasons::INVALID_TIMING, "flowTTL must be between 1s and 24h"));
+            return Err(problem(
+                reasons::INVALID_TIMING,
+                "flowTTL must be between 1s and 24h",
+            ));
         }
         if ttl < flush {
-            return Err(problem(reasons::INVALID_TIMING, "flowTTL must be at least flushInterval"));
+            return Err(problem(
+                reasons::INVALID_TIMING,
+                "flowTTL must be at least flushInterval",
+            ));
         }
         if !(MAX_POD_FLOWS_RANGE.0..=MAX_POD_FLOWS_RANGE.1).contains(&self.max_pod_flows) {
-            return Err(problem(reasons::INVALID_LIMIT, "maxPodFlows must be between 1 and 10000"));
+            return Err(problem(
+                reasons::INVALID_LIMIT,
+                "maxPodFlows must be between 1 and 10000",
+            ));
         }
         Ok(())
     }
@@ -390,7 +464,8 @@ mod tests {
 
     #[test]
     fn defaults_fill_an_empty_spec() {
-        let s: CaptureProfileSpec = serde_json::from_value(serde_json::json!({ "podSelector": {} })).unwrap();
+        let s: CaptureProfileSpec =
+            serde_json::from_value(serde_json::json!({ "podSelector": {} })).unwrap();
         assert_eq!(s, CaptureProfileSpec::selecting(LabelSelector::default()));
         assert_eq!(s.flush_interval(), Some(Duration::from_secs(10)));
         assert_eq!(s.flow_ttl(), Some(Duration::from_secs(300)));
@@ -405,7 +480,15 @@ mod tests {
         s.peer_cidrs = vec!["10.0.0.0/8".into()];
         s.protocols = vec![Protocol::Tcp];
         let v = serde_json::to_value(&s).unwrap();
-        for key in ["podSelector", "protocols", "peerCIDRs", "mode", "flushInterval", "flowTTL", "maxPodFlows"] {
+        for key in [
+            "podSelector",
+            "protocols",
+            "peerCIDRs",
+            "mode",
+            "flushInterval",
+            "flowTTL",
+            "maxPodFlows",
+        ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
         assert!(v.get("ports").is_none(), "empty lists are left out: {v}");
@@ -415,7 +498,10 @@ mod tests {
     fn check_reports_each_problem_with_its_reason() {
         type Edit = Box<dyn Fn(&mut CaptureProfileSpec)>;
         let cases: Vec<(&str, Edit)> = vec![
-            (reasons::UNSUPPORTED_MODE, Box::new(|s| s.mode = CaptureMode::Pcap)),
+            (
+                reasons::UNSUPPORTED_MODE,
+                Box::new(|s| s.mode = CaptureMode::Pcap),
+            ),
             (reasons::INVALID_FILTER, Box::new(|s| s.ports = vec![0])),
             (reasons::INVALID_FILTER, Box::new(|s| s.ports = vec![70000])),
             (
@@ -425,11 +511,26 @@ mod tests {
                     s.protocols = vec![Protocol::Icmp];
                 }),
             ),
-            (reasons::INVALID_FILTER, Box::new(|s| s.peer_cidrs = vec!["10.0.0.1".into()])),
-            (reasons::INVALID_FILTER, Box::new(|s| s.peer_cidrs = vec!["10.0.0.0/33".into()])),
-            (reasons::INVALID_TIMING, Box::new(|s| s.flush_interval = "10".into())),
-            (reasons::INVALID_TIMING, Box::new(|s| s.flush_interval = "500ms".into())),
-            (reasons::INVALID_TIMING, Box::new(|s| s.flow_ttl = "25h".into())),
+            (
+                reasons::INVALID_FILTER,
+                Box::new(|s| s.peer_cidrs = vec!["10.0.0.1".into()]),
+            ),
+            (
+                reasons::INVALID_FILTER,
+                Box::new(|s| s.peer_cidrs = vec!["10.0.0.0/33".into()]),
+            ),
+            (
+                reasons::INVALID_TIMING,
+                Box::new(|s| s.flush_interval = "10".into()),
+            ),
+            (
+                reasons::INVALID_TIMING,
+                Box::new(|s| s.flush_interval = "500ms".into()),
+            ),
+            (
+                reasons::INVALID_TIMING,
+                Box::new(|s| s.flow_ttl = "25h".into()),
+            ),
             (
                 reasons::INVALID_TIMING,
                 Box::new(|s| {
@@ -438,7 +539,10 @@ mod tests {
                 }),
             ),
             (reasons::INVALID_LIMIT, Box::new(|s| s.max_pod_flows = 0)),
-            (reasons::INVALID_LIMIT, Box::new(|s| s.max_pod_flows = 10_001)),
+            (
+                reasons::INVALID_LIMIT,
+                Box::new(|s| s.max_pod_flows = 10_001),
+            ),
             (
                 reasons::INVALID_SELECTOR,
                 Box::new(|s| {
@@ -469,7 +573,11 @@ mod tests {
         let mut ok = spec();
         ok.ports = vec![80, 443];
         ok.protocols = vec![Protocol::Tcp, Protocol::Icmp];
-        ok.peer_cidrs = vec!["10.0.0.0/8".into(), "fd00::/8".into(), "192.168.1.7/32".into()];
+        ok.peer_cidrs = vec![
+            "10.0.0.0/8".into(),
+            "fd00::/8".into(),
+            "192.168.1.7/32".into(),
+        ];
         ok.flush_interval = "1s".into();
         ok.flow_ttl = "1s".into();
         ok.max_pod_flows = 10_000;
@@ -478,10 +586,26 @@ mod tests {
 
     #[test]
     fn cidrs_are_what_cel_calls_cidrs() {
-        for good in ["0.0.0.0/0", "10.0.0.0/8", "10.1.2.3/32", "::/0", "fd00::/8", "2001:db8::1/128"] {
+        for good in [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.1.2.3/32",
+            "::/0",
+            "fd00::/8",
+            "2001:db8::1/128",
+        ] {
             assert!(is_cidr(good), "{good}");
         }
-        for bad in ["10.0.0.0", "10.0.0.0/", "10.0.0.0/33", "fd00::/129", "10.0.0.0/08", "x/8", "10.0.0.0/-1", "/8"] {
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0.0/08",
+            "x/8",
+            "10.0.0.0/-1",
+            "/8",
+        ] {
             assert!(!is_cidr(bad), "{bad}");
         }
     }

@@ -23,10 +23,12 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use capture_profile::{CaptureMode, CaptureProfile, CaptureProfileSpec, CaptureProfileStatus, SpecProblem};
+pub use capture_profile::{
+    CaptureMode, CaptureProfile, CaptureProfileSpec, CaptureProfileStatus, SpecProblem,
+};
 pub use pod_flow::{
-    DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, PodFlowStatus, SourceEndpoint, Totals,
-    VxlanCounters,
+    DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, PodFlowStatus,
+    SourceEndpoint, Totals, VxlanCounters,
 };
 
 /// The API group of weir's resources.
@@ -35,7 +37,9 @@ pub const GROUP: &str = "weir.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// An IP protocol weir tells apart (the data path parses these).
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub enum Protocol {
     #[serde(rename = "TCP")]
     Tcp,
@@ -96,12 +100,23 @@ pub fn manifests() -> Vec<Manifest> {
     [CaptureProfile::crd(), PodFlow::crd()]
         .into_iter()
         .map(|crd| {
-            let file_name = format!("{}.yaml", crd.metadata.name.as_deref().expect("derived CRDs are named"));
+            let file_name = format!(
+                "{}.yaml",
+                crd.metadata
+                    .name
+                    .as_deref()
+                    .expect("derived CRDs are named")
+            );
             let yaml = format!(
                 "{GENERATED_HEADER}{}",
-                serde_yaml_ng::to_string(&crd).expect("a CustomResourceDefinition serializes to YAML")
+                serde_yaml_ng::to_string(&crd)
+                    .expect("a CustomResourceDefinition serializes to YAML")
             );
-            Manifest { file_name, crd, yaml }
+            Manifest {
+                file_name,
+                crd,
+                yaml,
+            }
         })
         .collect()
 }
@@ -117,9 +132,15 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let (number, tail) = rest.split_at(number_len);
-        if number.is_empty() || number.starts_with('.') || number.ends_with('.') || number.matches('.').count() > 1 {
+        if number.is_empty()
+            || number.starts_with('.')
+            || number.ends_with('.')
+            || number.matches('.').count() > 1
+        {
             return None;
         }
         let value: f64 = number.parse().ok()?;
@@ -156,14 +177,21 @@ mod tests {
         assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2h0m1s"), Some(Duration::from_secs(7201)));
-        for bad in ["", "10", "s", "1.s", ".5s", "1..5s", "10x", "-1s", "1 s", "1sm"] {
+        for bad in [
+            "", "10", "s", "1.s", ".5s", "1..5s", "10x", "-1s", "1 s", "1sm",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn protocols_round_trip_by_api_name() {
-        for p in [Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::IcmpV6] {
+        for p in [
+            Protocol::Tcp,
+            Protocol::Udp,
+            Protocol::Icmp,
+            Protocol::IcmpV6,
+        ] {
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{}\"", p.as_str()));
             assert_eq!(serde_json::from_str::<Protocol>(&json).unwrap(), p);

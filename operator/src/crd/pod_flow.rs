@@ -78,7 +78,12 @@ pub fn agent_field_manager(node: &str) -> String {
     shortname = "pf",
     category = "weir",
     doc = "PodFlow is one conversation of a pod that a CaptureProfile observes, with its counters; written by weir's node agents.",
-    printcolumn(name = "Source", type_ = "string", json_path = ".spec.source.display", description = "namespace/pod that opened the conversation"),
+    printcolumn(
+        name = "Source",
+        type_ = "string",
+        json_path = ".spec.source.display",
+        description = "namespace/pod that opened the conversation"
+    ),
     printcolumn(
         name = "Destination",
         type_ = "string",
@@ -87,12 +92,37 @@ pub fn agent_field_manager(node: &str) -> String {
     ),
     printcolumn(name = "Proto", type_ = "string", json_path = ".spec.protocol"),
     printcolumn(name = "Port", type_ = "integer", json_path = ".spec.destination.port"),
-    printcolumn(name = "Packets", type_ = "integer", json_path = ".status.packets", description = "packets, both directions"),
-    printcolumn(name = "Bytes", type_ = "integer", json_path = ".status.bytes", description = "bytes, both directions"),
-    printcolumn(name = "VNI", type_ = "integer", json_path = ".status.vxlan.vni", description = "VXLAN network identifier"),
+    printcolumn(
+        name = "Packets",
+        type_ = "integer",
+        json_path = ".status.packets",
+        description = "packets, both directions"
+    ),
+    printcolumn(
+        name = "Bytes",
+        type_ = "integer",
+        json_path = ".status.bytes",
+        description = "bytes, both directions"
+    ),
+    printcolumn(
+        name = "VNI",
+        type_ = "integer",
+        json_path = ".status.vxlan.vni",
+        description = "VXLAN network identifier"
+    ),
     printcolumn(name = "Last-Seen", type_ = "date", json_path = ".status.lastSeen"),
-    printcolumn(name = "Src-Node", type_ = "string", json_path = ".spec.source.node", priority = 1),
-    printcolumn(name = "Dst-Node", type_ = "string", json_path = ".spec.destination.node", priority = 1),
+    printcolumn(
+        name = "Src-Node",
+        type_ = "string",
+        json_path = ".spec.source.node",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Dst-Node",
+        type_ = "string",
+        json_path = ".spec.destination.node",
+        priority = 1
+    ),
     printcolumn(
         name = "Outer-Src",
         type_ = "string",
@@ -227,7 +257,13 @@ impl SourceEndpoint {
 
     /// A source that is only an address; `display` is the IP.
     pub fn address(ip: &str) -> Self {
-        Self { pod: None, namespace: None, ip: ip.to_owned(), node: None, display: ip.to_owned() }
+        Self {
+            pod: None,
+            namespace: None,
+            ip: ip.to_owned(),
+            node: None,
+            display: ip.to_owned(),
+        }
     }
 }
 
@@ -246,7 +282,14 @@ impl DestinationEndpoint {
 
     /// A destination that is only an address; `display` is the IP.
     pub fn address(ip: &str, port: Option<u16>) -> Self {
-        Self { pod: None, namespace: None, ip: ip.to_owned(), node: None, port: port.map(i32::from), display: ip.to_owned() }
+        Self {
+            pod: None,
+            namespace: None,
+            ip: ip.to_owned(),
+            node: None,
+            port: port.map(i32::from),
+            display: ip.to_owned(),
+        }
     }
 }
 
@@ -268,13 +311,24 @@ impl PodFlowSpec {
             self.destination.port.unwrap_or(0),
             self.protocol
         );
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
         // Named after the pod the conversation belongs to: the source, or the
         // destination for a conversation opened from outside.
-        let owner = self.source.pod.as_deref().or(self.destination.pod.as_deref()).unwrap_or_default();
+        let owner = self
+            .source
+            .pod
+            .as_deref()
+            .or(self.destination.pod.as_deref())
+            .unwrap_or_default();
         let prefix: String = owner.chars().take(40).collect();
         let prefix = prefix.trim_end_matches(['-', '.']);
-        if prefix.is_empty() { format!("flow-{hash:016x}") } else { format!("{prefix}-{hash:016x}") }
+        if prefix.is_empty() {
+            format!("flow-{hash:016x}")
+        } else {
+            format!("{prefix}-{hash:016x}")
+        }
     }
 }
 
@@ -292,7 +346,10 @@ pub struct DirectionCounters {
 
 impl DirectionCounters {
     fn add(self, other: Self) -> Self {
-        Self { packets: self.packets.saturating_add(other.packets), bytes: self.bytes.saturating_add(other.bytes) }
+        Self {
+            packets: self.packets.saturating_add(other.packets),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
     }
 }
 
@@ -415,21 +472,42 @@ impl PodFlowStatus {
         let src = spec.source.node.as_deref().and_then(on);
         let dst = spec.destination.node.as_deref().and_then(on);
         let main = src.or(dst).or_else(|| {
-            observers.iter().max_by_key(|o| (o.forward.packets.saturating_add(o.reverse.packets), std::cmp::Reverse(&o.node)))
+            observers.iter().max_by_key(|o| {
+                (
+                    o.forward.packets.saturating_add(o.reverse.packets),
+                    std::cmp::Reverse(&o.node),
+                )
+            })
         });
-        let totals = main.map(|o| Totals { forward: o.forward, reverse: o.reverse }).unwrap_or_default();
+        let totals = main
+            .map(|o| Totals {
+                forward: o.forward,
+                reverse: o.reverse,
+            })
+            .unwrap_or_default();
         let both = totals.forward.add(totals.reverse);
 
         let vxlan = {
-            let seen: Vec<&VxlanCounters> = observers.iter().filter_map(|o| o.vxlan.as_ref()).collect();
+            let seen: Vec<&VxlanCounters> =
+                observers.iter().filter_map(|o| o.vxlan.as_ref()).collect();
             if seen.is_empty() {
                 None
             } else {
-                let ids = src.and_then(|o| o.vxlan.as_ref()).or_else(|| dst.and_then(|o| o.vxlan.as_ref())).unwrap_or(seen[0]);
-                let sum = |f: fn(&VxlanCounters) -> i64| seen.iter().fold(0i64, |a, v| a.saturating_add(f(v)));
-                let loss = match (src.and_then(|o| o.vxlan.as_ref()), dst.and_then(|o| o.vxlan.as_ref())) {
+                let ids = src
+                    .and_then(|o| o.vxlan.as_ref())
+                    .or_else(|| dst.and_then(|o| o.vxlan.as_ref()))
+                    .unwrap_or(seen[0]);
+                let sum = |f: fn(&VxlanCounters) -> i64| {
+                    seen.iter().fold(0i64, |a, v| a.saturating_add(f(v)))
+                };
+                let loss = match (
+                    src.and_then(|o| o.vxlan.as_ref()),
+                    dst.and_then(|o| o.vxlan.as_ref()),
+                ) {
                     (Some(s), Some(d)) if !std::ptr::eq(s, d) => Some(
-                        (s.encap_packets - d.decap_packets).max(0).saturating_add((d.encap_packets - s.decap_packets).max(0)),
+                        (s.encap_packets - d.decap_packets)
+                            .max(0)
+                            .saturating_add((d.encap_packets - s.decap_packets).max(0)),
                     ),
                     _ => None,
                 };
@@ -498,7 +576,13 @@ mod tests {
     fn spec() -> PodFlowSpec {
         PodFlowSpec {
             source: SourceEndpoint::pod("shop", "web-1", "10.244.1.5", "node-a"),
-            destination: DestinationEndpoint::pod("shop", "db-0", "10.244.2.7", "node-b", Some(5432)),
+            destination: DestinationEndpoint::pod(
+                "shop",
+                "db-0",
+                "10.244.2.7",
+                "node-b",
+                Some(5432),
+            ),
             protocol: Protocol::Tcp,
             profile: "all".into(),
         }
@@ -507,8 +591,14 @@ mod tests {
     fn observer(node: &str, fwd: (i64, i64), rev: (i64, i64)) -> Observer {
         Observer {
             node: node.into(),
-            forward: DirectionCounters { packets: fwd.0, bytes: fwd.1 },
-            reverse: DirectionCounters { packets: rev.0, bytes: rev.1 },
+            forward: DirectionCounters {
+                packets: fwd.0,
+                bytes: fwd.1,
+            },
+            reverse: DirectionCounters {
+                packets: rev.0,
+                bytes: rev.1,
+            },
             ..Default::default()
         }
     }
@@ -518,9 +608,15 @@ mod tests {
         let s = spec();
         assert_eq!(s.source.display, "shop/web-1");
         assert_eq!(s.destination.display, "shop/db-0");
-        assert_eq!(DestinationEndpoint::address("1.1.1.1", Some(53)).display, "1.1.1.1");
+        assert_eq!(
+            DestinationEndpoint::address("1.1.1.1", Some(53)).display,
+            "1.1.1.1"
+        );
         let v = serde_json::to_value(DestinationEndpoint::address("1.1.1.1", None)).unwrap();
-        assert_eq!(v, serde_json::json!({ "ip": "1.1.1.1", "display": "1.1.1.1" }));
+        assert_eq!(
+            v,
+            serde_json::json!({ "ip": "1.1.1.1", "display": "1.1.1.1" })
+        );
     }
 
     #[test]
@@ -537,7 +633,10 @@ mod tests {
         assert_ne!(a.object_name(), c.object_name());
         let mut long = spec();
         long.source.pod = Some(format!("{}-x", "p".repeat(39)));
-        assert!(long.object_name().starts_with(&format!("{}-", "p".repeat(39))));
+        assert!(
+            long.object_name()
+                .starts_with(&format!("{}-", "p".repeat(39)))
+        );
     }
 
     #[test]
@@ -575,14 +674,28 @@ mod tests {
             loss_packets: None,
         });
         let s = PodFlowStatus::summarize(&spec(), &[b.clone(), a.clone()]);
-        assert_eq!(s.totals, Some(Totals { forward: a.forward, reverse: a.reverse }));
+        assert_eq!(
+            s.totals,
+            Some(Totals {
+                forward: a.forward,
+                reverse: a.reverse
+            })
+        );
         assert_eq!((s.packets, s.bytes), (Some(18), Some(1800)));
         assert_eq!(s.first_seen, Some(time("2026-01-01T00:00:04Z")));
         assert_eq!(s.last_seen, Some(time("2026-01-01T00:01:02Z")));
         let v = s.vxlan.unwrap();
-        assert_eq!(v.outer_source.as_deref(), Some("192.168.0.1"), "forward direction: the source node's view");
+        assert_eq!(
+            v.outer_source.as_deref(),
+            Some("192.168.0.1"),
+            "forward direction: the source node's view"
+        );
         assert_eq!((v.encap_packets, v.decap_packets), (18, 17));
-        assert_eq!(v.loss_packets, Some(1), "node-a encapsulated 10 forward packets, node-b decapsulated 9");
+        assert_eq!(
+            v.loss_packets,
+            Some(1),
+            "node-a encapsulated 10 forward packets, node-b decapsulated 9"
+        );
         assert!(s.observers.is_empty());
 
         // Only the destination's node observes: its view, and no loss figure.
@@ -590,7 +703,10 @@ mod tests {
         assert_eq!(s.packets, Some(17));
         assert_eq!(s.vxlan.unwrap().loss_packets, None);
         // Nobody observes: an empty summary.
-        assert_eq!(PodFlowStatus::summarize(&spec(), &[]), PodFlowStatus::default());
+        assert_eq!(
+            PodFlowStatus::summarize(&spec(), &[]),
+            PodFlowStatus::default()
+        );
     }
 
     #[test]
@@ -599,7 +715,10 @@ mod tests {
         let p = PodFlow::observer_patch("f", &o);
         assert_eq!(p["apiVersion"], "weir.dev/v1alpha1");
         assert_eq!(p["kind"], "PodFlow");
-        assert_eq!(p["status"].as_object().unwrap().keys().collect::<Vec<_>>(), ["observers"]);
+        assert_eq!(
+            p["status"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["observers"]
+        );
         assert!(p.get("spec").is_none());
         let summary = PodFlowStatus::summarize(&spec(), &[o]);
         let p = PodFlow::summary_patch("f", &summary);
