@@ -3,9 +3,11 @@
 //! counts can be checked exactly. Shared by the integration tests, the
 //! benchmarks and `make demo`.
 
+pub mod agent;
 pub mod chain;
 pub mod controlplane;
 pub mod flannel;
 pub mod host;
 pub mod netns;
+pub mod relay;
 pub mod traffic;

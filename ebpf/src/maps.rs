@@ -190,6 +190,14 @@ impl NodeMaps {
             .map_err(map_err(abi::FLOWS_MAP))
     }
 
+    /// Calls `f` for every flow without collecting them, in batches of
+    /// entries per syscall, and returns how many it saw (the live flow count
+    /// of this walk). Entries created or evicted during the walk may or may
+    /// not appear.
+    pub fn for_each_flow(&self, f: impl FnMut(&FlowKey, &FlowCounters)) -> Result<u64> {
+        pinned::for_each_entry(&self.flows, abi::FLOWS_MAP, f)
+    }
+
     /// Number of entries in `weir_flows` now.
     pub fn live_flow_count(&self) -> Result<u64> {
         pinned::count_keys(abi::FLOWS_MAP, self.flows.keys())

@@ -1,5 +1,6 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose publicly (link info,
-//! link detach, object lookup by id), issued directly through libc.
+//! link detach, object lookup by id, batched map lookup), issued directly
+//! through libc.
 //!
 //! Structures are declared as prefixes of the uapi ones padded with zeros:
 //! the kernel accepts a larger user buffer as long as the tail is zero, and
@@ -21,6 +22,7 @@ const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// `bpf_link_type` value of TCX links.
 pub(crate) const BPF_LINK_TYPE_TCX: u32 = 11;
@@ -202,6 +204,38 @@ pub(crate) fn map_lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io
     attr.put_u64(8, key.as_ptr() as u64);
     attr.put_u64(16, value.as_mut_ptr() as u64);
     bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(|_| ())
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` call: copies up to `max` entries into `keys`
+/// and `values` (each at least `max` times the map's key / value size),
+/// continuing after `token` (`None`: from the start) and leaving the next
+/// position in `next`. Returns how many entries were copied and whether the
+/// walk is complete (the kernel's ENOENT; that call may still copy entries).
+pub(crate) fn map_lookup_batch(
+    fd: BorrowedFd<'_>,
+    token: Option<&u64>,
+    next: &mut u64,
+    keys: &mut [u8],
+    values: &mut [u8],
+    max: u32,
+) -> io::Result<(u32, bool)> {
+    // union bpf_attr, `batch`: in_batch, out_batch, keys, values (u64
+    // pointers), count, map_fd (u32), elem_flags, flags (u64). Hash maps use
+    // a 4-byte position; `token`/`next` are 8 bytes, more than any needs.
+    let mut attr = Attr::new();
+    attr.put_u64(0, token.map_or(0, |t| t as *const u64 as u64));
+    attr.put_u64(8, next as *mut u64 as u64);
+    attr.put_u64(16, keys.as_mut_ptr() as u64);
+    attr.put_u64(24, values.as_mut_ptr() as u64);
+    attr.put_u32(32, max);
+    attr.put_u32(36, fd.as_raw_fd() as u32);
+    let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+    let count = u32::from_ne_bytes(attr.0[32..36].try_into().expect("4 bytes"));
+    match result {
+        Ok(_) => Ok((count, false)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((count, true)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Kernel version as (major, minor), for choosing TCX before trying it.

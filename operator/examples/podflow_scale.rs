@@ -13,9 +13,12 @@
 //!
 //! Measured: requests the clients made (writer stats) and what the API
 //! server served (`apiserver_request_total`), etcd's database file, objects
-//! stored, how many observer entries each interval refreshed, and the time
+//! stored, how many observer entries each interval refreshed, the time
 //! from a counter change (a round handed to the writers) to its value
-//! arriving on a watch of the PodFlows.
+//! arriving on a watch of the PodFlows, and the writers' backlog as the
+//! agent exports it (`weir_podflow_writer_due`,
+//! `weir_podflow_writer_oldest_pending_seconds`), sampled at the end of each
+//! interval, the largest of the nodes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -268,6 +271,8 @@ async fn main() -> Result<()> {
     let rounds = secs / interval.as_secs().max(1);
     let mut observer_entries = 0usize;
     let mut conversations = HashSet::new();
+    // Per interval: (largest due, largest oldest pending age in s) over the nodes.
+    let mut backlog: Vec<(u64, f64)> = Vec::new();
     for round in 1..=rounds {
         let t = Instant::now();
         published.lock().unwrap().insert(round, t);
@@ -278,6 +283,7 @@ async fn main() -> Result<()> {
                 &format!("sim-{n}"),
                 &selections[n as usize],
                 &uids,
+                &(),
                 &clock,
             );
             if round == 1 {
@@ -287,6 +293,13 @@ async fn main() -> Result<()> {
             writers[n as usize].publish(c.flows);
         }
         let next = started + interval * round as u32;
+        tokio::time::sleep_until((next - Duration::from_millis(100)).into()).await;
+        backlog.push(writers.iter().fold((0, 0f64), |(due, age), w| {
+            (
+                due.max(WriterStats::get(&w.stats.due)),
+                age.max(w.stats.oldest_pending_age().as_secs_f64()),
+            )
+        }));
         tokio::time::sleep_until(next.into()).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -344,6 +357,10 @@ async fn main() -> Result<()> {
         "refreshed_per_interval_pct": (refreshed as f64 / rounds as f64 / observer_entries.max(1) as f64 * 1000.0).round() / 10.0,
         "max_writes_per_entry_per_interval": max_per_interval,
         "dirty_at_end": dirty,
+        "backlog_per_interval": {
+            "due_max_per_node": backlog.iter().map(|b| b.0).collect::<Vec<_>>(),
+            "oldest_pending_s_max": backlog.iter().map(|b| (b.1 * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        },
         "visible_latency_s": { "p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99), "max": lat.last() },
         "etcd_db_bytes": { "before": db_before, "after": db_after },
     });

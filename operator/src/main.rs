@@ -49,9 +49,25 @@ struct ControllerArgs {
     /// How often to delete PodFlows whose CaptureProfile is gone.
     #[arg(long, default_value = "60s", value_parser = parse_api_duration)]
     orphan_sweep_interval: std::time::Duration,
+    /// Where to serve /metrics and /healthz (OpenMetrics); empty: not served.
+    #[arg(long, default_value = "0.0.0.0:9466")]
+    metrics_listen: String,
+    /// How long a profile's MapPressure condition stays True after its
+    /// lostSamples last grew.
+    #[arg(long, default_value = "5m", value_parser = parse_api_duration)]
+    map_pressure_window: std::time::Duration,
     /// Log level (overridden by RUST_LOG).
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e| format!("{text:?} is not an address like 0.0.0.0:9466: {e}"))
 }
 
 fn parse_api_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -199,6 +215,8 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
         },
         orphan_sweep_interval: args.orphan_sweep_interval,
         error_requeue: std::time::Duration::from_secs(5),
+        metrics_listen: parse_listen(&args.metrics_listen).map_err(anyhow::Error::msg)?,
+        map_pressure_window: args.map_pressure_window,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,14 +7,13 @@
 //! Needs root, bpffs and scripts/bootstrap.sh's tools; fails saying what is
 //! missing otherwise.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, TcpStream};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
+use weir_e2e::agent::{AgentProcess, Endpoint};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::flannel::{self, FlannelNode};
 use weir_e2e::netns::Netns;
@@ -36,80 +35,53 @@ fn weir_plugin() -> PathBuf {
     path
 }
 
+const LISTEN: &str = "127.0.0.1:9465";
+
 struct Agent {
-    child: Child,
+    process: AgentProcess,
 }
 
 impl Agent {
     fn start(node: &Node, name: &str) -> Result<Self> {
-        let child = node
-            .ns
-            .command(&[
-                AGENT,
-                "agent",
-                "run",
-                "--node-name",
-                name,
-                "--interval",
-                "200ms",
-                "--listen",
-                "127.0.0.1:9465",
-            ])
-            .arg("--state-dir")
+        let mut cmd = node.ns.command(&[
+            AGENT,
+            "agent",
+            "run",
+            "--node-name",
+            name,
+            "--interval",
+            "200ms",
+            "--listen",
+            LISTEN,
+        ]);
+        cmd.arg("--state-dir")
             .arg(&node.state_dir)
             .arg("--bpf-root")
-            .arg(&node.bpf_root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(
-                node.work_dir.join(format!("agent-{name}.log")),
-            )?))
-            .spawn()?;
-        let agent = Self { child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while http_get(&node.ns, "/healthz").is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "agent on {name} did not come up; log: {}",
-                    std::fs::read_to_string(node.work_dir.join(format!("agent-{name}.log")))?
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(agent)
+            .arg(&node.bpf_root);
+        let process = AgentProcess::spawn(
+            cmd,
+            &node.work_dir.join(format!("agent-{name}.log")),
+            endpoint(&node.ns),
+            Duration::from_secs(10),
+        )?;
+        Ok(Self { process })
     }
 
-    fn kill9(mut self) -> Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
+    fn kill9(self) -> Result<()> {
+        self.process.kill9()
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn endpoint(ns: &Netns) -> Endpoint<'_> {
+    Endpoint {
+        ns: Some(ns),
+        addr: LISTEN.parse().expect("LISTEN is an address"),
     }
 }
 
 /// GET from inside the node namespace, where the agent listens.
 fn http_get(ns: &Netns, path: &str) -> Result<String> {
-    let path = path.to_string();
-    ns.run(move || -> Result<String> {
-        let mut stream =
-            TcpStream::connect_timeout(&"127.0.0.1:9465".parse()?, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("no HTTP header end")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("{path}: {head}");
-        }
-        Ok(body.to_string())
-    })?
+    endpoint(ns).get(path, Duration::from_secs(5))
 }
 
 /// The flows the agent published, after it has collected at least once more.
@@ -360,10 +332,7 @@ fn agent_lifecycle_lock_kill9_under_traffic_and_sigterm() -> Result<()> {
         );
 
         // SIGTERM: a clean exit, and the programs keep counting without it.
-        let mut restarted = restarted;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(restarted.child.id() as i32, libc::SIGTERM) };
-        let status = restarted.child.wait()?;
+        let status = restarted.process.terminate()?;
         assert!(status.success(), "SIGTERM exit: {status}");
         traffic::udp_echo(pod_a, pod_b, ip_b, 9055, 10, 100)?;
         let after = Agent::start(&c.a, "node-a")?;

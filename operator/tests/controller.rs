@@ -11,10 +11,14 @@
 //! service account (so the chart's agent RBAC is exercised too). There is no
 //! kubelet: pods are API objects with a nodeName and a patched status.
 //!
+//! Each replica serves its metrics on a loopback port of its own
+//! (`--metrics-listen`), and runs with a 4 s `--map-pressure-window`.
+//!
 //! Without the tools (etcd, kube-apiserver, kubectl, kube-controller-manager,
 //! helm) every test fails, saying how to build them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
@@ -30,11 +34,11 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use serde_json::json;
 use weir_e2e::controlplane::ControlPlane;
 use weir_operator::controller::labels;
-use weir_operator::crd::capture_profile::{conditions, reasons};
+use weir_operator::crd::capture_profile::{conditions, pressure_reasons, reasons};
 use weir_operator::crd::pod_flow::agent_field_manager;
 use weir_operator::crd::{
-    CaptureProfile, DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec,
-    Protocol, SourceEndpoint, VxlanCounters,
+    CaptureProfile, DestinationEndpoint, DirectionCounters, NodeLoss, Observer, PodFlow,
+    PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
 };
 
 const SYSTEM_NS: &str = "weir-system";
@@ -209,7 +213,17 @@ fn replicas() -> &'static Mutex<HashMap<String, Child>> {
     })
 }
 
+/// The metrics port of each running replica.
+fn metrics_ports() -> &'static Mutex<HashMap<String, u16>> {
+    static PORTS: OnceLock<Mutex<HashMap<String, u16>>> = OnceLock::new();
+    PORTS.get_or_init(Default::default)
+}
+
 fn start_replica(s: &Setup, id: &str) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    metrics_ports().lock().unwrap().insert(id.to_owned(), port);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -227,7 +241,9 @@ fn start_replica(s: &Setup, id: &str) -> anyhow::Result<()> {
         "--renew-deadline=3s",
         "--retry-period=1s",
         "--orphan-sweep-interval=2s",
+        "--map-pressure-window=4s",
     ])
+    .arg(format!("--metrics-listen=127.0.0.1:{port}"))
     .env("KUBECONFIG", &s.controller_kubeconfig)
     .env("RUST_LOG", "info,weir_operator=debug")
     .env_remove("POD_NAME")
@@ -494,6 +510,62 @@ async fn event_reporters(client: &kube::Client, ns: &str, profile: &str) -> Vec<
         .collect()
 }
 
+/// GET `/metrics` of replica `id`.
+fn scrape(id: &str) -> Result<String, String> {
+    let port = *metrics_ports()
+        .lock()
+        .unwrap()
+        .get(id)
+        .ok_or_else(|| format!("no replica {id}"))?;
+    let get = || -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: controller\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    };
+    let response = get().map_err(|e| format!("{id} /metrics: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{id}: no HTTP header end"))?;
+    if !head.starts_with("HTTP/1.1 200") || !head.contains("application/openmetrics-text") {
+        return Err(format!("{id}: {head}"));
+    }
+    Ok(body.to_owned())
+}
+
+/// The value of the sample `series` (name with labels, as printed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Applies `entry` to the profile's status as the agent of `entry.node`
+/// does: its own list entry, its own field manager, no force.
+async fn agent_reports_loss(client: &kube::Client, ns: &str, profile: &str, entry: &NodeLoss) {
+    Api::<CaptureProfile>::namespaced(client.clone(), ns)
+        .patch_status(
+            profile,
+            &PatchParams::apply(&agent_field_manager(&entry.node)),
+            &Patch::Apply(CaptureProfile::node_loss_patch(profile, entry)),
+        )
+        .await
+        .expect("the agent applies its map-pressure entry");
+}
+
+fn loss(node: &str, failed: i64, evicted: i64) -> NodeLoss {
+    NodeLoss {
+        node: node.into(),
+        lost_samples: failed + evicted,
+        failed_updates: failed,
+        lru_evictions: evicted,
+        node_failed_updates: failed + 100,
+        node_lru_evictions: evicted + 100,
+    }
+}
+
 // ---------------------------------------------------------------- tests
 
 #[test]
@@ -558,6 +630,30 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     let deploy = find("Deployment", "weir-controller");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["args"][0], "controller");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--metrics-listen=0.0.0.0:9466"), "{args:?}");
+    assert_eq!(c["ports"][0]["name"], "metrics");
+    assert_eq!(c["ports"][0]["containerPort"], 9466);
+    let without = s
+        .helm_ok(&[
+            "template",
+            "weir",
+            &chart_dir().to_string_lossy(),
+            "--set",
+            "controller.metrics.enabled=false",
+            "--show-only",
+            "templates/controller-deployment.yaml",
+        ])
+        .unwrap();
+    assert!(
+        without.contains("- --metrics-listen=\n") && !without.contains("containerPort"),
+        "{without}"
+    );
     assert_eq!(
         deploy["spec"]["template"]["spec"]["serviceAccountName"],
         "weir-controller"
@@ -674,11 +770,28 @@ fn rbac_grants_the_controller_what_it_uses_and_nothing_more() {
     assert_eq!(agent("create", "podflows.weir.dev"), "yes");
     assert_eq!(agent("get", "nodes"), "yes");
     assert_eq!(
+        agent("patch", "captureprofiles.weir.dev:status"),
+        "yes",
+        "its map-pressure entry"
+    );
+    assert_eq!(
         agent("delete", "podflows.weir.dev"),
         "no",
         "the agent never deletes"
     );
-    assert_eq!(agent("patch", "captureprofiles.weir.dev:status"), "no");
+    for (verb, resource) in [
+        ("patch", "captureprofiles.weir.dev"),
+        ("update", "captureprofiles.weir.dev"),
+        ("update", "captureprofiles.weir.dev:status"),
+        ("delete", "captureprofiles.weir.dev"),
+        ("create", "captureprofiles.weir.dev"),
+    ] {
+        assert_eq!(
+            agent(verb, resource),
+            "no",
+            "the agent must not: {verb} {resource}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1320,4 +1433,276 @@ async fn one_replica_leads_and_a_killed_leader_hands_over() {
     start_replica(s, &leader).unwrap();
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(lease_holder(&admin).await.unwrap().0, follower);
+}
+
+#[tokio::test]
+async fn nodes_report_map_pressure_without_conflict_and_the_controller_sums_it() {
+    let s = setup();
+    let admin = s.admin().await;
+    let agent = s.agent().await;
+    let ns = "ctl-pressure";
+    namespace(&admin, ns).await;
+    pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
+    profile(
+        &admin,
+        ns,
+        "p",
+        json!({ "podSelector": {}, "flushInterval": "1s" }),
+    )
+    .await;
+    let condition = |st: &weir_operator::crd::CaptureProfileStatus| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == conditions::MAP_PRESSURE)
+            .cloned()
+    };
+    let st = poll("Ready, nothing lost", WAIT, || async {
+        let st = status_of(&admin, ns, "p").await?;
+        match condition(&st) {
+            Some(c) if c.status == "False" && st.lost_samples == Some(0) => Ok(st),
+            _ => Err(format!("{st:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        condition(&st).unwrap().reason,
+        pressure_reasons::NO_LOSS,
+        "{st:?}"
+    );
+
+    // Two nodes, each applying only its own entry as its own field manager.
+    agent_reports_loss(&agent, ns, "p", &loss("node-a", 1, 2)).await;
+    agent_reports_loss(&agent, ns, "p", &loss("node-b", 0, 4)).await;
+    let st = poll("lostSamples = 7, MapPressure True", WAIT, || async {
+        let st = status_of(&admin, ns, "p").await?;
+        match condition(&st) {
+            Some(c) if c.status == "True" && st.lost_samples == Some(7) => Ok(st),
+            _ => Err(format!("{st:?}")),
+        }
+    })
+    .await;
+    let c = condition(&st).unwrap();
+    assert_eq!(c.reason, pressure_reasons::SAMPLES_LOST);
+    assert!(
+        c.message.contains("node-b: 4") && c.message.contains("node-a: 3"),
+        "{}",
+        c.message
+    );
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY)
+        .expect("Ready stays");
+    assert_eq!(ready.status, "True");
+    poll("a MapPressure Event", WAIT, || async {
+        let ev = event_reporters(&admin, ns, "p").await;
+        if ev.iter().any(|(r, _)| r == conditions::MAP_PRESSURE) {
+            Ok(())
+        } else {
+            Err(format!("{ev:?}"))
+        }
+    })
+    .await;
+
+    // One node's entry grows: the other's stays as it was, the sum follows.
+    agent_reports_loss(&agent, ns, "p", &loss("node-a", 1, 12)).await;
+    let st = poll("lostSamples = 17", WAIT, || async {
+        let st = status_of(&admin, ns, "p").await?;
+        if st.lost_samples == Some(17) {
+            Ok(st)
+        } else {
+            Err(format!("{st:?}"))
+        }
+    })
+    .await;
+    let mut nodes = st.nodes.clone();
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    assert_eq!(nodes, [loss("node-a", 1, 12), loss("node-b", 0, 4)]);
+    // Each entry has exactly one owner: its node's agent; the controller's
+    // status apply holds the summary and never the entries.
+    let p = Api::<CaptureProfile>::namespaced(admin.clone(), ns)
+        .get("p")
+        .await
+        .unwrap();
+    let managed = p.metadata.managed_fields.clone().unwrap_or_default();
+    let owns = |manager: &str, key: &str| {
+        managed.iter().any(|m| {
+            m.manager.as_deref() == Some(manager)
+                && m.subresource.as_deref() == Some("status")
+                && m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.to_string().contains(key))
+        })
+    };
+    assert!(
+        owns("weir-agent/node-a", r#"k:{\"node\":\"node-a\"}"#),
+        "{managed:#?}"
+    );
+    assert!(
+        owns("weir-agent/node-b", r#"k:{\"node\":\"node-b\"}"#),
+        "{managed:#?}"
+    );
+    assert!(!owns("weir-agent/node-a", r#"k:{\"node\":\"node-b\"}"#));
+    assert!(!owns("weir-operator", "f:nodes"), "{managed:#?}");
+    assert!(owns("weir-operator", "f:lostSamples"), "{managed:#?}");
+    // An agent cannot take another node's entry without force: it conflicts.
+    let stolen = Api::<CaptureProfile>::namespaced(agent.clone(), ns)
+        .patch_status(
+            "p",
+            &PatchParams::apply(&agent_field_manager("node-a")),
+            &Patch::Apply(CaptureProfile::node_loss_patch("p", &loss("node-b", 0, 0))),
+        )
+        .await;
+    assert!(
+        matches!(&stolen, Err(kube::Error::Api(e)) if e.code == 409),
+        "{stolen:?}"
+    );
+
+    // No growth for the window (4 s): MapPressure goes False, the figure stays.
+    let st = poll("MapPressure False after the window", WAIT, || async {
+        let st = status_of(&admin, ns, "p").await?;
+        match condition(&st) {
+            Some(c) if c.status == "False" => Ok(st),
+            _ => Err(format!("{st:?}")),
+        }
+    })
+    .await;
+    assert_eq!(st.lost_samples, Some(17));
+    assert_eq!(condition(&st).unwrap().reason, pressure_reasons::NO_LOSS);
+}
+
+#[tokio::test]
+async fn the_leader_serves_reconcile_and_deletion_metrics() {
+    let s = setup();
+    let admin = s.admin().await;
+    let agent = s.agent().await;
+    let ns = "ctl-metrics";
+    namespace(&admin, ns).await;
+    let (leader, _) = poll("a lease holder", WAIT, || async {
+        lease_holder(&admin)
+            .await
+            .filter(|(h, _)| REPLICAS.contains(&h.as_str()))
+            .ok_or_else(|| "no holder".to_owned())
+    })
+    .await;
+    let follower = REPLICAS.iter().find(|r| **r != leader).unwrap().to_string();
+    let deleted = |text: &str, reason: &str| {
+        sample(
+            text,
+            &format!(r#"weir_controller_podflows_deleted_total{{reason="{reason}"}}"#),
+        )
+        .unwrap_or_else(|| panic!("no deletions by {reason} in:\n{text}"))
+    };
+    let reconciles = |text: &str| {
+        sample(
+            text,
+            r#"weir_controller_reconciles_total{kind="CaptureProfile"}"#,
+        )
+        .unwrap_or_else(|| panic!("no reconcile count in:\n{text}"))
+    };
+    let before = scrape(&leader).unwrap();
+    assert_eq!(sample(&before, "weir_controller_leader"), Some(1.0));
+    let other = scrape(&follower).unwrap();
+    assert_eq!(
+        sample(&other, "weir_controller_leader"),
+        Some(0.0),
+        "{other}"
+    );
+    assert_eq!(
+        sample(
+            &other,
+            r#"weir_controller_reconcile_duration_seconds_count{kind="CaptureProfile"}"#
+        ),
+        Some(0.0),
+        "the follower does not reconcile: {other}"
+    );
+
+    // One flow past the TTL, three for a cap of two, then the profile goes.
+    let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.5", false).await;
+    let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.6", false).await;
+    profile(
+        &admin,
+        ns,
+        "m",
+        json!({ "podSelector": {}, "flushInterval": "1s", "flowTTL": "1m", "maxPodFlows": 2 }),
+    )
+    .await;
+    let now = Timestamp::now();
+    for (port, age) in [(80u16, 600i64), (81, 10), (82, 30), (83, 20)] {
+        let o = observer(
+            "node-a",
+            (1, 60),
+            (0, 0),
+            now - SignedDuration::from_secs(age),
+            None,
+        );
+        agent_apply(&agent, ns, &spec("m", &web, &db, port), &web, &o).await;
+    }
+    poll("one expired and one evicted", WAIT, || async {
+        let names = flow_names(&admin, ns).await;
+        if names.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+    Api::<CaptureProfile>::namespaced(admin.clone(), ns)
+        .delete("m", &DeleteParams::default())
+        .await
+        .unwrap();
+    poll("the profile's flows deleted with it", WAIT, || async {
+        let names = flow_names(&admin, ns).await;
+        if names.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+
+    let after = poll("the leader's counts", WAIT, || async {
+        let text = scrape(&leader)?;
+        if deleted(&text, "profile_deleted") >= deleted(&before, "profile_deleted") + 2.0 {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    assert!(
+        deleted(&after, "ttl") >= deleted(&before, "ttl") + 1.0,
+        "{after}"
+    );
+    assert!(
+        deleted(&after, "cap") >= deleted(&before, "cap") + 1.0,
+        "{after}"
+    );
+    assert!(reconciles(&after) >= reconciles(&before) + 3.0, "{after}");
+    let durations = sample(
+        &after,
+        r#"weir_controller_reconcile_duration_seconds_count{kind="CaptureProfile"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        Some(durations),
+        sample(
+            &after,
+            r#"weir_controller_reconciles_total{kind="CaptureProfile"}"#
+        )
+    );
+    assert!(
+        sample(
+            &after,
+            r#"weir_controller_reconciles_total{kind="OrphanSweep"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the sweep runs every 2 s: {after}"
+    );
+    assert!(
+        sample(&after, "weir_controller_podflow_summaries_total").is_some_and(|n| n >= 2.0),
+        "{after}"
+    );
+    assert_eq!(sample(&after, "weir_controller_leader"), Some(1.0));
+    assert!(after.trim_end().ends_with("# EOF"));
 }

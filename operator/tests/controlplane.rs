@@ -208,6 +208,7 @@ spec:
         active_flows: Some(17),
         flows_dropped_by_cap: Some(0),
         lost_samples: Some(0),
+        nodes: Vec::new(),
     };
     let patch = serde_json::json!({
         "apiVersion": "weir.dev/v1alpha1", "kind": "CaptureProfile", "metadata": { "name": "web" }, "status": status,

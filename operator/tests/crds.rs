@@ -343,6 +343,33 @@ fn podflow_observers_are_a_list_keyed_by_node() {
 }
 
 #[test]
+fn captureprofile_map_pressure_is_a_list_keyed_by_node() {
+    let crd = manifest("captureprofiles.weir.dev.yaml").crd;
+    let nodes = at(root(&crd), &["status", "nodes"]);
+    assert_eq!(nodes.type_.as_deref(), Some("array"));
+    assert_eq!(nodes.x_kubernetes_list_type.as_deref(), Some("map"));
+    assert_eq!(
+        nodes.x_kubernetes_list_map_keys.as_deref(),
+        Some(&["node".to_string()][..])
+    );
+    let entry = at(nodes, &["[]"]);
+    assert!(
+        entry.required.iter().flatten().any(|r| r == "node"),
+        "the key must be required"
+    );
+    for field in [
+        "lostSamples",
+        "failedUpdates",
+        "lruEvictions",
+        "nodeFailedUpdates",
+        "nodeLruEvictions",
+    ] {
+        assert_eq!(at(entry, &[field]).type_.as_deref(), Some("integer"));
+    }
+    let _ = at(root(&crd), &["status", "lostSamples"]);
+}
+
+#[test]
 fn captureprofile_has_defaults_and_cel_rules() {
     let crd = manifest("captureprofiles.weir.dev.yaml").crd;
     let spec = at(root(&crd), &["spec"]);

@@ -29,14 +29,14 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use weir_e2e::agent::{AgentProcess, Endpoint};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::flannel::{self, FlannelNode};
 use weir_e2e::host;
@@ -801,65 +801,53 @@ impl Synth {
     }
 }
 
-/// The agent, started in node A's namespace; SIGTERM (then kill) on drop.
+/// The agent, started in node A's namespace; killed when dropped.
 struct Agent {
-    child: Child,
-    log: PathBuf,
+    process: AgentProcess,
 }
 
 impl Agent {
     fn start(bed: &Bed, s: &Settings, peers: &Path) -> Result<Self> {
-        let log = bed.a.work_dir.join("agent.log");
         let agent = s.agent.to_str().context("agent path")?;
-        let child = bed
-            .a
-            .ns
-            .command(&[
-                agent,
-                "agent",
-                "run",
-                "--node-name",
-                "node-a",
-                "--interval",
-                "1s",
-                "--listen",
-                AGENT_LISTEN,
-                "--no-kube",
-            ])
-            .arg("--state-dir")
+        let mut cmd = bed.a.ns.command(&[
+            agent,
+            "agent",
+            "run",
+            "--node-name",
+            "node-a",
+            "--interval",
+            "1s",
+            "--listen",
+            AGENT_LISTEN,
+            "--no-kube",
+        ]);
+        cmd.arg("--state-dir")
             .arg(&bed.a.state_dir)
             .arg("--bpf-root")
             .arg(&bed.a.bpf_root)
             .arg("--peers-file")
             .arg(peers)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(fs::File::create(&log)?))
-            .spawn()
-            .context("starting the agent")?;
-        let agent = Self { child, log };
+            .env_remove("RUST_LOG");
+        let process = AgentProcess::spawn(
+            cmd,
+            &bed.a.work_dir.join("agent.log"),
+            endpoint(&bed.a.ns),
+            Duration::from_secs(15),
+        )?;
         // nsenter execs the agent, so the child's pid is the agent's.
-        let comm = fs::read_to_string(format!("/proc/{}/comm", agent.pid())).unwrap_or_default();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while http_get(&bed.a.ns, "/healthz").is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "agent did not come up (comm {comm:?}); log: {}",
-                    fs::read_to_string(&agent.log)?
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let comm = fs::read_to_string(format!("/proc/{}/comm", agent.pid()))?;
+        let comm = fs::read_to_string(format!("/proc/{}/comm", process.pid()))?;
         if !comm.starts_with("weir-operator") {
-            bail!("pid {} is {comm:?}, not the agent", agent.pid());
+            bail!("pid {} is {comm:?}, not the agent", process.pid());
         }
-        Ok(agent)
+        Ok(Self { process })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
+    }
+
+    fn log(&self) -> String {
+        self.process.log()
     }
 
     /// utime + stime in clock ticks, all threads.
@@ -889,48 +877,26 @@ impl Agent {
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        let status = self.child.wait()?;
+    fn stop(self) -> Result<()> {
+        let log = self.log();
+        let status = self.process.terminate()?;
         if !status.success() {
-            bail!(
-                "agent exited with {status} on SIGTERM; log: {}",
-                fs::read_to_string(&self.log)?
-            );
+            bail!("agent exited with {status} on SIGTERM; log: {log}");
         }
         Ok(())
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn endpoint(ns: &Netns) -> Endpoint<'_> {
+    Endpoint {
+        ns: Some(ns),
+        addr: AGENT_LISTEN.parse().expect("AGENT_LISTEN is an address"),
     }
 }
 
 /// GET from inside the node namespace, where the agent listens.
 fn http_get(ns: &Netns, path: &str) -> Result<String> {
-    let path = path.to_string();
-    ns.run(move || -> Result<String> {
-        let mut stream =
-            TcpStream::connect_timeout(&AGENT_LISTEN.parse()?, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("no HTTP header end")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("{path}: {head}");
-        }
-        Ok(body.to_string())
-    })?
+    endpoint(ns).get(path, Duration::from_secs(30))
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -1028,11 +994,7 @@ fn agent_run(
     let (rss_kib, hwm_kib) = agent.memory_kib()?;
     let end = scrape(ns)?;
     if end.errors != 0 {
-        bail!(
-            "{} failed collections; log: {}",
-            end.errors,
-            fs::read_to_string(&agent.log)?
-        );
+        bail!("{} failed collections; log: {}", end.errors, agent.log());
     }
     if (end.pod_flows as usize) < size || (end.overlay_flows as usize) < size {
         bail!(

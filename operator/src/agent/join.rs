@@ -2,16 +2,13 @@
 //! counted on the underlay, and names the peers. Pure: the same reading gives
 //! the same answer, so it is tested without a kernel.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
-use weir_cni::state::AttachmentRecord;
-use weir_ebpf::abi::{Direction, FlowKey};
-use weir_ebpf::vxlan_abi::{VxDirection, VxFlowCounters, VxFlowKey};
 
 use super::peers::{Peer, PeerDirectory};
-use super::reading::NodeReading;
+use super::reading::{FlowSink, NodeReading};
+use super::table::FlowTable;
 
 /// The overlay leg of a flow as this node saw it on its underlay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,151 +48,41 @@ pub struct PodFlowView {
     pub overlay: Option<OverlayLeg>,
 }
 
-/// Key of the inner 5-tuple as both sides see it; VXLAN carries the pod's
-/// packet unchanged, so the inner header is the pod flow's header.
-type InnerTuple = (IpAddr, IpAddr, u8, u16, u16);
-
+/// Joins one reading: every pod flow with its overlay leg and its peer, in
+/// output order. The agent keeps a [`FlowTable`] across collections and
+/// streams into it; this builds a fresh one from a reading already in
+/// memory (`agent dump`, tests).
 pub fn join(reading: &NodeReading, node: &str, directory: &dyn PeerDirectory) -> Vec<PodFlowView> {
-    let Some(pods) = &reading.pods else {
-        return Vec::new();
-    };
-    let by_id: HashMap<u32, &AttachmentRecord> =
-        reading.records.iter().map(|r| (r.pod_id, r)).collect();
-    let local_peers = local_directory(&reading.records, node);
-    let mut encap: HashMap<InnerTuple, OverlayLeg> = HashMap::new();
-    let mut decap: HashMap<InnerTuple, OverlayLeg> = HashMap::new();
+    table(reading, node, directory)
+        .map(|t| t.views())
+        .unwrap_or_default()
+}
+
+/// The table of one reading; `None` before the pod maps are pinned.
+fn table(reading: &NodeReading, node: &str, directory: &dyn PeerDirectory) -> Option<FlowTable> {
+    let pods = reading.pods.as_ref()?;
+    let mut table = FlowTable::new(node);
+    let mut round = table.round(directory);
+    round.records(&reading.records);
     for (key, counters) in reading.overlay.iter().flat_map(|o| &o.flows) {
-        let side = match key.direction() {
-            Some(VxDirection::Encap) => &mut encap,
-            Some(VxDirection::Decap) => &mut decap,
-            None => continue,
-        };
-        merge_leg(side, key, counters);
+        round.overlay_flow(key, counters);
     }
-
-    let mut views: Vec<PodFlowView> = pods
-        .flows
-        .iter()
-        .map(|(key, counters)| {
-            let record = by_id.get(&key.pod_id);
-            let direction = key.direction();
-            let tuple = inner_tuple(key);
-            let (remote, overlay) = match direction {
-                Some(Direction::FromPod) => (key.dst_ip(), encap.get(&tuple).cloned()),
-                Some(Direction::ToPod) => (key.src_ip(), decap.get(&tuple).cloned()),
-                None => (key.dst_ip(), None),
-            };
-            PodFlowView {
-                pod_id: key.pod_id,
-                namespace: record.and_then(|r| r.pod.namespace.clone()),
-                pod: record
-                    .and_then(|r| r.pod.name.clone())
-                    .unwrap_or_else(|| format!("pod-id:{}", key.pod_id)),
-                direction: match direction {
-                    Some(Direction::FromPod) => "egress",
-                    Some(Direction::ToPod) => "ingress",
-                    None => "unknown",
-                },
-                protocol: key.proto,
-                source: key.src_ip(),
-                source_port: key.sport,
-                destination: key.dst_ip(),
-                destination_port: key.dport,
-                packets: counters.packets,
-                bytes: counters.bytes,
-                first_seen_ns: counters.first_seen_ns,
-                last_seen_ns: counters.last_seen_ns,
-                tcp_flags: counters.tcp_flags,
-                peer: local_peers
-                    .get(&remote)
-                    .cloned()
-                    .or_else(|| directory.lookup(remote)),
-                overlay,
-            }
-        })
-        .collect();
-    views.sort_by(|a, b| {
-        (
-            &a.namespace,
-            &a.pod,
-            a.direction,
-            a.source,
-            a.source_port,
-            a.destination,
-            a.destination_port,
-        )
-            .cmp(&(
-                &b.namespace,
-                &b.pod,
-                b.direction,
-                b.source,
-                b.source_port,
-                b.destination,
-                b.destination_port,
-            ))
-    });
-    views
-}
-
-fn inner_tuple(key: &FlowKey) -> InnerTuple {
-    (key.src_ip(), key.dst_ip(), key.proto, key.sport, key.dport)
-}
-
-fn merge_leg(side: &mut HashMap<InnerTuple, OverlayLeg>, key: &VxFlowKey, c: &VxFlowCounters) {
-    let tuple = (
-        key.inner_src_ip(),
-        key.inner_dst_ip(),
-        key.inner_proto,
-        key.inner_sport,
-        key.inner_dport,
-    );
-    let leg = side.entry(tuple).or_insert_with(|| OverlayLeg {
-        vni: key.vni,
-        outer_source: key.outer_src_ip(),
-        outer_destination: key.outer_dst_ip(),
-        encap_packets: 0,
-        encap_bytes: 0,
-        decap_packets: 0,
-        decap_bytes: 0,
-    });
-    leg.encap_packets += c.encap_packets;
-    leg.encap_bytes += c.encap_bytes;
-    leg.decap_packets += c.decap_packets;
-    leg.decap_bytes += c.decap_bytes;
-}
-
-fn local_directory(records: &[AttachmentRecord], node: &str) -> HashMap<IpAddr, Peer> {
-    let mut peers = HashMap::new();
-    for record in records {
-        let (Some(namespace), Some(pod)) = (&record.pod.namespace, &record.pod.name) else {
-            continue;
-        };
-        for cidr in &record.ips {
-            let ip = cidr
-                .split('/')
-                .next()
-                .and_then(|ip| ip.parse::<IpAddr>().ok());
-            if let Some(ip) = ip {
-                peers.insert(
-                    ip,
-                    Peer {
-                        namespace: namespace.clone(),
-                        pod: pod.clone(),
-                        node: node.to_string(),
-                    },
-                );
-            }
-        }
+    for (key, counters) in &pods.flows {
+        round.pod_flow(key, counters);
     }
-    peers
+    round.finish(None, true);
+    Some(table)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
     use crate::agent::reading::{OverlaySide, PodSide};
-    use weir_cni::state::PodIdentity;
-    use weir_ebpf::abi::FlowCounters;
+    use weir_cni::state::{AttachmentRecord, PodIdentity};
+    use weir_ebpf::abi::{Direction, FlowCounters, FlowKey};
+    use weir_ebpf::vxlan_abi::{VxDirection, VxFlowCounters, VxFlowKey};
 
     fn record(pod_id: u32, name: &str, ip: &str) -> AttachmentRecord {
         AttachmentRecord {
@@ -323,6 +210,16 @@ mod tests {
         .into();
         let views = join(&reading, "node-a", &directory);
         assert_eq!(views.len(), 4);
+        // /flows is rendered from the table without views: the same JSON.
+        let mut json = Vec::new();
+        table(&reading, "node-a", &directory)
+            .unwrap()
+            .write_json(&mut json)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            serde_json::to_string(&views).unwrap()
+        );
         let out = views
             .iter()
             .find(|v| v.direction == "egress" && v.destination.to_string() == "10.244.1.7")

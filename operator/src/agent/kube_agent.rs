@@ -7,7 +7,9 @@
 //!   reflector store: their labels decide the selection;
 //! - CaptureProfiles of all namespaces, in a reflector store;
 //! - Nodes, reduced to name → InternalIP/ExternalIP ([`NodeIndex`]): an
-//!   outer (underlay) VXLAN address names the node behind it;
+//!   outer (underlay) VXLAN address names the node behind it, so a PodFlow
+//!   whose other end is only an address (a pod not listed yet, or not a
+//!   pod) still names the node the overlay carried it to or from;
 //! - pods of the whole cluster that may hold an IP (phase not Succeeded or
 //!   Failed), reduced as they arrive to IP → namespace, name, uid, node
 //!   ([`PodIndex`]); host-network pods are left out (their IP is the
@@ -24,8 +26,12 @@
 //!
 //! On every change of the local pods or profiles, and every collection
 //! round: selection → data path ([`selection::apply`]). Every collection
-//! round: the joined views → conversations → the writer
-//! ([`writer::conversations`], [`writer::spawn`]).
+//! round, once the cluster's pods and the Nodes are listed (a PodFlow's
+//! spec is immutable: publishing before would name peers only by address):
+//! the joined views → conversations → the writer
+//! ([`writer::conversations`], [`writer::spawn`]), and the node's map
+//! pressure → the selecting profiles' `status.nodes` entries
+//! ([`pressure::Ledger`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,8 +53,10 @@ use weir_ebpf::maps::NodeMaps;
 
 use super::join::PodFlowView;
 use super::peers::{Peer, PeerDirectory};
+use super::pressure::{self, NodePressure};
+use super::reading::NodeReading;
 use super::selection::{self, LocalPod, Selection};
-use super::writer::{self, Clock, PodUids, WriterHandle};
+use super::writer::{self, Clock, NodeNames, PodUids, WriterHandle};
 use crate::crd::CaptureProfile;
 
 /// Where the agent's Kubernetes configuration comes from.
@@ -245,6 +253,12 @@ impl NodeIndex {
     }
 }
 
+impl NodeNames for NodeIndex {
+    fn node_of(&self, ip: IpAddr) -> Option<String> {
+        NodeIndex::node_of(self, ip).map(str::to_owned)
+    }
+}
+
 /// Everything the agent watches.
 pub struct ClusterView {
     pub local_pods: Store<Pod>,
@@ -256,6 +270,7 @@ pub struct ClusterView {
     local_synced: Arc<AtomicBool>,
     profiles_synced: Arc<AtomicBool>,
     pods_synced: Arc<AtomicBool>,
+    nodes_synced: Arc<AtomicBool>,
 }
 
 fn watch_config() -> watcher::Config {
@@ -303,7 +318,8 @@ where
 impl ClusterView {
     pub fn start(client: &Client, node: &str) -> Self {
         let changed = Arc::new(Notify::new());
-        let (local_synced, profiles_synced, pods_synced): (
+        let (local_synced, profiles_synced, pods_synced, nodes_synced): (
+            Arc<AtomicBool>,
             Arc<AtomicBool>,
             Arc<AtomicBool>,
             Arc<AtomicBool>,
@@ -359,7 +375,7 @@ impl ClusterView {
             });
         }
         {
-            let nodes = nodes.clone();
+            let (nodes, synced) = (nodes.clone(), Arc::clone(&nodes_synced));
             let stream =
                 watcher(Api::<Node>::all(client.clone()), watch_config()).default_backoff();
             tokio::spawn(async move {
@@ -373,7 +389,10 @@ impl ClusterView {
                         }
                         Ok(Event::InitDone) => {
                             *nodes.write().expect("node index lock") =
-                                fresh.take().unwrap_or_default()
+                                fresh.take().unwrap_or_default();
+                            if !synced.swap(true, Ordering::Relaxed) {
+                                info!("nodes: listed");
+                            }
                         }
                         Ok(Event::Apply(node)) => {
                             nodes.write().expect("node index lock").apply(&node)
@@ -397,6 +416,7 @@ impl ClusterView {
             local_synced,
             profiles_synced,
             pods_synced,
+            nodes_synced,
         }
     }
 
@@ -405,9 +425,10 @@ impl ClusterView {
         self.local_synced.load(Ordering::Relaxed) && self.profiles_synced.load(Ordering::Relaxed)
     }
 
-    /// Whether the cluster's pods have been listed (peers can be named).
+    /// Whether the cluster's pods and the Nodes have been listed (peers and
+    /// the nodes behind the overlay can be named).
     pub fn peers_ready(&self) -> bool {
-        self.pods_synced.load(Ordering::Relaxed)
+        self.pods_synced.load(Ordering::Relaxed) && self.nodes_synced.load(Ordering::Relaxed)
     }
 
     pub fn selection(&self) -> Selection {
@@ -450,6 +471,7 @@ pub struct KubeAgent {
     node: String,
     clock: Clock,
     last_selected: std::sync::Mutex<Option<usize>>,
+    losses: std::sync::Mutex<pressure::Ledger>,
 }
 
 impl KubeAgent {
@@ -469,7 +491,13 @@ impl KubeAgent {
             node: node.to_owned(),
             clock: Clock::now(),
             last_selected: Default::default(),
+            losses: Default::default(),
         })
+    }
+
+    /// Adds the writer's backlog to the agent's metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(writer::WriterCollector(self.writer.stats.clone())));
     }
 
     /// Selection → data path. Does nothing until the local pods and the
@@ -511,16 +539,53 @@ impl KubeAgent {
         Some(selection)
     }
 
-    /// One collection round: selection, then the conversations to write.
-    pub fn round(&self, records: &[AttachmentRecord], root: &BpfRoot, views: &[PodFlowView]) {
-        let Some(selection) = self.apply_selection(records, root) else {
+    /// One collection round: selection, then the conversations and the map
+    /// pressure to write.
+    pub fn round(&self, reading: &NodeReading, root: &BpfRoot, views: &[PodFlowView]) {
+        let Some(selection) = self.apply_selection(&reading.records, root) else {
             return;
         };
+        if !self.view.peers_ready() {
+            debug!("waiting for the cluster's pods and Nodes to be listed before publishing");
+            return;
+        }
         let conversations = {
             let pods = self.view.pods.read().expect("pod index lock");
-            writer::conversations(views, &self.node, &selection, &*pods, &self.clock)
+            let nodes = self.view.nodes.read().expect("node index lock");
+            writer::conversations(views, &self.node, &selection, &*pods, &*nodes, &self.clock)
         };
         self.writer.publish(conversations.flows);
+        self.writer
+            .publish_losses(self.losses_of(&selection, NodePressure::of(reading)));
+    }
+
+    /// The map-pressure entries of the profiles that select pods here.
+    fn losses_of(&self, selection: &Selection, now: NodePressure) -> Vec<pressure::ProfileLoss> {
+        let profiles = self.view.profiles.state();
+        let selecting: std::collections::HashSet<(&str, &str)> = selection
+            .rules()
+            .map(|r| (r.namespace.as_str(), r.profile.as_str()))
+            .collect();
+        let mut ledger = self.losses.lock().expect("losses lock");
+        let out = ledger.round(
+            &self.node,
+            profiles.iter().filter_map(|p| {
+                let key = (
+                    p.metadata.namespace.as_deref()?,
+                    p.metadata.name.as_deref()?,
+                );
+                let interval = p.spec.flush_interval()?;
+                selecting.contains(&key).then_some((&**p, interval))
+            }),
+            now,
+        );
+        ledger.retain(
+            &profiles
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect(),
+        );
+        out
     }
 }
 

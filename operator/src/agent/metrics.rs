@@ -82,7 +82,8 @@ fn gauge(
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.lock().expect("metrics snapshot lock").clone();
+        // Rendered under the lock (held for no await) rather than from a copy.
+        let s = self.0.lock().expect("metrics snapshot lock");
         let pod_labels = |k: &SeriesKey| -> Labels {
             vec![
                 ("namespace", k.namespace.clone()),

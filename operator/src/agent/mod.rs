@@ -11,10 +11,12 @@ pub mod lock;
 pub mod metrics;
 pub mod overlay;
 pub mod peers;
+pub mod pressure;
 pub mod reading;
 pub mod run;
 pub mod selection;
 pub mod server;
+pub mod table;
 pub mod totals;
 pub mod writer;
 

@@ -9,13 +9,13 @@ use std::time::Duration;
 use tracing::{info, warn};
 use weir_ebpf::BpfRoot;
 
-use super::join::{self, PodFlowView};
 use super::lock::AgentLock;
 use super::metrics::{self, MetricsSnapshot, Shared};
 use super::overlay;
 use super::peers::FilePeers;
 use super::reading::{self, NodeReading};
 use super::server::{self, Endpoints};
+use super::table::FlowTable;
 use super::totals::Totals;
 use super::{Error, Result};
 
@@ -39,7 +39,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let _lock = AgentLock::acquire(&config.state_dir.join("agent.lock"))?;
     let root = BpfRoot::new(&config.bpf_root);
     let shared: Shared = Arc::new(Mutex::new(MetricsSnapshot::default()));
-    let flows: Arc<Mutex<Vec<PodFlowView>>> = Arc::default();
+    let flows = Arc::new(Mutex::new(FlowTable::new(&config.node_name)));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Io {
@@ -47,12 +47,6 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             source,
         })?;
     info!(node = %config.node_name, listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "weir agent started");
-    let endpoints = Arc::new(Endpoints {
-        registry: metrics::registry(shared.clone()),
-        flows: flows.clone(),
-    });
-    tokio::spawn(server::serve(listener, endpoints));
-
     let kube = match &config.kube {
         Some(settings) => Some(
             super::kube_agent::KubeAgent::start(settings, &config.node_name)
@@ -61,6 +55,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         ),
         None => None,
     };
+    let mut registry = metrics::registry(shared.clone());
+    if let Some(k) = &kube {
+        // The PodFlow writer's backlog.
+        k.register_metrics(&mut registry);
+    }
+    let endpoints = Arc::new(Endpoints {
+        registry,
+        flows: flows.clone(),
+    });
+    tokio::spawn(server::serve(listener, endpoints));
+
     let mut peers = config.peers_file.as_deref().map(FilePeers::new);
     let mut totals = Totals::new(config.max_series);
     let mut ticker = tokio::time::interval(config.interval);
@@ -91,30 +96,40 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         if let Some(warning) = peers.as_mut().and_then(FilePeers::refresh) {
             warn!("{warning}");
         }
-        match reading::read(&config.state_dir, &root) {
+        let no_peers = std::collections::HashMap::new();
+        let file_directory: &dyn super::peers::PeerDirectory = match &peers {
+            Some(p) => p,
+            None => &no_peers,
+        };
+        let kube_directory = kube.as_ref().map(|k| super::kube_agent::KubePeers {
+            pods: &k.view.pods,
+            fallback: Some(file_directory),
+        });
+        let directory: &dyn super::peers::PeerDirectory = match &kube_directory {
+            Some(d) => d,
+            None => file_directory,
+        };
+        // The maps stream into the table, which is updated in place; the
+        // lock only keeps `/flows` from reading it half-updated.
+        let mut table = flows.lock().expect("flows lock");
+        let mut round = table.round(directory);
+        let read = reading::read_into(&config.state_dir, &root, &mut round);
+        round.finish(Some(&mut totals), read.is_ok());
+        match read {
             Ok(reading) => {
-                let no_peers = std::collections::HashMap::new();
-                let file_directory: &dyn super::peers::PeerDirectory = match &peers {
-                    Some(p) => p,
-                    None => &no_peers,
-                };
-                let views = match &kube {
-                    Some(k) => {
-                        let directory = super::kube_agent::KubePeers {
-                            pods: &k.view.pods,
-                            fallback: Some(file_directory),
-                        };
-                        let views = join::join(&reading, &config.node_name, &directory);
-                        k.round(&reading.records, &root, &views);
-                        views
-                    }
-                    None => join::join(&reading, &config.node_name, file_directory),
-                };
-                totals.update(&views);
+                if let Some(k) = &kube {
+                    // The PodFlow writer takes owned views; they live for
+                    // this call only.
+                    let views = table.views();
+                    drop(table);
+                    k.round(&reading, &root, &views);
+                } else {
+                    drop(table);
+                }
                 publish(&shared, &reading, &totals, &names);
-                *flows.lock().expect("flows lock") = views;
             }
             Err(e) => {
+                drop(table);
                 warn!("collection failed: {e}");
                 shared.lock().expect("metrics lock").collection_errors += 1;
             }

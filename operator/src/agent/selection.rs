@@ -175,6 +175,12 @@ impl Selection {
         Self { by_pod }
     }
 
+    /// The rules of the selected pods, once per pod (a profile's rule
+    /// repeats for every pod it owns).
+    pub fn rules(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.by_pod.values()
+    }
+
     pub fn rule(&self, namespace: &str, pod: &str) -> Option<&Arc<Rule>> {
         self.by_pod.get(&(namespace.to_owned(), pod.to_owned()))
     }

@@ -11,11 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-use super::join::PodFlowView;
+use super::table::FlowTable;
 
 pub struct Endpoints {
     pub registry: Registry,
-    pub flows: Arc<Mutex<Vec<PodFlowView>>>,
+    pub flows: Arc<Mutex<FlowTable>>,
 }
 
 pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>) {
@@ -58,12 +58,15 @@ async fn answer(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result
             super::metrics::render(&endpoints.registry),
         ),
         ("GET", "/flows") => {
-            let flows = endpoints.flows.lock().expect("flows lock").clone();
-            (
-                "200 OK",
-                "application/json",
-                serde_json::to_string(&flows).unwrap_or_else(|_| "[]".into()),
-            )
+            // Rendered from the table under its lock (no await inside).
+            let table = endpoints.flows.lock().expect("flows lock");
+            let mut json = Vec::with_capacity(table.len() * 512 + 2);
+            let body = match table.write_json(&mut json) {
+                Ok(()) => String::from_utf8(json).unwrap_or_else(|_| "[]".into()),
+                Err(_) => "[]".into(),
+            };
+            drop(table);
+            ("200 OK", "application/json", body)
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),

@@ -20,6 +20,11 @@
 //! - A conversation opened by an address that is not a known pod (a client
 //!   outside the cluster) has that address as its source; the local pod it
 //!   reached owns the PodFlow.
+//! - An end that is only an address (not a pod weir knows: not listed yet,
+//!   or not a pod) but that the VXLAN overlay carried still gets its node,
+//!   from the outer address (the remote VTEP) through the Nodes' addresses
+//!   ([`NodeNames`]): the outer destination of what this node encapsulated,
+//!   the outer source of what it decapsulated.
 //! - The selecting rule's filters apply (protocol, destination port, the
 //!   peer's address), see [`Rule::admits`].
 //! - When both ends are local pods selected by the same profile, both pods'
@@ -46,6 +51,27 @@
 //! Transient failures (API server down, 5xx, 429) back off (0.5 s doubling
 //! to 8 s); the values written afterwards are the newest absolute counters,
 //! read from pinned maps, so totals are exact once the server is back.
+//!
+//! A spec apply the API server refuses as invalid (422) usually means the
+//! PodFlow exists with a spec this node would now write differently (the
+//! spec is immutable; e.g. the destination's node, learned from the overlay,
+//! was not known when another node created it): the writer then checks the
+//! object exists and publishes its observer entry on it.
+//!
+//! The same task publishes this node's map-pressure entries of the
+//! CaptureProfiles ([`super::pressure`], `status.nodes`, applied to the
+//! profile's status subresource as `weir-agent/<node>`, never forced), from
+//! the same request budget and before PodFlows (they are few and rare).
+//!
+//! ## The backlog ([`WriterStats`], exported as agent metrics)
+//!
+//! `pending` PodFlows have counters newer than their last write; `due` of
+//! them have waited their `flushInterval` and wait for the request budget;
+//! `oldest_pending` is when the oldest unpublished change was handed over.
+//! Within the budget, no change waits much longer than `flushInterval`
+//! plus a collection interval; an age far beyond that means the budget
+//! cannot keep up (the refresh period stretches to due PodFlows / qps).
+//! PodFlows held by the cap and those paused after a refusal are not in it.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -61,11 +87,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::join::{OverlayLeg, PodFlowView};
+use super::pressure::ProfileLoss;
 use super::selection::{Rule, Selection};
 use crate::crd::pod_flow::agent_field_manager;
 use crate::crd::{
-    DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, Protocol,
-    SourceEndpoint, VxlanCounters,
+    CaptureProfile, DestinationEndpoint, DirectionCounters, NodeLoss, Observer, PodFlow,
+    PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
 };
 
 /// Label naming the profile that publishes a PodFlow.
@@ -116,6 +143,25 @@ pub trait PodUids {
 impl PodUids for HashMap<(String, String), String> {
     fn uid(&self, namespace: &str, pod: &str) -> Option<String> {
         self.get(&(namespace.to_owned(), pod.to_owned())).cloned()
+    }
+}
+
+/// Node names by node address (InternalIP, ExternalIP), for the overlay's
+/// outer addresses.
+pub trait NodeNames {
+    fn node_of(&self, ip: IpAddr) -> Option<String>;
+}
+
+/// No node is known.
+impl NodeNames for () {
+    fn node_of(&self, _: IpAddr) -> Option<String> {
+        None
+    }
+}
+
+impl NodeNames for HashMap<IpAddr, String> {
+    fn node_of(&self, ip: IpAddr) -> Option<String> {
+        self.get(&ip).cloned()
     }
 }
 
@@ -194,6 +240,20 @@ fn pod_owner(namespace: &str, pod: &str, uids: &dyn PodUids) -> Option<OwnerRefe
     })
 }
 
+/// The underlay address of the other end's node, from the overlay legs of a
+/// 5-tuple's views: the outer destination of what this node encapsulated,
+/// else the outer source of what it decapsulated.
+fn remote_vtep(pair: &Pair<'_>) -> Option<IpAddr> {
+    pair.egress
+        .iter()
+        .find_map(|v| v.overlay.as_ref().map(|l| l.outer_destination))
+        .or_else(|| {
+            pair.ingress
+                .iter()
+                .find_map(|v| v.overlay.as_ref().map(|l| l.outer_source))
+        })
+}
+
 /// Groups a round's views into the PodFlows this node publishes (see the
 /// module doc for the rules).
 pub fn conversations(
@@ -201,6 +261,7 @@ pub fn conversations(
     node: &str,
     selection: &Selection,
     uids: &dyn PodUids,
+    nodes: &dyn NodeNames,
     clock: &Clock,
 ) -> Conversations {
     // (pod id, proto, local ip, local port, remote ip, remote port)
@@ -251,6 +312,12 @@ pub fn conversations(
             (None, Some(_)) => pair.egress.is_empty(),
         } && !pair.egress.is_empty();
         let port = |p: u16| protocol.has_ports().then_some(p);
+        // The node behind the overlay, for an end known only by its address.
+        let remote_node = || {
+            remote_vtep(&pair)
+                .and_then(|vtep| nodes.node_of(vtep))
+                .filter(|n| n != node)
+        };
         let (spec, owner) = if local_is_source {
             let source = SourceEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node);
             let destination = match &any.peer {
@@ -261,7 +328,10 @@ pub fn conversations(
                     &peer.node,
                     port(rport),
                 ),
-                None => DestinationEndpoint::address(&remote_ip.to_string(), port(rport)),
+                None => DestinationEndpoint {
+                    node: remote_node(),
+                    ..DestinationEndpoint::address(&remote_ip.to_string(), port(rport))
+                },
             };
             (
                 PodFlowSpec {
@@ -293,7 +363,13 @@ pub fn conversations(
                     )
                 }
                 // Opened from outside the pods weir knows: the local pod owns it.
-                None => (SourceEndpoint::address(&remote_ip.to_string()), None),
+                None => (
+                    SourceEndpoint {
+                        node: remote_node(),
+                        ..SourceEndpoint::address(&remote_ip.to_string())
+                    },
+                    None,
+                ),
             };
             let owner = owner.or_else(|| pod_owner(ns, &any.pod, uids));
             (
@@ -392,11 +468,105 @@ pub struct WriterStats {
     pub dirty: AtomicU64,
     /// PodFlows not created because the profile reached maxPodFlows.
     pub held_by_cap: AtomicU64,
+    /// Dirty PodFlows not held by the cap nor paused after a refusal: the
+    /// backlog.
+    pub pending: AtomicU64,
+    /// Of the pending PodFlows, those whose flushInterval has passed:
+    /// waiting for the request budget.
+    pub due: AtomicU64,
+    /// When the oldest unpublished change (of a dirty PodFlow not held by
+    /// the cap nor paused) was handed to the writer, in milliseconds since
+    /// the Unix epoch; 0 when there is none.
+    pub oldest_pending_unix_ms: AtomicU64,
+    /// Map-pressure entries of CaptureProfiles written.
+    pub loss_applies: AtomicU64,
 }
 
 impl WriterStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// How long the oldest unpublished change has waited (zero when none).
+    pub fn oldest_pending_age(&self) -> Duration {
+        let since = Self::get(&self.oldest_pending_unix_ms);
+        if since == 0 {
+            return Duration::ZERO;
+        }
+        let now = unix_ms(std::time::SystemTime::now());
+        Duration::from_millis(now.saturating_sub(since))
+    }
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The writer's figures as agent metrics (OpenMetrics), read at scrape time.
+#[derive(Debug)]
+pub struct WriterCollector(pub Arc<WriterStats>);
+
+impl prometheus_client::collector::Collector for WriterCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let s = &self.0;
+        let counts: [(&str, &str, u64); 3] = [
+            (
+                "weir_podflow_writer_pending",
+                "PodFlows whose newest counters are not published yet (not counting those held by maxPodFlows or paused after a refusal).",
+                WriterStats::get(&s.pending),
+            ),
+            (
+                "weir_podflow_writer_due",
+                "Pending PodFlows whose flushInterval has passed: waiting for the request budget (--api-qps).",
+                WriterStats::get(&s.due),
+            ),
+            (
+                "weir_podflow_writer_held_by_cap",
+                "New conversations not published because their profile reached maxPodFlows.",
+                WriterStats::get(&s.held_by_cap),
+            ),
+        ];
+        for (name, help, value) in counts {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let age = ConstGauge::new(s.oldest_pending_age().as_secs_f64());
+        age.encode(encoder.encode_descriptor(
+            "weir_podflow_writer_oldest_pending_seconds",
+            "Age of the oldest unpublished change; far above the profiles' flushInterval, the request budget cannot keep up.",
+            None,
+            age.metric_type(),
+        )?)?;
+        let counters: [(&str, &str, u64); 2] = [
+            (
+                "weir_podflow_writer_requests",
+                "API requests of the writer (PodFlows and map-pressure entries), successful or not.",
+                WriterStats::get(&s.requests),
+            ),
+            (
+                "weir_podflow_writer_failures",
+                "API requests of the writer that failed.",
+                WriterStats::get(&s.failures),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }
 
@@ -404,6 +574,7 @@ impl WriterStats {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: Arc<watch::Sender<Arc<Vec<DesiredFlow>>>>,
+    losses: Arc<watch::Sender<Arc<Vec<ProfileLoss>>>>,
     pub stats: Arc<WriterStats>,
 }
 
@@ -412,22 +583,37 @@ impl WriterHandle {
     pub fn publish(&self, flows: Vec<DesiredFlow>) {
         self.tx.send_replace(Arc::new(flows));
     }
+
+    /// Hands over this round's map-pressure entries; never waits.
+    pub fn publish_losses(&self, losses: Vec<ProfileLoss>) {
+        self.losses.send_if_modified(|current| {
+            if current.as_slice() == losses.as_slice() {
+                false
+            } else {
+                *current = Arc::new(losses);
+                true
+            }
+        });
+    }
 }
 
 /// Starts the writer task for `node`, at most `qps` requests per second.
 pub fn spawn(client: Client, node: &str, qps: f64) -> WriterHandle {
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+    let (losses_tx, losses_rx) = watch::channel(Arc::new(Vec::new()));
     let stats = Arc::new(WriterStats::default());
     let writer = Writer {
         client,
         manager: agent_field_manager(node),
         entries: HashMap::new(),
+        losses: HashMap::new(),
         bucket: TokenBucket::new(qps),
         stats: stats.clone(),
     };
-    tokio::spawn(writer.run(rx));
+    tokio::spawn(writer.run(rx, losses_rx));
     WriterHandle {
         tx: Arc::new(tx),
+        losses: Arc::new(losses_tx),
         stats,
     }
 }
@@ -481,10 +667,20 @@ struct Entry {
     blocked_until: Option<Instant>,
 }
 
+/// A CaptureProfile's map-pressure entry of this node.
+struct LossEntry {
+    desired: ProfileLoss,
+    written: Option<NodeLoss>,
+    last_write: Option<Instant>,
+    blocked_until: Option<Instant>,
+}
+
 struct Writer {
     client: Client,
     manager: String,
     entries: HashMap<(String, String), Entry>,
+    /// By (namespace, profile).
+    losses: HashMap<(String, String), LossEntry>,
     bucket: TokenBucket,
     stats: Arc<WriterStats>,
 }
@@ -551,6 +747,9 @@ impl Writer {
         let mut best: Option<(Rank, &(String, String))> = None;
         let mut wake: Option<Instant> = None;
         let mut capped = 0u64;
+        let mut due_now = 0u64;
+        let mut pending = 0u64;
+        let mut oldest: Option<Instant> = None;
         let mut created: HashMap<&str, i32> = HashMap::new();
         for e in self.entries.values().filter(|e| e.spec_applied) {
             *created.entry(e.desired.spec.profile.as_str()).or_default() += 1;
@@ -559,11 +758,28 @@ impl Writer {
             let Some(dirty_since) = e.dirty_since else {
                 continue;
             };
+            let paused = e.blocked_until.is_some_and(|b| b > now);
             let due = match (e.blocked_until, e.last_write) {
                 (Some(b), _) if b > now => b,
                 (_, Some(last)) => last + e.desired.flush_interval,
                 _ => now,
             };
+            let held = !e.spec_applied && e.written.is_none() && {
+                let active = e.desired.profile_active_flows.unwrap_or(0).max(
+                    created
+                        .get(e.desired.spec.profile.as_str())
+                        .copied()
+                        .unwrap_or(0),
+                );
+                active >= e.desired.max_pod_flows
+            };
+            if !paused && !held {
+                pending += 1;
+                oldest = Some(oldest.map_or(dirty_since, |o| o.min(dirty_since)));
+                if due <= now {
+                    due_now += 1;
+                }
+            }
             if due > now {
                 wake = Some(wake.map_or(due, |w| w.min(due)));
                 continue;
@@ -586,21 +802,153 @@ impl Writer {
             }
         }
         self.stats.held_by_cap.store(capped, Ordering::Relaxed);
+        self.stats.due.store(due_now, Ordering::Relaxed);
+        self.stats.pending.store(pending, Ordering::Relaxed);
+        let oldest_ms = oldest.map_or(0, |o| {
+            unix_ms(std::time::SystemTime::now() - now.saturating_duration_since(o))
+        });
+        self.stats
+            .oldest_pending_unix_ms
+            .store(oldest_ms, Ordering::Relaxed);
         (best.map(|(_, k)| k.clone()), wake)
     }
 
-    async fn run(mut self, mut rx: watch::Receiver<Arc<Vec<DesiredFlow>>>) {
+    fn merge_losses(&mut self, losses: &[ProfileLoss]) {
+        let mut present = HashSet::with_capacity(losses.len());
+        for loss in losses {
+            let key = (loss.namespace.clone(), loss.profile.clone());
+            present.insert(key.clone());
+            self.losses
+                .entry(key)
+                .and_modify(|e| e.desired = loss.clone())
+                .or_insert_with(|| LossEntry {
+                    desired: loss.clone(),
+                    written: None,
+                    last_write: None,
+                    blocked_until: None,
+                });
+        }
+        // No longer reported: keep what still has to be written.
+        self.losses
+            .retain(|k, e| present.contains(k) || e.written.as_ref() != Some(&e.desired.entry));
+    }
+
+    /// The map-pressure entry to write now, else when the next one is due.
+    fn next_loss(&self, now: Instant) -> (Option<(String, String)>, Option<Instant>) {
+        let mut best: Option<(Instant, &(String, String))> = None;
+        let mut wake: Option<Instant> = None;
+        for (key, e) in &self.losses {
+            if e.written.as_ref() == Some(&e.desired.entry) {
+                continue;
+            }
+            let due = match (e.blocked_until, e.last_write) {
+                (Some(b), _) if b > now => b,
+                (_, Some(last)) => last + e.desired.interval,
+                _ => now,
+            };
+            if due > now {
+                wake = Some(wake.map_or(due, |w| w.min(due)));
+            } else if best.as_ref().is_none_or(|(d, _)| due < *d) {
+                best = Some((due, key));
+            }
+        }
+        (best.map(|(_, k)| k.clone()), wake)
+    }
+
+    async fn write_loss(&mut self, key: &(String, String)) -> Result<(), Failure> {
+        let Some(entry) = self.losses.get(key) else {
+            return Ok(());
+        };
+        let desired = entry.desired.entry.clone();
+        let api: Api<CaptureProfile> = Api::namespaced(self.client.clone(), &key.0);
+        let body = CaptureProfile::node_loss_patch(&key.1, &desired);
+        self.bucket.take().await;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let result = api
+            .patch_status(
+                &key.1,
+                &PatchParams::apply(&self.manager),
+                &Patch::Apply(&body),
+            )
+            .await;
+        if let Err(e) = result {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            let failure = classify(&e);
+            match failure {
+                Failure::Transient => {
+                    debug!(profile = %format!("{}/{}", key.0, key.1), "map-pressure entry apply failed, backing off: {e}")
+                }
+                Failure::Gone => {
+                    debug!(profile = %format!("{}/{}", key.0, key.1), "profile gone: its map-pressure entry is dropped")
+                }
+                Failure::Refused => {
+                    warn!(profile = %format!("{}/{}", key.0, key.1), "map-pressure entry apply refused, retrying in 5m: {e}")
+                }
+            }
+            return Err(failure);
+        }
+        self.stats.loss_applies.fetch_add(1, Ordering::Relaxed);
+        info!(
+            profile = %format!("{}/{}", key.0, key.1),
+            lost_samples = desired.lost_samples,
+            failed_updates = desired.failed_updates,
+            lru_evictions = desired.lru_evictions,
+            "map pressure reported"
+        );
+        if let Some(e) = self.losses.get_mut(key) {
+            e.written = Some(desired);
+            e.last_write = Some(Instant::now());
+            e.blocked_until = None;
+        }
+        Ok(())
+    }
+
+    async fn run(
+        mut self,
+        mut rx: watch::Receiver<Arc<Vec<DesiredFlow>>>,
+        mut losses_rx: watch::Receiver<Arc<Vec<ProfileLoss>>>,
+    ) {
         let mut backoff = BACKOFF_START;
         let mut last_report = Instant::now();
         // `changed()` marks the value it waited for as seen: remember it.
         let mut fresh = false;
+        let mut fresh_losses = false;
         loop {
             if fresh || rx.has_changed().unwrap_or(false) {
                 fresh = false;
                 let flows = rx.borrow_and_update().clone();
                 self.merge(&flows, Instant::now());
             }
-            let (next, wake) = self.next(Instant::now());
+            if fresh_losses || losses_rx.has_changed().unwrap_or(false) {
+                fresh_losses = false;
+                let losses = losses_rx.borrow_and_update().clone();
+                self.merge_losses(&losses);
+            }
+            let now = Instant::now();
+            let (loss, loss_wake) = self.next_loss(now);
+            if let Some(key) = loss {
+                match self.write_loss(&key).await {
+                    Ok(()) => backoff = BACKOFF_START,
+                    Err(Failure::Transient) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                    Err(Failure::Gone) => {
+                        self.losses.remove(&key);
+                    }
+                    Err(Failure::Refused) => {
+                        if let Some(e) = self.losses.get_mut(&key) {
+                            e.blocked_until = Some(Instant::now() + REFUSED_PAUSE);
+                        }
+                    }
+                }
+                continue;
+            }
+            let (next, wake) = self.next(now);
+            let wake = match (wake, loss_wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let Some(key) = next else {
                 let sleep = async {
                     match wake {
@@ -611,6 +959,10 @@ impl Writer {
                 tokio::select! {
                     changed = rx.changed() => match changed {
                         Ok(()) => fresh = true,
+                        Err(_) => return,
+                    },
+                    changed = losses_rx.changed() => match changed {
+                        Ok(()) => fresh_losses = true,
                         Err(_) => return,
                     },
                     _ = sleep => {}
@@ -659,10 +1011,29 @@ impl Writer {
             let body = spec_patch(&entry.desired);
             self.bucket.take().await;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = api.patch(&key.1, &params, &Patch::Apply(&body)).await {
-                return Err(self.failed(key, "spec", &e));
+            match api.patch(&key.1, &params, &Patch::Apply(&body)).await {
+                Ok(_) => {
+                    self.stats.spec_applies.fetch_add(1, Ordering::Relaxed);
+                }
+                // Invalid: most likely the object exists with a spec this
+                // node would now write differently (it is immutable).
+                Err(kube::Error::Api(s)) if s.code == 422 => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.bucket.take().await;
+                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    match api.get_opt(&key.1).await {
+                        Ok(Some(_)) => {
+                            debug!(podflow = %format!("{}/{}", key.0, key.1), "the PodFlow exists with another spec ({}): publishing on it", s.message)
+                        }
+                        Ok(None) => {
+                            warn!(podflow = %format!("{}/{}", key.0, key.1), "spec apply refused, retrying in 5m: {}", s.message);
+                            return Err(Failure::Refused);
+                        }
+                        Err(e) => return Err(self.failed(key, "spec", &e)),
+                    }
+                }
+                Err(e) => return Err(self.failed(key, "spec", &e)),
             }
-            self.stats.spec_applies.fetch_add(1, Ordering::Relaxed);
             if let Some(entry) = self.entries.get_mut(key) {
                 entry.spec_applied = true;
             }
@@ -831,6 +1202,7 @@ mod tests {
             "node-a",
             &selection(&["web"], |_| {}),
             &uids(),
+            &(),
             &Clock::at(0),
         );
         assert_eq!(c.flows.len(), 1, "{c:#?}");
@@ -892,6 +1264,7 @@ mod tests {
             "node-b",
             &selection(&["db"], |_| {}),
             &uids(),
+            &(),
             &Clock::at(0),
         );
         assert_eq!(c.flows.len(), 2);
@@ -976,6 +1349,7 @@ mod tests {
             "node-a",
             &selection(&["web", "db"], |_| {}),
             &uids(),
+            &(),
             &Clock::at(0),
         );
         assert_eq!(c.flows.len(), 1, "{c:#?}");
@@ -988,10 +1362,89 @@ mod tests {
             "node-a",
             &selection(&["web", "db"], |s| s.protocols = vec![Protocol::Tcp]),
             &uids(),
+            &(),
             &Clock::at(0),
         );
         assert!(tcp_only.flows.is_empty());
         assert!(tcp_only.filtered > 0);
+    }
+
+    #[test]
+    fn an_unknown_peer_behind_the_overlay_is_named_by_its_node() {
+        let leg = |encap: bool| OverlayLeg {
+            vni: 1,
+            outer_source: (if encap {
+                "192.168.100.1"
+            } else {
+                "192.168.100.2"
+            })
+            .parse()
+            .unwrap(),
+            outer_destination: (if encap {
+                "192.168.100.2"
+            } else {
+                "192.168.100.1"
+            })
+            .parse()
+            .unwrap(),
+            encap_packets: if encap { 10 } else { 0 },
+            encap_bytes: if encap { 1500 } else { 0 },
+            decap_packets: if encap { 0 } else { 9 },
+            decap_bytes: if encap { 0 } else { 1350 },
+        };
+        const GHOST: &str = "10.244.9.9";
+        let mut out = view("web", true, (WEB, 4000), (GHOST, 53), 10, 100, None);
+        out.overlay = Some(leg(true));
+        let mut back = view("web", false, (GHOST, 53), (WEB, 4000), 9, 200, None);
+        back.overlay = Some(leg(false));
+        // A client behind the overlay that weir does not know opens one to db.
+        let mut inbound = view("db", false, (GHOST, 7000), (DB, 80), 4, 50, None);
+        inbound.overlay = Some(leg(false));
+        let views = vec![out, back, inbound];
+        let nodes: HashMap<IpAddr, String> = [
+            ("192.168.100.1".parse().unwrap(), "node-a".to_owned()),
+            ("192.168.100.2".parse().unwrap(), "node-b".to_owned()),
+        ]
+        .into();
+        let sel = selection(&["web", "db"], |_| {});
+        let c = conversations(&views, "node-a", &sel, &uids(), &nodes, &Clock::at(0));
+        assert_eq!(c.flows.len(), 2, "{c:#?}");
+        let to_ghost = c
+            .flows
+            .iter()
+            .find(|f| f.spec.source.pod.is_some())
+            .unwrap();
+        assert_eq!(to_ghost.spec.destination.display, GHOST);
+        assert_eq!(to_ghost.spec.destination.pod, None);
+        assert_eq!(
+            to_ghost.spec.destination.node.as_deref(),
+            Some("node-b"),
+            "named by the outer destination it was encapsulated to"
+        );
+        let vx = to_ghost.observer.vxlan.as_ref().unwrap();
+        assert_eq!((vx.encap_packets, vx.decap_packets), (10, 9));
+        let from_ghost = c
+            .flows
+            .iter()
+            .find(|f| f.spec.source.pod.is_none())
+            .unwrap();
+        assert_eq!(from_ghost.spec.source.display, GHOST);
+        assert_eq!(
+            from_ghost.spec.source.node.as_deref(),
+            Some("node-b"),
+            "named by the outer source it was decapsulated from"
+        );
+        assert_eq!(from_ghost.spec.destination.node.as_deref(), Some("node-a"));
+        // Without the Nodes' addresses, only the address is known; the name
+        // of the object does not depend on the node.
+        let bare = conversations(&views, "node-a", &sel, &uids(), &(), &Clock::at(0));
+        let bare_to_ghost = bare
+            .flows
+            .iter()
+            .find(|f| f.spec.source.pod.is_some())
+            .unwrap();
+        assert_eq!(bare_to_ghost.spec.destination.node, None);
+        assert_eq!(bare_to_ghost.name, to_ghost.name);
     }
 
     #[test]
@@ -1003,6 +1456,94 @@ mod tests {
             clock.time(1_500_000_000).unwrap().0.as_second(),
             1_700_000_001
         );
+    }
+
+    fn idle_writer() -> Writer {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        Writer {
+            client: Client::try_from(config).unwrap(),
+            manager: agent_field_manager("node-a"),
+            entries: HashMap::new(),
+            losses: HashMap::new(),
+            bucket: TokenBucket::new(5.0),
+            stats: Arc::new(WriterStats::default()),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_backlog_counts_due_entries_and_the_oldest_unpublished_change() {
+        let mut w = idle_writer();
+        let views = vec![
+            view("web", true, (WEB, 4000), (DB, 53), 10, 100, None),
+            view("web", true, (WEB, 4000), (DB, 54), 10, 100, None),
+        ];
+        let sel = selection(&["web"], |s| s.flush_interval = "10s".into());
+        let flows = conversations(&views, "node-a", &sel, &uids(), &(), &Clock::at(0)).flows;
+        assert_eq!(flows.len(), 2);
+        let t0 = Instant::now();
+        w.merge(&flows, t0);
+        let (next, _) = w.next(t0);
+        assert!(next.is_some());
+        assert_eq!(WriterStats::get(&w.stats.due), 2, "new: due at once");
+        assert_eq!(WriterStats::get(&w.stats.dirty), 2);
+        // One of them written at t0, then changed at t1: not due before t0 + 10 s.
+        let first = (flows[0].namespace.clone(), flows[0].name.clone());
+        {
+            let e = w.entries.get_mut(&first).unwrap();
+            e.spec_applied = true;
+            e.written = Some(e.desired.observer.clone());
+            e.last_write = Some(t0);
+            e.dirty_since = None;
+        }
+        let mut changed = flows.clone();
+        changed[0].observer.forward.packets += 1;
+        let t1 = t0 + Duration::from_secs(2);
+        w.merge(&changed, t1);
+        let (next, wake) = w.next(t1);
+        assert_eq!(
+            next,
+            Some((flows[1].namespace.clone(), flows[1].name.clone()))
+        );
+        assert_eq!(wake, Some(t0 + Duration::from_secs(10)));
+        assert_eq!(WriterStats::get(&w.stats.due), 1);
+        assert_eq!(WriterStats::get(&w.stats.dirty), 2);
+        // The oldest unpublished change is the never-written one, from t0.
+        let age = w.stats.oldest_pending_age();
+        assert!(
+            age >= Duration::from_secs(2) && age < Duration::from_secs(4),
+            "{age:?}"
+        );
+        // Held by the cap: not part of the backlog.
+        for e in w.entries.values_mut() {
+            e.desired.max_pod_flows = 1;
+        }
+        let second = (flows[1].namespace.clone(), flows[1].name.clone());
+        let (next, _) = w.next(t1);
+        assert_ne!(next, Some(second), "the cap holds the new conversation");
+        assert_eq!(WriterStats::get(&w.stats.held_by_cap), 1);
+        assert_eq!(WriterStats::get(&w.stats.due), 0);
+        let text = {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(WriterCollector(w.stats.clone())));
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            out
+        };
+        for line in [
+            "weir_podflow_writer_pending 1",
+            "weir_podflow_writer_due 0",
+            "weir_podflow_writer_held_by_cap 1",
+            "weir_podflow_writer_requests_total 0",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        // Written at t0 and changed at t1: its change is the oldest pending now.
+        let oldest = text
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_podflow_writer_oldest_pending_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap();
+        assert!((0.0..2.0).contains(&oldest), "{text}");
     }
 
     #[tokio::test]

@@ -20,12 +20,22 @@
 //!   (finalizer [`FINALIZER`]) and of a profile that no longer exists. It
 //!   deletes only PodFlows that carry both weir labels. Flows whose pod is
 //!   gone are left to Kubernetes' garbage collector (the ownerReference).
+//! - Map pressure: each agent applies its own entry of a profile's
+//!   `status.nodes` (field manager `weir-agent/<node>`); the controller sums
+//!   them into `lostSamples` and keeps the `MapPressure` condition (True
+//!   while the sum grew within `--map-pressure-window`), with a Warning
+//!   Event `MapPressure` when it grows. Its own status apply never carries
+//!   `nodes`, so it never takes the agents' entries.
+//!
+//! Metrics: [`metrics`] (`--metrics-listen`).
 
 pub mod leader;
 pub mod lifecycle;
+pub mod metrics;
 pub mod profile;
 pub mod run;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The labels that mark what weir made.
@@ -58,6 +68,11 @@ pub enum Error {
     MissingField(String, &'static str),
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("metrics endpoint {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The controller's result.
@@ -72,6 +87,11 @@ pub struct Config {
     pub orphan_sweep_interval: Duration,
     /// Requeue delay after a failed reconcile.
     pub error_requeue: Duration,
+    /// Where to serve `/metrics` and `/healthz` (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a profile's `MapPressure` condition stays True after its
+    /// `lostSamples` last grew.
+    pub map_pressure_window: Duration,
 }
 
 /// Whether `err` is the API server's 404 Not Found.

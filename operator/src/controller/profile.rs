@@ -1,10 +1,11 @@
 //! Reconciling a CaptureProfile: validate it, keep its PodFlows (summary,
-//! TTL, cap), report its status, and on deletion remove its PodFlows
-//! (finalizer).
+//! TTL, cap), report its status (with the nodes' map pressure summed into
+//! `lostSamples` and the `MapPressure` condition), and on deletion remove
+//! its PodFlows (finalizer).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -19,14 +20,30 @@ use serde_json::json;
 use tracing::{Span, debug, field, info, instrument, warn};
 
 use super::lifecycle::{self, FlowState};
+use super::metrics::{ControllerMetrics, Deletion, KIND_PROFILE};
 use super::{Error, FINALIZER, Result};
-use crate::crd::capture_profile::{conditions, reasons};
+use crate::crd::capture_profile::{conditions, pressure_reasons, reasons};
 use crate::crd::pod_flow::SUMMARY_FIELD_MANAGER;
 use crate::crd::{CaptureProfile, CaptureProfileStatus, PodFlow};
 
 /// Requeue delay of a profile whose spec cannot be applied (a spec change
 /// triggers a reconcile anyway).
 const INVALID_REQUEUE: Duration = Duration::from_secs(300);
+
+/// Least time between two `MapPressure` Events of one profile while its
+/// condition stays True.
+const PRESSURE_EVENT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What the controller remembers of a profile's map pressure.
+#[derive(Debug, Clone, Copy, Default)]
+struct PressureMemory {
+    /// `lostSamples` last written.
+    lost: i64,
+    /// When it last grew.
+    grew_at: Option<Instant>,
+    /// When the last `MapPressure` Event went out.
+    evented_at: Option<Instant>,
+}
 
 /// What every reconcile shares.
 pub struct Context {
@@ -35,17 +52,31 @@ pub struct Context {
     /// `flowsDroppedByCap` last written per profile uid: the watch cache may
     /// lag behind our own status write, the count must not.
     dropped: Mutex<HashMap<String, i64>>,
+    /// Map pressure per profile uid (same reason).
+    pressure: Mutex<HashMap<String, PressureMemory>>,
     /// Requeue delay after a failed reconcile.
     pub error_requeue: Duration,
+    /// How long `MapPressure` stays True after `lostSamples` last grew.
+    pub map_pressure_window: Duration,
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, recorder: Recorder, error_requeue: Duration) -> Self {
+    pub fn new(
+        client: kube::Client,
+        recorder: Recorder,
+        error_requeue: Duration,
+        map_pressure_window: Duration,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Self {
         Self {
             client,
             recorder,
             dropped: Mutex::new(HashMap::new()),
+            pressure: Mutex::new(HashMap::new()),
             error_requeue,
+            map_pressure_window,
+            metrics,
         }
     }
 }
@@ -65,14 +96,18 @@ pub async fn reconcile(profile: Arc<CaptureProfile>, ctx: Arc<Context>) -> Resul
         profile.metadata.generation.unwrap_or_default(),
     );
     let api: Api<CaptureProfile> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, profile, |event| async {
+    let started = Instant::now();
+    let result = finalizer(&api, FINALIZER, profile, |event| async {
         match event {
             Finalizer::Apply(p) => p.reconcile(ctx.clone()).await,
             Finalizer::Cleanup(p) => p.cleanup(ctx.clone()).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled(KIND_PROFILE, started.elapsed(), result.is_ok());
+    result
 }
 
 /// After a failed reconcile: log, retry later.
@@ -96,18 +131,58 @@ fn ready_condition(
         ),
         Some(p) => ("False", p.reason, p.message.clone()),
     };
+    condition(
+        conditions::READY,
+        previous,
+        status,
+        reason,
+        message,
+        generation,
+    )
+}
+
+/// A condition, keeping the transition time of `previous` when the status
+/// does not change.
+fn condition(
+    type_: &str,
+    previous: Option<&Condition>,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     let last_transition_time = previous
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(Timestamp::now()));
     Condition {
-        type_: conditions::READY.into(),
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message,
         observed_generation: generation,
         last_transition_time,
     }
+}
+
+/// The nodes with losses, most first (at most 5 named).
+fn losing_nodes(status: &CaptureProfileStatus) -> String {
+    let mut nodes: Vec<(&str, i64)> = status
+        .nodes
+        .iter()
+        .filter(|n| n.lost_samples > 0)
+        .map(|n| (n.node.as_str(), n.lost_samples))
+        .collect();
+    nodes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let mut text: Vec<String> = nodes
+        .iter()
+        .take(5)
+        .map(|(n, l)| format!("{n}: {l}"))
+        .collect();
+    if nodes.len() > 5 {
+        text.push(format!("{} more nodes", nodes.len() - 5));
+    }
+    text.join(", ")
 }
 
 impl CaptureProfile {
@@ -124,6 +199,10 @@ impl CaptureProfile {
             .conditions
             .iter()
             .find(|c| c.type_ == conditions::READY);
+        let previous_pressure = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::MAP_PRESSURE);
 
         let matched = self.matched_pods(&ctx.client, &ns).await?;
 
@@ -146,6 +225,7 @@ impl CaptureProfile {
             for name in &plan.expired {
                 if lifecycle::delete_flow(&flows, by_name[name.as_str()], true).await? {
                     active -= 1;
+                    ctx.metrics.deleted(Deletion::Ttl, 1);
                     info!(flow = %name, ttl = %self.spec.flow_ttl, "deleted an expired PodFlow");
                 }
             }
@@ -153,6 +233,7 @@ impl CaptureProfile {
                 if lifecycle::delete_flow(&flows, by_name[name.as_str()], true).await? {
                     active -= 1;
                     newly_dropped += 1;
+                    ctx.metrics.deleted(Deletion::Cap, 1);
                     info!(flow = %name, max = self.spec.max_pod_flows, "evicted a PodFlow beyond maxPodFlows");
                 }
             }
@@ -166,7 +247,10 @@ impl CaptureProfile {
                     .patch_status(&state.name, &apply, &Patch::Apply(&patch))
                     .await
                 {
-                    Ok(_) => debug!(flow = %state.name, "summary updated"),
+                    Ok(_) => {
+                        ctx.metrics.summary_written();
+                        debug!(flow = %state.name, "summary updated")
+                    }
                     Err(e) if super::is_not_found(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -180,18 +264,83 @@ impl CaptureProfile {
                 .unwrap_or(0)
                 .max(memory.get(&uid).copied().unwrap_or(0));
             let total = seen.saturating_add(newly_dropped);
-            memory.insert(uid, total);
+            memory.insert(uid.clone(), total);
             total
         };
         let ready = ready_condition(previous_ready, problem.as_ref(), self.metadata.generation);
+
+        // Map pressure: the sum of the nodes' entries.
+        let lost = status.lost_by_nodes();
+        let (grew_by, pressure_true, send_event, remembered) = {
+            let memory = ctx.pressure.lock().unwrap_or_else(|e| e.into_inner());
+            let known = memory.get(&uid).copied();
+            let mut m = known.unwrap_or_default();
+            let before = match known {
+                Some(k) => k.lost,
+                None => status.lost_samples.unwrap_or(0),
+            };
+            let now = Instant::now();
+            let grew_by = lost.saturating_sub(before).max(0);
+            let was_true = previous_pressure.is_some_and(|c| c.status == "True");
+            if grew_by > 0 {
+                m.grew_at = Some(now);
+            } else if known.is_none() && was_true {
+                // A new leader: it does not know when it last grew; True for
+                // one more window.
+                m.grew_at = Some(now);
+            }
+            let pressure_true = m
+                .grew_at
+                .is_some_and(|t| now.duration_since(t) < ctx.map_pressure_window);
+            let send_event = grew_by > 0
+                && (!was_true
+                    || m.evented_at
+                        .is_none_or(|t| now.duration_since(t) >= PRESSURE_EVENT_INTERVAL));
+            if send_event {
+                m.evented_at = Some(now);
+            }
+            m.lost = lost;
+            (grew_by, pressure_true, send_event, m)
+        };
+        let pressure = if pressure_true {
+            condition(
+                conditions::MAP_PRESSURE,
+                previous_pressure,
+                "True",
+                pressure_reasons::SAMPLES_LOST,
+                format!(
+                    "{lost} updates lost on the nodes counting the selected pods ({}): counts are a lower bound",
+                    losing_nodes(&status)
+                ),
+                self.metadata.generation,
+            )
+        } else {
+            condition(
+                conditions::MAP_PRESSURE,
+                previous_pressure,
+                "False",
+                pressure_reasons::NO_LOSS,
+                if lost > 0 {
+                    format!(
+                        "no updates lost for {:?}; {lost} lost before",
+                        ctx.map_pressure_window
+                    )
+                } else {
+                    "no updates lost".to_owned()
+                },
+                self.metadata.generation,
+            )
+        };
+
         let new_status = CaptureProfileStatus {
-            conditions: vec![ready.clone()],
+            conditions: vec![ready.clone(), pressure],
             observed_generation: self.metadata.generation,
             matched_pods: Some(i32::try_from(matched).unwrap_or(i32::MAX)),
             active_flows: Some(i32::try_from(active).unwrap_or(i32::MAX)),
             flows_dropped_by_cap: Some(dropped),
-            // The agents do not report map pressure per flow yet.
-            lost_samples: Some(status.lost_samples.unwrap_or(0)),
+            lost_samples: Some(lost),
+            // The nodes' entries are theirs: never in the controller's apply.
+            nodes: Vec::new(),
         };
         let body = json!({
             "apiVersion": CaptureProfile::api_version(&()),
@@ -208,15 +357,41 @@ impl CaptureProfile {
             )
             .await?;
 
+        // Remembered once written: a failed write is judged again.
+        ctx.pressure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.clone(), remembered);
+
         self.publish_transition(&ctx, previous_ready, &ready, problem.is_some())
             .await;
+        if send_event {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: conditions::MAP_PRESSURE.into(),
+                note: Some(format!(
+                    "lostSamples grew by {grew_by} to {lost} ({}): the nodes' flow maps are full; counts of this profile's PodFlows are a lower bound",
+                    losing_nodes(&status)
+                )),
+                action: "Summarize".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
+                warn!(error = %e, "publishing an Event failed");
+            }
+        }
 
+        let flush = self
+            .spec
+            .flush_interval()
+            .unwrap_or(Duration::from_secs(10));
         Ok(match problem {
-            None => Action::requeue(
-                self.spec
-                    .flush_interval()
-                    .unwrap_or(Duration::from_secs(10)),
-            ),
+            // While MapPressure is True, soon enough to turn it False in time.
+            None if pressure_true => Action::requeue(flush.min(ctx.map_pressure_window)),
+            None => Action::requeue(flush),
+            Some(_) if pressure_true => {
+                Action::requeue(INVALID_REQUEUE.min(ctx.map_pressure_window))
+            }
             Some(_) => Action::requeue(INVALID_REQUEUE),
         })
     }
@@ -294,10 +469,15 @@ impl CaptureProfile {
         for flow in &listed.items {
             if lifecycle::delete_flow(&flows, flow, false).await? {
                 deleted += 1;
+                ctx.metrics.deleted(Deletion::ProfileDeleted, 1);
             }
         }
         if let Some(uid) = self.uid() {
             ctx.dropped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+            ctx.pressure
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&uid);

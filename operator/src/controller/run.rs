@@ -1,8 +1,10 @@
 //! The controller's main loop: elect, and while leading run the
 //! CaptureProfile controller and the orphan sweep; stop both the moment the
-//! lease is lost, and wait to lead again.
+//! lease is lost, and wait to lead again. Every replica serves its metrics
+//! ([`super::metrics`]) when `metrics_listen` is set.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt as _;
 use kube::api::Api;
@@ -12,8 +14,9 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::leader::LeaderElector;
+use super::metrics::{self, ControllerMetrics, Deletion, KIND_SWEEP};
 use super::profile::{self, Context};
-use super::{Config, REPORTING_CONTROLLER, Result, lifecycle};
+use super::{Config, Error, REPORTING_CONTROLLER, Result, lifecycle};
 use crate::crd::CaptureProfile;
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -36,9 +39,32 @@ pub async fn run_until(
 ) -> Result<()> {
     config.lease.validate()?;
     info!(identity = %config.lease.identity, lease = %format!("{}/{}", config.lease.namespace, config.lease.name), "weir controller starting");
+    let metrics = Arc::new(ControllerMetrics::new());
+    let server = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics");
+            Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
+        }
+        None => None,
+    };
     let (leading_tx, mut leading) = watch::channel(false);
     let elector = LeaderElector::new(client.clone(), config.lease.clone());
     let election = tokio::spawn(elector.run(leading_tx, shutdown.clone()));
+    let leader_gauge = {
+        let (metrics, mut leading) = (metrics.clone(), leading.clone());
+        tokio::spawn(async move {
+            loop {
+                metrics.set_leader(*leading.borrow_and_update());
+                if leading.changed().await.is_err() {
+                    metrics.set_leader(false);
+                    break;
+                }
+            }
+        })
+    };
 
     loop {
         tokio::select! {
@@ -47,19 +73,23 @@ pub async fn run_until(
         }
         info!("leading: reconciling CaptureProfiles");
         tokio::select! {
-            _ = lead(client.clone(), &config) => warn!("the controller stopped by itself"),
+            _ = lead(client.clone(), &config, metrics.clone()) => warn!("the controller stopped by itself"),
             _ = leading.wait_for(|l| !*l) => warn!("lost the lease: stopped reconciling"),
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
     // The election releases the lease once it sees the shutdown.
     let _ = election.await;
+    let _ = leader_gauge.await;
+    if let Some(server) = server {
+        server.abort();
+    }
     info!("weir controller stopped");
     Ok(())
 }
 
 /// What the leader does: the CaptureProfile controller and the sweep.
-async fn lead(client: kube::Client, config: &Config) {
+async fn lead(client: kube::Client, config: &Config, metrics: Arc<ControllerMetrics>) {
     let reporter = Reporter {
         controller: REPORTING_CONTROLLER.into(),
         instance: Some(config.lease.identity.clone()),
@@ -68,6 +98,8 @@ async fn lead(client: kube::Client, config: &Config) {
         client.clone(),
         Recorder::new(client.clone(), reporter),
         config.error_requeue,
+        config.map_pressure_window,
+        metrics.clone(),
     ));
     let profiles: Api<CaptureProfile> = Api::all(client.clone());
     let controller = Controller::new(profiles, watcher::Config::default().any_semantic())
@@ -87,9 +119,15 @@ async fn lead(client: kube::Client, config: &Config) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match lifecycle::sweep_orphans(&client).await {
+            let started = Instant::now();
+            let swept = lifecycle::sweep_orphans(&client).await;
+            metrics.reconciled(KIND_SWEEP, started.elapsed(), swept.is_ok());
+            match swept {
                 Ok(0) => {}
-                Ok(n) => info!(deleted = n, "swept PodFlows of deleted CaptureProfiles"),
+                Ok(n) => {
+                    metrics.deleted(Deletion::Orphaned, n as u64);
+                    info!(deleted = n, "swept PodFlows of deleted CaptureProfiles")
+                }
                 Err(e) => error!(error = %e, "sweeping orphaned PodFlows failed"),
             }
         }

@@ -238,11 +238,58 @@ pub struct CaptureProfileStatus {
     /// (since the profile was created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows_dropped_by_cap: Option<i64>,
-    /// Updates the data path could not record for the selected pods (LRU
-    /// evictions and failed updates of the flow maps, lost events) since the
-    /// profile was created: counts are a lower bound when this is not 0.
+    /// Updates the data path could not record on the nodes that count the
+    /// selected pods (flow creations that failed and flows evicted from a
+    /// full map, pod and VXLAN flow maps), summed over `nodes`: counts are a
+    /// lower bound when this is not 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_samples: Option<i64>,
+    /// One entry per node whose agent counted the selected pods and lost
+    /// updates meanwhile, each written only by that node's agent (field
+    /// manager `weir-agent/<node>`), so nodes never conflict. The controller
+    /// sums them into `lostSamples`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 5000),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"])
+    )]
+    pub nodes: Vec<NodeLoss>,
+}
+
+/// What one node's data path could not record while it counted a profile's
+/// pods. The map pressure of a node is node-wide (its flow maps are shared
+/// by all the pods it counts), so every profile counting pods there sees
+/// the same losses from the moment its agent first saw the profile select
+/// a pod on the node.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLoss {
+    /// The node (the list's key).
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// `failedUpdates` + `lruEvictions`.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub lost_samples: i64,
+    /// Flow creations that failed (a full map) while the profile selected
+    /// pods on the node.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub failed_updates: i64,
+    /// Flows evicted from a full LRU map while the profile selected pods on
+    /// the node (their counts restart if they come back).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub lru_evictions: i64,
+    /// The node's own failed-update counter (since its maps were pinned) at
+    /// this report: the next report counts from here.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub node_failed_updates: i64,
+    /// The node's own LRU eviction count at this report.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub node_lru_evictions: i64,
 }
 
 /// Condition types of a CaptureProfile.
@@ -251,6 +298,15 @@ pub mod conditions {
     pub const READY: &str = "Ready";
     /// The nodes lose updates for the selected pods (see `lostSamples`).
     pub const MAP_PRESSURE: &str = "MapPressure";
+}
+
+/// Reasons of the `MapPressure` condition (and of its Events).
+pub mod pressure_reasons {
+    /// MapPressure=True: `lostSamples` grew within the controller's
+    /// map-pressure window.
+    pub const SAMPLES_LOST: &str = "SamplesLost";
+    /// MapPressure=False: no loss within the window (or none at all).
+    pub const NO_LOSS: &str = "NoLoss";
 }
 
 /// Reasons of the `Ready` condition.
@@ -304,6 +360,31 @@ pub fn is_cidr(text: &str) -> bool {
         return false;
     };
     len <= if addr.is_ipv4() { 32 } else { 128 }
+}
+
+impl CaptureProfile {
+    /// The server-side apply body with which a node's agent publishes its
+    /// own entry of `status.nodes` (apply it to the `status` subresource as
+    /// [`agent_field_manager`](super::pod_flow::agent_field_manager)`(&entry.node)`,
+    /// without force).
+    pub fn node_loss_patch(name: &str, entry: &NodeLoss) -> serde_json::Value {
+        use kube::Resource as _;
+        serde_json::json!({
+            "apiVersion": CaptureProfile::api_version(&()),
+            "kind": CaptureProfile::kind(&()),
+            "metadata": { "name": name },
+            "status": { "nodes": [entry] },
+        })
+    }
+}
+
+impl CaptureProfileStatus {
+    /// `lostSamples` as the node entries give it: their sum.
+    pub fn lost_by_nodes(&self) -> i64 {
+        self.nodes
+            .iter()
+            .fold(0i64, |a, n| a.saturating_add(n.lost_samples.max(0)))
+    }
 }
 
 impl CaptureProfileSpec {
@@ -582,6 +663,36 @@ mod tests {
         ok.flow_ttl = "1s".into();
         ok.max_pod_flows = 10_000;
         assert_eq!(ok.check(), Ok(()));
+    }
+
+    #[test]
+    fn node_entries_sum_and_patch_only_the_nodes_own_entry() {
+        let entry = |node: &str, lost: i64| NodeLoss {
+            node: node.into(),
+            lost_samples: lost,
+            failed_updates: lost,
+            ..Default::default()
+        };
+        let status = CaptureProfileStatus {
+            lost_samples: Some(99),
+            nodes: vec![entry("a", 3), entry("b", 4)],
+            ..Default::default()
+        };
+        assert_eq!(status.lost_by_nodes(), 7);
+        let p = CaptureProfile::node_loss_patch("web", &entry("a", 3));
+        assert_eq!(p["kind"], "CaptureProfile");
+        assert_eq!(
+            p["status"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["nodes"]
+        );
+        assert_eq!(p["status"]["nodes"][0]["lostSamples"], 3);
+        assert_eq!(p["status"]["nodes"][0]["nodeLruEvictions"], 0);
+        // The controller's own status never carries the nodes' entries.
+        let mine = CaptureProfileStatus {
+            lost_samples: Some(7),
+            ..Default::default()
+        };
+        assert!(serde_json::to_value(&mine).unwrap().get("nodes").is_none());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use capture_profile::{
-    CaptureMode, CaptureProfile, CaptureProfileSpec, CaptureProfileStatus, SpecProblem,
+    CaptureMode, CaptureProfile, CaptureProfileSpec, CaptureProfileStatus, NodeLoss, SpecProblem,
 };
 pub use pod_flow::{
     DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, PodFlowStatus,

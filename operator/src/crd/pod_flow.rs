@@ -192,7 +192,9 @@ pub struct SourceEndpoint {
         extend("x-kubernetes-validations" = [{ "rule": "isIP(self)", "message": "ip must be an IPv4 or IPv6 address" }])
     )]
     pub ip: String,
-    /// The node of the source pod, when it is one.
+    /// The node of the source pod, when it is one; for an address, the node
+    /// the VXLAN overlay carried the conversation from (by its underlay
+    /// address), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub node: Option<String>,
@@ -227,7 +229,9 @@ pub struct DestinationEndpoint {
         extend("x-kubernetes-validations" = [{ "rule": "isIP(self)", "message": "ip must be an IPv4 or IPv6 address" }])
     )]
     pub ip: String,
-    /// The node of the destination pod, when it is one.
+    /// The node of the destination pod, when it is one; for an address, the
+    /// node the VXLAN overlay carried the conversation to (by its underlay
+    /// address), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub node: Option<String>,

@@ -1,0 +1,293 @@
+//! The controller's own metrics, served as OpenMetrics text on `/metrics`
+//! (`--metrics-listen`), with `/healthz`:
+//!
+//! - `weir_controller_reconciles_total{kind}`,
+//!   `weir_controller_reconcile_errors_total{kind}` and
+//!   `weir_controller_reconcile_duration_seconds{kind}` (a histogram), for
+//!   `kind="CaptureProfile"` (a profile's reconcile or cleanup) and
+//!   `kind="OrphanSweep"` (the sweep of PodFlows whose profile is gone);
+//! - `weir_controller_podflows_deleted_total{reason}`: `ttl` (idle longer
+//!   than flowTTL), `cap` (beyond maxPodFlows), `profile_deleted` (the
+//!   profile's finalizer), `orphaned` (the sweep);
+//! - `weir_controller_podflow_summaries_total`: PodFlow status summaries
+//!   written;
+//! - `weir_controller_leader`: 1 while this replica holds the Lease.
+//!
+//! Every replica serves them; only the leader's reconcile counts move.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+/// `kind` of a CaptureProfile reconcile.
+pub const KIND_PROFILE: &str = "CaptureProfile";
+/// `kind` of the orphan sweep.
+pub const KIND_SWEEP: &str = "OrphanSweep";
+
+/// Why PodFlows were deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    Ttl,
+    Cap,
+    ProfileDeleted,
+    Orphaned,
+}
+
+impl Deletion {
+    const ALL: [Deletion; 4] = [
+        Deletion::Ttl,
+        Deletion::Cap,
+        Deletion::ProfileDeleted,
+        Deletion::Orphaned,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Deletion::Ttl => "ttl",
+            Deletion::Cap => "cap",
+            Deletion::ProfileDeleted => "profile_deleted",
+            Deletion::Orphaned => "orphaned",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms to ~20 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+/// The controller's metrics and their registry.
+pub struct ControllerMetrics {
+    registry: Registry,
+    reconciles: Family<KindLabel, Counter>,
+    reconcile_errors: Family<KindLabel, Counter>,
+    reconcile_duration: Family<KindLabel, Histogram, fn() -> Histogram>,
+    deleted: Family<ReasonLabel, Counter>,
+    summaries: Counter,
+    leader: Gauge,
+}
+
+impl std::fmt::Debug for ControllerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControllerMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let reconciles = Family::<KindLabel, Counter>::default();
+        let reconcile_errors = Family::<KindLabel, Counter>::default();
+        let reconcile_duration =
+            Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        let deleted = Family::<ReasonLabel, Counter>::default();
+        let summaries = Counter::default();
+        let leader = Gauge::default();
+        registry.register(
+            "weir_controller_reconciles",
+            "Reconciles run, by kind (CaptureProfile, OrphanSweep).",
+            reconciles.clone(),
+        );
+        registry.register(
+            "weir_controller_reconcile_errors",
+            "Reconciles that failed, by kind.",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "weir_controller_reconcile_duration_seconds",
+            "How long reconciles took, by kind.",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "weir_controller_podflows_deleted",
+            "PodFlows deleted, by reason: ttl (idle past flowTTL), cap (beyond maxPodFlows), profile_deleted (the profile went), orphaned (swept: no such profile).",
+            deleted.clone(),
+        );
+        registry.register(
+            "weir_controller_podflow_summaries",
+            "PodFlow status summaries written.",
+            summaries.clone(),
+        );
+        registry.register(
+            "weir_controller_leader",
+            "1 while this replica holds the Lease and reconciles, else 0.",
+            leader.clone(),
+        );
+        // Every series exists from the start, at zero.
+        for kind in [KIND_PROFILE, KIND_SWEEP] {
+            let label = KindLabel { kind: kind.into() };
+            let _ = reconciles.get_or_create(&label);
+            let _ = reconcile_errors.get_or_create(&label);
+            let _ = reconcile_duration.get_or_create(&label);
+        }
+        for d in Deletion::ALL {
+            let _ = deleted.get_or_create(&ReasonLabel {
+                reason: d.label().into(),
+            });
+        }
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            deleted,
+            summaries,
+            leader,
+        }
+    }
+
+    /// One reconcile of `kind` that took `took`.
+    pub fn reconciled(&self, kind: &str, took: Duration, ok: bool) {
+        let label = KindLabel { kind: kind.into() };
+        self.reconciles.get_or_create(&label).inc();
+        if !ok {
+            self.reconcile_errors.get_or_create(&label).inc();
+        }
+        self.reconcile_duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+    }
+
+    /// `n` PodFlows deleted for `why`.
+    pub fn deleted(&self, why: Deletion, n: u64) {
+        self.deleted
+            .get_or_create(&ReasonLabel {
+                reason: why.label().into(),
+            })
+            .inc_by(n);
+    }
+
+    /// A PodFlow summary written.
+    pub fn summary_written(&self) {
+        self.summaries.inc();
+    }
+
+    /// Whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
+/// One request per connection, GET only.
+pub async fn serve(listener: TcpListener, metrics: Arc<ControllerMetrics>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &metrics).await {
+                debug!(%peer, "metrics connection: {e}");
+            }
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, metrics: &ControllerMetrics) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timeout"))??;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(request.split(|b| *b == b'\n').next().unwrap_or_default())
+        .into_owned();
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_owned(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_there_from_the_start_and_counts() {
+        let m = ControllerMetrics::new();
+        let text = m.render();
+        for line in [
+            r#"weir_controller_reconciles_total{kind="CaptureProfile"} 0"#,
+            r#"weir_controller_podflows_deleted_total{reason="profile_deleted"} 0"#,
+            "weir_controller_leader 0",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        m.reconciled(KIND_PROFILE, Duration::from_millis(30), true);
+        m.reconciled(KIND_PROFILE, Duration::from_millis(30), false);
+        m.deleted(Deletion::Ttl, 2);
+        m.set_leader(true);
+        let text = m.render();
+        for line in [
+            r#"weir_controller_reconciles_total{kind="CaptureProfile"} 2"#,
+            r#"weir_controller_reconcile_errors_total{kind="CaptureProfile"} 1"#,
+            r#"weir_controller_reconcile_duration_seconds_count{kind="CaptureProfile"} 2"#,
+            r#"weir_controller_podflows_deleted_total{reason="ttl"} 2"#,
+            "weir_controller_leader 1",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}
