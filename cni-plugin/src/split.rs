@@ -101,6 +101,7 @@ pub struct SplitRequest<'a> {
     pub bpf_root: &'a BpfRoot,
     pub attachment_id: &'a str,
     pub pod_id: u32,
+    pub attach_mode: AttachMode,
     pub fail_after: Option<Step>,
 }
 
@@ -256,7 +257,7 @@ async fn run_steps(
         wx_ifindex: original.index,
         wi_ifindex: inner.index,
     };
-    let mode = weir_ebpf::split::attach(req.bpf_root, req.attachment_id, &params)
+    let mode = weir_ebpf::split::attach(req.bpf_root, req.attachment_id, &params, req.attach_mode)
         .map_err(|e| (Step::Attach, e.to_string()))?;
     progress.attach_mode = Some(mode);
     fault(Step::Attach)?;
