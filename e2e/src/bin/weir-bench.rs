@@ -733,6 +733,9 @@ fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'stati
     for (phase, label) in phases {
         let mut v = Vec::new();
         for _ in 0..samples {
+            // a fresh root each time: the load happens once per node, so
+            // after the first sample it would only open pins
+            let _ = fs::remove_dir_all(&root);
             let out = netns::run(Command::new(probe).arg(phase).arg(&root))?;
             let ms: f64 = String::from_utf8_lossy(&out.stdout)
                 .trim()
