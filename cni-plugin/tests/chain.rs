@@ -169,6 +169,22 @@ fn exact_counts_attached(version: &str, tag: &str, attach: &str) -> Result<()> {
         "pod's IP moved to the new eth0"
     );
 
+    // The node itself (the bridge's gateway address) is reachable: frames
+    // from the pod enter the host's veth by bpf_redirect_peer, and the
+    // bridge must still take them as its own.
+    let gateway = Node::gateway_v4(&a.result)?;
+    a.ns.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &gateway.to_string(),
+    ])
+    .context("pod a cannot reach the node's bridge address")?;
+
     // Not observed yet: pass-through, nothing counted.
     traffic::udp_echo(&a.ns, &b.ns, b.ip, 7000, 3, 100)?;
     assert!(

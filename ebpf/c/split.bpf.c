@@ -187,7 +187,12 @@ int weir_split(struct __sk_buff *skb)
 		stat_inc(WEIR_STAT_PASSTHROUGH_PACKETS);
 
 	stat_inc(WEIR_STAT_REDIRECTS);
-	/* Both halves live in the pod netns, so plain redirect (not _peer):
-	 * egress of wi- arrives at the new eth0, egress of wx- goes to the host. */
+	/* Towards the pod: egress of wi- arrives at the new eth0, in this netns,
+	 * so a plain redirect. From the pod the stub may ask for the peer of
+	 * wx- (the host's veth, in another netns): the frame then enters the
+	 * host's ingress at once instead of through wx-'s transmit and another
+	 * pass through the backlog queue, as if the split were not there. */
+	if (skb->cb[WEIR_CB_VIA_PEER])
+		return bpf_redirect_peer(target_ifindex, 0);
 	return bpf_redirect(target_ifindex, 0);
 }

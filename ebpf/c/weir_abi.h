@@ -49,6 +49,7 @@ enum weir_cb_slot {
 	WEIR_CB_POD_ID = 0,
 	WEIR_CB_TARGET_IFINDEX = 1,
 	WEIR_CB_DIRECTION = 2, /* enum weir_direction */
+	WEIR_CB_VIA_PEER = 3,  /* 1: bpf_redirect_peer() to the target's peer */
 };
 
 struct flow_key {

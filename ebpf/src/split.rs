@@ -68,6 +68,11 @@ pub struct SplitParams {
     pub wx_ifindex: u32,
     /// ifindex of `wi-<if>` (peer of the new `<if>`) in the pod netns.
     pub wi_ifindex: u32,
+    /// `wx-<if>`'s veth peer is in another netns (the host's, as the CNI
+    /// bridge leaves it): frames from the pod then go straight to that peer's
+    /// ingress with `bpf_redirect_peer`, sparing a backlog pass. Must be
+    /// false otherwise, or the kernel drops them.
+    pub outbound_via_peer: bool,
 }
 
 impl SplitParams {
@@ -88,6 +93,7 @@ impl SplitParams {
             pod_id: self.pod_id,
             target_ifindex: self.wi_ifindex,
             direction: Direction::ToPod,
+            via_peer: false,
         }
     }
 
@@ -96,6 +102,7 @@ impl SplitParams {
             pod_id: self.pod_id,
             target_ifindex: self.wx_ifindex,
             direction: Direction::FromPod,
+            via_peer: self.outbound_via_peer,
         }
     }
 }
@@ -481,8 +488,13 @@ fn verify_stub(prog_id: u32, name: &str, spec: &StubSpec) -> Result<u32, String>
     match stub::decode(&xlated) {
         Some(found) if found == *spec => Ok(jump_id),
         Some(found) => Err(format!(
-            "stub {name} (id {prog_id}) carries pod id {} and target ifindex {}, expected pod id {} and target ifindex {}",
-            found.pod_id, found.target_ifindex, spec.pod_id, spec.target_ifindex
+            "stub {name} (id {prog_id}) carries pod id {}, target ifindex {}, peer redirect {}; expected pod id {}, target ifindex {}, peer redirect {}",
+            found.pod_id,
+            found.target_ifindex,
+            found.via_peer,
+            spec.pod_id,
+            spec.target_ifindex,
+            spec.via_peer
         )),
         None => Err(format!(
             "stub {name} (id {prog_id}) does not have a stub's instructions"

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! cb[POD_ID] = pod_id; cb[TARGET_IFINDEX] = target; cb[DIRECTION] = direction
+//! cb[VIA_PEER] = via_peer
 //! tail_call(ctx, weir_split_jump, 0)
-//! return bpf_redirect(target, 0)      // only if the tail call failed
+//! return bpf_redirect[_peer](target, 0)   // only if the tail call failed
 //! ```
 //!
 //! Why a stub instead of one full program per pod: the node program is
@@ -30,6 +31,9 @@ pub(crate) struct StubSpec {
     /// Where frames go: `wi-<if>` for the outer half, `wx-<if>` for the inner.
     pub target_ifindex: u32,
     pub direction: Direction,
+    /// Redirect to the target's veth peer (`bpf_redirect_peer`): only for
+    /// the inner half, and only when `wx-<if>`'s peer is in another netns.
+    pub via_peer: bool,
 }
 
 /// `offsetof(struct __sk_buff, cb)`, uapi and stable.
@@ -38,9 +42,11 @@ const SKB_CB_OFFSET: i16 = 48;
 const CB_POD_ID: i16 = 0;
 const CB_TARGET_IFINDEX: i16 = 1;
 const CB_DIRECTION: i16 = 2;
+const CB_VIA_PEER: i16 = 3;
 
 const BPF_FUNC_TAIL_CALL: i32 = 12;
 const BPF_FUNC_REDIRECT: i32 = 23;
+const BPF_FUNC_REDIRECT_PEER: i32 = 155;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 
 // opcodes
@@ -61,8 +67,8 @@ fn cb_slot(slot: i16) -> i16 {
     SKB_CB_OFFSET + 4 * slot
 }
 
-/// The stub's instructions. Registers 2, 3 and 4 carry pod id, target and
-/// direction into their stores, so [`decode`] finds them again in the
+/// The stub's instructions. Registers 2, 3, 4 and 5 carry pod id, target,
+/// direction and the peer flag into their stores, so [`decode`] finds them again in the
 /// verifier's output (the movs survive it unchanged).
 pub(crate) fn instructions(spec: &StubSpec, jump_map: BorrowedFd<'_>) -> Vec<u64> {
     let target = spec.target_ifindex as i32;
@@ -73,6 +79,8 @@ pub(crate) fn instructions(spec: &StubSpec, jump_map: BorrowedFd<'_>) -> Vec<u64
         insn(STX_W, 1, 3, cb_slot(CB_TARGET_IFINDEX), 0),
         insn(MOV64_IMM, 4, 0, 0, spec.direction as i32),
         insn(STX_W, 1, 4, cb_slot(CB_DIRECTION), 0),
+        insn(MOV64_IMM, 5, 0, 0, i32::from(spec.via_peer)),
+        insn(STX_W, 1, 5, cb_slot(CB_VIA_PEER), 0),
         // r1 is still the context, as bpf_tail_call wants it
         insn(LD_IMM64, 2, BPF_PSEUDO_MAP_FD, 0, jump_map.as_raw_fd()),
         insn(0, 0, 0, 0, 0),
@@ -81,7 +89,17 @@ pub(crate) fn instructions(spec: &StubSpec, jump_map: BorrowedFd<'_>) -> Vec<u64
         // only reached when the slot is empty: forward without counting
         insn(MOV64_IMM, 1, 0, 0, target),
         insn(MOV64_IMM, 2, 0, 0, 0),
-        insn(CALL, 0, 0, 0, BPF_FUNC_REDIRECT),
+        insn(
+            CALL,
+            0,
+            0,
+            0,
+            if spec.via_peer {
+                BPF_FUNC_REDIRECT_PEER
+            } else {
+                BPF_FUNC_REDIRECT
+            },
+        ),
         insn(EXIT, 0, 0, 0, 0),
     ]
 }
@@ -114,10 +132,16 @@ pub(crate) fn decode(xlated: &[u64]) -> Option<StubSpec> {
         1 => Direction::ToPod,
         _ => return None,
     };
+    let via_peer = match mov_imm(6, 5)? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
     Some(StubSpec {
         pod_id,
         target_ifindex,
         direction,
+        via_peer,
     })
 }
 
@@ -151,11 +175,13 @@ mod tests {
                 pod_id: 7,
                 target_ifindex: 12,
                 direction: Direction::ToPod,
+                via_peer: false,
             },
             StubSpec {
                 pod_id: u32::MAX,
                 target_ifindex: 0x8000_0001,
                 direction: Direction::FromPod,
+                via_peer: true,
             },
         ] {
             let insns = instructions(&spec, devnull.as_fd());

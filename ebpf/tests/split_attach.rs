@@ -140,6 +140,20 @@ fn verify_names_what_is_wrong() {
         "{err}"
     );
 
+    let no_peer = weir_ebpf::SplitParams {
+        outbound_via_peer: false,
+        ..p
+    };
+    let err = topo
+        .pod
+        .enter(|| split::verify(&t.root, ID, &no_peer))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("peer redirect true; expected pod id 8"),
+        "{err}"
+    );
+
     let swapped = weir_ebpf::SplitParams {
         wx_ifindex: p.wi_ifindex,
         wi_ifindex: p.wx_ifindex,

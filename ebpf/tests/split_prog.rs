@@ -65,6 +65,7 @@ fn params(pod: u32) -> SplitParams {
         pod_id: pod,
         wx_ifindex: 1000 + pod,
         wi_ifindex: 2000 + pod,
+        outbound_via_peer: true,
     }
 }
 
