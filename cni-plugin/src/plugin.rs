@@ -116,6 +116,7 @@ fn add(req: &Request) -> cni::Result<Answer> {
         root: root.clone(),
         attachment: attachment.clone(),
         pod_id,
+        attach_mode: conf.attach_mode,
         fail_after,
     };
     let outcome = netns::run_in(netns_path, move |handle| async move {
@@ -190,6 +191,7 @@ struct OwnedSplitRequest {
     root: BpfRoot,
     attachment: String,
     pod_id: u32,
+    attach_mode: AttachMode,
     fail_after: Option<Step>,
 }
 
@@ -200,6 +202,7 @@ impl OwnedSplitRequest {
             bpf_root: &self.root,
             attachment_id: &self.attachment,
             pod_id: self.pod_id,
+            attach_mode: self.attach_mode,
             fail_after: self.fail_after,
         }
     }

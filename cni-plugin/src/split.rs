@@ -101,6 +101,7 @@ pub struct SplitRequest<'a> {
     pub bpf_root: &'a BpfRoot,
     pub attachment_id: &'a str,
     pub pod_id: u32,
+    pub attach_mode: AttachMode,
     pub fail_after: Option<Step>,
 }
 
@@ -255,8 +256,9 @@ async fn run_steps(
         pod_id: req.pod_id,
         wx_ifindex: original.index,
         wi_ifindex: inner.index,
+        outbound_via_peer: original.peer_netns_id.is_some(),
     };
-    let mode = weir_ebpf::split::attach(req.bpf_root, req.attachment_id, &params)
+    let mode = weir_ebpf::split::attach(req.bpf_root, req.attachment_id, &params, req.attach_mode)
         .map_err(|e| (Step::Attach, e.to_string()))?;
     progress.attach_mode = Some(mode);
     fault(Step::Attach)?;
@@ -463,6 +465,7 @@ pub async fn verify(
         pod_id,
         wx_ifindex: outer.index,
         wi_ifindex: inner.index,
+        outbound_via_peer: outer.peer_netns_id.is_some(),
     };
     weir_ebpf::split::verify(bpf_root, attachment_id, &params).map_err(|e| e.to_string())
 }

@@ -146,10 +146,18 @@ const TCP: u8 = 6;
 /// exactly, in both directions and at both pods. Then CHECK, DEL twice, and
 /// the pods' own eth0 is back.
 fn exact_counts_over(version: &str, tag: &str) -> Result<()> {
+    exact_counts_attached(version, tag, "tc")
+}
+
+/// `attach` is weir's `attach` option: `tc` (the default) or `tcx`.
+fn exact_counts_attached(version: &str, tag: &str, attach: &str) -> Result<()> {
     host::require_privileged_host();
-    let node = Node::new(tag, &ChainSpec::new(version, "10.244.1.0/24"), weir())?;
+    let mut spec = ChainSpec::new(version, "10.244.1.0/24");
+    spec.weir_options = json!({ "attach": attach });
+    let node = Node::new(tag, &spec, weir())?;
     let a = add_pod(&node, tag, "a")?;
     let b = add_pod(&node, tag, "b")?;
+    assert_eq!(a.record.attach_mode, attach, "{:?}", a.record);
     assert_eq!(
         links_named(&a.ns)?,
         ["eth0 veth", "lo -", "wi-eth0 veth", "wx-eth0 veth"],
@@ -160,6 +168,22 @@ fn exact_counts_over(version: &str, tag: &str) -> Result<()> {
         [format!("eth0 {}/24", a.ip)],
         "pod's IP moved to the new eth0"
     );
+
+    // The node itself (the bridge's gateway address) is reachable: frames
+    // from the pod enter the host's veth by bpf_redirect_peer, and the
+    // bridge must still take them as its own.
+    let gateway = Node::gateway_v4(&a.result)?;
+    a.ns.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &gateway.to_string(),
+    ])
+    .context("pod a cannot reach the node's bridge address")?;
 
     // Not observed yet: pass-through, nothing counted.
     traffic::udp_echo(&a.ns, &b.ns, b.ip, 7000, 3, 100)?;
@@ -342,6 +366,11 @@ fn exact_counts_cni_1_0_0() -> Result<()> {
 #[test]
 fn exact_counts_cni_1_1_0() -> Result<()> {
     exact_counts_over("1.1.0", "wc110")
+}
+
+#[test]
+fn exact_counts_cni_1_1_0_tcx_links() -> Result<()> {
+    exact_counts_attached("1.1.0", "wcx110", "tcx")
 }
 
 /// Dual-stack: IPv6 addresses vanish when a link goes down, so the split must

@@ -222,6 +222,16 @@ impl Node {
         bail!("no IPv4 address in result {result}")
     }
 
+    /// The IPv4 gateway the IPAM result gave the pod (the bridge's address).
+    pub fn gateway_v4(result: &Value) -> Result<std::net::IpAddr> {
+        for ip in result["ips"].as_array().into_iter().flatten() {
+            if let Some(Ok(v4 @ std::net::IpAddr::V4(_))) = ip["gateway"].as_str().map(str::parse) {
+                return Ok(v4);
+            }
+        }
+        bail!("no IPv4 gateway in result {result}")
+    }
+
     /// weir's own entry of the conflist as the runtime hands it to weir, with
     /// `prevResult` when given.
     pub fn weir_conf(&self, prev_result: Option<&Value>, extra: Value) -> String {

@@ -1,8 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
- * The veth split: two tc ingress programs inside the pod netns that move every
- * frame between the original pod device (wx-<if>) and the new pair (wi-<if>
- * <-> <if>), counting it on the way when the pod is in Count mode.
+ * The veth split: the program that moves every frame between the original pod
+ * device (wx-<if>) and the new pair (wi-<if> <-> <if>) inside the pod netns,
+ * counting it on the way when the pod is in Count mode.
+ *
+ * It is loaded and verified once per node. Each pod interface gets two tiny
+ * entry stubs (ebpf/src/stub.rs) on wx-<if> and wi-<if> ingress, which put
+ * the pod id, the redirect target and the direction into skb->cb and
+ * tail-call this program through the weir_split_jump slot. A pod ADD then
+ * never pays for this program's verification.
  *
  * Forwarding is the contract; counting is best effort. Whatever the parser or
  * the maps do, the frame is redirected.
@@ -17,15 +23,6 @@
 
 /* Only non-GPL-only helpers are used, so the project's licence is declared. */
 char LICENSE[] SEC("license") = "Apache-2.0";
-
-/*
- * Per-instance values, written by the loader before the object is loaded.
- * ifindexes are only unique within one netns, so they can never live in a
- * node-wide map.
- */
-volatile const __u32 POD_ID = 0;
-volatile const __u32 WX_IFINDEX = 0;
-volatile const __u32 WI_IFINDEX = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -115,12 +112,13 @@ static __always_inline void add_to(struct flow_counters *c, __u64 packets,
 		__sync_fetch_and_or(&c->tcp_flags, tcp_flags);
 }
 
-static __always_inline void account(struct __sk_buff *skb, __u8 direction)
+static __always_inline void account(struct __sk_buff *skb, __u32 pod_id,
+				    __u8 direction)
 {
 	struct parsed p;
 
 	__builtin_memset(&p, 0, sizeof(p));
-	p.key.pod_id = POD_ID;
+	p.key.pod_id = pod_id;
 	p.key.direction = direction;
 
 	int res = parse(skb, &p);
@@ -171,34 +169,30 @@ static __always_inline void account(struct __sk_buff *skb, __u8 direction)
 	add_to(c, packets, bytes, now, p.tcp_flags);
 }
 
-static __always_inline int split(struct __sk_buff *skb, __u8 direction,
-				 __u32 target_ifindex)
+/* Reached only by tail call from an attachment's entry stub. */
+SEC("classifier")
+int weir_split(struct __sk_buff *skb)
 {
-	__u32 pod_id = POD_ID;
+	__u32 pod_id = skb->cb[WEIR_CB_POD_ID];
+	__u32 target_ifindex = skb->cb[WEIR_CB_TARGET_IFINDEX];
+	__u8 direction = skb->cb[WEIR_CB_DIRECTION] == WEIR_DIR_TO_POD ?
+				 WEIR_DIR_TO_POD :
+				 WEIR_DIR_FROM_POD;
 	struct pod_config *cfg = bpf_map_lookup_elem(&weir_pod_config, &pod_id);
 
 	/* No entry means no CaptureProfile selected the pod: forward only. */
 	if (cfg && cfg->mode == WEIR_MODE_COUNT)
-		account(skb, direction);
+		account(skb, pod_id, direction);
 	else
 		stat_inc(WEIR_STAT_PASSTHROUGH_PACKETS);
 
 	stat_inc(WEIR_STAT_REDIRECTS);
-	/* Both halves live in the pod netns, so plain redirect (not _peer):
-	 * egress of wi- arrives at the new eth0, egress of wx- goes to the host. */
+	/* Towards the pod: egress of wi- arrives at the new eth0, in this netns,
+	 * so a plain redirect. From the pod the stub may ask for the peer of
+	 * wx- (the host's veth, in another netns): the frame then enters the
+	 * host's ingress at once instead of through wx-'s transmit and another
+	 * pass through the backlog queue, as if the split were not there. */
+	if (skb->cb[WEIR_CB_VIA_PEER])
+		return bpf_redirect_peer(target_ifindex, 0);
 	return bpf_redirect(target_ifindex, 0);
-}
-
-/* On wx-<if> ingress: frames from the network, towards the pod. */
-SEC("classifier")
-int weir_split_outer(struct __sk_buff *skb)
-{
-	return split(skb, WEIR_DIR_TO_POD, WI_IFINDEX);
-}
-
-/* On wi-<if> ingress: frames the pod sent, towards the network. */
-SEC("classifier")
-int weir_split_inner(struct __sk_buff *skb)
-{
-	return split(skb, WEIR_DIR_FROM_POD, WX_IFINDEX);
 }

@@ -39,6 +39,19 @@ enum weir_stat {
 	WEIR_STAT_SLOTS = 16,
 };
 
+/*
+ * What each attachment's entry stub (ebpf/src/stub.rs, a few instructions
+ * loaded per pod interface) leaves in skb->cb before it tail-calls weir_split,
+ * the program loaded once per node. ifindexes are only unique per netns, so
+ * they travel with the packet instead of living in a node-wide map.
+ */
+enum weir_cb_slot {
+	WEIR_CB_POD_ID = 0,
+	WEIR_CB_TARGET_IFINDEX = 1,
+	WEIR_CB_DIRECTION = 2, /* enum weir_direction */
+	WEIR_CB_VIA_PEER = 3,  /* 1: bpf_redirect_peer() to the target's peer */
+};
+
 struct flow_key {
 	__u32 pod_id;
 	__u8 direction; /* enum weir_direction */

@@ -10,10 +10,12 @@
 //! <root>/maps/weir_pod_config     hash       pod_id  -> PodConfig      (node-wide)
 //! <root>/maps/weir_stats          per-CPU array of u64, StatIndex slots (node-wide)
 //! <root>/maps/weir_flow_events    ring buffer of FlowEvent             (node-wide)
-//! <root>/links/<attachment_id>/outer       TCX link on wx-<if> ingress
-//! <root>/links/<attachment_id>/inner       TCX link on wi-<if> ingress
-//! <root>/links/<attachment_id>/outer-prog  program, netlink (pre-6.6) mode only
-//! <root>/links/<attachment_id>/inner-prog  program, netlink (pre-6.6) mode only
+//! <root>/split/<build>/jump      prog array, slot 0: the node's split program
+//! <root>/split/<build>/prog      the split program (loaded once per node and build)
+//! <root>/links/<attachment_id>/outer-prog  stub on wx-<if> ingress (tc mode, default)
+//! <root>/links/<attachment_id>/inner-prog  stub on wi-<if> ingress (tc mode, default)
+//! <root>/links/<attachment_id>/outer       TCX link of the wx-<if> stub (TCX mode)
+//! <root>/links/<attachment_id>/inner       TCX link of the wi-<if> stub (TCX mode)
 //! ```
 
 use std::{
@@ -25,9 +27,11 @@ pub mod abi;
 mod elf;
 pub mod maps;
 mod netlink;
+pub mod node_program;
 mod object;
 mod pinned;
 pub mod split;
+mod stub;
 mod sys;
 pub mod vxlan;
 pub mod vxlan_abi;
@@ -36,7 +40,7 @@ pub mod vxlan_discovery;
 pub use split::{AttachMode, SplitParams};
 pub use vxlan::VxlanParams;
 
-/// The compiled `c/split.bpf.c`: both split programs and the node-wide maps.
+/// The compiled `c/split.bpf.c`: the node's split program and the node-wide maps.
 pub static SPLIT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/split.bpf.o"));
 
@@ -285,7 +289,8 @@ fn validate_attachment_id(id: &str) -> Result<()> {
 }
 
 /// CNI STATUS: bpffs is mounted at or above the root, the root is writable,
-/// and the object passes the verifier (loaded, never attached).
+/// and the node's split program is loaded (loading it if nobody has yet, so
+/// the runtime's first STATUS call also warms the node for the first ADD).
 ///
 /// Loading creates and pins the node-wide maps if they are not pinned yet,
 /// exactly as the first attach would.
@@ -302,12 +307,7 @@ pub fn probe(root: &BpfRoot) -> Result<()> {
             io::Error::last_os_error(),
         ));
     }
-    let probe_params = SplitParams {
-        pod_id: 0,
-        wx_ifindex: 1,
-        wi_ifindex: 1,
-    };
-    split::load(root, &probe_params).map(drop)
+    node_program::ensure(root).map(drop)
 }
 
 /// Fails unless the root (or, while it does not exist yet, its nearest
@@ -367,16 +367,5 @@ mod tests {
             Path::new("/sys/fs/bpf/weir/links/c-eth0")
         );
         assert!(r.links_dir("../x").is_err());
-    }
-
-    #[test]
-    fn embedded_object_has_the_globals() {
-        let (offs, size) =
-            elf::rodata_offsets(SPLIT_OBJECT, ["POD_ID", "WX_IFINDEX", "WI_IFINDEX"])
-                .expect("globals in .rodata");
-        assert_eq!(size, 12);
-        let mut sorted = offs;
-        sorted.sort();
-        assert_eq!(sorted, [0, 4, 8]);
     }
 }

@@ -1,14 +1,15 @@
-//! Just enough rtnetlink to find and delete the `cls_bpf` filters of the
-//! netlink (pre-TCX) attach mode by program id. aya can attach those filters
-//! but only finds them by program *name*, and every pod's instance has the same
-//! name, so a pod with two interfaces in one netns needs the id to remove only
-//! its own.
+//! Just enough rtnetlink for the tc (clsact + `cls_bpf`) attach mode: add the
+//! clsact qdisc, add a direct-action `bpf` filter for a program fd, and find
+//! and delete filters by program id. Every pod's stubs carry the same names,
+//! so a pod with two interfaces in one netns needs the id to remove only its
+//! own; and an fd is all a stub is (aya never sees it).
 
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
+const RTM_NEWQDISC: u16 = 36;
 const RTM_DELTFILTER: u16 = 45;
 const RTM_GETTFILTER: u16 = 46;
 const RTM_NEWTFILTER: u16 = 44;
@@ -17,13 +18,26 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
+const TCA_BPF_FD: u16 = 6;
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_FLAGS: u16 = 8;
 const TCA_BPF_ID: u16 = 11;
+const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
+/// `htons(ETH_P_ALL)`, as `tcm_info`'s protocol half.
+const ETH_P_ALL_BE: u32 = 0x0300;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: the clsact ingress hook.
 pub(crate) const CLSACT_INGRESS_PARENT: u32 = 0xFFFF_FFF2;
+/// `TC_H_CLSACT`: the clsact qdisc's parent.
+const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
+/// The handle the clsact qdisc always has (`ffff:`).
+const CLSACT_HANDLE: u32 = 0xFFFF_0000;
 
 const NLMSGHDR_LEN: usize = 16;
 const TCMSG_LEN: usize = 20;
@@ -167,15 +181,74 @@ fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+fn put_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
+    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(align4(out.len()), 0);
+}
+
+fn c_string(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
 fn kind_attr(kind: &str) -> Vec<u8> {
     let mut v = Vec::new();
-    let len = 4 + kind.len() + 1;
-    v.extend_from_slice(&(len as u16).to_ne_bytes());
-    v.extend_from_slice(&TCA_KIND.to_ne_bytes());
-    v.extend_from_slice(kind.as_bytes());
-    v.push(0);
-    v.resize(align4(v.len()), 0);
+    put_attr(&mut v, TCA_KIND, &c_string(kind));
     v
+}
+
+fn request(msg_type: u16, flags: u16, tcm: [u8; TCMSG_LEN], attrs: &[u8]) -> io::Result<()> {
+    let mut sock = Socket::open()?;
+    let seq = sock.send(msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, tcm, attrs)?;
+    sock.recv_until_done(seq, |_, _| {})
+}
+
+/// Adds the clsact qdisc to `ifindex` in the calling thread's netns; one that
+/// is already there is success.
+pub(crate) fn add_clsact(ifindex: u32) -> io::Result<()> {
+    match request(
+        RTM_NEWQDISC,
+        NLM_F_CREATE | NLM_F_EXCL,
+        tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0),
+        &kind_attr("clsact"),
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Adds a direct-action `bpf` filter running `prog` on `parent` of
+/// `ifindex`, for every protocol, at a priority the kernel picks (ahead of
+/// the filters already there).
+pub(crate) fn add_bpf_filter(
+    ifindex: u32,
+    parent: u32,
+    prog: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+) -> io::Result<()> {
+    let mut options = Vec::new();
+    put_attr(
+        &mut options,
+        TCA_BPF_FD,
+        &(prog.as_raw_fd() as u32).to_ne_bytes(),
+    );
+    put_attr(&mut options, TCA_BPF_NAME, &c_string(name));
+    put_attr(
+        &mut options,
+        TCA_BPF_FLAGS,
+        &TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes(),
+    );
+    let mut attrs = kind_attr("bpf");
+    put_attr(&mut attrs, TCA_OPTIONS | NLA_F_NESTED, &options);
+    request(
+        RTM_NEWTFILTER,
+        NLM_F_CREATE | NLM_F_EXCL,
+        tcmsg(ifindex, 0, parent, ETH_P_ALL_BE),
+        &attrs,
+    )
 }
 
 /// The `bpf` filters on `parent` of `ifindex` in the calling thread's netns.
@@ -236,14 +309,12 @@ pub(crate) fn bpf_filters(ifindex: u32, parent: u32) -> io::Result<Vec<BpfFilter
 
 /// Deletes one filter found by [`bpf_filters`]; already gone is success.
 pub(crate) fn delete_filter(parent: u32, f: &BpfFilter) -> io::Result<()> {
-    let mut sock = Socket::open()?;
-    let seq = sock.send(
+    match request(
         RTM_DELTFILTER,
-        NLM_F_REQUEST | NLM_F_ACK,
+        0,
         tcmsg(f.ifindex, f.handle, parent, f.info),
         &kind_attr("bpf"),
-    )?;
-    match sock.recv_until_done(seq, |_, _| {}) {
+    ) {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => Ok(()),
         Err(e) => Err(e),

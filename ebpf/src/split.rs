@@ -1,59 +1,65 @@
-//! Loading, attaching, checking and removing one pod interface's split.
+//! Attaching, checking and removing one pod interface's split.
 //!
-//! Every function that touches devices (`attach`, `attach_as`, Netlink-mode
-//! `detach`, `verify`) resolves ifindexes in the netns of the *calling
-//! thread*: call them on a thread that has `setns`'d into the pod netns.
+//! Every function that touches devices (`attach`, tc-mode `detach`,
+//! `verify`) resolves ifindexes in the netns of the *calling thread*: call
+//! them on a thread that has `setns`'d into the pod netns.
+//!
+//! An attachment is two entry stubs ([`crate::stub`]): one on `wx-<if>`
+//! ingress, one on `wi-<if>` ingress, each tail-calling the node's split
+//! program ([`crate::node_program`]), which is loaded once per node. So an
+//! attach verifies two dozen instructions and never parses kernel BTF.
 //!
 //! # Lifetime of an attachment
 //!
-//! TCX links are pinned at `<root>/links/<id>/{outer,inner}`. A TCX link stays
-//! attached while anything references it: the pin, or an open fd. Dropping the
-//! loader ([`aya::Ebpf`]) after pinning closes only its fds, so the split
-//! outlives the CNI process. Removing the pin detaches the link once no fd is
-//! left; [`detach`] additionally issues `BPF_LINK_DETACH`, which detaches at
-//! once even if some other process (bpftool, an agent) holds an fd. When the
-//! pod netns goes away the devices go with it and the kernel detaches the
-//! links itself, but the pins stay (pointing at defunct links) until
-//! [`remove_pins`] is called by garbage collection.
+//! tc mode (the default): the stubs run as direct-action `cls_bpf` filters
+//! on a clsact qdisc. Filters live as long as the device and need no pin; the
+//! stubs are pinned at `<root>/links/<id>/{outer,inner}-prog` only so the
+//! attachment can be listed, checked, and its filters told apart from those
+//! of another interface of the same pod.
 //!
-//! On kernels without TCX (< 6.6) the programs are attached as `cls_bpf`
-//! filters on a clsact qdisc. Such filters live as long as the device, need no
-//! pin, and are removed by [`detach`] from inside the netns; the programs are
-//! pinned at `<id>/{outer,inner}-prog` only so the attachment can be listed,
-//! verified and its filters told apart from those of another interface.
+//! TCX mode: the stubs are held by TCX links pinned at
+//! `<root>/links/<id>/{outer,inner}`. A link stays attached while its pin or
+//! any fd references it, so the split outlives the CNI process. Removing the
+//! pin detaches it once no fd is left; [`detach`] also issues
+//! `BPF_LINK_DETACH`. When the pod netns goes away the devices go with it and
+//! the kernel detaches the links itself; the pins stay until garbage
+//! collection calls [`remove_pins`].
+//!
+//! Why tc is the default although TCX is the newer interface: every TCX
+//! attach waits for an RCU grace period under `rtnl_lock`
+//! (`tcx_entry_sync()`), about 10 ms per link on a HZ=250 kernel, which
+//! alone is twice a pod ADD's budget; adding a clsact filter does not wait.
 
-use std::{fmt, fs, io, os::fd::AsFd, path::Path, str::FromStr};
-
-use aya::{
-    maps::MapType,
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        links::FdLink,
-        tc::{self, NlOptions, TcAttachOptions, TcError},
-    },
+use std::{
+    fmt, fs, io,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    path::Path,
+    str::FromStr,
 };
+
 use tracing::{debug, warn};
 
 use crate::{
-    BpfRoot, Error, Result, SPLIT_OBJECT, abi, elf, io_err, netlink,
-    object::{self, MapShape, pin_io_error, remove_dir, remove_pin, retire_link_pin},
+    BpfRoot, Error, Result,
+    abi::Direction,
+    io_err, netlink,
+    node_program::{self, NodeProgram},
+    object::{self, remove_dir, remove_pin, retire_link_pin},
+    stub::{self, StubSpec},
     sys,
 };
 
-/// Program on `wx-<if>` ingress (ToPod), redirecting to `wi-<if>`.
-pub const OUTER_PROGRAM: &str = "weir_split_outer";
-/// Program on `wi-<if>` ingress (FromPod), redirecting to `wx-<if>`.
-pub const INNER_PROGRAM: &str = "weir_split_inner";
+/// Program name of the stub on `wx-<if>` ingress (ToPod), redirecting to `wi-<if>`.
+pub const OUTER_STUB: &str = "weir_wx";
+/// Program name of the stub on `wi-<if>` ingress (FromPod), redirecting to `wx-<if>`.
+pub const INNER_STUB: &str = "weir_wi";
 
 const OUTER_PIN: &str = "outer";
 const INNER_PIN: &str = "inner";
 const OUTER_PROG_PIN: &str = "outer-prog";
 const INNER_PROG_PIN: &str = "inner-prog";
 
-/// The globals the loader writes, in [`SplitParams`] order.
-const GLOBALS: [&str; 3] = ["POD_ID", "WX_IFINDEX", "WI_IFINDEX"];
-
-/// The per-instance values compiled into one pod interface's programs.
+/// The per-attachment values of one pod interface's split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SplitParams {
     /// The pod's id in the node-wide maps (key of `weir_pod_config`, part of every flow key).
@@ -62,6 +68,11 @@ pub struct SplitParams {
     pub wx_ifindex: u32,
     /// ifindex of `wi-<if>` (peer of the new `<if>`) in the pod netns.
     pub wi_ifindex: u32,
+    /// `wx-<if>`'s veth peer is in another netns (the host's, as the CNI
+    /// bridge leaves it): frames from the pod then go straight to that peer's
+    /// ingress with `bpf_redirect_peer`, sparing a backlog pass. Must be
+    /// false otherwise, or the kernel drops them.
+    pub outbound_via_peer: bool,
 }
 
 impl SplitParams {
@@ -76,23 +87,42 @@ impl SplitParams {
         }
         Ok(())
     }
+
+    fn outer(&self) -> StubSpec {
+        StubSpec {
+            pod_id: self.pod_id,
+            target_ifindex: self.wi_ifindex,
+            direction: Direction::ToPod,
+            via_peer: false,
+        }
+    }
+
+    fn inner(&self) -> StubSpec {
+        StubSpec {
+            pod_id: self.pod_id,
+            target_ifindex: self.wx_ifindex,
+            direction: Direction::FromPod,
+            via_peer: self.outbound_via_peer,
+        }
+    }
 }
 
-/// How an attachment was made; record it to pass to [`detach`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How an attachment is made; record the mode used to pass to [`detach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum AttachMode {
     /// TCX links (kernel >= 6.6), pinned.
     Tcx,
-    /// clsact qdisc + `cls_bpf` filters (older kernels).
+    /// clsact qdisc + direct-action `cls_bpf` filters, any kernel.
+    #[default]
     Netlink,
 }
 
 impl AttachMode {
-    /// `"tcx"` or `"netlink"`, for node state files.
+    /// `"tcx"` or `"tc"`, for configuration and node state files.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tcx => "tcx",
-            Self::Netlink => "netlink",
+            Self::Netlink => "tc",
         }
     }
 }
@@ -108,263 +138,145 @@ impl FromStr for AttachMode {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "tcx" => Ok(Self::Tcx),
-            "netlink" => Ok(Self::Netlink),
+            // "netlink": what state files of earlier builds say
+            "tc" | "netlink" => Ok(Self::Netlink),
             other => Err(Error::InvalidParams(format!(
-                "unknown attach mode {other:?}"
+                "unknown attach mode {other:?} (known: \"tc\", \"tcx\")"
             ))),
         }
     }
 }
 
-object::loaded_object! {
-    /// The object loaded for one pod interface: maps bound to the node-wide
-    /// pins, both programs loaded into the kernel, nothing attached.
-    SplitObject
+/// One pod interface's two stubs, loaded (verified) and bound to the node
+/// program, not attached. Dropping it unloads them unless attached or pinned.
+#[derive(Debug)]
+pub struct SplitStubs {
+    outer: OwnedFd,
+    inner: OwnedFd,
 }
 
-impl SplitObject {
-    /// The program for `wx-<if>` ingress.
-    pub fn outer(&self) -> &SchedClassifier {
-        self.program(OUTER_PROGRAM)
+impl SplitStubs {
+    /// The stub for `wx-<if>` ingress.
+    pub fn outer(&self) -> BorrowedFd<'_> {
+        self.outer.as_fd()
     }
 
-    /// The program for `wi-<if>` ingress.
-    pub fn inner(&self) -> &SchedClassifier {
-        self.program(INNER_PROGRAM)
+    /// The stub for `wi-<if>` ingress.
+    pub fn inner(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
     }
 }
 
-/// Loads the object with `p` compiled in, creating or reusing the node-wide
-/// pinned maps under `root`, and loads (verifies) both programs. Attaches
-/// nothing; dropping the result unloads everything but the pinned maps.
-pub fn load(root: &BpfRoot, p: &SplitParams) -> Result<SplitObject> {
-    let values = [p.pod_id, p.wx_ifindex, p.wi_ifindex];
-    let ebpf = object::load(
-        root,
-        SPLIT_OBJECT,
-        "split",
-        |loader| {
-            for (name, value) in GLOBALS.iter().zip(&values) {
-                loader.override_global(name, value, true);
-            }
-        },
-        &map_shapes(),
-        &[OUTER_PROGRAM, INNER_PROGRAM],
-    )?;
-    Ok(SplitObject { ebpf })
+/// Loads the stubs for `p`, loading the node program first if this is the
+/// first use of the node (which also creates or reuses the node-wide pinned
+/// maps under `root`). Attaches nothing.
+pub fn load(root: &BpfRoot, p: &SplitParams) -> Result<SplitStubs> {
+    let node = node_program::ensure(root)?;
+    load_stubs(&node, p)
 }
 
-/// The shapes of the node-wide maps this build's ABI needs.
-fn map_shapes() -> [MapShape; 4] {
-    let shape = |name, ty, key, value, max_entries| MapShape {
-        name,
-        ty,
-        key,
-        value,
-        max_entries,
-        no_prealloc: None,
+fn load_stubs(node: &NodeProgram, p: &SplitParams) -> Result<SplitStubs> {
+    let load = |spec: StubSpec, name: &'static str| {
+        stub::load(&spec, node.jump(), name).map_err(|e| Error::Os {
+            what: format!("loading the {name} stub"),
+            source: e,
+        })
     };
-    [
-        shape(
-            abi::FLOWS_MAP,
-            MapType::LruHash,
-            size_of::<abi::FlowKey>() as u32,
-            size_of::<abi::FlowCounters>() as u32,
-            abi::FLOWS_MAX_ENTRIES,
-        ),
-        shape(
-            abi::POD_CONFIG_MAP,
-            MapType::Hash,
-            4,
-            size_of::<abi::PodConfig>() as u32,
-            abi::POD_CONFIG_MAX_ENTRIES,
-        ),
-        shape(abi::STATS_MAP, MapType::PerCpuArray, 4, 8, abi::STATS_SLOTS),
-        shape(
-            abi::FLOW_EVENTS_MAP,
-            MapType::RingBuf,
-            0,
-            0,
-            abi::FLOW_EVENTS_BYTES,
-        ),
-    ]
+    Ok(SplitStubs {
+        outer: load(p.outer(), OUTER_STUB)?,
+        inner: load(p.inner(), INNER_STUB)?,
+    })
 }
 
-/// Attaches the split for one pod interface and pins it, choosing TCX when
-/// the kernel has it and falling back to netlink (clsact + `cls_bpf`)
-/// otherwise. Returns the mode used; keep it for [`detach`].
+/// Attaches the split for one pod interface in `mode` and pins it. A TCX
+/// attach the kernel refuses (no TCX) falls back to tc. Returns the mode
+/// used; keep it for [`detach`].
 ///
 /// Must run on a thread inside the pod netns. Re-attaching an id that is
 /// already attached replaces it without a moment where frames are not
-/// forwarded: the new programs are attached behind the old ones (the old
-/// ones redirect, so the new ones do not run yet), then the old ones are
-/// removed.
-pub fn attach(root: &BpfRoot, attachment_id: &str, p: &SplitParams) -> Result<AttachMode> {
-    attach_impl(root, attachment_id, p, None)
-}
-
-/// [`attach`] in a given mode, without detection. For tests of the fallback
-/// and for nodes where TCX must be avoided.
-pub fn attach_as(
+/// forwarded: the new stubs are attached next to the old ones (either
+/// redirects every frame), then the old ones are removed.
+pub fn attach(
     root: &BpfRoot,
     attachment_id: &str,
     p: &SplitParams,
     mode: AttachMode,
-) -> Result<()> {
-    attach_impl(root, attachment_id, p, Some(mode)).map(drop)
-}
-
-fn attach_impl(
-    root: &BpfRoot,
-    id: &str,
-    p: &SplitParams,
-    forced: Option<AttachMode>,
 ) -> Result<AttachMode> {
     p.validate()?;
-    let dir = root.links_dir(id)?;
-    let wx = sys::ifname(p.wx_ifindex).map_err(|e| Error::Os {
-        what: format!("wx ifindex {} in this thread's netns", p.wx_ifindex),
-        source: e,
-    })?;
-    let wi = sys::ifname(p.wi_ifindex).map_err(|e| Error::Os {
-        what: format!("wi ifindex {} in this thread's netns", p.wi_ifindex),
-        source: e,
-    })?;
-
-    let mut obj = load(root, p)?;
+    let dir = root.links_dir(attachment_id)?;
+    for ifindex in [p.wx_ifindex, p.wi_ifindex] {
+        sys::ifname(ifindex).map_err(|e| Error::Os {
+            what: format!("ifindex {ifindex} in this thread's netns"),
+            source: e,
+        })?;
+    }
+    let stubs = load(root, p)?;
     fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
 
-    let mode = match forced {
-        Some(m) => m,
-        None if tcx_possible() => AttachMode::Tcx,
-        None => AttachMode::Netlink,
-    };
-    match mode {
-        AttachMode::Tcx => {
-            let outer = match attach_tcx(&mut obj, OUTER_PROGRAM, &wx) {
-                Ok(l) => l,
-                Err(e) if forced.is_none() && tcx_unsupported(&e) => {
-                    warn!(error = %e, "TCX attach refused by the kernel, falling back to netlink (clsact)");
-                    attach_netlink_pair(&mut obj, &dir, &wx, &wi)?;
-                    return Ok(AttachMode::Netlink);
-                }
-                Err(e) => {
-                    return Err(Error::Program {
-                        program: OUTER_PROGRAM,
-                        source: Box::new(e),
-                    });
-                }
-            };
-            let inner = attach_tcx(&mut obj, INNER_PROGRAM, &wi).map_err(|e| Error::Program {
-                program: INNER_PROGRAM,
-                source: Box::new(e),
-            })?;
-            // both new links are live (behind any old ones): retire the old
-            // attachment, then pin the new one in its place
-            retire(&dir)?;
-            pin_link(outer, &dir.join(OUTER_PIN))?;
-            pin_link(inner, &dir.join(INNER_PIN))?;
-            Ok(AttachMode::Tcx)
-        }
-        AttachMode::Netlink => {
-            attach_netlink_pair(&mut obj, &dir, &wx, &wi)?;
-            Ok(AttachMode::Netlink)
+    if mode == AttachMode::Tcx {
+        match attach_tcx_pair(&stubs, p) {
+            Ok((outer, inner)) => {
+                // both new links are live: retire the old attachment, then
+                // pin the new one in its place
+                retire(&dir)?;
+                pin(outer.as_fd(), &dir.join(OUTER_PIN))?;
+                pin(inner.as_fd(), &dir.join(INNER_PIN))?;
+                return Ok(AttachMode::Tcx);
+            }
+            Err(e) if tcx_unsupported(&e) => {
+                warn!(error = %e, "TCX attach refused by the kernel, falling back to tc (clsact)");
+            }
+            Err(e) => {
+                return Err(Error::Os {
+                    what: "attaching the split stubs as TCX links".into(),
+                    source: e,
+                });
+            }
         }
     }
-}
-
-fn tcx_possible() -> bool {
-    sys::kernel_version().is_none_or(|v| v >= (6, 6))
+    attach_tc_pair(&stubs, p)?;
+    retire(&dir)?;
+    pin(stubs.outer(), &dir.join(OUTER_PROG_PIN))?;
+    pin(stubs.inner(), &dir.join(INNER_PROG_PIN))?;
+    Ok(AttachMode::Netlink)
 }
 
 /// Errors with which a kernel that lacks TCX refuses a TCX link.
-fn tcx_unsupported(e: &ProgramError) -> bool {
+fn tcx_unsupported(e: &io::Error) -> bool {
     const ENOTSUPP: i32 = 524;
-    matches!(e, ProgramError::SyscallError(s)
-        if matches!(s.io_error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
 }
 
-fn attach_tcx(
-    obj: &mut SplitObject,
-    name: &'static str,
-    ifname: &str,
-) -> Result<FdLink, ProgramError> {
-    let prog = obj
-        .program_mut(name)
-        .map_err(|_| ProgramError::UnexpectedProgramType)?;
-    let id = prog.attach_with_options(
-        ifname,
-        TcAttachType::Ingress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )?;
-    let link = prog.take_link(id)?;
-    FdLink::try_from(link)
-        .map_err(|e| ProgramError::TcError(TcError::IoError(io::Error::other(e.to_string()))))
+fn attach_tcx_pair(stubs: &SplitStubs, p: &SplitParams) -> io::Result<(OwnedFd, OwnedFd)> {
+    let outer = sys::tcx_link_create(stubs.outer(), p.wx_ifindex, sys::BPF_TCX_INGRESS)?;
+    let inner = sys::tcx_link_create(stubs.inner(), p.wi_ifindex, sys::BPF_TCX_INGRESS)?;
+    Ok((outer, inner))
 }
 
-fn pin_link(link: FdLink, path: &Path) -> Result<()> {
-    // dropping the returned PinnedLink closes our fd; the pin keeps the link
-    link.pin(path).map(drop).map_err(|e| Error::Io {
-        what: "pinning link at",
-        path: path.to_owned(),
-        source: pin_io_error(e),
-    })
-}
-
-fn attach_netlink_pair(obj: &mut SplitObject, dir: &Path, wx: &str, wi: &str) -> Result<()> {
-    let mut ids = Vec::with_capacity(2);
-    for (name, ifname) in [(OUTER_PROGRAM, wx), (INNER_PROGRAM, wi)] {
-        add_clsact(ifname).map_err(|e| Error::Os {
-            what: format!("adding clsact qdisc to {ifname}"),
+fn attach_tc_pair(stubs: &SplitStubs, p: &SplitParams) -> Result<()> {
+    for (prog, ifindex, name) in [
+        (stubs.outer(), p.wx_ifindex, OUTER_STUB),
+        (stubs.inner(), p.wi_ifindex, INNER_STUB),
+    ] {
+        netlink::add_clsact(ifindex).map_err(|e| Error::Os {
+            what: format!("adding a clsact qdisc to ifindex {ifindex}"),
             source: e,
         })?;
-        let prog = obj.program_mut(name)?;
-        let id = prog
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::Netlink(NlOptions::default()),
-            )
-            .map_err(|e| Error::Program {
-                program: name,
-                source: Box::new(e),
-            })?;
-        ids.push((name, id));
-    }
-    retire(dir)?;
-    for (name, pin) in [
-        (OUTER_PROGRAM, OUTER_PROG_PIN),
-        (INNER_PROGRAM, INNER_PROG_PIN),
-    ] {
-        let path = dir.join(pin);
-        obj.program_mut(name)?.pin(&path).map_err(|e| Error::Io {
-            what: "pinning program at",
-            path,
-            source: pin_io_error(e),
-        })?;
-    }
-    // aya removes a netlink filter when its link is dropped; a filter must
-    // outlive this process, so the link handle is forgotten on purpose
-    for (name, id) in ids {
-        let link = obj
-            .program_mut(name)?
-            .take_link(id)
-            .map_err(|e| Error::Program {
-                program: name,
-                source: Box::new(e),
-            })?;
-        std::mem::forget(link);
+        netlink::add_bpf_filter(ifindex, netlink::CLSACT_INGRESS_PARENT, prog, name).map_err(
+            |e| Error::Os {
+                what: format!("adding the {name} tc filter on ifindex {ifindex}"),
+                source: e,
+            },
+        )?;
     }
     Ok(())
 }
 
-fn add_clsact(ifname: &str) -> io::Result<()> {
-    match tc::qdisc_add_clsact(ifname) {
-        Ok(()) => Ok(()),
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(TcError::AlreadyAttached) => Ok(()),
-        Err(e) => Err(io::Error::other(e.to_string())),
-    }
+fn pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    sys::obj_pin(fd, path).map_err(io_err("pinning at", path))
 }
 
 /// Removes whatever an earlier attach left in `dir`: TCX links are detached
@@ -443,10 +355,10 @@ pub fn list_attachments(root: &BpfRoot) -> Result<Vec<String>> {
     object::list_dirs(&root.links_root(), |name| Some(name.to_owned()))
 }
 
-/// CNI CHECK: the attachment's pins exist, its programs are attached to
-/// ingress of exactly the expected devices, and the programs were built for
-/// this pod and these ifindexes. Must run inside the pod netns (ifindexes and
-/// netlink filters are per netns).
+/// CNI CHECK: the attachment's pins exist, its stubs are attached to
+/// ingress of exactly the expected devices, they carry this pod's id and
+/// redirect targets, and the node program is in the jump table they call.
+/// Must run inside the pod netns (ifindexes and tc filters are per netns).
 pub fn verify(root: &BpfRoot, attachment_id: &str, p: &SplitParams) -> Result<()> {
     let dir = root.links_dir(attachment_id)?;
     let unhealthy = |problem: String| Error::Unhealthy {
@@ -457,10 +369,25 @@ pub fn verify(root: &BpfRoot, attachment_id: &str, p: &SplitParams) -> Result<()
         return Err(unhealthy(format!("no pins at {}", dir.display())));
     }
     let halves = [
-        (OUTER_PIN, OUTER_PROG_PIN, OUTER_PROGRAM, p.wx_ifindex, "wx"),
-        (INNER_PIN, INNER_PROG_PIN, INNER_PROGRAM, p.wi_ifindex, "wi"),
+        (
+            OUTER_PIN,
+            OUTER_PROG_PIN,
+            OUTER_STUB,
+            p.wx_ifindex,
+            "wx",
+            p.outer(),
+        ),
+        (
+            INNER_PIN,
+            INNER_PROG_PIN,
+            INNER_STUB,
+            p.wi_ifindex,
+            "wi",
+            p.inner(),
+        ),
     ];
-    for (link_pin, prog_pin, program, ifindex, dev) in halves {
+    let mut jump_ids = Vec::with_capacity(2);
+    for (link_pin, prog_pin, name, ifindex, dev, spec) in halves {
         let link_path = dir.join(link_pin);
         let prog_path = dir.join(prog_pin);
         let prog_id = if link_path.exists() {
@@ -474,9 +401,9 @@ pub fn verify(root: &BpfRoot, attachment_id: &str, p: &SplitParams) -> Result<()
                 prog_path.display()
             )));
         };
-        verify_program(prog_id, program, p).map_err(unhealthy)?;
+        jump_ids.push(verify_stub(prog_id, name, &spec).map_err(unhealthy)?);
     }
-    Ok(())
+    verify_node_program(&jump_ids).map_err(unhealthy)
 }
 
 fn verify_tcx_link(path: &Path, ifindex: u32, dev: &str) -> Result<u32, String> {
@@ -531,19 +458,68 @@ fn verify_netlink_filter(path: &Path, ifindex: u32, dev: &str) -> Result<u32, St
     Ok(info.id)
 }
 
-/// The program is ours and its `.rodata` holds the expected pod id and ifindexes.
-fn verify_program(prog_id: u32, program: &str, p: &SplitParams) -> Result<(), String> {
-    let (offsets, size) = elf::rodata_offsets(SPLIT_OBJECT, GLOBALS)
-        .ok_or("embedded object has no per-instance globals")?;
-    let rodata = object::program_rodata(prog_id, program, size)?;
-    let expected = [p.pod_id, p.wx_ifindex, p.wi_ifindex];
-    for ((name, off), want) in GLOBALS.iter().zip(offsets).zip(expected) {
-        let got = u32::from_ne_bytes(rodata[off..off + 4].try_into().expect("4 bytes"));
-        if got != want {
-            return Err(format!(
-                "program {program} (id {prog_id}) was loaded with {name}={got}, expected {want}"
-            ));
-        }
+/// The program is a stub of ours carrying `spec`; returns the id of the jump
+/// table it calls through.
+fn verify_stub(prog_id: u32, name: &str, spec: &StubSpec) -> Result<u32, String> {
+    let fd = sys::prog_get_fd_by_id(prog_id)
+        .map_err(|e| format!("cannot open program id {prog_id}: {e}"))?;
+    let info =
+        sys::prog_info(fd.as_fd()).map_err(|e| format!("cannot read program id {prog_id}: {e}"))?;
+    if info.name != name {
+        return Err(format!(
+            "program id {prog_id} is {:?}, not weir's {name} stub",
+            info.name
+        ));
     }
-    Ok(())
+    let [jump_id] = info.map_ids[..] else {
+        return Err(format!(
+            "stub {name} (id {prog_id}) uses maps {:?}, expected one jump table",
+            info.map_ids
+        ));
+    };
+    let xlated = sys::prog_xlated_insns(fd.as_fd())
+        .map_err(|e| format!("cannot read the instructions of stub {name} (id {prog_id}): {e}"))?;
+    if xlated.is_empty() {
+        // kernels that withhold instructions (kptr_restrict) leave the
+        // name, the maps and the device as the evidence
+        debug!(prog_id, "instructions withheld; stub values not compared");
+        return Ok(jump_id);
+    }
+    match stub::decode(&xlated) {
+        Some(found) if found == *spec => Ok(jump_id),
+        Some(found) => Err(format!(
+            "stub {name} (id {prog_id}) carries pod id {}, target ifindex {}, peer redirect {}; expected pod id {}, target ifindex {}, peer redirect {}",
+            found.pod_id,
+            found.target_ifindex,
+            found.via_peer,
+            spec.pod_id,
+            spec.target_ifindex,
+            spec.via_peer
+        )),
+        None => Err(format!(
+            "stub {name} (id {prog_id}) does not have a stub's instructions"
+        )),
+    }
+}
+
+/// Both stubs call through one jump table whose slot holds a program.
+fn verify_node_program(jump_ids: &[u32]) -> Result<(), String> {
+    let Some(&jump_id) = jump_ids.first() else {
+        return Ok(());
+    };
+    if jump_ids.iter().any(|&id| id != jump_id) {
+        return Err(format!(
+            "the two stubs use different jump tables {jump_ids:?}"
+        ));
+    }
+    let jump = sys::map_get_fd_by_id(jump_id)
+        .map_err(|e| format!("cannot open jump table id {jump_id}: {e}"))?;
+    let mut value = [0u8; 4];
+    match sys::map_lookup(jump.as_fd(), &0u32.to_ne_bytes(), &mut value) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(format!(
+            "the split program is missing from jump table id {jump_id}: the pod forwards but nothing is counted"
+        )),
+        Err(e) => Err(format!("cannot read jump table id {jump_id}: {e}")),
+    }
 }

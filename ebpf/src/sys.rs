@@ -1,6 +1,8 @@
-//! The few `bpf(2)` commands aya 0.14 does not expose publicly (link info,
-//! link detach, object lookup by id, batched map lookup), issued directly
-//! through libc.
+//! The `bpf(2)` commands weir issues itself, through libc: those aya 0.14 does
+//! not expose publicly (link info, link detach, object lookup by id, batched
+//! map lookup), and the few a pod ADD needs (load a stub, create a TCX link,
+//! pin), where going through aya would cost a parse of the kernel's BTF on
+//! every ADD.
 //!
 //! Structures are declared as prefixes of the uapi ones padded with zeros:
 //! the kernel accepts a larger user buffer as long as the tail is zero, and
@@ -16,7 +18,12 @@ use std::{
     path::Path,
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -28,6 +35,10 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 pub(crate) const BPF_LINK_TYPE_TCX: u32 = 11;
 /// `bpf_attach_type` value of TCX ingress.
 pub(crate) const BPF_TCX_INGRESS: u32 = 46;
+/// `bpf_prog_type` of tc classifiers.
+pub(crate) const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `bpf_map_type` of tail-call tables.
+pub(crate) const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
 
 /// Large enough for any `union bpf_attr` command used here.
 #[repr(C, align(8))]
@@ -83,6 +94,101 @@ pub(crate) fn link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = Attr::new();
     attr.put_u32(0, fd.as_raw_fd() as u32);
     bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+fn put_name(attr: &mut Attr, off: usize, name: &str) {
+    // BPF_OBJ_NAME_LEN is 16 with the NUL; the kernel accepts [A-Za-z0-9_.]
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(15);
+    attr.0[off..off + n].copy_from_slice(&bytes[..n]);
+}
+
+/// `BPF_MAP_CREATE` of a map without BTF.
+pub(crate) fn map_create(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, map_type);
+    attr.put_u32(4, key_size);
+    attr.put_u32(8, value_size);
+    attr.put_u32(12, max_entries);
+    put_name(&mut attr, 28, name);
+    bpf(BPF_MAP_CREATE, &mut attr).map(fd_from)
+}
+
+/// `BPF_MAP_UPDATE_ELEM` with `BPF_ANY`.
+pub(crate) fn map_update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, fd.as_raw_fd() as u32);
+    attr.put_u64(8, key.as_ptr() as u64);
+    attr.put_u64(16, value.as_ptr() as u64);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// `BPF_PROG_LOAD` of raw instructions (no BTF, no relocations left to do).
+/// On refusal the error carries the verifier's log.
+pub(crate) fn prog_load(
+    prog_type: u32,
+    insns: &[u64],
+    license: &std::ffi::CStr,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let load = |log: &mut [u8]| {
+        let mut attr = Attr::new();
+        attr.put_u32(0, prog_type);
+        attr.put_u32(4, insns.len() as u32);
+        attr.put_u64(8, insns.as_ptr() as u64);
+        attr.put_u64(16, license.as_ptr() as u64);
+        if !log.is_empty() {
+            attr.put_u32(24, 1);
+            attr.put_u32(28, log.len() as u32);
+            attr.put_u64(32, log.as_mut_ptr() as u64);
+        }
+        put_name(&mut attr, 48, name);
+        bpf(BPF_PROG_LOAD, &mut attr).map(fd_from)
+    };
+    // the first attempt without a log: logging slows the verifier down
+    load(&mut []).or_else(|first| {
+        let mut log = vec![0u8; 64 * 1024];
+        load(&mut log).map_err(|_| {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            io::Error::new(
+                first.kind(),
+                format!(
+                    "{first}; verifier log: {}",
+                    String::from_utf8_lossy(&log[..end]).trim()
+                ),
+            )
+        })
+    })
+}
+
+/// `BPF_OBJ_PIN`: pins a map, program or link at `path` on bpffs.
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut attr = Attr::new();
+    attr.put_u64(0, c.as_ptr() as u64);
+    attr.put_u32(8, fd.as_raw_fd() as u32);
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// `BPF_LINK_CREATE` of a TCX link at the end of the device's chain for
+/// `attach_type` (ingress or egress).
+pub(crate) fn tcx_link_create(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, prog.as_raw_fd() as u32);
+    attr.put_u32(4, ifindex);
+    attr.put_u32(8, attach_type);
+    bpf(BPF_LINK_CREATE, &mut attr).map(fd_from)
 }
 
 fn get_info(fd: BorrowedFd<'_>, buf: &mut [u64]) -> io::Result<()> {
@@ -164,9 +270,34 @@ pub(crate) fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
     })
 }
 
+/// The program's instructions as the verifier left them (`xlated`), as raw
+/// 8-byte instructions. Empty when the kernel withholds them (it does unless
+/// the caller may read kernel addresses).
+pub(crate) fn prog_xlated_insns(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
+    let mut buf = [0u64; 32];
+    get_info(fd, &mut buf)?;
+    let len = u32_at(&buf, 20) as usize;
+    let mut insns = vec![0u64; len / 8];
+    if insns.is_empty() {
+        return Ok(insns);
+    }
+    let mut buf = [0u64; 32];
+    {
+        let bytes: &mut [u8] =
+            // SAFETY: as in bytes_of, for a mutable view.
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), 256) };
+        // xlated_prog_len at 20, xlated_prog_insns at 32
+        bytes[20..24].copy_from_slice(&((insns.len() * 8) as u32).to_ne_bytes());
+        bytes[32..40].copy_from_slice(&(insns.as_mut_ptr() as u64).to_ne_bytes());
+    }
+    get_info(fd, &mut buf)?;
+    Ok(insns)
+}
+
 /// What `bpf_map_info` tells about a map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MapInfo {
+    pub id: u32,
     pub value_size: u32,
     pub name: String,
 }
@@ -180,6 +311,7 @@ pub(crate) fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
         .position(|&b| b == 0)
         .unwrap_or(raw_name.len());
     Ok(MapInfo {
+        id: u32_at(&buf, 4),
         value_size: u32_at(&buf, 12),
         name: String::from_utf8_lossy(&raw_name[..end]).into_owned(),
     })
@@ -236,27 +368,6 @@ pub(crate) fn map_lookup_batch(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((count, true)),
         Err(e) => Err(e),
     }
-}
-
-/// Kernel version as (major, minor), for choosing TCX before trying it.
-pub(crate) fn kernel_version() -> Option<(u32, u32)> {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a utsname.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return None;
-    }
-    let release: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    let release = String::from_utf8_lossy(&release);
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
 }
 
 /// Name of an interface of the calling thread's netns.

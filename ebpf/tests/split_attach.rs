@@ -34,13 +34,13 @@ fn tcx_attach_forwards_counts_verifies_and_detaches() {
 
     let mode = topo
         .pod
-        .enter(|| split::attach(&t.root, ID, &p))
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Tcx))
         .expect("attach");
     assert_eq!(mode, AttachMode::Tcx, "kernel {} has TCX", kernel());
 
     // attach() has returned and dropped its loader: the links live on in their pins
-    assert_eq!(tcx_programs(&topo.pod, "wx-eth0"), ["weir_split_oute"]);
-    assert_eq!(tcx_programs(&topo.pod, "wi-eth0"), ["weir_split_inne"]);
+    assert_eq!(tcx_programs(&topo.pod, "wx-eth0"), ["weir_wx"]);
+    assert_eq!(tcx_programs(&topo.pod, "wi-eth0"), ["weir_wi"]);
     let dir = t.root.links_dir(ID).unwrap();
     for pin in ["outer", "inner"] {
         let link = FdLink::from(PinnedLink::from_pin(dir.join(pin)).expect("pinned link"));
@@ -93,10 +93,10 @@ fn tcx_attach_forwards_counts_verifies_and_detaches() {
 
     // re-attaching the same id replaces the attachment, it does not stack
     topo.pod
-        .enter(|| split::attach(&t.root, ID, &p))
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Tcx))
         .expect("re-attach");
-    assert_eq!(tcx_programs(&topo.pod, "wx-eth0"), ["weir_split_oute"]);
-    assert_eq!(tcx_programs(&topo.pod, "wi-eth0"), ["weir_split_inne"]);
+    assert_eq!(tcx_programs(&topo.pod, "wx-eth0"), ["weir_wx"]);
+    assert_eq!(tcx_programs(&topo.pod, "wi-eth0"), ["weir_wi"]);
     topo.pod
         .enter(|| split::verify(&t.root, ID, &p))
         .expect("verify after re-attach");
@@ -126,7 +126,9 @@ fn verify_names_what_is_wrong() {
     let topo = Topology::new("ver");
     let t = TestRoot::new("ver");
     let p = topo.params(8, "eth0");
-    topo.pod.enter(|| split::attach(&t.root, ID, &p)).unwrap();
+    topo.pod
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Tcx))
+        .unwrap();
 
     let wrong_pod = weir_ebpf::SplitParams { pod_id: 9, ..p };
     let err = topo
@@ -134,7 +136,21 @@ fn verify_names_what_is_wrong() {
         .enter(|| split::verify(&t.root, ID, &wrong_pod))
         .unwrap_err();
     assert!(
-        matches!(err, Error::Unhealthy { .. }) && err.to_string().contains("POD_ID=8"),
+        matches!(err, Error::Unhealthy { .. }) && err.to_string().contains("carries pod id 8"),
+        "{err}"
+    );
+
+    let no_peer = weir_ebpf::SplitParams {
+        outbound_via_peer: false,
+        ..p
+    };
+    let err = topo
+        .pod
+        .enter(|| split::verify(&t.root, ID, &no_peer))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("peer redirect true; expected pod id 8"),
         "{err}"
     );
 
@@ -176,7 +192,9 @@ fn tcx_link_lifetime_follows_pins_and_fds() {
     let topo = Topology::new("life");
     let t = TestRoot::new("life");
     let p = topo.params(10, "eth0");
-    topo.pod.enter(|| split::attach(&t.root, ID, &p)).unwrap();
+    topo.pod
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Tcx))
+        .unwrap();
     let dir = t.root.links_dir(ID).unwrap();
 
     // an fd held elsewhere (an agent, bpftool) keeps a link attached after
@@ -190,7 +208,7 @@ fn tcx_link_lifetime_follows_pins_and_fds() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(
         tcx_programs(&topo.pod, "wx-eth0"),
-        ["weir_split_oute"],
+        ["weir_wx"],
         "held fd keeps the outer link"
     );
     drop(held);
@@ -200,7 +218,9 @@ fn tcx_link_lifetime_follows_pins_and_fds() {
 
     // detach() does not depend on that: BPF_LINK_DETACH cuts the link off
     // the device at once, even while another fd still refers to it
-    topo.pod.enter(|| split::attach(&t.root, ID, &p)).unwrap();
+    topo.pod
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Tcx))
+        .unwrap();
     let held = PinnedLink::from_pin(dir.join("outer")).unwrap();
     split::detach(&t.root, ID, AttachMode::Tcx).unwrap();
     assert!(
@@ -218,10 +238,10 @@ fn netlink_mode_attach_verify_detach() {
     let p = topo.params(11, "eth0");
 
     topo.pod
-        .enter(|| split::attach_as(&t.root, ID, &p, AttachMode::Netlink))
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Netlink))
         .expect("netlink attach");
-    assert!(tc_filters(&topo.pod, "wx-eth0").contains("weir_split_outer"));
-    assert!(tc_filters(&topo.pod, "wi-eth0").contains("weir_split_inner"));
+    assert!(tc_filters(&topo.pod, "wx-eth0").contains("weir_wx"));
+    assert!(tc_filters(&topo.pod, "wi-eth0").contains("weir_wi"));
     assert!(tcx_programs(&topo.pod, "wx-eth0").is_empty());
     topo.pod
         .enter(|| split::verify(&t.root, ID, &p))
@@ -247,18 +267,21 @@ fn netlink_mode_attach_verify_detach() {
     );
 
     // switching modes on re-attach leaves nothing of the old mode behind
-    let mode = topo.pod.enter(|| split::attach(&t.root, ID, &p)).unwrap();
+    let mode = topo
+        .pod
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Tcx))
+        .unwrap();
     assert_eq!(mode, AttachMode::Tcx);
     assert!(
-        !tc_filters(&topo.pod, "wx-eth0").contains("weir_split"),
+        !tc_filters(&topo.pod, "wx-eth0").contains("weir_w"),
         "old filters removed"
     );
-    assert!(!tc_filters(&topo.pod, "wi-eth0").contains("weir_split"));
+    assert!(!tc_filters(&topo.pod, "wi-eth0").contains("weir_w"));
     topo.pod
         .enter(|| split::verify(&t.root, ID, &p))
         .expect("verify tcx");
     topo.pod
-        .enter(|| split::attach_as(&t.root, ID, &p, AttachMode::Netlink))
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Netlink))
         .unwrap();
     assert!(
         tcx_programs(&topo.pod, "wx-eth0").is_empty(),
@@ -273,8 +296,8 @@ fn netlink_mode_attach_verify_detach() {
     topo.pod
         .enter(|| split::detach(&t.root, ID, AttachMode::Netlink))
         .expect("netlink detach");
-    assert!(!tc_filters(&topo.pod, "wx-eth0").contains("weir_split"));
-    assert!(!tc_filters(&topo.pod, "wi-eth0").contains("weir_split"));
+    assert!(!tc_filters(&topo.pod, "wx-eth0").contains("weir_w"));
+    assert!(!tc_filters(&topo.pod, "wi-eth0").contains("weir_w"));
     assert!(!t.root.links_dir(ID).unwrap().exists());
     assert_eq!(topo.udp_exchange(1, 10, 10), 0);
     topo.pod
@@ -291,24 +314,24 @@ fn netlink_detach_removes_only_its_own_interface() {
     let p1 = topo.params(12, "net1");
     let (id0, id1) = ("c0ffee-eth0", "c0ffee-net1");
     topo.pod.enter(|| {
-        split::attach_as(&t.root, id0, &p0, AttachMode::Netlink).unwrap();
-        split::attach_as(&t.root, id1, &p1, AttachMode::Netlink).unwrap();
+        split::attach(&t.root, id0, &p0, AttachMode::Netlink).unwrap();
+        split::attach(&t.root, id1, &p1, AttachMode::Netlink).unwrap();
     });
     assert_eq!(split::list_attachments(&t.root).unwrap(), [id0, id1]);
 
     topo.pod
         .enter(|| split::detach(&t.root, id0, AttachMode::Netlink))
         .unwrap();
-    assert!(!tc_filters(&topo.pod, "wx-eth0").contains("weir_split"));
-    assert!(tc_filters(&topo.pod, "wx-net1").contains("weir_split_outer"));
-    assert!(tc_filters(&topo.pod, "wi-net1").contains("weir_split_inner"));
+    assert!(!tc_filters(&topo.pod, "wx-eth0").contains("weir_w"));
+    assert!(tc_filters(&topo.pod, "wx-net1").contains("weir_wx"));
+    assert!(tc_filters(&topo.pod, "wi-net1").contains("weir_wi"));
     topo.pod
         .enter(|| split::verify(&t.root, id1, &p1))
         .expect("the other interface is intact");
     topo.pod
         .enter(|| split::detach(&t.root, id1, AttachMode::Netlink))
         .unwrap();
-    assert!(!tc_filters(&topo.pod, "wx-net1").contains("weir_split"));
+    assert!(!tc_filters(&topo.pod, "wx-net1").contains("weir_w"));
 }
 
 #[test]
@@ -318,7 +341,7 @@ fn attach_rejects_bad_input() {
     let p = topo.params(13, "eth0");
     let err = topo
         .pod
-        .enter(|| split::attach(&t.root, "../escape", &p))
+        .enter(|| split::attach(&t.root, "../escape", &p, AttachMode::Tcx))
         .unwrap_err();
     assert!(matches!(err, Error::InvalidAttachmentId { .. }), "{err}");
     let same = weir_ebpf::SplitParams {
@@ -326,7 +349,8 @@ fn attach_rejects_bad_input() {
         ..p
     };
     assert!(matches!(
-        topo.pod.enter(|| split::attach(&t.root, ID, &same)),
+        topo.pod
+            .enter(|| split::attach(&t.root, ID, &same, AttachMode::Tcx)),
         Err(Error::InvalidParams(_))
     ));
     // an ifindex that does not exist in the pod netns (the caller forgot setns)
@@ -336,10 +360,69 @@ fn attach_rejects_bad_input() {
     };
     let err = topo
         .pod
-        .enter(|| split::attach(&t.root, ID, &missing))
+        .enter(|| split::attach(&t.root, ID, &missing, AttachMode::Netlink))
         .unwrap_err();
     assert!(err.to_string().contains("999999"), "{err}");
     assert!(split::list_attachments(&t.root).unwrap().is_empty());
+}
+
+#[test]
+fn stub_forwards_when_the_node_program_is_gone() {
+    // the jump slot emptied (someone removed weir's pins, a broken upgrade):
+    // the pod keeps its network, CHECK says what is missing
+    let topo = Topology::new("nojmp");
+    let t = TestRoot::new("nojmp");
+    let p = topo.params(14, "eth0");
+    topo.pod
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Netlink))
+        .expect("attach");
+    let mut maps = NodeMaps::open(&t.root).unwrap();
+    maps.set_pod_mode(14, PodMode::Count).unwrap();
+    assert_eq!(topo.udp_exchange(1, 10, 10), 1);
+    let counted = maps.stats().unwrap().redirects;
+    assert!(counted > 0);
+
+    let jump = weir_ebpf::node_program::dir(&t.root).join("jump");
+    run(
+        "bpftool",
+        &[
+            "map",
+            "delete",
+            "pinned",
+            jump.to_str().unwrap(),
+            "key",
+            "0",
+            "0",
+            "0",
+            "0",
+        ],
+    );
+    assert_eq!(
+        topo.udp_exchange(3, 10, 10),
+        3,
+        "the stubs forward on their own"
+    );
+    assert_eq!(
+        maps.stats().unwrap().redirects,
+        counted,
+        "nothing ran the node program"
+    );
+    let err = topo
+        .pod
+        .enter(|| split::verify(&t.root, ID, &p))
+        .unwrap_err();
+    assert!(err.to_string().contains("missing from jump table"), "{err}");
+
+    // the next load refills the slot and counting resumes
+    weir_ebpf::probe(&t.root).expect("probe reloads the node program");
+    topo.pod
+        .enter(|| split::verify(&t.root, ID, &p))
+        .expect("healthy again");
+    assert_eq!(topo.udp_exchange(1, 10, 10), 1);
+    assert!(maps.stats().unwrap().redirects > counted);
+    topo.pod
+        .enter(|| split::detach(&t.root, ID, AttachMode::Netlink))
+        .unwrap();
 }
 
 fn kernel() -> String {

@@ -10,7 +10,8 @@ use weir_ebpf::{
     Error, SplitParams,
     abi::{self, Direction, FlowCounters, FlowEvent, FlowKey, PodMode},
     maps::{NodeMaps, Stats},
-    split::{self, SplitObject},
+    node_program,
+    split::{self, SplitStubs},
 };
 
 const SRC4: [u8; 4] = [192, 0, 2, 10];
@@ -20,7 +21,7 @@ const DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20];
 
 struct Fixture {
     t: TestRoot,
-    obj: SplitObject,
+    obj: SplitStubs,
     maps: NodeMaps,
 }
 
@@ -37,11 +38,11 @@ impl Fixture {
     }
 
     fn outer(&self, frame: &[u8]) -> u32 {
-        test_run(prog_fd(self.obj.outer()), frame, None)
+        test_run(self.obj.outer(), frame, None)
     }
 
     fn inner(&self, frame: &[u8]) -> u32 {
-        test_run(prog_fd(self.obj.inner()), frame, None)
+        test_run(self.obj.inner(), frame, None)
     }
 
     fn flows(&self) -> Vec<(FlowKey, FlowCounters)> {
@@ -64,6 +65,7 @@ fn params(pod: u32) -> SplitParams {
         pod_id: pod,
         wx_ifindex: 1000 + pod,
         wi_ifindex: 2000 + pod,
+        outbound_via_peer: true,
     }
 }
 
@@ -302,10 +304,7 @@ fn gso_tcp_counts_wire_segments_and_bytes() {
         ),
     );
     let ctx = SkBuffCtx::gso(10, mss as u32);
-    assert_eq!(
-        test_run(prog_fd(f.obj.inner()), &frame, Some(&ctx)),
-        TC_ACT_REDIRECT
-    );
+    assert_eq!(test_run(f.obj.inner(), &frame, Some(&ctx)), TC_ACT_REDIRECT);
     let (k, c) = f.only_flow();
     assert_eq!(
         k,
@@ -326,11 +325,7 @@ fn gso_tcp_counts_wire_segments_and_bytes() {
         &ipv4(17, DST4, SRC4, &[], 0, &udp(9, 9, &vec![0; 2000])),
     );
     assert_eq!(
-        test_run(
-            prog_fd(f.obj.inner()),
-            &uframe,
-            Some(&SkBuffCtx::gso(4, 500))
-        ),
+        test_run(f.obj.inner(), &uframe, Some(&SkBuffCtx::gso(4, 500))),
         TC_ACT_REDIRECT
     );
     let flows = f.flows();
@@ -384,9 +379,9 @@ fn two_pods_share_the_pinned_flow_map() {
     maps.set_pod_mode(32, PodMode::Count).unwrap();
 
     let frame = eth(0x0800, &ipv4(17, SRC4, DST4, &[], 0, &udp(7, 7, &[0; 20])));
-    assert_eq!(test_run(prog_fd(a.outer()), &frame, None), TC_ACT_REDIRECT);
-    assert_eq!(test_run(prog_fd(b.outer()), &frame, None), TC_ACT_REDIRECT);
-    assert_eq!(test_run(prog_fd(b.outer()), &frame, None), TC_ACT_REDIRECT);
+    assert_eq!(test_run(a.outer(), &frame, None), TC_ACT_REDIRECT);
+    assert_eq!(test_run(b.outer(), &frame, None), TC_ACT_REDIRECT);
+    assert_eq!(test_run(b.outer(), &frame, None), TC_ACT_REDIRECT);
 
     let mut flows = maps.flows().unwrap();
     flows.sort_by_key(|(k, _)| k.pod_id);
@@ -403,16 +398,30 @@ fn two_pods_share_the_pinned_flow_map() {
     assert_eq!(maps.live_flow_count().unwrap(), 2);
     assert_eq!(maps.stats().unwrap().new_flows, 2);
 
-    // the pinned map really is one kernel object for both instances
-    let id_of = |o: &SplitObject| {
-        aya::programs::ProgramInfo::map_ids(&o.outer().info().unwrap())
-            .unwrap()
-            .unwrap()
-    };
+    // both pods run the one node program, and it uses the pinned flow map
+    let node = node_program::open(&t.root)
+        .unwrap()
+        .expect("node program loaded");
+    let node_maps = aya::programs::ProgramInfo::from_pin(node_program::dir(&t.root).join("prog"))
+        .unwrap()
+        .map_ids()
+        .unwrap()
+        .unwrap();
     let flows_id = aya::maps::MapInfo::from_pin(t.root.map_path(abi::FLOWS_MAP))
         .unwrap()
         .id();
-    assert!(id_of(&a).contains(&flows_id) && id_of(&b).contains(&flows_id));
+    assert!(
+        node_maps.contains(&flows_id),
+        "{node_maps:?} lacks {flows_id}"
+    );
+    drop((a, b));
+    let again = split::load(&t.root, &params(33)).unwrap();
+    drop(again);
+    assert_eq!(
+        node_program::open(&t.root).unwrap().unwrap().program_id(),
+        node.program_id(),
+        "a later load reuses the node program"
+    );
 
     // removing one pod leaves the other's flows alone
     assert_eq!(maps.remove_pod(31).unwrap(), 1);
@@ -448,16 +457,18 @@ fn new_flow_emits_one_ring_buffer_event() {
 fn object_loads_concurrently_on_a_fresh_root() {
     // several first loads race to create the same pinned maps
     let t = TestRoot::new("race");
-    let ids: Vec<u32> = std::thread::scope(|s| {
+    let ids: Vec<(u32, u32)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|i| {
                 let root = &t.root;
                 s.spawn(move || {
                     let o = split::load(root, &params(50 + i)).expect("concurrent load");
                     drop(o);
-                    aya::maps::MapInfo::from_pin(root.map_path(abi::FLOWS_MAP))
+                    let flows = aya::maps::MapInfo::from_pin(root.map_path(abi::FLOWS_MAP))
                         .unwrap()
-                        .id()
+                        .id();
+                    let node = node_program::open(root).unwrap().expect("loaded");
+                    (flows, node.program_id())
                 })
             })
             .collect();
@@ -465,7 +476,7 @@ fn object_loads_concurrently_on_a_fresh_root() {
     });
     assert!(
         ids.windows(2).all(|w| w[0] == w[1]),
-        "all loads share one flow map: {ids:?}"
+        "all loads share one flow map and one node program: {ids:?}"
     );
 }
 

@@ -1,15 +1,16 @@
 //! `weir-loader-probe <phase> <bpf root>`: times one phase of what loading
-//! weir's eBPF object costs, as the first call in this fresh process (every
-//! `weir ADD` is a fresh process), and prints the milliseconds.
+//! weir's split program costs, as the first call in this fresh process, and
+//! prints the milliseconds. This is paid once per node (by the first CNI
+//! STATUS or ADD), no longer by every ADD.
 //!
 //! Phases:
 //! - `read`: reading /sys/kernel/btf/vmlinux, I/O only;
 //! - `btf`: `aya::Btf::from_sys_fs()` (read + parse), which aya 0.14's
 //!   `EbpfLoader::new()` always does, even when `.btf(None)` follows;
 //! - `features`: aya's feature probing, done once per process on first use;
-//! - `load`: `weir_ebpf::probe`, i.e. weir's whole `split::load` (BTF parse,
-//!   features, object, maps created or opened under `<bpf root>/maps`, both
-//!   programs through the verifier), as one ADD does it.
+//! - `load`: `weir_ebpf::probe` on a root where nothing is loaded yet (the
+//!   caller removes it first): BTF parse, features, object, maps created
+//!   under `<bpf root>/maps`, the program through the verifier, pins.
 
 use std::time::Instant;
 

@@ -122,6 +122,10 @@ pub struct NetConf {
     pub failure_policy: FailurePolicy,
     pub state_dir: PathBuf,
     pub bpf_root: PathBuf,
+    /// `attach`: how the split's programs are hooked, `"tc"` (clsact, the
+    /// default) or `"tcx"` (TCX links, kernel >= 6.6, ~2 RCU grace periods
+    /// more per ADD).
+    pub attach_mode: weir_ebpf::AttachMode,
     pub log_file: Option<PathBuf>,
     pub log_level: LogLevel,
     pub fault_injection: Option<FaultInjection>,
@@ -177,6 +181,13 @@ impl NetConf {
             .map(str::parse)
             .transpose()?
             .unwrap_or_default();
+        let attach_mode = optional_str(&obj, "attach")?
+            .map(|s| {
+                s.parse::<weir_ebpf::AttachMode>()
+                    .map_err(|e| CniError::invalid_config(format!("attach: {e}")))
+            })
+            .transpose()?
+            .unwrap_or_default();
         let log_level = optional_str(&obj, "logLevel")?
             .map(str::parse)
             .transpose()?
@@ -193,6 +204,7 @@ impl NetConf {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             bpf_root: optional_path(&obj, "bpfRoot")?
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_ROOT)),
+            attach_mode,
             log_file: optional_path(&obj, "logFile")?,
             log_level,
             fault_injection: parse_fault_injection(&obj)?,
@@ -308,6 +320,7 @@ mod tests {
         assert_eq!(c.failure_policy, FailurePolicy::Fail);
         assert_eq!(c.state_dir, Path::new("/var/lib/weir"));
         assert_eq!(c.bpf_root, Path::new("/sys/fs/bpf/weir"));
+        assert_eq!(c.attach_mode, weir_ebpf::AttachMode::Netlink);
         assert_eq!(c.log_file, None);
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.fault_injection, None);
@@ -323,6 +336,7 @@ mod tests {
             "failurePolicy": "Ignore",
             "stateDir": "/run/weir-test/state",
             "bpfRoot": "/sys/fs/bpf/weir-test",
+            "attach": "tcx",
             "logFile": "/var/log/weir/cni.log",
             "logLevel": "DEBUG",
             "faultInjection": {"failAt": "after-rename"},
@@ -336,6 +350,7 @@ mod tests {
         assert_eq!(c.failure_policy, FailurePolicy::Ignore);
         assert_eq!(c.state_dir, Path::new("/run/weir-test/state"));
         assert_eq!(c.bpf_root, Path::new("/sys/fs/bpf/weir-test"));
+        assert_eq!(c.attach_mode, weir_ebpf::AttachMode::Tcx);
         assert_eq!(
             c.log_file.as_deref(),
             Some(Path::new("/var/log/weir/cni.log"))
@@ -343,6 +358,22 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.fault_injection.unwrap().fail_at, "after-rename");
         assert_eq!(c.prev_result.unwrap().interfaces.len(), 3);
+    }
+
+    #[test]
+    fn attach_mode_values() {
+        for (text, mode) in [
+            ("tc", weir_ebpf::AttachMode::Netlink),
+            ("tcx", weir_ebpf::AttachMode::Tcx),
+        ] {
+            assert_eq!(conf(with("attach", json!(text))).unwrap().attach_mode, mode);
+        }
+        let err = conf(with("attach", json!("xdp"))).unwrap_err();
+        assert_eq!(err.code(), code::INVALID_CONFIG);
+        assert!(
+            err.msg().contains("xdp") && err.msg().contains("tcx"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //!   split in pass-through mode vs split with counting on.
 //! - Request/response round-trip time (sockperf ping-pong, UDP and TCP),
 //!   same three variants: p50 and p99.
-//! - ADD time of the whole chain through cnitool, with weir vs without, each
-//!   ADD into a fresh pod namespace (DEL afterwards, not timed).
+//! - ADD time of the whole chain through cnitool, without weir vs with weir
+//!   (default tc attach) vs with weir attaching TCX links, each ADD into a
+//!   fresh pod namespace (DEL afterwards, not timed), on a node where the
+//!   split program is already loaded (the first STATUS or ADD loads it).
 //! - Where weir's share of an ADD goes: a few more ADDs with weir run under
-//!   strace (if installed), and the eBPF loader's phases timed alone by
-//!   bench/loader-probe (each sample a fresh process, as every ADD is).
+//!   strace (if installed); and the once-per-node load of the split program,
+//!   phase by phase, by bench/loader-probe (each sample a fresh process).
 //!
 //! Raw numbers go to the results directory as `*.raw`; the summary table
 //! goes to stdout. Everything made here is removed on the way out.
@@ -161,6 +163,8 @@ struct Bed {
     split: Pair,
     split_node: Node,
     unsplit_node: Node,
+    /// Pods are only ADDed and DELeted here, with weir attaching TCX links.
+    tcx_node: Node,
 }
 
 impl Bed {
@@ -230,11 +234,21 @@ impl Drop for Bed {
     }
 }
 
-fn node(tag: &str, subnet: &str, with_weir: bool, weir: &Path) -> Result<(Node, ChainSpec)> {
+/// `attach`: weir's `attach` option; `None` leaves weir's default.
+fn node(
+    tag: &str,
+    subnet: &str,
+    with_weir: bool,
+    attach: Option<&str>,
+    weir: &Path,
+) -> Result<(Node, ChainSpec)> {
     let mut spec = ChainSpec::new("1.1.0", subnet);
     spec.with_weir = with_weir;
     // The plugin's default log level, as in production (the harness uses debug).
     spec.weir_options = json!({ "logLevel": "info" });
+    if let Some(attach) = attach {
+        spec.weir_options["attach"] = json!(attach);
+    }
     let mut node = Node::new(tag, &spec, weir)?;
     node.bpf_root = PathBuf::from(BPF_ROOT);
     node.write_conflist(&spec)?;
@@ -281,8 +295,9 @@ fn pair(node: &Node, tag: &str, split: bool) -> Result<Pair> {
 }
 
 fn setup(s: &Settings) -> Result<Bed> {
-    let (split_node, _) = node("wbs", "10.245.1.0/24", true, &s.weir)?;
-    let (unsplit_node, _) = node("wbu", "10.245.2.0/24", false, &s.weir)?;
+    let (split_node, _) = node("wbs", "10.245.1.0/24", true, None, &s.weir)?;
+    let (unsplit_node, _) = node("wbu", "10.245.2.0/24", false, None, &s.weir)?;
+    let (tcx_node, _) = node("wbt", "10.245.3.0/24", true, Some("tcx"), &s.weir)?;
     let split = pair(&split_node, "wbs", true)?;
     let unsplit = pair(&unsplit_node, "wbu", false)?;
     if split
@@ -332,6 +347,7 @@ fn setup(s: &Settings) -> Result<Bed> {
         split,
         split_node,
         unsplit_node,
+        tcx_node,
     })
 }
 
@@ -584,16 +600,17 @@ fn latency(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Rtts> {
 }
 
 /// ms of each ADD, [without weir, with weir], alternating which goes first.
-fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 2]> {
+fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
     bed.set_mode(Variant::Pass)?;
-    let mut adds: [Vec<f64>; 2] = Default::default();
+    let mut adds: [Vec<f64>; 3] = Default::default();
     let mut lines = Vec::new();
     let nodes = [
         ("without-weir", &bed.unsplit_node, "wbu"),
         ("with-weir", &bed.split_node, "wbs"),
+        ("with-weir-tcx", &bed.tcx_node, "wbt"),
     ];
     for i in 0..s.adds {
-        for k in rotation(&[0, 1], i) {
+        for k in rotation(&[0, 1, 2], i) {
             let (name, node, tag) = nodes[k];
             let ms = timed_add(node, tag, i)?;
             adds[k].push(ms);
@@ -602,10 +619,10 @@ fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 2]> {
     }
     raw.write(
         "add.raw",
-        "i chain add_ms (cnitool ADD of bridge+host-local[+weir], fresh netns)",
+        "i chain add_ms (cnitool ADD of bridge+host-local[+weir (tc|tcx)], fresh netns)",
         &lines,
     )?;
-    eprintln!("weir-bench: {} ADDs done", 2 * s.adds);
+    eprintln!("weir-bench: {} ADDs done", 3 * s.adds);
     Ok(adds)
 }
 
@@ -613,7 +630,7 @@ fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 2]> {
 fn summary(
     tput: &[Vec<f64>; 3],
     rtt: &Rtts,
-    adds: &[Vec<f64>; 2],
+    adds: &[Vec<f64>; 3],
     parts: &[(&str, f64, String)],
 ) -> Result<String> {
     let mut out = String::new();
@@ -658,11 +675,12 @@ fn summary(
         )?;
     }
     for (q, target) in [(50.0, MAX_ADDED_ADD_P50_MS), (99.0, MAX_ADDED_ADD_P99_MS)] {
-        let (without, with) = (pct(&adds[0], q), pct(&adds[1], q));
+        let (without, with, tcx) = (pct(&adds[0], q), pct(&adds[1], q), pct(&adds[2], q));
         writeln!(
             out,
-            "| chain ADD p{q}, ms | {without:.1} (without weir) | {with:.1} (with weir) | | {:+.1} ms | <= +{target} ms | {} |",
+            "| chain ADD p{q}, ms | {without:.1} (without weir) | {with:.1} (with weir, tc) | {tcx:.1} (with weir, tcx) | {:+.1} ms (tc); {:+.1} ms (tcx) | <= +{target} ms | {} |",
             with - without,
+            tcx - without,
             verdict(with - without <= target)
         )?;
     }
@@ -671,7 +689,7 @@ fn summary(
     writeln!(out, "|---|---:|---|")?;
     writeln!(
         out,
-        "| chain ADD with weir minus without, p50 | {:.1} | the timed ADDs above |",
+        "| chain ADD with weir (tc) minus without, p50 | {:.1} | the timed ADDs above |",
         med(&adds[1]) - med(&adds[0])
     )?;
     for (name, ms, how) in parts {
@@ -696,15 +714,18 @@ fn uname_r() -> String {
 fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'static str, f64)>> {
     let root = PathBuf::from(BPF_ROOT).join("loader-probe");
     let phases = [
-        ("read", "alone: reading /sys/kernel/btf/vmlinux (I/O only)"),
+        (
+            "read",
+            "once per node: reading /sys/kernel/btf/vmlinux (I/O only)",
+        ),
         (
             "btf",
-            "alone: aya Btf::from_sys_fs(), read + parse, as EbpfLoader::new() does",
+            "once per node: aya Btf::from_sys_fs(), read + parse, as EbpfLoader::new() does",
         ),
-        ("features", "alone: aya's feature probing"),
+        ("features", "once per node: aya's feature probing"),
         (
             "load",
-            "alone: weir's whole eBPF load (BTF, features, object, maps, verifier)",
+            "once per node: loading the split program (BTF, features, object, maps, verifier, pins)",
         ),
     ];
     let mut lines = Vec::new();
@@ -712,6 +733,9 @@ fn loader_phases(probe: &Path, samples: usize, raw: &Raw) -> Result<Vec<(&'stati
     for (phase, label) in phases {
         let mut v = Vec::new();
         for _ in 0..samples {
+            // a fresh root each time: the load happens once per node, so
+            // after the first sample it would only open pins
+            let _ = fs::remove_dir_all(&root);
             let out = netns::run(Command::new(probe).arg(phase).arg(&root))?;
             let ms: f64 = String::from_utf8_lossy(&out.stdout)
                 .trim()
@@ -746,7 +770,7 @@ fn traced_adds(
     let plugin = node.work_dir.join("bin/weir");
     let script = format!(
         "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] || exec {w} \"$@\"\n\
-         exec strace -f --seccomp-bpf -q -ttt -T -e trace=execve,openat,bpf,exit_group -o {d}/\"${{CNI_NETNS##*/}}\" {w} \"$@\"\n",
+         exec strace -f --seccomp-bpf -q -ttt -T -e trace=execve,bpf,exit_group -o {d}/\"${{CNI_NETNS##*/}}\" {w} \"$@\"\n",
         w = weir.display(),
         d = dir.display()
     );
@@ -759,15 +783,13 @@ fn traced_adds(
     fs::remove_file(&plugin)?;
     std::os::unix::fs::symlink(&weir, &plugin)?;
 
-    const LABELS: [&str; 9] = [
+    const LABELS: [&str; 7] = [
         "chain ADD with weir, these traced ADDs",
         "weir process, exec until reaped",
-        "- start, state, split by netlink (before the loader)",
-        "- kernel BTF read + parse (aya EbpfLoader::new)",
-        "- aya feature probes, object, maps",
-        "- verifier, both programs",
-        "- TCX attach, both links",
-        "- pins, state record, up to exit_group",
+        "- start, state, split by netlink (until the first bpf())",
+        "- node program lookup, both stubs loaded (verifier)",
+        "- attach (tc filters by netlink) and pins",
+        "- state record, up to exit_group",
         "- exit_group until reaped",
     ];
     let mut per: Vec<Vec<f64>> = vec![Vec::new(); LABELS.len()];
@@ -797,7 +819,7 @@ fn traced_adds(
 
 /// The phases of one traced weir ADD, in ms, in the order of the labels above
 /// (after the chain's time).
-fn trace_phases(text: &str) -> Option<[f64; 8]> {
+fn trace_phases(text: &str) -> Option<[f64; 6]> {
     // "<pid> <unix time> <call>(<args>) = <ret> <<duration>>" or "... +++ exited with 0 +++"
     let calls: Vec<(f64, &str, f64)> = text
         .lines()
@@ -813,7 +835,7 @@ fn trace_phases(text: &str) -> Option<[f64; 8]> {
             Some((ts, call, dur))
         })
         .collect();
-    let at = |pred: &dyn Fn(&str) -> bool, from: usize| {
+    let find = |pred: &dyn Fn(&str) -> bool, from: usize| {
         calls
             .iter()
             .enumerate()
@@ -821,41 +843,27 @@ fn trace_phases(text: &str) -> Option<[f64; 8]> {
             .find(|(_, c)| pred(c.1))
             .map(|(i, _)| i)
     };
-    let exec = at(&|c| c.starts_with("execve("), 0)?;
-    let open = at(&|c| c.contains("/sys/kernel/btf/vmlinux"), exec)?;
-    let first_bpf = at(&|c| c.starts_with("bpf("), open)?;
-    let prog = at(&|c| c.contains("BPF_PROG_TYPE_SCHED_CLS"), first_bpf)?;
-    let exit = at(&|c| c.starts_with("exit_group("), prog)?;
+    let last = |pred: &dyn Fn(&str) -> bool, from: usize, to: usize| {
+        (from..to).rev().find(|&i| pred(calls[i].1))
+    };
+    let exec = find(&|c| c.starts_with("execve("), 0)?;
+    let first_bpf = find(&|c| c.starts_with("bpf("), exec)?;
+    let exit = find(&|c| c.starts_with("exit_group("), first_bpf)?;
+    let loaded = last(&|c| c.starts_with("bpf(BPF_PROG_LOAD"), first_bpf, exit)?;
+    let pinned = last(&|c| c.starts_with("bpf(BPF_OBJ_PIN"), loaded, exit)?;
     let reaped = calls.len() - 1;
     if !calls[reaped].1.starts_with("+++ exited") {
         return None;
     }
-    let sum = |pred: &dyn Fn(&str) -> bool| {
-        calls[prog..exit]
-            .iter()
-            .filter(|c| pred(c.1))
-            .map(|c| c.2)
-            .sum::<f64>()
-    };
-    let verifier = sum(&|c| c.contains("BPF_PROG_TYPE_SCHED_CLS"));
-    let attach = sum(&|c| c.starts_with("bpf(BPF_LINK_CREATE"));
-    let last_attach_end = calls[prog..exit]
-        .iter()
-        .filter(|c| {
-            c.1.starts_with("bpf(BPF_LINK_CREATE") || c.1.contains("BPF_PROG_TYPE_SCHED_CLS")
-        })
-        .map(|c| c.0 + c.2)
-        .fold(0.0, f64::max);
     let t = |i: usize| calls[i].0;
+    let end = |i: usize| calls[i].0 + calls[i].2;
     Some(
         [
             t(reaped) - t(exec),
-            t(open) - t(exec),
-            t(first_bpf) - t(open),
-            t(prog) - t(first_bpf),
-            verifier,
-            attach,
-            t(exit) - last_attach_end,
+            t(first_bpf) - t(exec),
+            end(loaded) - t(first_bpf),
+            end(pinned) - end(loaded),
+            t(exit) - end(pinned),
             t(reaped) - t(exit),
         ]
         .map(|s| s * 1e3),

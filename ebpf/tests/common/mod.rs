@@ -426,6 +426,8 @@ impl Topology {
             pod_id,
             wx_ifindex: self.pod.ifindex(&format!("wx-{ifname}")),
             wi_ifindex: self.pod.ifindex(&format!("wi-{ifname}")),
+            // wx-<if>'s peer is in the host netns
+            outbound_via_peer: true,
         }
     }
 
