@@ -63,11 +63,20 @@ impl AgentProcess {
     /// so the child's pid is the agent's) with stderr to `log`, and waits up
     /// to `timeout` for `/healthz` to answer at `endpoint`.
     pub fn spawn(
-        mut cmd: Command,
+        cmd: Command,
         log: &Path,
         endpoint: Endpoint<'_>,
         timeout: Duration,
     ) -> Result<Self> {
+        let mut agent = Self::start(cmd, log)?;
+        agent.wait_healthy(endpoint, timeout)?;
+        Ok(agent)
+    }
+
+    /// Runs `cmd` with stderr to `log`, without waiting for anything: for
+    /// the agent, [`spawn`](Self::spawn); for another of the operator's
+    /// processes (the controller), this.
+    pub fn start(mut cmd: Command, log: &Path) -> Result<Self> {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -77,21 +86,26 @@ impl AgentProcess {
             ))
             .spawn()
             .with_context(|| format!("starting the agent: {cmd:?}"))?;
-        let mut agent = Self {
+        Ok(Self {
             child,
             log: log.to_path_buf(),
-        };
+        })
+    }
+
+    /// Waits up to `timeout` for `/healthz` to answer at `endpoint`; fails
+    /// with the log when the process exits or the time is up.
+    pub fn wait_healthy(&mut self, endpoint: Endpoint<'_>, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while endpoint.get("/healthz", Duration::from_secs(5)).is_err() {
-            if let Some(status) = agent.child.try_wait()? {
-                bail!("the agent exited ({status}); log:\n{}", agent.log());
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the agent exited ({status}); log:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                bail!("the agent did not come up; log:\n{}", agent.log());
+                bail!("the agent did not come up; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(agent)
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
@@ -101,6 +115,17 @@ impl AgentProcess {
     /// What the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log, under its path.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log();
+        let all: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {}:\n{}",
+            self.log.display(),
+            all[all.len().saturating_sub(lines)..].join("\n")
+        )
     }
 
     /// `kill -9`, and reaped.

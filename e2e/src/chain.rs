@@ -9,6 +9,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use weir_ebpf::BpfRoot;
+use weir_ebpf::abi::PodMode;
+use weir_ebpf::maps::NodeMaps;
+
 use crate::host;
 use crate::netns::Netns;
 
@@ -104,6 +108,33 @@ impl Node {
         };
         node.write_conflist(spec)?;
         Ok(node)
+    }
+
+    /// weir's pod id for the pod in `pod`, from its node state record.
+    pub fn pod_id(&self, pod: &Netns) -> Result<u32> {
+        let dir = self.state_dir.join("networks").join(&self.network);
+        let want = pod.path().display().to_string();
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let record: Value = serde_json::from_slice(&fs::read(entry?.path())?)?;
+            if record["netns"] == want.as_str() {
+                return record["podId"]
+                    .as_u64()
+                    .map(|id| id as u32)
+                    .context("record without podId");
+            }
+        }
+        bail!("no weir state record for {want}")
+    }
+
+    /// The mode (pass-through, counting) of pod `pod_id` in this node's maps.
+    pub fn pod_mode(&self, pod_id: u32) -> Result<PodMode> {
+        Ok(NodeMaps::open(&BpfRoot::new(&self.bpf_root))?.pod_mode(pod_id)?)
+    }
+
+    /// Sets the mode of pod `pod_id` in this node's maps.
+    pub fn set_pod_mode(&self, pod_id: u32, mode: PodMode) -> Result<()> {
+        NodeMaps::open(&BpfRoot::new(&self.bpf_root))?.set_pod_mode(pod_id, mode)?;
+        Ok(())
     }
 
     /// Rewrites the conflist, e.g. to inject a fault for the next ADD.

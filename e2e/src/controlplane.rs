@@ -601,6 +601,105 @@ impl ControlPlane {
         checked(&args, out)
     }
 
+    /// `kubectl apply --server-side` of `manifests` (YAML or JSON), as the
+    /// tests' field manager.
+    pub fn apply(&self, manifests: &str) -> Result<String> {
+        self.kubectl_stdin_ok(
+            [
+                "apply",
+                "--server-side",
+                "--field-manager=weir-tests",
+                "-f",
+                "-",
+            ],
+            manifests,
+        )
+    }
+
+    /// `kubectl apply --server-side` of the files at `path` (a file or a
+    /// directory), as the tests' field manager.
+    pub fn apply_path(&self, path: &Path) -> Result<String> {
+        let mut args: Vec<std::ffi::OsString> =
+            ["apply", "--server-side", "--field-manager=weir-tests", "-f"]
+                .map(Into::into)
+                .into();
+        args.push(path.into());
+        self.kubectl_ok(args)
+    }
+
+    /// Waits (up to 60 s) for the CustomResourceDefinitions `crds` (e.g.
+    /// `podflows.weir.dev`) to be Established.
+    pub fn wait_established(&self, crds: &[&str]) -> Result<String> {
+        let mut args = vec![
+            "wait".to_owned(),
+            "--for=condition=Established".into(),
+            "--timeout=60s".into(),
+        ];
+        args.extend(crds.iter().map(|c| format!("crd/{c}")));
+        self.kubectl_ok(args)
+    }
+
+    /// A `helm` command with its cache, config and data homes in the
+    /// control plane's directory and no `KUBECONFIG`, to add arguments to
+    /// and run.
+    pub fn helm_command(&self) -> Result<Command> {
+        let home = self.dir.join("helm-home");
+        std::fs::create_dir_all(&home)?;
+        let mut cmd = Command::new(self.tools.helm()?);
+        cmd.env_remove("KUBECONFIG")
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Runs helm with `args`; its stdout when it succeeds, else an error
+    /// with the command and its output.
+    pub fn helm_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.helm_command()?.args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "helm {} failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The chart at `chart` rendered with its CRDs (`helm template
+    /// --include-crds` into `namespace`, which is created) and applied, its
+    /// `crds` waited for until Established. Nothing runs its workloads.
+    pub fn install_chart(&self, chart: &Path, namespace: &str, crds: &[&str]) -> Result<()> {
+        let rendered = self.helm_ok(&[
+            "template",
+            "weir",
+            &chart.to_string_lossy(),
+            "--namespace",
+            namespace,
+            "--include-crds",
+        ])?;
+        self.kubectl_ok(["create", "namespace", namespace])?;
+        self.apply(&rendered)?;
+        self.wait_established(crds)?;
+        Ok(())
+    }
+
+    /// The sum of the API server's `apiserver_request_total` series whose
+    /// labels include every one of `labels` (e.g. `resource="podflows"`).
+    pub fn apiserver_requests(&self, labels: &[&str]) -> Result<f64> {
+        let metrics = self.kubectl_ok(["get", "--raw", "/metrics"])?;
+        Ok(metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("apiserver_request_total{") && labels.iter().all(|m| l.contains(m))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// A client for the admin, from the kubeconfig. Needs a tokio runtime.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;

@@ -18,6 +18,19 @@ pub fn reference_plugins() -> PathBuf {
     tools_dir().join("cni")
 }
 
+/// The CNI plugin binary `weir`, which cargo builds next to the binary
+/// `bin` (e.g. a test's `CARGO_BIN_EXE_weir-operator`); panics saying how to
+/// build it when it is missing.
+pub fn weir_plugin_beside(bin: &str) -> PathBuf {
+    let path = Path::new(bin).with_file_name("weir");
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugin first (cargo build -p weir-cni)",
+        path.display()
+    );
+    path
+}
+
 /// Panics with every missing requirement listed. Tests call this first: on a
 /// machine that cannot run them they fail loudly, never pass silently.
 pub fn require_privileged_host() {

@@ -9,5 +9,7 @@ pub mod controlplane;
 pub mod flannel;
 pub mod host;
 pub mod netns;
+pub mod objects;
 pub mod relay;
 pub mod traffic;
+pub mod wait;

@@ -5,4 +5,5 @@
 pub mod agent;
 pub mod controller;
 pub mod crd;
+pub mod http;
 pub mod node_flows;

@@ -22,22 +22,22 @@
 //! Needs root, bpffs, scripts/bootstrap.sh's tools and the control plane
 //! tools (scripts/controlplane-tools.sh); fails saying what is missing.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use weir_e2e::agent::{AgentProcess, Endpoint};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::controlplane::ControlPlane;
 use weir_e2e::flannel::{self, FlannelNode};
 use weir_e2e::netns::Netns;
-use weir_e2e::{host, relay, traffic};
+use weir_e2e::wait::eventually;
+use weir_e2e::{host, objects, relay, traffic};
 use weir_ebpf::BpfRoot;
 use weir_ebpf::abi::PodMode;
 use weir_ebpf::maps::NodeMaps;
@@ -54,131 +54,27 @@ const AGENT_SA: &str = "system:serviceaccount:weir-system:weir-agent";
 const UNDERLAY: [&str; 2] = ["192.168.100.1", "192.168.100.2"];
 const AGENT_PORT: u16 = 9465;
 
-fn weir_plugin() -> PathBuf {
-    let path = Path::new(BIN).with_file_name("weir");
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugin first (cargo build -p weir-cni)",
-        path.display()
-    );
-    path
-}
-
-/// A process of the test (controller, agent), killed on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
-        let child = cmd
-            .env("RUST_LOG", "info,weir_operator=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log)?))
-            .spawn()
-            .with_context(|| format!("spawning {cmd:?}"))?;
-        Ok(Self { child, log })
-    }
-
-    fn log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- {}:\n{}",
-            self.log.display(),
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Where a node's agent listens, inside the node namespace.
+fn endpoint(ns: &Netns) -> Endpoint<'_> {
+    Endpoint {
+        ns: Some(ns),
+        addr: SocketAddr::from(([127, 0, 0, 1], AGENT_PORT)),
     }
 }
 
 /// GET from inside a node namespace, where its agent listens.
 fn http_get(ns: &Netns, path: &str) -> Result<String> {
-    let path = path.to_string();
-    ns.run(move || -> Result<String> {
-        let mut stream = TcpStream::connect_timeout(
-            &format!("127.0.0.1:{AGENT_PORT}").parse()?,
-            Duration::from_secs(2),
-        )?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("no HTTP header end")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("{path}: {head}");
-        }
-        Ok(body.to_string())
-    })?
-}
-
-/// Polls `check` until it gives `Some`, or fails with `what` after `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?} {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    endpoint(ns).get(path, Duration::from_secs(5))
 }
 
 /// The chart rendered (with its CRDs) and applied: CRDs, service accounts,
 /// RBAC (the Deployment and DaemonSet are stored; nothing runs them).
 fn install_chart(cp: &ControlPlane) -> Result<()> {
-    let helm = cp.tools().helm()?;
-    let home = cp.dir().join("helm-home");
-    let out = Command::new(helm)
-        .args(["template", "weir"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weir"))
-        .args(["--namespace", SYSTEM_NS, "--include-crds"])
-        .env_remove("KUBECONFIG")
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()?;
-    if !out.status.success() {
-        bail!("helm template: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    cp.kubectl_ok(["create", "namespace", SYSTEM_NS])?;
-    cp.kubectl_stdin_ok(
-        [
-            "apply",
-            "--server-side",
-            "--field-manager=weir-tests",
-            "-f",
-            "-",
-        ],
-        &String::from_utf8_lossy(&out.stdout),
-    )?;
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/captureprofiles.weir.dev",
-        "crd/podflows.weir.dev",
-    ])?;
-    Ok(())
+    cp.install_chart(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weir"),
+        SYSTEM_NS,
+        &["captureprofiles.weir.dev", "podflows.weir.dev"],
+    )
 }
 
 /// A kubeconfig acting as `user` (the chart's RBAC) that reaches the API
@@ -193,81 +89,14 @@ fn kubeconfig_via(cp: &ControlPlane, user: &str, port: u16, name: &str) -> Resul
 }
 
 async fn create_objects(client: &kube::Client, pods: &[(&str, &str, IpAddr)]) -> Result<()> {
-    let pp = PostParams::default();
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NS.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&pp, &ns)
-        .await?;
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("default".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match Api::<ServiceAccount>::namespaced(client.clone(), NS)
-        .create(&pp, &sa)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
-    let nodes = Api::<KubeNode>::all(client.clone());
+    objects::create_namespace_for_pods(client, NS).await?;
     for (name, ip) in [("node-a", UNDERLAY[0]), ("node-b", UNDERLAY[1])] {
-        let node: KubeNode = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
-        nodes.create(&pp, &node).await?;
-        nodes
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "addresses": [
-                    { "type": "InternalIP", "address": ip },
-                    { "type": "Hostname", "address": name },
-                ] } })),
-            )
-            .await?;
+        objects::create_node(client, name, &[("InternalIP", ip), ("Hostname", name)]).await?;
     }
-    let api = Api::<Pod>::namespaced(client.clone(), NS);
     for (name, node, ip) in pods {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { "app": name } },
-            "spec": {
-                "nodeName": node,
-                "automountServiceAccountToken": false,
-                "containers": [{ "name": "main", "image": "example.invalid/none" }],
-            },
-        }))?;
-        api.create(&pp, &pod).await?;
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": { "phase": "Running", "podIP": ip.to_string(), "podIPs": [{ "ip": ip.to_string() }] } })),
-        )
-        .await?;
+        objects::create_running_pod(client, NS, name, node, *ip).await?;
     }
     Ok(())
-}
-
-fn pod_id(node: &Node, pod: &Netns) -> Result<u32> {
-    Ok(
-        weir_cni::state::StateStore::new(&node.state_dir, &node.network)
-            .list()?
-            .into_iter()
-            .find(|r| r.netns == pod.path().display().to_string())
-            .context("no node state record for the pod")?
-            .pod_id,
-    )
-}
-
-fn mode(node: &Node, pod_id: u32) -> Result<PodMode> {
-    Ok(NodeMaps::open(&BpfRoot::new(&node.bpf_root))?.pod_mode(pod_id)?)
 }
 
 fn observer<'a>(flow: &'a PodFlow, node: &str) -> Option<&'a Observer> {
@@ -302,7 +131,7 @@ async fn two_nodes_publish_one_podflow_with_both_observers_and_the_overlay_betwe
 
     // Two nodes joined by flannel's VXLAN; web on A, db and a pod the API
     // server never hears of on B.
-    let weir = weir_plugin();
+    let weir = host::weir_plugin_beside(BIN);
     let a = Node::new("wkca", &ChainSpec::new("1.0.0", "10.247.0.0/24"), &weir)?;
     let b = Node::new("wkcb", &ChainSpec::new("1.0.0", "10.247.1.0/24"), &weir)?;
     flannel::connect(
@@ -323,7 +152,7 @@ async fn two_nodes_publish_one_podflow_with_both_observers_and_the_overlay_betwe
     let web_ip = Node::pod_ipv4(&a.add(&web, "eth0", NS, "web")?.ok()?.json()?)?;
     let db_ip = Node::pod_ipv4(&b.add(&db, "eth0", NS, "db")?.ok()?.json()?)?;
     let ghost_ip = Node::pod_ipv4(&b.add(&ghost, "eth0", NS, "ghost")?.ok()?.json()?)?;
-    let (web_id, db_id, ghost_id) = (pod_id(&a, &web)?, pod_id(&b, &db)?, pod_id(&b, &ghost)?);
+    let (web_id, db_id, ghost_id) = (a.pod_id(&web)?, b.pod_id(&db)?, b.pod_id(&ghost)?);
     create_objects(
         &client,
         &[("web", "node-a", web_ip), ("db", "node-b", db_ip)],
@@ -350,9 +179,10 @@ async fn two_nodes_publish_one_podflow_with_both_observers_and_the_overlay_betwe
             "KUBECONFIG",
             cp.impersonating_kubeconfig(CONTROLLER_SA, &[])?,
         )
+        .env("RUST_LOG", "info,weir_operator=debug")
         .env_remove("POD_NAME")
         .env_remove("POD_NAMESPACE");
-        Proc::spawn(cmd, cp.dir().join("controller.log"))?
+        AgentProcess::start(cmd, &cp.dir().join("controller.log"))?
     };
     let server: std::net::SocketAddr = cp
         .server_url()
@@ -381,32 +211,27 @@ async fn two_nodes_publish_one_podflow_with_both_observers_and_the_overlay_betwe
             .arg("--state-dir")
             .arg(&node.state_dir)
             .arg("--bpf-root")
-            .arg(&node.bpf_root);
-        agents.push(Proc::spawn(cmd, node.work_dir.join("agent-cluster.log"))?);
+            .arg(&node.bpf_root)
+            .env("RUST_LOG", "info,weir_operator=debug");
+        agents.push(AgentProcess::start(
+            cmd,
+            &node.work_dir.join("agent-cluster.log"),
+        )?);
     }
-    let logs = |agents: &[Proc]| {
-        let mut text: Vec<String> = agents.iter().map(Proc::log).collect();
-        text.push(controller.log());
+    let logs = |agents: &[AgentProcess]| {
+        let mut text: Vec<String> = agents.iter().map(|p| p.log_tail(40)).collect();
+        text.push(controller.log_tail(40));
         text.join("\n")
     };
-    for node in [&a, &b] {
-        eventually(Duration::from_secs(15), "the agent's /healthz", || async {
-            Ok(http_get(&node.ns, "/healthz").ok().map(|_| ()))
-        })
-        .await
-        .with_context(|| logs(&agents))?;
+    for (agent, node) in agents.iter_mut().zip([&a, &b]) {
+        agent
+            .wait_healthy(endpoint(&node.ns), Duration::from_secs(15))
+            .with_context(|| controller.log_tail(40))?;
     }
 
     // A profile selecting both pods: both start counting, the unknown pod
     // does not (no profile can select what the API server does not know).
-    cp.kubectl_stdin_ok(
-        [
-            "apply",
-            "--server-side",
-            "--field-manager=weir-tests",
-            "-f",
-            "-",
-        ],
+    cp.apply(
         &json!({
             "apiVersion": "weir.dev/v1alpha1",
             "kind": "CaptureProfile",
@@ -417,13 +242,13 @@ async fn two_nodes_publish_one_podflow_with_both_observers_and_the_overlay_betwe
     )?;
     eventually(Duration::from_secs(20), "web and db counting", || async {
         Ok(
-            (mode(&a, web_id)? == PodMode::Count && mode(&b, db_id)? == PodMode::Count)
+            (a.pod_mode(web_id)? == PodMode::Count && b.pod_mode(db_id)? == PodMode::Count)
                 .then_some(()),
         )
     })
     .await
     .with_context(|| logs(&agents))?;
-    assert_eq!(mode(&b, ghost_id)?, PodMode::PassThrough);
+    assert_eq!(b.pod_mode(ghost_id)?, PodMode::PassThrough);
 
     // 1. A counted exchange across the overlay.
     let (n, size) = (40i64, 300usize);
@@ -589,16 +414,7 @@ async fn two_nodes_publish_one_podflow_with_both_observers_and_the_overlay_betwe
     .await
     .with_context(|| logs(&agents))?;
     assert_eq!(kept.spec, older, "the spec stays as it was created");
-    let refused: f64 = cp
-        .kubectl_ok(["get", "--raw", "/metrics"])?
-        .lines()
-        .filter(|l| {
-            l.starts_with("apiserver_request_total{")
-                && l.contains(r#"resource="podflows""#)
-                && l.contains(r#"code="422""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let refused = cp.apiserver_requests(&[r#"resource="podflows""#, r#"code="422""#])?;
     assert!(
         refused >= 1.0,
         "A's spec (with node-b) was refused: {refused}"

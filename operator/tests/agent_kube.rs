@@ -15,39 +15,28 @@
 //! Needs root, bpffs, scripts/bootstrap.sh's tools and the control plane
 //! tools (scripts/controlplane-tools.sh); fails saying what is missing.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod, ServiceAccount};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
+use weir_e2e::agent::{AgentProcess, Endpoint};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::controlplane::ControlPlane;
 use weir_e2e::netns::Netns;
-use weir_e2e::{host, traffic};
-use weir_ebpf::BpfRoot;
+use weir_e2e::wait::eventually;
+use weir_e2e::{host, objects, traffic};
 use weir_ebpf::abi::PodMode;
-use weir_ebpf::maps::NodeMaps;
 use weir_operator::crd::{Observer, PodFlow, Protocol};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weir-operator");
 const NS: &str = "shop";
 const NODE: &str = "node-a";
 const QPS: f64 = 5.0;
-
-fn weir_plugin() -> PathBuf {
-    let path = Path::new(AGENT).with_file_name("weir");
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugin first (cargo build -p weir-cni)",
-        path.display()
-    );
-    path
-}
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -56,70 +45,54 @@ fn free_port() -> Result<u16> {
 }
 
 struct Agent {
-    child: Child,
-    port: u16,
-    log: PathBuf,
+    process: AgentProcess,
+    addr: SocketAddr,
 }
 
 impl Agent {
     fn start(node: &Node, kubeconfig: &Path) -> Result<Self> {
-        let port = free_port()?;
-        let log = node.work_dir.join("agent-kube.log");
-        let child = std::process::Command::new(AGENT)
-            .args([
-                "agent",
-                "run",
-                "--node-name",
-                NODE,
-                "--interval",
-                "300ms",
-                "--no-vxlan",
-            ])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--api-qps")
-            .arg(QPS.to_string())
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--state-dir")
-            .arg(&node.state_dir)
-            .arg("--bpf-root")
-            .arg(&node.bpf_root)
-            .env("RUST_LOG", "info,weir_operator=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log)?))
-            .spawn()?;
-        let agent = Self { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while agent.get("/healthz").is_err() {
-            if Instant::now() > deadline {
-                bail!("agent did not come up; log:\n{}", agent.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(agent)
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut cmd = Command::new(AGENT);
+        cmd.args([
+            "agent",
+            "run",
+            "--node-name",
+            NODE,
+            "--interval",
+            "300ms",
+            "--no-vxlan",
+        ])
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--api-qps")
+        .arg(QPS.to_string())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--state-dir")
+        .arg(&node.state_dir)
+        .arg("--bpf-root")
+        .arg(&node.bpf_root)
+        .env("RUST_LOG", "info,weir_operator=debug");
+        let endpoint = Endpoint { ns: None, addr };
+        let process = AgentProcess::spawn(
+            cmd,
+            &node.work_dir.join("agent-kube.log"),
+            endpoint,
+            Duration::from_secs(10),
+        )?;
+        Ok(Self { process, addr })
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     fn get(&self, path: &str) -> Result<String> {
-        let mut stream = TcpStream::connect_timeout(
-            &format!("127.0.0.1:{}", self.port).parse()?,
-            Duration::from_secs(2),
-        )?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("no HTTP header end")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("{path}: {head}");
-        }
-        Ok(body.to_string())
+        let endpoint = Endpoint {
+            ns: None,
+            addr: self.addr,
+        };
+        endpoint.get(path, Duration::from_secs(5))
     }
 
     /// Packets web sent to `port`, as the agent's own joined flows say.
@@ -133,49 +106,6 @@ impl Agent {
             .filter_map(|f| f["packets"].as_u64())
             .sum())
     }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `check` until it gives `Some`, or fails with `what` after `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?} {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn mode(node: &Node, pod_id: u32) -> Result<PodMode> {
-    Ok(NodeMaps::open(&BpfRoot::new(&node.bpf_root))?.pod_mode(pod_id)?)
-}
-
-fn pod_id(node: &Node, pod: &Netns) -> Result<u32> {
-    Ok(
-        weir_cni::state::StateStore::new(&node.state_dir, &node.network)
-            .list()?
-            .into_iter()
-            .find(|r| r.netns == pod.path().display().to_string())
-            .context("no node state record for the pod")?
-            .pod_id,
-    )
 }
 
 async fn pod_flows(api: &Api<PodFlow>) -> Result<Vec<PodFlow>> {
@@ -225,98 +155,27 @@ async fn published(
 
 /// PodFlow APPLY requests the API server served, by its own metrics.
 fn served_podflow_applies(cp: &ControlPlane) -> Result<u64> {
-    let metrics = cp.kubectl_ok(["get", "--raw", "/metrics"])?;
-    Ok(metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("apiserver_request_total{")
-                && l.contains(r#"resource="podflows""#)
-                && l.contains(r#"verb="APPLY""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    Ok(cp.apiserver_requests(&[r#"resource="podflows""#, r#"verb="APPLY""#])? as u64)
 }
 
 async fn create_objects(client: &kube::Client, pods: &[(&str, IpAddr)]) -> Result<()> {
-    let pp = PostParams::default();
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &pp,
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(NS.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await?;
-    // No controller manager makes the default service account here.
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("default".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match Api::<ServiceAccount>::namespaced(client.clone(), NS)
-        .create(&pp, &sa)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
-    let node: KubeNode = serde_json::from_value(json!({
-        "metadata": { "name": NODE },
-        "status": { "addresses": [{ "type": "InternalIP", "address": "192.168.100.1" }] },
-    }))?;
-    let nodes = Api::<KubeNode>::all(client.clone());
-    nodes.create(&pp, &node).await?;
-    nodes
-        .patch_status(
-            NODE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": node.status })),
-        )
-        .await?;
-    let api = Api::<Pod>::namespaced(client.clone(), NS);
+    objects::create_namespace_for_pods(client, NS).await?;
+    objects::create_node(client, NODE, &[("InternalIP", "192.168.100.1")]).await?;
     for (name, ip) in pods {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": { "name": name, "labels": { "app": name } },
-            "spec": {
-                "nodeName": NODE,
-                "automountServiceAccountToken": false,
-                "containers": [{ "name": "main", "image": "example.invalid/none" }],
-            },
-        }))?;
-        api.create(&pp, &pod).await?;
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": { "phase": "Running", "podIP": ip.to_string(), "podIPs": [{ "ip": ip.to_string() }] } })),
-        )
-        .await?;
+        objects::create_running_pod(client, NS, name, NODE, *ip).await?;
     }
     Ok(())
 }
 
 fn profile(cp: &ControlPlane, name: &str, protocols: &[&str]) -> Result<()> {
-    let body = json!({
-        "apiVersion": "weir.dev/v1alpha1",
-        "kind": "CaptureProfile",
-        "metadata": { "name": name, "namespace": NS },
-        "spec": { "podSelector": {}, "protocols": protocols, "flushInterval": "1s", "flowTTL": "1h" },
-    });
-    cp.kubectl_stdin_ok(
-        [
-            "apply",
-            "--server-side",
-            "--field-manager=weir-tests",
-            "-f",
-            "-",
-        ],
-        &body.to_string(),
+    cp.apply(
+        &json!({
+            "apiVersion": "weir.dev/v1alpha1",
+            "kind": "CaptureProfile",
+            "metadata": { "name": name, "namespace": NS },
+            "spec": { "podSelector": {}, "protocols": protocols, "flushInterval": "1s", "flowTTL": "1h" },
+        })
+        .to_string(),
     )?;
     Ok(())
 }
@@ -336,32 +195,20 @@ async fn profiles_select_pods_and_podflows_carry_exact_counts_through_an_outage(
     host::require_privileged_host();
     let cp =
         ControlPlane::start().context("the control plane (etcd + kube-apiserver) is needed")?;
-    cp.kubectl_ok([
-        "apply",
-        "--server-side",
-        "--field-manager=weir-tests",
-        "-f",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../crds"),
-    ])?;
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/captureprofiles.weir.dev",
-        "crd/podflows.weir.dev",
-    ])?;
+    cp.apply_path(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds")))?;
+    cp.wait_established(&["captureprofiles.weir.dev", "podflows.weir.dev"])?;
     let client = cp.client().await?;
 
     let node = Node::new(
         "wkb",
         &ChainSpec::new("1.0.0", "10.246.0.0/24"),
-        &weir_plugin(),
+        &host::weir_plugin_beside(AGENT),
     )?;
     let web = Netns::create("wkb-web")?;
     let db = Netns::create("wkb-db")?;
     let web_ip = Node::pod_ipv4(&node.add(&web, "eth0", NS, "web")?.ok()?.json()?)?;
     let db_ip = Node::pod_ipv4(&node.add(&db, "eth0", NS, "db")?.ok()?.json()?)?;
-    let (web_id, db_id) = (pod_id(&node, &web)?, pod_id(&node, &db)?);
+    let (web_id, db_id) = (node.pod_id(&web)?, node.pod_id(&db)?);
     create_objects(&client, &[("web", web_ip), ("db", db_ip)]).await?;
     // The pod as the API server has it: the owner reference must carry its uid.
     let web_uid = Api::<Pod>::namespaced(client.clone(), NS)
@@ -382,7 +229,7 @@ async fn profiles_select_pods_and_podflows_carry_exact_counts_through_an_outage(
     traffic::udp_echo(&web, &db, db_ip, 9100, 20, 200)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        (mode(&node, web_id)?, mode(&node, db_id)?),
+        (node.pod_mode(web_id)?, node.pod_mode(db_id)?),
         (PodMode::PassThrough, PodMode::PassThrough)
     );
     assert_eq!(agent.counted(9100)?, 0, "nothing counts without a profile");
@@ -396,7 +243,7 @@ async fn profiles_select_pods_and_podflows_carry_exact_counts_through_an_outage(
     profile(&cp, "all", &[])?;
     eventually(Duration::from_secs(15), "both pods counting", || async {
         Ok(
-            (mode(&node, web_id)? == PodMode::Count && mode(&node, db_id)? == PodMode::Count)
+            (node.pod_mode(web_id)? == PodMode::Count && node.pod_mode(db_id)? == PodMode::Count)
                 .then_some(()),
         )
     })

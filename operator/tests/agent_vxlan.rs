@@ -8,7 +8,6 @@
 //! missing otherwise.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,22 +17,9 @@ use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::flannel::{self, FlannelNode};
 use weir_e2e::netns::Netns;
 use weir_e2e::{host, traffic};
-use weir_ebpf::BpfRoot;
 use weir_ebpf::abi::PodMode;
-use weir_ebpf::maps::NodeMaps;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weir-operator");
-
-/// The plugin binary is built next to the agent by `cargo test --workspace`.
-fn weir_plugin() -> PathBuf {
-    let path = Path::new(AGENT).with_file_name("weir");
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugin first (cargo build -p weir-cni)",
-        path.display()
-    );
-    path
-}
 
 const LISTEN: &str = "127.0.0.1:9465";
 
@@ -110,13 +96,7 @@ fn find<'a>(
 }
 
 fn observe(node: &Node, pod: &Netns) -> Result<()> {
-    let record = weir_cni::state::StateStore::new(&node.state_dir, &node.network)
-        .list()?
-        .into_iter()
-        .find(|r| r.netns == pod.path().display().to_string())
-        .context("no record")?;
-    NodeMaps::open(&BpfRoot::new(&node.bpf_root))?.set_pod_mode(record.pod_id, PodMode::Count)?;
-    Ok(())
+    node.set_pod_mode(node.pod_id(pod)?, PodMode::Count)
 }
 
 struct Cluster {
@@ -129,7 +109,7 @@ struct Cluster {
 
 fn two_nodes(tag: &str) -> Result<Cluster> {
     host::require_privileged_host();
-    let weir = weir_plugin();
+    let weir = host::weir_plugin_beside(AGENT);
     let a = Node::new(
         &format!("{tag}a"),
         &ChainSpec::new("1.0.0", "10.245.0.0/24"),

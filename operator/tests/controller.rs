@@ -25,14 +25,15 @@ use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt as _;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use weir_e2e::controlplane::ControlPlane;
+use weir_e2e::objects;
 use weir_operator::controller::labels;
 use weir_operator::crd::capture_profile::{conditions, pressure_reasons, reasons};
 use weir_operator::crd::pod_flow::agent_field_manager;
@@ -56,8 +57,6 @@ fn chart_dir() -> PathBuf {
 
 struct Setup {
     cp: &'static ControlPlane,
-    helm: PathBuf,
-    helm_home: PathBuf,
     controller_kubeconfig: PathBuf,
     agent_kubeconfig: PathBuf,
     logs: PathBuf,
@@ -74,45 +73,19 @@ fn setup() -> &'static Setup {
 
 fn try_setup() -> anyhow::Result<Setup> {
     let cp = ControlPlane::shared_with_gc();
-    let helm = cp.tools().helm()?.to_path_buf();
-    let helm_home = cp.dir().join("helm-home");
-    std::fs::create_dir_all(&helm_home)?;
     let logs = cp.dir().join("controllers");
     std::fs::create_dir_all(&logs)?;
     let s = Setup {
         cp,
-        helm,
-        helm_home,
         controller_kubeconfig: cp.impersonating_kubeconfig(CONTROLLER_SA, &[])?,
         agent_kubeconfig: cp.impersonating_kubeconfig(AGENT_SA, &[])?,
         logs,
     };
-    cp.kubectl_ok(["create", "namespace", SYSTEM_NS])?;
-    let rendered = s.helm_ok(&[
-        "template",
-        "weir",
-        &chart_dir().to_string_lossy(),
-        "--namespace",
+    cp.install_chart(
+        &chart_dir(),
         SYSTEM_NS,
-        "--include-crds",
-    ])?;
-    cp.kubectl_stdin_ok(
-        [
-            "apply",
-            "--server-side",
-            "--field-manager=weir-tests",
-            "-f",
-            "-",
-        ],
-        &rendered,
+        &["captureprofiles.weir.dev", "podflows.weir.dev"],
     )?;
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/captureprofiles.weir.dev",
-        "crd/podflows.weir.dev",
-    ])?;
     for id in REPLICAS {
         start_replica(&s, id)?;
     }
@@ -121,27 +94,11 @@ fn try_setup() -> anyhow::Result<Setup> {
 
 impl Setup {
     fn helm(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
-        Ok(Command::new(&self.helm)
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .env("HELM_CACHE_HOME", self.helm_home.join("cache"))
-            .env("HELM_CONFIG_HOME", self.helm_home.join("config"))
-            .env("HELM_DATA_HOME", self.helm_home.join("data"))
-            .stdin(Stdio::null())
-            .output()?)
+        Ok(self.cp.helm_command()?.args(args).output()?)
     }
 
     fn helm_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.helm(args)?;
-        anyhow::ensure!(
-            out.status.success(),
-            "helm {} failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.cp.helm_ok(args)
     }
 
     async fn client_from(&self, kubeconfig: &Path) -> kube::Client {
@@ -306,28 +263,9 @@ where
 /// A namespace with its `default` service account (no controller makes it
 /// here, and pods need it).
 async fn namespace(client: &kube::Client, name: &str) {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
+    objects::create_namespace_for_pods(client, name)
         .await
-        .expect("create namespace");
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("default".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), name)
-        .create(&PostParams::default(), &sa)
-        .await
-        .expect("create default SA");
+        .expect("create namespace and default SA");
 }
 
 /// A pod as the API knows it: bound to `node`, running, with `ip`.

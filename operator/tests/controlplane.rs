@@ -8,12 +8,13 @@
 //! (`ControlPlane::shared`), each in a namespace of its own. Without the
 //! control plane tools they fail, saying how to build them.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use weir_e2e::controlplane::ControlPlane;
+use weir_e2e::objects;
 use weir_operator::crd::capture_profile::{conditions, reasons};
 use weir_operator::crd::pod_flow::{SUMMARY_FIELD_MANAGER, agent_field_manager};
 use weir_operator::crd::{
@@ -30,25 +31,11 @@ fn cluster() -> &'static ControlPlane {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let cp = ControlPlane::shared();
     let installed = INSTALLED.get_or_init(|| {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
-        cp.kubectl_ok([
-            "apply",
-            "--server-side",
-            "--field-manager=weir-tests",
-            "-f",
-            dir,
-        ])
-        .and_then(|_| {
-            let mut args = vec![
-                "wait".to_owned(),
-                "--for=condition=Established".into(),
-                "--timeout=60s".into(),
-            ];
-            args.extend(CRDS.iter().map(|c| format!("crd/{c}")));
-            cp.kubectl_ok(args)
-        })
-        .map(|_| ())
-        .map_err(|e| format!("{e:#}"))
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds"));
+        cp.apply_path(dir)
+            .and_then(|_| cp.wait_established(&CRDS))
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
     });
     if let Err(e) = installed {
         panic!("installing weir's CRDs failed: {e}");
@@ -58,15 +45,7 @@ fn cluster() -> &'static ControlPlane {
 
 /// A fresh namespace for one test.
 async fn namespace(client: &kube::Client, name: &str) {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
+    objects::create_namespace(client, name)
         .await
         .expect("create namespace");
 }

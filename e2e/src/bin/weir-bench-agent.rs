@@ -364,22 +364,6 @@ fn node(tag: &str, subnet: &str, weir: &Path) -> Result<Node> {
     Ok(node)
 }
 
-/// weir's pod id for the pod in `ns`, from its node state record.
-fn pod_id(node: &Node, ns: &Netns) -> Result<u32> {
-    let dir = node.state_dir.join("networks").join(&node.network);
-    let want = ns.path().display().to_string();
-    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let record: Value = serde_json::from_slice(&fs::read(entry?.path())?)?;
-        if record["netns"] == want.as_str() {
-            return record["podId"]
-                .as_u64()
-                .map(|id| id as u32)
-                .context("record without podId");
-        }
-    }
-    bail!("no weir state record for {want}")
-}
-
 /// A pod chained by cnitool; `count` turns weir's counting on for it (the
 /// others stay in pass-through: their own chatter would add flows).
 fn add_pod(node: &Node, ns_name: &str, k8s_name: &str, count: bool) -> Result<Pod> {
@@ -389,7 +373,7 @@ fn add_pod(node: &Node, ns_name: &str, k8s_name: &str, count: bool) -> Result<Po
         bail!("no IPv4 for {k8s_name}")
     };
     ns.exec(&["ip", "link", "set", "eth0", "mtu", POD_MTU])?;
-    let id = pod_id(node, &ns)?;
+    let id = node.pod_id(&ns)?;
     if count {
         NodeMaps::open(&BpfRoot::new(&node.bpf_root))?.set_pod_mode(id, PodMode::Count)?;
     }

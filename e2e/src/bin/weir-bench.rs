@@ -255,33 +255,13 @@ fn node(
     Ok((node, spec))
 }
 
-/// weir's pod id for the pod in `ns`, from its node state record.
-fn pod_id(node: &Node, ns: &Netns) -> Result<u32> {
-    let dir = node.state_dir.join("networks").join(&node.network);
-    let want = ns.path().display().to_string();
-    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let record: Value = serde_json::from_slice(&fs::read(entry?.path())?)?;
-        if record["netns"] == want.as_str() {
-            return record["podId"]
-                .as_u64()
-                .map(|id| id as u32)
-                .context("record without podId");
-        }
-    }
-    bail!("no weir state record for {want}")
-}
-
 fn pair(node: &Node, tag: &str, split: bool) -> Result<Pair> {
     let mut pods = Vec::new();
     for name in ["client", "server"] {
         let ns = Netns::create(&format!("{tag}-{name}"))?;
         let result = node.add(&ns, "eth0", "bench", name)?.ok()?.json()?;
         let ip = Node::pod_ipv4(&result)?;
-        let id = if split {
-            Some(pod_id(node, &ns)?)
-        } else {
-            None
-        };
+        let id = if split { Some(node.pod_id(&ns)?) } else { None };
         pods.push((ns, ip, id));
     }
     let (server, server_ip, server_id) = pods.pop().context("server")?;

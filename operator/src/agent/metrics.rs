@@ -44,10 +44,7 @@ pub fn registry(shared: Shared) -> Registry {
 }
 
 pub fn render(registry: &Registry) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)
-        .expect("writing to a String cannot fail");
-    out
+    crate::http::render(registry)
 }
 
 type Labels = Vec<(&'static str, String)>;

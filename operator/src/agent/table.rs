@@ -593,21 +593,13 @@ mod tests {
         round.finish(Some(totals), true);
     }
 
-    fn total(t: &Totals, pod: &str) -> Count {
-        t.series()
-            .iter()
-            .find(|(k, _)| k.pod == pod)
-            .map(|(_, c)| *c)
-            .unwrap_or_default()
-    }
-
     #[test]
     fn totals_only_grow_across_evictions_and_restarts_of_a_flow() {
         let (mut table, mut t) = (FlowTable::new("n"), Totals::new(100));
         collect(&mut table, &mut t, &[(key(1, 1), 5)]);
         collect(&mut table, &mut t, &[(key(1, 1), 8)]);
         assert_eq!(
-            total(&t, "pod-id:1"),
+            t.pod_total("pod-id:1"),
             Count {
                 packets: 8,
                 bytes: 80
@@ -615,12 +607,12 @@ mod tests {
         );
         // Evicted and re-created from zero: its 3 new packets still count.
         collect(&mut table, &mut t, &[(key(1, 1), 3)]);
-        assert_eq!(total(&t, "pod-id:1").packets, 11);
+        assert_eq!(t.pod_total("pod-id:1").packets, 11);
         // Gone from the map, then back: counted from zero again.
         collect(&mut table, &mut t, &[]);
         assert!(table.is_empty());
         collect(&mut table, &mut t, &[(key(1, 1), 2)]);
-        assert_eq!(total(&t, "pod-id:1").packets, 13);
+        assert_eq!(t.pod_total("pod-id:1").packets, 13);
         assert_eq!(table.len(), 1);
     }
 
@@ -636,6 +628,6 @@ mod tests {
         round.finish(Some(&mut t), false);
         assert_eq!(table.len(), 2, "rows of an incomplete read stay");
         collect(&mut table, &mut t, &[(key(1, 1), 9), (key(1, 2), 4)]);
-        assert_eq!(total(&t, "pod-id:1").packets, 13);
+        assert_eq!(t.pod_total("pod-id:1").packets, 13);
     }
 }

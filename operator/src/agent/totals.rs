@@ -65,6 +65,16 @@ impl Totals {
     pub fn series(&self) -> &BTreeMap<SeriesKey, Count> {
         &self.series
     }
+
+    /// The count of `pod`'s first series (tests look one up by pod).
+    #[cfg(test)]
+    pub(crate) fn pod_total(&self, pod: &str) -> Count {
+        self.series
+            .iter()
+            .find(|(k, _)| k.pod == pod)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -78,14 +88,6 @@ mod tests {
             direction: "egress",
             vni: String::new(),
         }
-    }
-
-    fn total(t: &Totals, pod: &str) -> Count {
-        t.series()
-            .iter()
-            .find(|(k, _)| k.pod == pod)
-            .map(|(_, c)| *c)
-            .unwrap_or_default()
     }
 
     #[test]
@@ -102,7 +104,7 @@ mod tests {
         }
         assert_eq!(t.series().len(), 3);
         assert_eq!(
-            total(&t, "a").packets + total(&t, "b").packets + total(&t, OVERFLOW_POD).packets,
+            t.pod_total("a").packets + t.pod_total("b").packets + t.pod_total(OVERFLOW_POD).packets,
             15
         );
         t.add(key("zero"), Count::default());

@@ -24,9 +24,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use tokio::net::TcpListener;
+
+use crate::http;
 
 /// `kind` of a CaptureProfile reconcile.
 pub const KIND_PROFILE: &str = "CaptureProfile";
@@ -196,67 +196,15 @@ impl ControllerMetrics {
 
     /// The OpenMetrics text.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        http::render(&self.registry)
     }
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
 /// One request per connection, GET only.
 pub async fn serve(listener: TcpListener, metrics: Arc<ControllerMetrics>) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = answer(stream, &metrics).await {
-                debug!(%peer, "metrics connection: {e}");
-            }
-        });
-    }
-}
-
-async fn answer(mut stream: TcpStream, metrics: &ControllerMetrics) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timeout"))??;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(request.split(|b| *b == b'\n').next().unwrap_or_default())
-        .into_owned();
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        ),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let get = move |path: &str| (path == "/metrics").then(|| http::metrics(&metrics.registry));
+    http::serve(listener, Arc::new(get)).await
 }
 
 #[cfg(test)]
