@@ -17,19 +17,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
 
-# Namespaces (and processes in them), pins, work dirs and cnitool cache
-# entries the bench makes: weir-bench-agent removes them itself; this also
-# covers a run that was killed.
-NETNS_RE='^wba[ab]-'
-cleanup() {
-  local ns pid
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "$NETNS_RE" || true); do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf /sys/fs/bpf/weir-bench-agent "${TMPDIR:-/tmp}"/weir-test-wbaa "${TMPDIR:-/tmp}"/weir-test-wbab
-  rm -f /var/lib/cni/results/weir-wbaa-* /var/lib/cni/results/weir-wbab-* # cnitool's result cache
-}
+. bench/lib.sh
+cleanup() { bench_cleanup /sys/fs/bpf/weir-bench-agent wbaa wbab; }
 
 bash scripts/check-host.sh
 command -v iperf3 >/dev/null || { echo "bench-agent: iperf3 not found; run scripts/bootstrap.sh" >&2; exit 1; }

@@ -17,19 +17,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
 
-# Namespaces (and processes in them), pins, work dirs and cnitool cache
-# entries the bench makes: weir-bench removes them itself; this also covers a
-# run that was killed.
-NETNS_RE='^(wbs|wbu|wbt)-'
-cleanup() {
-  local ns pid
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "$NETNS_RE" || true); do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf /sys/fs/bpf/weir-bench "${TMPDIR:-/tmp}"/weir-test-wbs "${TMPDIR:-/tmp}"/weir-test-wbu "${TMPDIR:-/tmp}"/weir-test-wbt
-  rm -f /var/lib/cni/results/weir-wbs-* /var/lib/cni/results/weir-wbu-* /var/lib/cni/results/weir-wbt-* # cnitool's result cache
-}
+. bench/lib.sh
+cleanup() { bench_cleanup /sys/fs/bpf/weir-bench wbs wbu wbt; }
 
 bash scripts/check-host.sh
 for tool in iperf3 sockperf taskset; do

@@ -11,5 +11,6 @@ pub mod host;
 pub mod netns;
 pub mod objects;
 pub mod relay;
+pub mod report;
 pub mod traffic;
 pub mod wait;

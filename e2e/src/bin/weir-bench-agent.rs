@@ -31,7 +31,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -41,6 +41,7 @@ use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::flannel::{self, FlannelNode};
 use weir_e2e::host;
 use weir_e2e::netns::{self, Netns};
+use weir_e2e::report::{Daemon, Raw, loadavg, med, pct, uname_r, verdict};
 use weir_ebpf::BpfRoot;
 use weir_ebpf::abi::{self, FlowCounters, FlowKey, PodMode};
 use weir_ebpf::maps::NodeMaps;
@@ -314,16 +315,6 @@ mod bpf {
 }
 
 // --- the test bed ------------------------------------------------------------
-
-/// A process we started; killed (by its pid) and reaped on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Pod {
     ns: Netns,
@@ -1043,18 +1034,6 @@ fn check_join(flows: &[Value], size: usize) -> Result<()> {
 
 // --- statistics and output ---------------------------------------------------
 
-/// Nearest-rank percentile, `q` in 0..=100.
-fn pct(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
-}
-
-fn med(values: &[f64]) -> f64 {
-    pct(values, 50.0)
-}
-
 /// "median (min–max)".
 fn spread(values: &[f64], decimals: usize) -> String {
     format!(
@@ -1064,34 +1043,6 @@ fn spread(values: &[f64], decimals: usize) -> String {
         pct(values, 100.0),
         d = decimals
     )
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "FAIL" }
-}
-
-struct Raw {
-    dir: PathBuf,
-}
-
-impl Raw {
-    fn write(&self, name: &str, header: &str, lines: &[String]) -> Result<()> {
-        let path = self.dir.join(name);
-        fs::write(&path, format!("# {header}\n{}\n", lines.join("\n")))
-            .with_context(|| format!("writing {}", path.display()))
-    }
-}
-
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn uname_r() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 fn size_label(n: usize) -> String {

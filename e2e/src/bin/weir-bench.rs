@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::host;
 use weir_e2e::netns::{self, Netns};
+use weir_e2e::report::{Daemon, Raw, loadavg, med, pct, uname_r, verdict};
 use weir_ebpf::BpfRoot;
 use weir_ebpf::abi::PodMode;
 use weir_ebpf::maps::NodeMaps;
@@ -124,16 +125,6 @@ fn rotation<T: Copy>(items: &[T], r: usize) -> Vec<T> {
     (0..items.len())
         .map(|i| items[(i + r) % items.len()])
         .collect()
-}
-
-/// A server process we started; killed (by its pid) and reaped on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn daemon(ns: &Netns, argv: &[&str]) -> Result<Daemon> {
@@ -407,18 +398,6 @@ fn timed_add(node: &Node, tag: &str, i: usize) -> Result<f64> {
 
 // --- statistics and output --------------------------------------------------
 
-/// Nearest-rank percentile, `q` in 0..=100.
-fn pct(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
-}
-
-fn med(values: &[f64]) -> f64 {
-    pct(values, 50.0)
-}
-
 /// weir's cost taken within each round (the variants ran back to back), and
 /// its median over the rounds: drift between rounds cancels out.
 fn paired(v: &[f64], base: &[f64], cost: fn(f64, f64) -> f64) -> f64 {
@@ -435,22 +414,6 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 fn diff(a: f64, b: f64) -> f64 {
     a - b
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "FAIL" }
-}
-
-struct Raw {
-    dir: PathBuf,
-}
-
-impl Raw {
-    fn write(&self, name: &str, header: &str, lines: &[String]) -> Result<()> {
-        let path = self.dir.join(name);
-        fs::write(&path, format!("# {header}\n{}\n", lines.join("\n")))
-            .with_context(|| format!("writing {}", path.display()))
-    }
 }
 
 fn main() -> Result<()> {
@@ -676,17 +639,6 @@ fn summary(
         writeln!(out, "| {name} | {ms:.1} | {how} |")?;
     }
     Ok(out)
-}
-
-fn loadavg() -> String {
-    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split(' ').take(3).collect::<Vec<_>>().join(" ")
-}
-
-fn uname_r() -> String {
-    let out = Command::new("uname").arg("-r").output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Runs the loader probe `samples` times (each a fresh process, as every ADD
