@@ -409,7 +409,8 @@ fn status(req: &Request) -> cni::Result<()> {
         })
 }
 
-/// GC releases every attachment of this network the runtime no longer knows.
+/// GC releases every attachment of this network the runtime no longer knows,
+/// then the node programs of older weir builds that no pod calls any more.
 /// Its namespace may still exist, so the split is undone first: a pod the
 /// runtime forgot keeps the networking the earlier plugins gave it.
 fn gc(req: &Request) -> cni::Result<()> {
@@ -446,6 +447,13 @@ fn gc(req: &Request) -> cni::Result<()> {
         ) {
             failures.push(format!("{}: {e}", record.record_name()));
         }
+    }
+    match weir_ebpf::node_program::remove_unused_builds(&root) {
+        Ok(builds) if !builds.is_empty() => {
+            info!(?builds, "GC: unpinned node programs of older builds no pod calls");
+        }
+        Ok(_) => {}
+        Err(e) => failures.push(format!("older builds' node programs: {e}")),
     }
     if failures.is_empty() {
         Ok(())

@@ -125,6 +125,88 @@ pub fn ensure(root: &BpfRoot) -> Result<NodeProgram> {
     })
 }
 
+/// Unpins the node programs of other builds that no loaded program calls
+/// any more, and returns their build ids.
+///
+/// A build's jump table may only go once no stub refers to it: the kernel
+/// empties a prog array when its last pin and fd are gone, and the pods of
+/// that build would then forward uncounted. So the test is on the live
+/// programs' map ids, not on weir's state files. Only the two pins weir
+/// makes are removed; a build directory holding anything else stays.
+pub fn remove_unused_builds(root: &BpfRoot) -> Result<Vec<String>> {
+    let base = root.path().join("split");
+    let others = object::list_dirs(&base, |name| {
+        (is_build_id(name) && name != build_id()).then(|| name.to_owned())
+    })?;
+    if others.is_empty() {
+        return Ok(others);
+    }
+    let in_use = maps_used_by_programs()?;
+    let mut removed = Vec::new();
+    for build in others {
+        let dir = base.join(&build);
+        let _lock = DirLock::exclusive(&dir)?;
+        let jump_path = dir.join(JUMP_PIN);
+        match sys::obj_get(&jump_path) {
+            Ok(jump) => {
+                let id = sys::map_info(jump.as_fd())
+                    .map_err(io_err("reading map info of", &jump_path))?
+                    .id;
+                if in_use.contains(&id) {
+                    debug!(
+                        build,
+                        jump_id = id,
+                        "older node program still called by pods"
+                    );
+                    continue;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("opening", jump_path)(e)),
+        }
+        remove_pin(&jump_path)?;
+        remove_pin(&dir.join(PROG_PIN))?;
+        match fs::remove_dir(&dir) {
+            Ok(()) => {
+                info!(build, "unpinned an older build's node program no pod calls");
+                removed.push(build);
+            }
+            Err(e) => {
+                // something else lives there: not ours to delete
+                debug!(build, error = %e, "left an older build's directory in place");
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn is_build_id(name: &str) -> bool {
+    name.len() == 16
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The ids of every map some loaded program uses. Programs unloaded while
+/// we look are skipped.
+fn maps_used_by_programs() -> Result<std::collections::HashSet<u32>> {
+    let os = |what: &str| {
+        let what = what.to_owned();
+        move |source| Error::Os { what, source }
+    };
+    let mut used = std::collections::HashSet::new();
+    for id in sys::prog_ids().map_err(os("listing loaded programs"))? {
+        let fd = match sys::prog_get_fd_by_id(id) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(os(&format!("opening program id {id}"))(e)),
+        };
+        let info = sys::prog_info(fd.as_fd()).map_err(os(&format!("reading program id {id}")))?;
+        used.extend(info.map_ids);
+    }
+    Ok(used)
+}
+
 fn load_into(root: &BpfRoot, dir: &Path) -> Result<()> {
     let mut ebpf = object::load(
         root,

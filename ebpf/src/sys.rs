@@ -20,6 +20,7 @@ use std::{
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
@@ -315,6 +316,25 @@ pub(crate) fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
         value_size: u32_at(&buf, 12),
         name: String::from_utf8_lossy(&raw_name[..end]).into_owned(),
     })
+}
+
+/// Ids of every program loaded on the host, in ascending order
+/// (`BPF_PROG_GET_NEXT_ID`); ids are global, not per netns.
+pub(crate) fn prog_ids() -> io::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    let mut start = 0u32;
+    loop {
+        let mut attr = Attr::new();
+        attr.put_u32(0, start);
+        match bpf(BPF_PROG_GET_NEXT_ID, &mut attr) {
+            Ok(_) => {
+                start = u32::from_ne_bytes(attr.0[4..8].try_into().expect("4 bytes"));
+                ids.push(start);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(ids),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 pub(crate) fn prog_get_fd_by_id(id: u32) -> io::Result<OwnedFd> {

@@ -431,3 +431,92 @@ fn kernel() -> String {
         .trim()
         .to_owned()
 }
+
+#[test]
+fn older_builds_are_unpinned_only_once_no_pod_calls_them() {
+    use weir_ebpf::node_program;
+    let topo = Topology::new("oldbld");
+    let t = TestRoot::new("oldbld");
+    let p = topo.params(15, "eth0");
+    topo.pod
+        .enter(|| split::attach(&t.root, ID, &p, AttachMode::Netlink))
+        .expect("attach");
+    let mut maps = NodeMaps::open(&t.root).unwrap();
+    maps.set_pod_mode(15, PodMode::Count).unwrap();
+
+    // The pod's build becomes "an older build" by name; this binary then
+    // loads its own next to it, as after an upgrade.
+    let split_dir = t.root.path().join("split");
+    let in_use = split_dir.join("00000000000000aa");
+    std::fs::rename(node_program::dir(&t.root), &in_use).unwrap();
+    weir_ebpf::probe(&t.root).expect("this build's node program");
+    // an older build nobody calls, and things that are not weir's builds
+    let unused = split_dir.join("00000000000000bb");
+    let crowded = split_dir.join("00000000000000cc");
+    let foreign = split_dir.join("not-a-build");
+    for (dir, pin) in [(&unused, "jump"), (&crowded, "theirs"), (&foreign, "jump")] {
+        std::fs::create_dir_all(dir).unwrap();
+        run(
+            "bpftool",
+            &[
+                "map",
+                "create",
+                dir.join(pin).to_str().unwrap(),
+                "type",
+                "prog_array",
+                "key",
+                "4",
+                "value",
+                "4",
+                "entries",
+                "1",
+                "name",
+                "weir_split_jump",
+            ],
+        );
+    }
+
+    let removed = node_program::remove_unused_builds(&t.root).unwrap();
+    assert_eq!(removed, vec!["00000000000000bb".to_string()]);
+    assert!(!unused.exists());
+    assert!(
+        in_use.join("jump").exists(),
+        "the pod's build is still called"
+    );
+    assert!(
+        crowded.join("theirs").exists(),
+        "a pin weir did not make stays"
+    );
+    assert!(foreign.join("jump").exists(), "not a build directory");
+    assert!(node_program::dir(&t.root).join("jump").exists());
+    let before = maps.stats().unwrap().redirects;
+    assert_eq!(topo.udp_exchange(2, 10, 10), 2);
+    assert!(
+        maps.stats().unwrap().redirects > before,
+        "the pod of the older build is still counted"
+    );
+    topo.pod
+        .enter(|| split::verify(&t.root, ID, &p))
+        .expect("the older build's pod stays healthy");
+
+    topo.pod
+        .enter(|| split::detach(&t.root, ID, AttachMode::Netlink))
+        .unwrap();
+    // tc frees a deleted filter's program after an RCU grace period
+    let mut removed = Vec::new();
+    for _ in 0..100 {
+        removed = node_program::remove_unused_builds(&t.root).unwrap();
+        if !removed.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(removed, vec!["00000000000000aa".to_string()]);
+    assert!(!in_use.exists());
+    assert!(
+        node_program::remove_unused_builds(&t.root)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(node_program::dir(&t.root).join("jump").exists());
+}
