@@ -450,7 +450,10 @@ fn gc(req: &Request) -> cni::Result<()> {
     }
     match weir_ebpf::node_program::remove_unused_builds(&root) {
         Ok(builds) if !builds.is_empty() => {
-            info!(?builds, "GC: unpinned node programs of older builds no pod calls");
+            info!(
+                ?builds,
+                "GC: unpinned node programs of older builds no pod calls"
+            );
         }
         Ok(_) => {}
         Err(e) => failures.push(format!("older builds' node programs: {e}")),

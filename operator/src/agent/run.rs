@@ -42,7 +42,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     // programs may have lost their last pod.
     match weir_ebpf::node_program::remove_unused_builds(&root) {
         Ok(builds) if !builds.is_empty() => {
-            info!(?builds, "unpinned node programs of older builds no pod calls");
+            info!(
+                ?builds,
+                "unpinned node programs of older builds no pod calls"
+            );
         }
         Ok(_) => {}
         Err(e) => warn!(error = %e, "could not check older builds' node programs"),
