@@ -8,3 +8,4 @@ pub mod netns;
 pub mod plugin;
 pub mod split;
 pub mod state;
+pub mod sysctl;

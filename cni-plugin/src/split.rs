@@ -3,8 +3,8 @@
 //! Before: `eth0` (veth, peer on the host bridge) holds the pod's IPs.
 //! After:  `wx-eth0` is that same device renamed (its peer still on the
 //! bridge); a new pair `eth0` <-> `wi-eth0` carries the pod's MAC, MTU,
-//! addresses and routes; tc programs on `wx-eth0` and `wi-eth0` ingress move
-//! frames between the halves and count them.
+//! per-interface sysctls, addresses and routes; tc programs on `wx-eth0` and
+//! `wi-eth0` ingress move frames between the halves and count them.
 //!
 //! Every step is recorded in [`Progress`] so that a failure anywhere puts the
 //! namespace back exactly as it was found.
@@ -13,9 +13,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use rtnetlink::Handle;
+use tracing::debug;
 use weir_ebpf::{AttachMode, BpfRoot, SplitParams};
 
 use crate::iface::{self, Link, Snapshot};
+use crate::sysctl;
 
 /// The three interface names of one split, derived from CNI_IFNAME so a pod
 /// with several interfaces gets one split per interface.
@@ -44,6 +46,8 @@ impl Names {
 pub enum Step {
     Rename,
     CreatePair,
+    /// The new device takes the original's per-interface sysctls.
+    CopySysctls,
     LinkUp,
     Attach,
     MoveAddresses,
@@ -53,9 +57,10 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
         Step::Rename,
         Step::CreatePair,
+        Step::CopySysctls,
         Step::LinkUp,
         Step::Attach,
         Step::MoveAddresses,
@@ -67,6 +72,7 @@ impl Step {
         match self {
             Step::Rename => "rename",
             Step::CreatePair => "create-pair",
+            Step::CopySysctls => "copy-sysctls",
             Step::LinkUp => "link-up",
             Step::Attach => "attach",
             Step::MoveAddresses => "move-addresses",
@@ -240,6 +246,29 @@ async fn run_steps(
         .await
         .map_err(at_msg(Step::CreatePair))?;
     fault(Step::CreatePair)?;
+
+    // Before the link comes up and the addresses arrive: settings such as
+    // disable_ipv6, addr_gen_mode, accept_dad or accept_ra decide what the
+    // kernel does at those moments. Blocking file I/O is right here: this
+    // thread is the one inside the pod's namespace.
+    let copied = sysctl::copy_conf(
+        std::path::Path::new(sysctl::PROC_SYS_NET),
+        &names.outer,
+        &names.pod,
+    )
+    .map_err(|e| (Step::CopySysctls, e.to_string()))?;
+    for c in &copied {
+        debug!(
+            "sysctl net.{}.conf.{}.{}: {} -> {} (from {})",
+            c.family,
+            names.pod,
+            c.name,
+            c.was.as_deref().unwrap_or("?"),
+            c.value,
+            names.outer
+        );
+    }
+    fault(Step::CopySysctls)?;
 
     iface::set_up(handle, original.index, true)
         .await

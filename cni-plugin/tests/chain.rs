@@ -422,6 +422,83 @@ fn dual_stack_pod_keeps_both_families() -> Result<()> {
     Ok(())
 }
 
+/// Per-interface sysctls a plugin before weir (the reference `tuning`) set on
+/// eth0 are on the eth0 the pod uses after the split, not only on the renamed
+/// original, and the pod still reaches its gateway. A split that fails right
+/// after the copy gives the pod back its own eth0 with those values.
+#[test]
+fn sysctls_set_before_weir_stay_on_the_pods_eth0() -> Result<()> {
+    host::require_privileged_host();
+    let tag = "wsys";
+    let tuned = [
+        ("ipv4", "arp_notify", "1"),
+        ("ipv4", "arp_ignore", "1"),
+        ("ipv6", "accept_ra", "0"),
+        ("ipv6", "dad_transmits", "0"),
+    ];
+    let sysctls: serde_json::Map<String, serde_json::Value> = tuned
+        .iter()
+        .map(|(family, name, value)| (format!("net.{family}.conf.eth0.{name}"), json!(value)))
+        .collect();
+    let mut spec = ChainSpec::new("1.1.0", "10.244.10.0/24");
+    spec.before_weir = vec![json!({ "type": "tuning", "sysctl": sysctls })];
+    let node = Node::new(tag, &spec, weir())?;
+    // Read with the kernel's own files from inside the pod, not weir's code.
+    let read = |ns: &Netns, family: &str, dev: &str, name: &str| -> Result<String> {
+        let path = format!("/proc/sys/net/{family}/conf/{dev}/{name}");
+        Ok(ns.exec(&["cat", &path])?.trim().to_string())
+    };
+
+    let a = add_pod(&node, tag, "a")?;
+    assert_eq!(
+        links_named(&a.ns)?,
+        ["eth0 veth", "lo -", "wi-eth0 veth", "wx-eth0 veth"],
+        "pod a is split"
+    );
+    for (family, name, value) in tuned {
+        assert_ne!(
+            read(&a.ns, family, "default", name)?,
+            value,
+            "{family} {name}: the test needs a value away from the default"
+        );
+        assert_eq!(
+            read(&a.ns, family, "wx-eth0", name)?,
+            value,
+            "tuning set {family} {name} on the original eth0"
+        );
+        assert_eq!(
+            read(&a.ns, family, "eth0", name)?,
+            value,
+            "{family} {name} on the pod's new eth0"
+        );
+    }
+    let gateway = Node::gateway_v4(&a.result)?;
+    weir_e2e::chain::ping(&a.ns, gateway, 2).context("split pod a cannot reach its gateway")?;
+
+    spec.weir_options = json!({ "faultInjection": { "failAt": "copy-sysctls" } });
+    node.write_conflist(&spec)?;
+    let b = Netns::create(&format!("{tag}-b"))?;
+    let call = node.add(&b, "eth0", "shop", "b")?;
+    assert!(!call.success, "ADD with a fault at copy-sysctls must fail");
+    assert!(
+        call.stderr.contains("copy-sysctls") && call.stderr.contains("restored"),
+        "cnitool reports the step and the restore: {call:?}"
+    );
+    assert_eq!(links_named(&b)?, ["eth0 veth", "lo -"]);
+    for (family, name, value) in tuned {
+        assert_eq!(
+            read(&b, family, "eth0", name)?,
+            value,
+            "{family} {name} on pod b's own eth0 after the failed split"
+        );
+    }
+    weir_e2e::chain::ping(&b, gateway, 1).context("pod b must keep its networking")?;
+
+    node.del(&a.ns.path(), "eth0")?.ok()?;
+    assert_eq!(links_named(&a.ns)?, ["lo -"], "the chain's DEL cleaned up");
+    Ok(())
+}
+
 /// The plugins before weir configure a pod (a chain without weir), then weir
 /// is run on it the way the runtime would, failing after each step in turn:
 /// every time, the pod's links, addresses and routes are exactly as before,

@@ -1,6 +1,7 @@
 //! A node (a network namespace with the bridge the reference plugins make)
-//! and its CNI chain — bridge + host-local, then `weir` — driven by the real
-//! `cnitool` the way a container runtime drives it.
+//! and its CNI chain — bridge + host-local, any extra plugins (e.g.
+//! `tuning`), then `weir` — driven by the real `cnitool` the way a container
+//! runtime drives it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ pub struct ChainSpec {
     pub with_weir: bool,
     /// Extra keys for weir's entry (failurePolicy, faultInjection, ...).
     pub weir_options: Value,
+    /// Conflist entries placed after bridge and before weir, as written
+    /// (e.g. `{"type": "tuning", ...}`); their binaries come from the
+    /// reference plugins' directory.
+    pub before_weir: Vec<Value>,
 }
 
 impl ChainSpec {
@@ -38,6 +43,7 @@ impl ChainSpec {
             subnet_v6: None,
             with_weir: true,
             weir_options: json!({}),
+            before_weir: Vec::new(),
         }
     }
 }
@@ -157,6 +163,7 @@ impl Node {
                 "dataDir": self.work_dir.join("ipam"),
             }
         })];
+        plugins.extend(spec.before_weir.iter().cloned());
         if spec.with_weir {
             let mut weir = json!({
                 "type": "weir",

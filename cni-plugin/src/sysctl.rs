@@ -1,0 +1,281 @@
+//! Per-interface sysctls (`net/ipv4/conf/<dev>/`, `net/ipv6/conf/<dev>/`)
+//! carried from the renamed original device to the pod's new one.
+//!
+//! A device's sysctl directory follows the device when it is renamed, so what
+//! the plugins before weir set on `eth0` (e.g. `tuning`) would stay on
+//! `wx-eth0` while the pod talks through a new `eth0` that has only the
+//! namespace's defaults. The original device's values are only read here,
+//! never written, so undoing a split needs nothing from this module.
+//!
+//! Net sysctls resolve against the calling thread's network namespace, so
+//! these functions must run on the thread that entered the pod's namespace,
+//! with blocking std I/O: an async file API would do the I/O on a pool
+//! thread that is still in the host's namespace.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Where the kernel exposes the calling thread's net sysctls.
+pub const PROC_SYS_NET: &str = "/proc/sys/net";
+
+/// The address families with a per-device conf directory.
+pub const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+
+/// One entry of a device's conf directory, as far as copying is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A readable, writable setting with its current value (no trailing
+    /// newline).
+    Value(String),
+    /// Not a setting that can be carried over: read-only (`mc_forwarding`)
+    /// or unreadable in its current state (`stable_secret` answers EIO while
+    /// unset).
+    Skipped,
+}
+
+/// A device's conf directory of one family, by entry name; ordered so the
+/// writes happen in the same order on every run.
+pub type Conf = BTreeMap<String, Entry>;
+
+/// One setting given to the target device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub family: &'static str,
+    pub name: String,
+    /// What the target held before, when it could be read.
+    pub was: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysctlError {
+    #[error("cannot list {}: {source}", path.display())]
+    List { path: PathBuf, source: io::Error },
+    #[error("cannot set {} to {value:?}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+}
+
+/// The settings `target` must be given to match `source`: every value of
+/// `source` that `target` does not already hold. An entry the target lacks or
+/// cannot read is copied too, so a write the kernel refuses surfaces as an
+/// error instead of a silently lost setting.
+pub fn plan(source: &Conf, target: &Conf) -> Vec<(String, String)> {
+    source
+        .iter()
+        .filter_map(|(name, entry)| match entry {
+            Entry::Value(value) => match target.get(name) {
+                Some(Entry::Value(held)) if held == value => None,
+                _ => Some((name.clone(), value.clone())),
+            },
+            Entry::Skipped => None,
+        })
+        .collect()
+}
+
+/// Reads a conf directory. `None` when the device has no directory for this
+/// family (IPv6 disabled in the kernel, or a device without IPv6 state).
+pub fn read_conf(dir: &Path) -> Result<Option<Conf>, SysctlError> {
+    let listing = match fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SysctlError::List {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut conf = Conf::new();
+    for entry in listing {
+        let entry = entry.map_err(|source| SysctlError::List {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // The mode bits are what procfs enforces on sysctls, root included.
+        let writable = meta.permissions().mode() & 0o200 != 0;
+        let value = match fs::read_to_string(entry.path()) {
+            Ok(text) if writable => Entry::Value(text.trim_end_matches('\n').to_string()),
+            _ => Entry::Skipped,
+        };
+        conf.insert(name, value);
+    }
+    Ok(Some(conf))
+}
+
+fn write_value(path: &Path, value: &str) -> Result<(), SysctlError> {
+    // Opened without O_CREAT: an entry that does not exist is an error, not
+    // a file to make. O_TRUNC is what a shell's `>` does to a sysctl too.
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(value.as_bytes()))
+        .map_err(|source| SysctlError::Write {
+            path: path.to_path_buf(),
+            value: value.to_string(),
+            source,
+        })
+}
+
+/// Gives device `to` every per-interface setting of device `from` it does not
+/// already hold, under the sysctl tree `root` (normally [`PROC_SYS_NET`]).
+/// Stops at the first write that fails; what was written before stays, which
+/// is harmless when the caller then deletes `to`.
+pub fn copy_conf(root: &Path, from: &str, to: &str) -> Result<Vec<Copied>, SysctlError> {
+    let mut copied = Vec::new();
+    for family in FAMILIES {
+        let family_dir = root.join(family).join("conf");
+        let Some(source) = read_conf(&family_dir.join(from))? else {
+            continue;
+        };
+        let target_dir = family_dir.join(to);
+        let target = read_conf(&target_dir)?.unwrap_or_default();
+        for (name, value) in plan(&source, &target) {
+            write_value(&target_dir.join(&name), &value)?;
+            let was = match target.get(&name) {
+                Some(Entry::Value(v)) => Some(v.clone()),
+                _ => None,
+            };
+            copied.push(Copied {
+                family,
+                name,
+                was,
+                value,
+            });
+        }
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(entries: &[(&str, Option<&str>)]) -> Conf {
+        entries
+            .iter()
+            .map(|(name, value)| {
+                let entry = match value {
+                    Some(v) => Entry::Value(v.to_string()),
+                    None => Entry::Skipped,
+                };
+                (name.to_string(), entry)
+            })
+            .collect()
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn plan_copies_only_values_the_target_lacks() {
+        let source = conf(&[
+            ("arp_notify", Some("1")),
+            ("arp_ignore", Some("0")),
+            ("accept_ra", Some("0")),
+            ("mc_forwarding", None),
+            ("stable_secret", None),
+        ]);
+        let target = conf(&[
+            ("arp_notify", Some("0")),
+            ("arp_ignore", Some("0")),
+            ("accept_ra", Some("1")),
+            ("mc_forwarding", None),
+            ("stable_secret", None),
+        ]);
+        assert_eq!(
+            plan(&source, &target),
+            owned(&[("accept_ra", "0"), ("arp_notify", "1")])
+        );
+    }
+
+    #[test]
+    fn plan_copies_what_the_target_cannot_show() {
+        // A set stable_secret on the original, unset (EIO) on the new device.
+        let source = conf(&[
+            ("stable_secret", Some("fd00::1")),
+            ("hop_limit", Some("64")),
+        ]);
+        let target = conf(&[("stable_secret", None)]);
+        assert_eq!(
+            plan(&source, &target),
+            owned(&[("hop_limit", "64"), ("stable_secret", "fd00::1")])
+        );
+    }
+
+    #[test]
+    fn plan_of_equal_confs_is_empty() {
+        let both = conf(&[("forwarding", Some("1")), ("tag", Some("0"))]);
+        assert!(plan(&both, &both).is_empty());
+        assert!(plan(&Conf::new(), &both).is_empty());
+    }
+
+    #[test]
+    fn plan_keeps_multi_field_values_whole() {
+        let source = conf(&[("ranges", Some("1\t2"))]);
+        let target = conf(&[("ranges", Some("1\t3"))]);
+        assert_eq!(plan(&source, &target), owned(&[("ranges", "1\t2")]));
+    }
+
+    /// A sysctl tree in a temporary directory: read-only entries are skipped
+    /// by their mode, a family the source lacks is left alone, and what
+    /// differs is written.
+    #[test]
+    fn copy_conf_writes_differing_writable_entries() {
+        let root = std::env::temp_dir().join(format!("weir-sysctl-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let put = |dev: &str, name: &str, value: &str, mode: u32| {
+            let dir = root.join("ipv4/conf").join(dev);
+            fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(name);
+            fs::write(&path, format!("{value}\n")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        for (dev, notify) in [("wx-eth0", "1"), ("eth0", "0")] {
+            put(dev, "arp_notify", notify, 0o644);
+            put(dev, "rp_filter", "2", 0o644);
+        }
+        put("wx-eth0", "mc_forwarding", "1", 0o444);
+        put("eth0", "mc_forwarding", "0", 0o444);
+
+        let copied = copy_conf(&root, "wx-eth0", "eth0").unwrap();
+        assert_eq!(
+            copied,
+            [Copied {
+                family: "ipv4",
+                name: "arp_notify".into(),
+                was: Some("0".into()),
+                value: "1".into(),
+            }]
+        );
+        let read = |dev: &str, name: &str| {
+            fs::read_to_string(root.join("ipv4/conf").join(dev).join(name)).unwrap()
+        };
+        assert_eq!(read("eth0", "arp_notify"), "1");
+        assert_eq!(read("eth0", "mc_forwarding"), "0\n");
+        assert_eq!(read("wx-eth0", "arp_notify"), "1\n", "source untouched");
+
+        // A target without the directory cannot take the values: an error.
+        let err = copy_conf(&root, "wx-eth0", "gone0").unwrap_err();
+        assert!(matches!(err, SysctlError::Write { .. }), "{err}");
+        let _ = fs::remove_dir_all(&root);
+    }
+}
