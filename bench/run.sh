@@ -2,16 +2,17 @@
 # make bench: what weir costs on this host, measured in one run with the
 # variants alternating (e2e/src/bin/weir-bench.rs does the measuring).
 #   - TCP throughput between two pods on one bridge: unsplit vs split by weir
-#     (pass-through and counting),
+#     (with the node program gone, pass-through, counting), 30 short
+#     alternating rounds with a confidence interval on each median ratio,
 #   - request/response round trips (sockperf ping-pong, UDP and TCP): p50, p99,
 #   - ADD time of the whole CNI chain via cnitool, with weir vs without,
 #   - where weir's share of an ADD goes: ADDs with weir under strace, and the
 #     eBPF loader's phases timed alone (bench/loader-probe).
 # Raw numbers: bench/results/*.raw; the summary table: stdout (and
-# bench/results/summary.raw). Takes about 8 minutes. Results: BENCHMARKS.md.
+# bench/results/summary.raw). Takes about 12 minutes. Results: BENCHMARKS.md.
 #
-# Knobs (environment): WEIR_BENCH_ROUNDS (10), WEIR_BENCH_TCP_SECS (3),
-# WEIR_BENCH_RTT_SECS (2), WEIR_BENCH_ADDS (100), WEIR_BENCH_TRACED_ADDS (15),
+# Knobs (environment): WEIR_BENCH_ROUNDS (30), WEIR_BENCH_TCP_SECS (2, after
+# 1 s omitted), WEIR_BENCH_RTT_ROUNDS (15), WEIR_BENCH_RTT_SECS (2), WEIR_BENCH_ADDS (100), WEIR_BENCH_TRACED_ADDS (15),
 # WEIR_BENCH_LOADER_SAMPLES (20).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,7 +22,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cleanup() { bench_cleanup /sys/fs/bpf/weir-bench wbs wbu wbt; }
 
 bash scripts/check-host.sh
-for tool in iperf3 sockperf taskset; do
+for tool in iperf3 sockperf taskset bpftool; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found; run scripts/bootstrap.sh" >&2; exit 1; }
 done
 [[ -r /sys/kernel/btf/vmlinux ]] || { echo "bench: /sys/kernel/btf/vmlinux missing: the kernel has no BTF (weir's loader reads it)" >&2; exit 1; }

@@ -20,6 +20,24 @@ pub fn med(values: &[f64]) -> f64 {
     pct(values, 50.0)
 }
 
+/// A 95 % confidence interval of the median, distribution-free: the order
+/// statistics at ranks n/2 ∓ 0.98·√n (the binomial's normal approximation).
+/// Tells a reader how far a median of `values` can be trusted on a noisy host.
+pub fn median_ci(values: &[f64]) -> (f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let half = 0.98 * (n as f64).sqrt();
+    let lo = ((n as f64 / 2.0 - half).floor().max(0.0)) as usize;
+    let hi = ((n as f64 / 2.0 + half).ceil() as usize)
+        .saturating_sub(1)
+        .min(n - 1);
+    (v[lo.min(n - 1)], v[hi])
+}
+
 pub fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "FAIL" }
 }
@@ -58,5 +76,20 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_ci_takes_the_binomial_ranks() {
+        let v: Vec<f64> = (1..=30).rev().map(f64::from).collect();
+        // ranks 10 and 21 of 30, as the tables for the sign test give them
+        assert_eq!(median_ci(&v), (10.0, 21.0));
+        assert_eq!(median_ci(&[7.0]), (7.0, 7.0));
+        let (lo, hi) = median_ci(&[]);
+        assert!(lo.is_nan() && hi.is_nan());
     }
 }

@@ -5,9 +5,12 @@
 //! Two nodes (network namespaces with the reference bridge + host-local
 //! chain), one of them with `weir` at the end of its chain; two pods on each.
 //! - TCP throughput (iperf3) pod to pod over the node's bridge: unsplit vs
-//!   split in pass-through mode vs split with counting on.
+//!   split with the node program gone (the stubs redirect on their own: what
+//!   the split's extra veth hop costs by itself) vs split in pass-through
+//!   mode vs split with counting on. Many short rounds, and a confidence
+//!   interval on each median ratio: on a shared VM single runs swing ±20 %.
 //! - Request/response round-trip time (sockperf ping-pong, UDP and TCP),
-//!   same three variants: p50 and p99.
+//!   same four variants: p50 and p99.
 //! - ADD time of the whole chain through cnitool, without weir vs with weir
 //!   (default tc attach) vs with weir attaching TCX links, each ADD into a
 //!   fresh pod namespace (DEL afterwards, not timed), on a node where the
@@ -31,7 +34,7 @@ use serde_json::{Value, json};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::host;
 use weir_e2e::netns::{self, Netns};
-use weir_e2e::report::{Daemon, Raw, loadavg, med, pct, uname_r, verdict};
+use weir_e2e::report::{Daemon, Raw, loadavg, med, median_ci, pct, uname_r, verdict};
 use weir_ebpf::BpfRoot;
 use weir_ebpf::abi::PodMode;
 use weir_ebpf::maps::NodeMaps;
@@ -59,6 +62,7 @@ const MAX_ADDED_ADD_P99_MS: f64 = 25.0;
 
 struct Settings {
     rounds: usize,
+    rtt_rounds: usize,
     tcp_secs: u32,
     rtt_secs: u32,
     adds: usize,
@@ -85,8 +89,9 @@ impl Settings {
             }
         };
         Ok(Self {
-            rounds: num("WEIR_BENCH_ROUNDS", 10)?.max(1),
-            tcp_secs: num("WEIR_BENCH_TCP_SECS", 3)?.max(1) as u32,
+            rounds: num("WEIR_BENCH_ROUNDS", 30)?.max(1),
+            rtt_rounds: num("WEIR_BENCH_RTT_ROUNDS", 15)?.max(1),
+            tcp_secs: num("WEIR_BENCH_TCP_SECS", 2)?.max(1) as u32,
             rtt_secs: num("WEIR_BENCH_RTT_SECS", 2)?.max(1) as u32,
             adds: num("WEIR_BENCH_ADDS", 100)?.max(2),
             loader_samples: num("WEIR_BENCH_LOADER_SAMPLES", 20)?.max(1),
@@ -102,6 +107,9 @@ impl Settings {
 enum Variant {
     /// A chain without weir: the pod's own veth on the bridge.
     Unsplit,
+    /// Split by weir, but the node program's jump slot emptied: each stub
+    /// redirects by itself. The split's own cost, without weir's program.
+    Bare,
     /// Split by weir, pods in pass-through mode.
     Pass,
     /// Split by weir, pods counted (PodMode::Count).
@@ -109,11 +117,17 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::Unsplit, Variant::Pass, Variant::Count];
+    const ALL: [Variant; 4] = [
+        Variant::Unsplit,
+        Variant::Bare,
+        Variant::Pass,
+        Variant::Count,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Variant::Unsplit => "unsplit",
+            Variant::Bare => "split-bare",
             Variant::Pass => "split-pass",
             Variant::Count => "split-count",
         }
@@ -173,11 +187,15 @@ impl Bed {
 
     /// Puts both split pods into the variant's mode (no-op for unsplit).
     fn set_mode(&self, v: Variant) -> Result<()> {
+        let root = BpfRoot::new(&self.split_node.bpf_root);
         let mode = match v {
             Variant::Unsplit => return Ok(()),
+            Variant::Bare => return empty_jump_slot(&root),
             Variant::Pass => PodMode::PassThrough,
             Variant::Count => PodMode::Count,
         };
+        // refills the jump slot if a bare round emptied it
+        weir_ebpf::probe(&root).context("reloading the node program")?;
         let mut maps = self.maps()?;
         for id in &self.split.pod_ids {
             maps.set_pod_mode(*id, mode)?;
@@ -199,6 +217,9 @@ impl Bed {
         // (the idle split pods' own chatter, e.g. IPv6 router solicitations,
         // is redirected too, whatever runs: hence thresholds, not zero)
         match v {
+            Variant::Bare if redirects != 0 => {
+                bail!("bare run: the node program redirected {redirects} frames")
+            }
             Variant::Pass if passed < 100 => {
                 bail!("pass-through run: only {passed} frames passed through weir")
             }
@@ -208,6 +229,25 @@ impl Bed {
             _ => Ok(out),
         }
     }
+}
+
+/// Takes the node program out of its jump slot, as a broken upgrade would:
+/// the stubs then forward on their own (see ebpf/src/stub.rs).
+fn empty_jump_slot(root: &BpfRoot) -> Result<()> {
+    if weir_ebpf::node_program::open(root)?.is_none() {
+        return Ok(());
+    }
+    let jump = weir_ebpf::node_program::dir(root).join("jump");
+    let status = Command::new("bpftool")
+        .args(["map", "delete", "pinned"])
+        .arg(&jump)
+        .args(["key", "0", "0", "0", "0"])
+        .status()
+        .context("bpftool (run scripts/bootstrap.sh)")?;
+    if !status.success() {
+        bail!("bpftool could not empty {}", jump.display());
+    }
+    Ok(())
 }
 
 impl Drop for Bed {
@@ -398,14 +438,17 @@ fn timed_add(node: &Node, tag: &str, i: usize) -> Result<f64> {
 
 // --- statistics and output --------------------------------------------------
 
-/// weir's cost taken within each round (the variants ran back to back), and
-/// its median over the rounds: drift between rounds cancels out.
-fn paired(v: &[f64], base: &[f64], cost: fn(f64, f64) -> f64) -> f64 {
-    med(&v
-        .iter()
-        .zip(base)
-        .map(|(a, b)| cost(*a, *b))
-        .collect::<Vec<_>>())
+/// weir's cost taken within each round (the variants ran back to back), its
+/// median over the rounds (drift between rounds cancels out), and that
+/// median's 95 % confidence interval.
+fn paired_ci(v: &[f64], base: &[f64], cost: fn(f64, f64) -> f64) -> (f64, f64, f64) {
+    let per_round: Vec<f64> = v.iter().zip(base).map(|(&a, &b)| cost(a, b)).collect();
+    let (lo, hi) = median_ci(&per_round);
+    (med(&per_round), lo, hi)
+}
+
+fn show((median, lo, hi): (f64, f64, f64), digits: usize) -> String {
+    format!("{median:.digits$} ({lo:.digits$}–{hi:.digits$})")
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -422,7 +465,7 @@ fn main() -> Result<()> {
     if std::thread::available_parallelism().map_or(0, |n| n.get()) < 2 {
         bail!("needs at least 2 CPUs: client and server are pinned to CPUs 0 and 1");
     }
-    for tool in ["iperf3", "sockperf", "taskset"] {
+    for tool in ["iperf3", "sockperf", "taskset", "bpftool"] {
         if host::which(tool).is_none() {
             bail!("{tool} not found (run scripts/bootstrap.sh)");
         }
@@ -497,8 +540,8 @@ fn main() -> Result<()> {
 }
 
 /// Per variant, Gbit/s of each round.
-fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
-    let mut tput: [Vec<f64>; 3] = Default::default();
+fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 4]> {
+    let mut tput: [Vec<f64>; 4] = Default::default();
     let mut lines = Vec::new();
     for r in 0..s.rounds {
         for v in rotation(&Variant::ALL, r) {
@@ -517,12 +560,12 @@ fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
 }
 
 /// Per protocol (UDP, TCP) and variant, (p50s, p99s) in µs of each round.
-type Rtts = [[(Vec<f64>, Vec<f64>); 3]; 2];
+type Rtts = [[(Vec<f64>, Vec<f64>); 4]; 2];
 
 fn latency(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Rtts> {
     let mut rtt: Rtts = Default::default();
     let mut lines = Vec::new();
-    for r in 0..s.rounds {
+    for r in 0..s.rtt_rounds {
         for (proto, tcp) in [("udp", false), ("tcp", true)] {
             for v in rotation(&Variant::ALL, r) {
                 let (p50, p99) = bed.measured(v, |p| sockperf(p, tcp, s.rtt_secs))?;
@@ -532,7 +575,7 @@ fn latency(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Rtts> {
                 lines.push(format!("{r} {proto} {} {p50:.3} {p99:.3}", v.name()));
             }
         }
-        eprintln!("weir-bench: latency round {}/{} done", r + 1, s.rounds);
+        eprintln!("weir-bench: latency round {}/{} done", r + 1, s.rtt_rounds);
     }
     raw.write(
         "latency.raw",
@@ -571,57 +614,81 @@ fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
 
 /// The results table (markdown) with the targets, and the ADD breakdown.
 fn summary(
-    tput: &[Vec<f64>; 3],
+    tput: &[Vec<f64>; 4],
     rtt: &Rtts,
     adds: &[Vec<f64>; 3],
     parts: &[(&str, f64, String)],
 ) -> Result<String> {
+    use Variant::{Bare, Count, Pass, Unsplit};
     let mut out = String::new();
     writeln!(
         out,
-        "| measure | unsplit | split pass-through | split counting | weir's cost (counting; pass-through) | target | result |"
+        "| measure | unsplit | split, no program | split pass-through | split counting | target | result |"
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---|---|")?;
-    let (rc, rp) = (
-        paired(&tput[2], &tput[0], ratio),
-        paired(&tput[1], &tput[0], ratio),
-    );
-    let ok = rc >= MIN_THROUGHPUT_RATIO && rp >= MIN_THROUGHPUT_RATIO;
+    let at = |v: Variant| v as usize;
+    let cell = |values: &[f64]| format!("{:.2}", med(values));
     writeln!(
         out,
-        "| TCP throughput, Gbit/s | {:.2} | {:.2} | {:.2} | ratio {rc:.3}; {rp:.3} | ratio >= {MIN_THROUGHPUT_RATIO} | {} |",
-        med(&tput[0]),
-        med(&tput[1]),
-        med(&tput[2]),
+        "| TCP throughput, Gbit/s | {} | {} | {} | {} | | |",
+        cell(&tput[at(Unsplit)]),
+        cell(&tput[at(Bare)]),
+        cell(&tput[at(Pass)]),
+        cell(&tput[at(Count)]),
+    )?;
+    let tput_ratio = |v: Variant| paired_ci(&tput[at(v)], &tput[at(Unsplit)], ratio);
+    let (rb, rp, rc) = (tput_ratio(Bare), tput_ratio(Pass), tput_ratio(Count));
+    let ok = rc.0 >= MIN_THROUGHPUT_RATIO && rp.0 >= MIN_THROUGHPUT_RATIO;
+    writeln!(
+        out,
+        "| throughput ratio to unsplit (95 % CI) | 1 | {} | {} | {} | >= {MIN_THROUGHPUT_RATIO} | {} |",
+        show(rb, 3),
+        show(rp, 3),
+        show(rc, 3),
         verdict(ok)
     )?;
     for (proto, per) in ["UDP", "TCP"].iter().zip(rtt) {
-        let [(u50, u99), (p50, p99), (c50, c99)] = per;
-        let (ac, ap) = (paired(c50, u50, diff), paired(p50, u50, diff));
-        let ok = ac <= MAX_ADDED_RTT_P50_US && ap <= MAX_ADDED_RTT_P50_US;
+        let p50 = |v: Variant| &per[at(v)].0;
+        let p99 = |v: Variant| &per[at(v)].1;
         writeln!(
             out,
-            "| {proto} round trip p50, µs | {:.2} | {:.2} | {:.2} | {ac:+.2}; {ap:+.2} µs | <= +{MAX_ADDED_RTT_P50_US} µs | {} |",
-            med(u50),
-            med(p50),
-            med(c50),
+            "| {proto} round trip p50, µs | {} | {} | {} | {} | | |",
+            cell(p50(Unsplit)),
+            cell(p50(Bare)),
+            cell(p50(Pass)),
+            cell(p50(Count))
+        )?;
+        let added = |v: Variant| paired_ci(p50(v), p50(Unsplit), diff);
+        let (ab, ap, ac) = (added(Bare), added(Pass), added(Count));
+        let ok = ac.0 <= MAX_ADDED_RTT_P50_US && ap.0 <= MAX_ADDED_RTT_P50_US;
+        writeln!(
+            out,
+            "| {proto} p50 added, µs (95 % CI) | 0 | {} | {} | {} | <= +{MAX_ADDED_RTT_P50_US} | {} |",
+            show(ab, 2),
+            show(ap, 2),
+            show(ac, 2),
             verdict(ok)
         )?;
         writeln!(
             out,
-            "| {proto} round trip p99, µs | {:.2} | {:.2} | {:.2} | {:+.2}; {:+.2} µs | (reported) | |",
-            med(u99),
-            med(p99),
-            med(c99),
-            paired(c99, u99, diff),
-            paired(p99, u99, diff)
+            "| {proto} round trip p99, µs | {} | {} | {} | {} | (reported) | |",
+            cell(p99(Unsplit)),
+            cell(p99(Bare)),
+            cell(p99(Pass)),
+            cell(p99(Count))
         )?;
     }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| chain ADD | without weir | with weir (tc) | with weir (tcx) | weir's cost (tc; tcx) | target | result |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---|---|")?;
     for (q, target) in [(50.0, MAX_ADDED_ADD_P50_MS), (99.0, MAX_ADDED_ADD_P99_MS)] {
         let (without, with, tcx) = (pct(&adds[0], q), pct(&adds[1], q), pct(&adds[2], q));
         writeln!(
             out,
-            "| chain ADD p{q}, ms | {without:.1} (without weir) | {with:.1} (with weir, tc) | {tcx:.1} (with weir, tcx) | {:+.1} ms (tc); {:+.1} ms (tcx) | <= +{target} ms | {} |",
+            "| p{q}, ms | {without:.1} | {with:.1} | {tcx:.1} | {:+.1}; {:+.1} | <= +{target} ms | {} |",
             with - without,
             tcx - without,
             verdict(with - without <= target)
