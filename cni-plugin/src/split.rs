@@ -251,7 +251,8 @@ async fn run_steps(
     // disable_ipv6, addr_gen_mode, accept_dad or accept_ra decide what the
     // kernel does at those moments. Blocking file I/O is right here: this
     // thread is the one inside the pod's namespace.
-    let copied = sysctl::copy_conf(
+    let started = std::time::Instant::now();
+    let copied = sysctl::copy_settings(
         std::path::Path::new(sysctl::PROC_SYS_NET),
         &names.outer,
         &names.pod,
@@ -259,8 +260,9 @@ async fn run_steps(
     .map_err(|e| (Step::CopySysctls, e.to_string()))?;
     for c in &copied {
         debug!(
-            "sysctl net.{}.conf.{}.{}: {} -> {} (from {})",
+            "sysctl net.{}.{}.{}.{}: {} -> {} (from {})",
             c.family,
+            c.table,
             names.pod,
             c.name,
             c.was.as_deref().unwrap_or("?"),
@@ -268,6 +270,11 @@ async fn run_steps(
             names.outer
         );
     }
+    debug!(
+        copied = copied.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "per-interface sysctls compared and copied"
+    );
     fault(Step::CopySysctls)?;
 
     iface::set_up(handle, original.index, true)

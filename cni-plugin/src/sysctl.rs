@@ -1,5 +1,6 @@
-//! Per-interface sysctls (`net/ipv4/conf/<dev>/`, `net/ipv6/conf/<dev>/`)
-//! carried from the renamed original device to the pod's new one.
+//! Per-interface sysctls (`net/ipv{4,6}/conf/<dev>/` and
+//! `net/ipv{4,6}/neigh/<dev>/`) carried from the renamed original device to
+//! the pod's new one.
 //!
 //! A device's sysctl directory follows the device when it is renamed, so what
 //! the plugins before weir set on `eth0` (e.g. `tuning`) would stay on
@@ -13,26 +14,34 @@
 //! thread that is still in the host's namespace.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where the kernel exposes the calling thread's net sysctls.
 pub const PROC_SYS_NET: &str = "/proc/sys/net";
 
-/// The address families with a per-device conf directory.
-pub const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+/// The per-device directories: (family, table). Aliases inside a table
+/// (`retrans_time` and `retrans_time_ms`, `unres_qlen` and
+/// `unres_qlen_bytes`) are written in name order, so the exact one lands last.
+pub const TABLES: [(&str, &str); 4] = [
+    ("ipv4", "conf"),
+    ("ipv6", "conf"),
+    ("ipv4", "neigh"),
+    ("ipv6", "neigh"),
+];
 
 /// One entry of a device's conf directory, as far as copying is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    /// A readable, writable setting with its current value (no trailing
-    /// newline).
+    /// A readable setting with its current value (no trailing newline).
+    /// Whether it can be written is only asked of the few that differ.
     Value(String),
-    /// Not a setting that can be carried over: read-only (`mc_forwarding`)
-    /// or unreadable in its current state (`stable_secret` answers EIO while
-    /// unset).
+    /// Unreadable in its current state (`stable_secret` answers EIO while
+    /// unset): nothing to carry over.
     Skipped,
 }
 
@@ -44,6 +53,8 @@ pub type Conf = BTreeMap<String, Entry>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
     pub family: &'static str,
+    /// `conf` or `neigh`.
+    pub table: &'static str,
     pub name: String,
     /// What the target held before, when it could be read.
     pub was: Option<String>,
@@ -81,51 +92,82 @@ pub fn plan(source: &Conf, target: &Conf) -> Vec<(String, String)> {
 
 /// Reads a conf directory. `None` when the device has no directory for this
 /// family (IPv6 disabled in the kernel, or a device without IPv6 state).
+///
+/// Entries are opened relative to the directory: a full `/proc/sys/...`
+/// path walk per entry made reading both devices' ~250 entries cost
+/// milliseconds of every ADD, relative opens a fraction of one.
 pub fn read_conf(dir: &Path) -> Result<Option<Conf>, SysctlError> {
-    let listing = match fs::read_dir(dir) {
-        Ok(listing) => listing,
+    let list_error = |source| SysctlError::List {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let handle = match open_dir(dir) {
+        Ok(handle) => handle,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SysctlError::List {
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
+        Err(source) => return Err(list_error(source)),
     };
     let mut conf = Conf::new();
-    for entry in listing {
-        let entry = entry.map_err(|source| SysctlError::List {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let Ok(meta) = entry.metadata() else {
-            continue;
+    for entry in fs::read_dir(dir).map_err(list_error)? {
+        let name = entry.map_err(list_error)?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let value = match open_at(&handle, name, libc::O_RDONLY).and_then(read_value) {
+            Ok(text) => Entry::Value(text),
+            Err(_) => Entry::Skipped,
         };
-        if !meta.is_file() {
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // The mode bits are what procfs enforces on sysctls, root included.
-        let writable = meta.permissions().mode() & 0o200 != 0;
-        let value = match fs::read_to_string(entry.path()) {
-            Ok(text) if writable => Entry::Value(text.trim_end_matches('\n').to_string()),
-            _ => Entry::Skipped,
-        };
-        conf.insert(name, value);
+        conf.insert(name.to_string(), value);
     }
     Ok(Some(conf))
 }
 
-fn write_value(path: &Path, value: &str) -> Result<(), SysctlError> {
-    // Opened without O_CREAT: an entry that does not exist is an error, not
-    // a file to make. O_TRUNC is what a shell's `>` does to a sysctl too.
+/// A sysctl's value without the trailing newline. procfs hands a whole value
+/// to one read at offset 0; the loop only matters for a value longer than
+/// the buffer.
+fn read_value(mut file: File) -> io::Result<String> {
+    let mut buf = [0u8; 1024];
+    let mut text = Vec::new();
+    loop {
+        let n = file.read(&mut buf)?;
+        text.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            break;
+        }
+    }
+    let text = String::from_utf8(text).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    Ok(text.trim_end_matches('\n').to_string())
+}
+
+/// The mode bits are what procfs enforces on sysctls, root included:
+/// `mc_forwarding` reads but never writes.
+fn is_read_only(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o200 == 0)
+}
+
+fn open_dir(dir: &Path) -> io::Result<File> {
     OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+}
+
+/// `openat(2)` of an entry of `dir`, never creating it.
+fn open_at(dir: &File, name: &str, flags: libc::c_int) -> io::Result<File> {
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: dir is an open directory fd and name a NUL-terminated string;
+    // the returned fd, when valid, is owned by nobody else.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat and is owned here only.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn write_value(dir: &File, dir_path: &Path, name: &str, value: &str) -> Result<(), SysctlError> {
+    // O_TRUNC is what a shell's `>` does to a sysctl too.
+    open_at(dir, name, libc::O_WRONLY | libc::O_TRUNC)
         .and_then(|mut file| file.write_all(value.as_bytes()))
         .map_err(|source| SysctlError::Write {
-            path: path.to_path_buf(),
+            path: dir_path.join(name),
             value: value.to_string(),
             source,
         })
@@ -135,23 +177,35 @@ fn write_value(path: &Path, value: &str) -> Result<(), SysctlError> {
 /// already hold, under the sysctl tree `root` (normally [`PROC_SYS_NET`]).
 /// Stops at the first write that fails; what was written before stays, which
 /// is harmless when the caller then deletes `to`.
-pub fn copy_conf(root: &Path, from: &str, to: &str) -> Result<Vec<Copied>, SysctlError> {
+pub fn copy_settings(root: &Path, from: &str, to: &str) -> Result<Vec<Copied>, SysctlError> {
     let mut copied = Vec::new();
-    for family in FAMILIES {
-        let family_dir = root.join(family).join("conf");
+    for (family, table) in TABLES {
+        let family_dir = root.join(family).join(table);
         let Some(source) = read_conf(&family_dir.join(from))? else {
             continue;
         };
         let target_dir = family_dir.join(to);
         let target = read_conf(&target_dir)?.unwrap_or_default();
-        for (name, value) in plan(&source, &target) {
-            write_value(&target_dir.join(&name), &value)?;
+        let writes = plan(&source, &target);
+        if writes.is_empty() {
+            continue;
+        }
+        let target_handle = open_dir(&target_dir).map_err(|source| SysctlError::List {
+            path: target_dir.clone(),
+            source,
+        })?;
+        for (name, value) in writes {
+            if is_read_only(&target_dir.join(&name)) {
+                continue;
+            }
+            write_value(&target_handle, &target_dir, &name, &value)?;
             let was = match target.get(&name) {
                 Some(Entry::Value(v)) => Some(v.clone()),
                 _ => None,
             };
             copied.push(Copied {
                 family,
+                table,
                 name,
                 was,
                 value,
@@ -239,7 +293,7 @@ mod tests {
     /// by their mode, a family the source lacks is left alone, and what
     /// differs is written.
     #[test]
-    fn copy_conf_writes_differing_writable_entries() {
+    fn copy_settings_writes_differing_writable_entries() {
         let root = std::env::temp_dir().join(format!("weir-sysctl-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let put = |dev: &str, name: &str, value: &str, mode: u32| {
@@ -256,11 +310,12 @@ mod tests {
         put("wx-eth0", "mc_forwarding", "1", 0o444);
         put("eth0", "mc_forwarding", "0", 0o444);
 
-        let copied = copy_conf(&root, "wx-eth0", "eth0").unwrap();
+        let copied = copy_settings(&root, "wx-eth0", "eth0").unwrap();
         assert_eq!(
             copied,
             [Copied {
                 family: "ipv4",
+                table: "conf",
                 name: "arp_notify".into(),
                 was: Some("0".into()),
                 value: "1".into(),
@@ -274,8 +329,8 @@ mod tests {
         assert_eq!(read("wx-eth0", "arp_notify"), "1\n", "source untouched");
 
         // A target without the directory cannot take the values: an error.
-        let err = copy_conf(&root, "wx-eth0", "gone0").unwrap_err();
-        assert!(matches!(err, SysctlError::Write { .. }), "{err}");
+        let err = copy_settings(&root, "wx-eth0", "gone0").unwrap_err();
+        assert!(matches!(err, SysctlError::List { .. }), "{err}");
         let _ = fs::remove_dir_all(&root);
     }
 }

@@ -431,21 +431,23 @@ fn sysctls_set_before_weir_stay_on_the_pods_eth0() -> Result<()> {
     host::require_privileged_host();
     let tag = "wsys";
     let tuned = [
-        ("ipv4", "arp_notify", "1"),
-        ("ipv4", "arp_ignore", "1"),
-        ("ipv6", "accept_ra", "0"),
-        ("ipv6", "dad_transmits", "0"),
+        ("ipv4.conf", "arp_notify", "1"),
+        ("ipv4.conf", "arp_ignore", "1"),
+        ("ipv6.conf", "accept_ra", "0"),
+        ("ipv6.conf", "dad_transmits", "0"),
+        ("ipv4.neigh", "ucast_solicit", "5"),
+        ("ipv6.neigh", "retrans_time_ms", "2000"),
     ];
     let sysctls: serde_json::Map<String, serde_json::Value> = tuned
         .iter()
-        .map(|(family, name, value)| (format!("net.{family}.conf.eth0.{name}"), json!(value)))
+        .map(|(table, name, value)| (format!("net.{table}.eth0.{name}"), json!(value)))
         .collect();
     let mut spec = ChainSpec::new("1.1.0", "10.244.10.0/24");
     spec.before_weir = vec![json!({ "type": "tuning", "sysctl": sysctls })];
     let node = Node::new(tag, &spec, weir())?;
     // Read with the kernel's own files from inside the pod, not weir's code.
-    let read = |ns: &Netns, family: &str, dev: &str, name: &str| -> Result<String> {
-        let path = format!("/proc/sys/net/{family}/conf/{dev}/{name}");
+    let read = |ns: &Netns, table: &str, dev: &str, name: &str| -> Result<String> {
+        let path = format!("/proc/sys/net/{}/{dev}/{name}", table.replace('.', "/"));
         Ok(ns.exec(&["cat", &path])?.trim().to_string())
     };
 
@@ -455,21 +457,21 @@ fn sysctls_set_before_weir_stay_on_the_pods_eth0() -> Result<()> {
         ["eth0 veth", "lo -", "wi-eth0 veth", "wx-eth0 veth"],
         "pod a is split"
     );
-    for (family, name, value) in tuned {
+    for (table, name, value) in tuned {
         assert_ne!(
-            read(&a.ns, family, "default", name)?,
+            read(&a.ns, table, "wi-eth0", name)?,
             value,
-            "{family} {name}: the test needs a value away from the default"
+            "{table} {name}: the test needs a value away from a fresh device's (wi-eth0)"
         );
         assert_eq!(
-            read(&a.ns, family, "wx-eth0", name)?,
+            read(&a.ns, table, "wx-eth0", name)?,
             value,
-            "tuning set {family} {name} on the original eth0"
+            "tuning set {table} {name} on the original eth0"
         );
         assert_eq!(
-            read(&a.ns, family, "eth0", name)?,
+            read(&a.ns, table, "eth0", name)?,
             value,
-            "{family} {name} on the pod's new eth0"
+            "{table} {name} on the pod's new eth0"
         );
     }
     let gateway = Node::gateway_v4(&a.result)?;
@@ -485,11 +487,11 @@ fn sysctls_set_before_weir_stay_on_the_pods_eth0() -> Result<()> {
         "cnitool reports the step and the restore: {call:?}"
     );
     assert_eq!(links_named(&b)?, ["eth0 veth", "lo -"]);
-    for (family, name, value) in tuned {
+    for (table, name, value) in tuned {
         assert_eq!(
-            read(&b, family, "eth0", name)?,
+            read(&b, table, "eth0", name)?,
             value,
-            "{family} {name} on pod b's own eth0 after the failed split"
+            "{table} {name} on pod b's own eth0 after the failed split"
         );
     }
     weir_e2e::chain::ping(&b, gateway, 1).context("pod b must keep its networking")?;
