@@ -364,8 +364,17 @@ fn setup(s: &Settings) -> Result<Bed> {
 
 // --- measurements -----------------------------------------------------------
 
-/// Gbit/s the server received, and the sender's retransmissions.
-fn iperf(p: &Pair, secs: u32) -> Result<(f64, u64)> {
+/// One iperf3 run.
+struct Transfer {
+    gbps: f64,
+    retransmits: u64,
+    /// CPU seconds per GB the server received, client and server process
+    /// together (iperf3's getrusage: the softirq work of the path runs in
+    /// their context). A second view of the cost, with its own noise.
+    cpu_s_per_gb: f64,
+}
+
+fn iperf(p: &Pair, secs: u32) -> Result<Transfer> {
     let ip = p.server_ip.to_string();
     let secs = secs.to_string();
     let out = netns::run(&mut p.client.command(&pinned(
@@ -375,13 +384,22 @@ fn iperf(p: &Pair, secs: u32) -> Result<(f64, u64)> {
         ],
     )))?;
     let j: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    let bps = j["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .with_context(|| format!("no throughput in {j}"))?;
-    Ok((
-        bps / 1e9,
-        j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-    ))
+    let end = &j["end"];
+    let number = |v: &Value, what: &str| {
+        v.as_f64()
+            .with_context(|| format!("no {what} in iperf3's output {j}"))
+    };
+    let bps = number(&end["sum_received"]["bits_per_second"], "throughput")?;
+    let gb = number(&end["sum_received"]["bytes"], "received bytes")? / 1e9;
+    let seconds = number(&end["sum_received"]["seconds"], "duration")?;
+    let cpu = &end["cpu_utilization_percent"];
+    let cpu_pct =
+        number(&cpu["host_total"], "client CPU")? + number(&cpu["remote_total"], "server CPU")?;
+    Ok(Transfer {
+        gbps: bps / 1e9,
+        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        cpu_s_per_gb: cpu_pct / 100.0 * seconds / gb,
+    })
 }
 
 /// Round-trip p50 and p99 in µs, as sockperf reports them.
@@ -539,21 +557,36 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Per variant, Gbit/s of each round.
-fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 4]> {
-    let mut tput: [Vec<f64>; 4] = Default::default();
+/// Per variant, Gbit/s and CPU seconds per GB of each round.
+struct Throughput {
+    gbps: [Vec<f64>; 4],
+    cpu_s_per_gb: [Vec<f64>; 4],
+}
+
+fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Throughput> {
+    let mut tput = Throughput {
+        gbps: Default::default(),
+        cpu_s_per_gb: Default::default(),
+    };
     let mut lines = Vec::new();
     for r in 0..s.rounds {
         for v in rotation(&Variant::ALL, r) {
-            let (gbps, retrans) = bed.measured(v, |p| iperf(p, s.tcp_secs))?;
-            tput[v as usize].push(gbps);
-            lines.push(format!("{r} {} {gbps:.3} {retrans}", v.name()));
+            let t = bed.measured(v, |p| iperf(p, s.tcp_secs))?;
+            tput.gbps[v as usize].push(t.gbps);
+            tput.cpu_s_per_gb[v as usize].push(t.cpu_s_per_gb);
+            lines.push(format!(
+                "{r} {} {:.3} {} {:.4}",
+                v.name(),
+                t.gbps,
+                t.retransmits,
+                t.cpu_s_per_gb
+            ));
         }
         eprintln!("weir-bench: throughput round {}/{} done", r + 1, s.rounds);
     }
     raw.write(
         "throughput.raw",
-        "round variant gbit_per_s retransmits (iperf3, one TCP stream)",
+        "round variant gbit_per_s retransmits cpu_s_per_gb (iperf3, one TCP stream; CPU of client + server processes)",
         &lines,
     )?;
     Ok(tput)
@@ -614,7 +647,7 @@ fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
 
 /// The results table (markdown) with the targets, and the ADD breakdown.
 fn summary(
-    tput: &[Vec<f64>; 4],
+    tput: &Throughput,
     rtt: &Rtts,
     adds: &[Vec<f64>; 3],
     parts: &[(&str, f64, String)],
@@ -631,12 +664,12 @@ fn summary(
     writeln!(
         out,
         "| TCP throughput, Gbit/s | {} | {} | {} | {} | | |",
-        cell(&tput[at(Unsplit)]),
-        cell(&tput[at(Bare)]),
-        cell(&tput[at(Pass)]),
-        cell(&tput[at(Count)]),
+        cell(&tput.gbps[at(Unsplit)]),
+        cell(&tput.gbps[at(Bare)]),
+        cell(&tput.gbps[at(Pass)]),
+        cell(&tput.gbps[at(Count)]),
     )?;
-    let tput_ratio = |v: Variant| paired_ci(&tput[at(v)], &tput[at(Unsplit)], ratio);
+    let tput_ratio = |v: Variant| paired_ci(&tput.gbps[at(v)], &tput.gbps[at(Unsplit)], ratio);
     let (rb, rp, rc) = (tput_ratio(Bare), tput_ratio(Pass), tput_ratio(Count));
     let ok = rc.0 >= MIN_THROUGHPUT_RATIO && rp.0 >= MIN_THROUGHPUT_RATIO;
     writeln!(
@@ -646,6 +679,19 @@ fn summary(
         show(rp, 3),
         show(rc, 3),
         verdict(ok)
+    )?;
+    let cpu = &tput.cpu_s_per_gb;
+    let cpu_ratio = |v: Variant| paired_ci(&cpu[at(v)], &cpu[at(Unsplit)], ratio);
+    writeln!(
+        out,
+        "| CPU s per GB, client + server (ratio to unsplit, 95 % CI) | {:.3} | {:.3}: {} | {:.3}: {} | {:.3}: {} | (reported) | |",
+        med(&cpu[at(Unsplit)]),
+        med(&cpu[at(Bare)]),
+        show(cpu_ratio(Bare), 3),
+        med(&cpu[at(Pass)]),
+        show(cpu_ratio(Pass), 3),
+        med(&cpu[at(Count)]),
+        show(cpu_ratio(Count), 3)
     )?;
     for (proto, per) in ["UDP", "TCP"].iter().zip(rtt) {
         let p50 = |v: Variant| &per[at(v)].0;
