@@ -4,6 +4,7 @@
 //! benchmarks and `make demo`.
 
 pub mod agent;
+pub mod bpf_stats;
 pub mod chain;
 pub mod controlplane;
 pub mod flannel;

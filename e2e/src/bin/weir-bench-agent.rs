@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use weir_e2e::agent::{AgentProcess, Endpoint};
+use weir_e2e::bpf_stats;
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::flannel::{self, FlannelNode};
 use weir_e2e::host;
@@ -142,8 +143,6 @@ mod bpf {
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    const BPF_STATS_RUN_TIME: u32 = 0;
     const BPF_ANY: u64 = 0;
 
     #[repr(C)]
@@ -296,21 +295,6 @@ mod bpf {
                 Err(e) => Err(e).context("map delete"),
             }
         }
-    }
-
-    /// Turns on the kernel's run-time statistics of every BPF program while the
-    /// returned fd is open (BPF_ENABLE_STATS).
-    pub fn enable_stats() -> Result<OwnedFd> {
-        #[repr(C)]
-        struct StatsAttr {
-            kind: u32,
-        }
-        let mut attr = StatsAttr {
-            kind: BPF_STATS_RUN_TIME,
-        };
-        let fd = sys(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?;
-        // SAFETY: a new fd that we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 }
 
@@ -574,21 +558,8 @@ fn monitor_prog_stats(bed: &Bed) -> Result<Vec<(u64, u64, u64)>> {
             let id = link["prog_id"]
                 .as_u64()
                 .with_context(|| format!("no prog_id for {}: {link}", path.display()))?;
-            let prog: Value = serde_json::from_slice(
-                &netns::run(std::process::Command::new("bpftool").args([
-                    "-j",
-                    "prog",
-                    "show",
-                    "id",
-                    &id.to_string(),
-                ]))?
-                .stdout,
-            )?;
-            out.push((
-                id,
-                prog["run_time_ns"].as_u64().unwrap_or(0),
-                prog["run_cnt"].as_u64().unwrap_or(0),
-            ));
+            let prog = bpf_stats::program(id)?;
+            out.push((id, prog.run_time_ns, prog.run_cnt));
         }
     }
     Ok(out)
@@ -600,7 +571,7 @@ fn monitor_cpu(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Option<MonitorCpu>>
         return Ok(None);
     }
     set_monitor(bed, true)?;
-    let stats = bpf::enable_stats()?;
+    let stats = bpf_stats::enable()?;
     let before = monitor_prog_stats(bed)?;
     let packets_before = monitor_packets(bed)?;
     let started = Instant::now();

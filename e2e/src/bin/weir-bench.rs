@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use weir_e2e::bpf_stats;
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::host;
 use weir_e2e::netns::{self, Netns};
@@ -506,6 +507,7 @@ fn main() -> Result<()> {
 
     let bed = setup(&s)?;
     let tput = throughput(&bed, &s, &raw)?;
+    let ebpf = ebpf_time(&bed, &s, &raw)?;
     let rtt = latency(&bed, &s, &raw)?;
     if bed.maps()?.live_flow_count()? == 0 {
         bail!("counting rounds left no flows in weir_flows: counting was not in effect");
@@ -551,7 +553,7 @@ fn main() -> Result<()> {
         s.rtt_secs,
         s.adds
     );
-    let out = header + &summary(&tput, &rtt, &adds, &parts)?;
+    let out = header + &summary(&tput, &ebpf, &rtt, &adds, &parts)?;
     print!("{out}");
     fs::write(s.results.join("summary.raw"), &out)?;
     Ok(())
@@ -590,6 +592,72 @@ fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Throughput> {
         &lines,
     )?;
     Ok(tput)
+}
+
+/// Time the kernel spent in weir's programs during one transfer.
+struct EbpfTime {
+    ns_per_run: f64,
+    /// Of one CPU, over the transfer's wall time.
+    cpu_pct: f64,
+}
+
+/// One more transfer per split variant with the kernel's BPF statistics on:
+/// the stubs' run time includes the node program they tail-call (a tail
+/// call never returns to account separately), so it is all of weir's eBPF
+/// time. What the split costs beyond this is the kernel's (tc, redirect, the
+/// extra veth hop), which the bare variant's throughput shows.
+fn ebpf_time(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[EbpfTime; 3]> {
+    bed.set_mode(Variant::Pass)?;
+    let root = BpfRoot::new(&bed.split_node.bpf_root);
+    let jump = weir_ebpf::node_program::open(&root)?
+        .context("the node program is not loaded")?
+        .jump_map_id();
+    let stub_ids: Vec<u64> = bpf_stats::programs()?
+        .into_iter()
+        .filter(|p| {
+            (p.name == "weir_wx" || p.name == "weir_wi") && p.map_ids.contains(&u64::from(jump))
+        })
+        .map(|p| p.id)
+        .collect();
+    if stub_ids.len() != 4 {
+        bail!("expected the 4 stubs of the two split pods, found {stub_ids:?}");
+    }
+    let totals = || -> Result<(u64, u64)> {
+        let mut sum = (0, 0);
+        for id in &stub_ids {
+            let p = bpf_stats::program(*id)?;
+            sum.0 += p.run_time_ns;
+            sum.1 += p.run_cnt;
+        }
+        Ok(sum)
+    };
+    let mut lines = Vec::new();
+    let mut out = Vec::new();
+    for v in [Variant::Bare, Variant::Pass, Variant::Count] {
+        let stats = bpf_stats::enable()?;
+        let (ns0, runs0) = totals()?;
+        let started = Instant::now();
+        let t = bed.measured(v, |p| iperf(p, s.tcp_secs))?;
+        let wall = started.elapsed().as_secs_f64();
+        let (ns1, runs1) = totals()?;
+        drop(stats);
+        let (ns, runs) = (ns1 - ns0, runs1 - runs0);
+        if runs == 0 {
+            bail!("{}: the stubs did not run", v.name());
+        }
+        lines.push(format!("{} {ns} {runs} {wall:.3} {:.3}", v.name(), t.gbps));
+        out.push(EbpfTime {
+            ns_per_run: ns as f64 / runs as f64,
+            cpu_pct: ns as f64 / (wall * 1e9) * 100.0,
+        });
+    }
+    raw.write(
+        "ebpf-time.raw",
+        "variant run_time_ns run_cnt wall_s gbit_per_s (4 stubs incl. the tail-called node program, BPF_ENABLE_STATS, one iperf3 run)",
+        &lines,
+    )?;
+    out.try_into()
+        .map_err(|_| anyhow::anyhow!("three variants measured"))
 }
 
 /// Per protocol (UDP, TCP) and variant, (p50s, p99s) in µs of each round.
@@ -648,6 +716,7 @@ fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
 /// The results table (markdown) with the targets, and the ADD breakdown.
 fn summary(
     tput: &Throughput,
+    ebpf: &[EbpfTime; 3],
     rtt: &Rtts,
     adds: &[Vec<f64>; 3],
     parts: &[(&str, f64, String)],
@@ -692,6 +761,16 @@ fn summary(
         show(cpu_ratio(Pass), 3),
         med(&cpu[at(Count)]),
         show(cpu_ratio(Count), 3)
+    )?;
+    writeln!(
+        out,
+        "| weir's eBPF per frame (kernel BPF stats, one run each), ns | | {:.0} | {:.0} | {:.0} | (reported) | |",
+        ebpf[0].ns_per_run, ebpf[1].ns_per_run, ebpf[2].ns_per_run
+    )?;
+    writeln!(
+        out,
+        "| weir's eBPF CPU at that rate, % of one CPU | | {:.2} | {:.2} | {:.2} | (reported) | |",
+        ebpf[0].cpu_pct, ebpf[1].cpu_pct, ebpf[2].cpu_pct
     )?;
     for (proto, per) in ["UDP", "TCP"].iter().zip(rtt) {
         let p50 = |v: Variant| &per[at(v)].0;
