@@ -448,15 +448,9 @@ fn gc(req: &Request) -> cni::Result<()> {
             failures.push(format!("{}: {e}", record.record_name()));
         }
     }
-    match weir_ebpf::node_program::remove_unused_builds(&root) {
-        Ok(builds) if !builds.is_empty() => {
-            info!(
-                ?builds,
-                "GC: unpinned node programs of older builds no pod calls"
-            );
-        }
-        Ok(_) => {}
-        Err(e) => failures.push(format!("older builds' node programs: {e}")),
+    // (each build it unpins is logged by the function itself)
+    if let Err(e) = weir_ebpf::node_program::remove_unused_builds(&root) {
+        failures.push(format!("older builds' node programs: {e}"));
     }
     if failures.is_empty() {
         Ok(())

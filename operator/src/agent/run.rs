@@ -39,16 +39,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let _lock = AgentLock::acquire(&config.state_dir.join("agent.lock"))?;
     let root = BpfRoot::new(&config.bpf_root);
     // An agent starts after every upgrade: the moment older builds' node
-    // programs may have lost their last pod.
-    match weir_ebpf::node_program::remove_unused_builds(&root) {
-        Ok(builds) if !builds.is_empty() => {
-            info!(
-                ?builds,
-                "unpinned node programs of older builds no pod calls"
-            );
-        }
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "could not check older builds' node programs"),
+    // programs may have lost their last pod (each one unpinned is logged).
+    if let Err(e) = weir_ebpf::node_program::remove_unused_builds(&root) {
+        warn!(error = %e, "could not check older builds' node programs");
     }
     let shared: Shared = Arc::new(Mutex::new(MetricsSnapshot::default()));
     let flows = Arc::new(Mutex::new(FlowTable::new(&config.node_name)));
