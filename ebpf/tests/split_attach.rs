@@ -379,8 +379,7 @@ fn stub_forwards_when_the_node_program_is_gone() {
     let mut maps = NodeMaps::open(&t.root).unwrap();
     maps.set_pod_mode(14, PodMode::Count).unwrap();
     assert_eq!(topo.udp_exchange(1, 10, 10), 1);
-    let counted = maps.stats().unwrap().redirects;
-    assert!(counted > 0);
+    assert!(maps.stats().unwrap().redirects > 0);
 
     let jump = weir_ebpf::node_program::dir(&t.root).join("jump");
     run(
@@ -397,6 +396,9 @@ fn stub_forwards_when_the_node_program_is_gone() {
             "0",
         ],
     );
+    // taken after the slot is empty: the new devices' own IPv6 chatter
+    // may still pass the node program until then
+    let counted = maps.stats().unwrap().redirects;
     assert_eq!(
         topo.udp_exchange(3, 10, 10),
         3,
