@@ -36,9 +36,9 @@ use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::host;
 use weir_e2e::netns::{self, Netns};
 use weir_e2e::report::{Daemon, Raw, loadavg, med, median_ci, pct, uname_r, verdict};
-use weir_ebpf::BpfRoot;
 use weir_ebpf::abi::PodMode;
 use weir_ebpf::maps::NodeMaps;
+use weir_ebpf::{BpfRoot, split};
 
 /// The bench's own bpf root, apart from the node's and the tests' roots.
 const BPF_ROOT: &str = "/sys/fs/bpf/weir-bench";
@@ -466,6 +466,15 @@ fn paired_ci(v: &[f64], base: &[f64], cost: fn(f64, f64) -> f64) -> (f64, f64, f
     (med(&per_round), lo, hi)
 }
 
+/// The medians of the four variants' values, as table cells in
+/// [`Variant::ALL`] order (the arrays are indexed by variant).
+fn medians<'a>(per_variant: impl Iterator<Item = &'a Vec<f64>>) -> String {
+    per_variant
+        .map(|values| format!("{:.2}", med(values)))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 fn show((median, lo, hi): (f64, f64, f64), digits: usize) -> String {
     format!("{median:.digits$} ({lo:.digits$}–{hi:.digits$})")
 }
@@ -615,7 +624,8 @@ fn ebpf_time(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[EbpfTime; 3]> {
     let stub_ids: Vec<u64> = bpf_stats::programs()?
         .into_iter()
         .filter(|p| {
-            (p.name == "weir_wx" || p.name == "weir_wi") && p.map_ids.contains(&u64::from(jump))
+            [split::OUTER_STUB, split::INNER_STUB].contains(&p.name.as_str())
+                && p.map_ids.contains(&u64::from(jump))
         })
         .map(|p| p.id)
         .collect();
@@ -729,14 +739,10 @@ fn summary(
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---|---|")?;
     let at = |v: Variant| v as usize;
-    let cell = |values: &[f64]| format!("{:.2}", med(values));
     writeln!(
         out,
-        "| TCP throughput, Gbit/s | {} | {} | {} | {} | | |",
-        cell(&tput.gbps[at(Unsplit)]),
-        cell(&tput.gbps[at(Bare)]),
-        cell(&tput.gbps[at(Pass)]),
-        cell(&tput.gbps[at(Count)]),
+        "| TCP throughput, Gbit/s | {} | | |",
+        medians(tput.gbps.iter())
     )?;
     let tput_ratio = |v: Variant| paired_ci(&tput.gbps[at(v)], &tput.gbps[at(Unsplit)], ratio);
     let (rb, rp, rc) = (tput_ratio(Bare), tput_ratio(Pass), tput_ratio(Count));
@@ -774,14 +780,10 @@ fn summary(
     )?;
     for (proto, per) in ["UDP", "TCP"].iter().zip(rtt) {
         let p50 = |v: Variant| &per[at(v)].0;
-        let p99 = |v: Variant| &per[at(v)].1;
         writeln!(
             out,
-            "| {proto} round trip p50, µs | {} | {} | {} | {} | | |",
-            cell(p50(Unsplit)),
-            cell(p50(Bare)),
-            cell(p50(Pass)),
-            cell(p50(Count))
+            "| {proto} round trip p50, µs | {} | | |",
+            medians(per.iter().map(|(p50, _)| p50))
         )?;
         let added = |v: Variant| paired_ci(p50(v), p50(Unsplit), diff);
         let (ab, ap, ac) = (added(Bare), added(Pass), added(Count));
@@ -796,11 +798,8 @@ fn summary(
         )?;
         writeln!(
             out,
-            "| {proto} round trip p99, µs | {} | {} | {} | {} | (reported) | |",
-            cell(p99(Unsplit)),
-            cell(p99(Bare)),
-            cell(p99(Pass)),
-            cell(p99(Count))
+            "| {proto} round trip p99, µs | {} | (reported) | |",
+            medians(per.iter().map(|(_, p99)| p99))
         )?;
     }
     writeln!(out)?;
