@@ -7,7 +7,9 @@
 #   - request/response round trips (sockperf ping-pong, UDP and TCP): p50, p99,
 #   - ADD time of the whole CNI chain via cnitool, with weir vs without,
 #   - where weir's share of an ADD goes: ADDs with weir under strace, and the
-#     eBPF loader's phases timed alone (bench/loader-probe).
+#     eBPF loader's phases timed alone (bench/loader-probe),
+#   - the split program's own ns per frame on crafted frames, by the kernel's
+#     BPF_PROG_TEST_RUN (bench/prog-probe): the noise-free A/B for eBPF changes.
 # Raw numbers: bench/results/*.raw; the summary table: stdout (and
 # bench/results/summary.raw). Takes about 12 minutes. Results: BENCHMARKS.md.
 #
@@ -19,7 +21,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
 
 . bench/lib.sh
-cleanup() { bench_cleanup /sys/fs/bpf/weir-bench wbs wbu wbt; }
+PROG_PROBE_ROOT=/sys/fs/bpf/weir-bench-prog-probe
+cleanup() { bench_cleanup /sys/fs/bpf/weir-bench wbs wbu wbt; rm -rf "$PROG_PROBE_ROOT"; }
 
 bash scripts/check-host.sh
 for tool in iperf3 sockperf taskset bpftool; do
@@ -30,9 +33,15 @@ done
 cargo build --release --locked -p weir-cni -p weir-e2e --bins
 # The loader probe is its own small workspace (it needs aya directly).
 cargo build --release --manifest-path bench/loader-probe/Cargo.toml --target-dir target/bench
+cargo build --release --manifest-path bench/prog-probe/Cargo.toml --target-dir target/bench
 
 cleanup
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir -p bench/results
 target/release/weir-bench target/release/weir bench/results target/bench/release/weir-loader-probe
+
+echo
+echo "== split program per frame (bench/prog-probe, BPF_PROG_TEST_RUN): case, median / min / max ns of 15 samples =="
+rm -rf "$PROG_PROBE_ROOT"
+target/bench/release/weir-prog-probe "$PROG_PROBE_ROOT" | tee bench/results/prog-probe.raw

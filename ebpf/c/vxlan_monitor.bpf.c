@@ -150,7 +150,7 @@ static __always_inline int parse_outer(struct __sk_buff *skb,
 		return VX_NON_UDP;
 
 	__u8 uh[WEIR_UDP_HLEN];
-	if (bpf_skb_load_bytes(skb, off, uh, sizeof(uh)))
+	if (weir_load(skb, off, uh, sizeof(uh)))
 		return VX_TRUNCATED;
 	__u16 dport = ((__u16)uh[2] << 8) | uh[3];
 	if (dport != VXLAN_PORT)
@@ -158,7 +158,7 @@ static __always_inline int parse_outer(struct __sk_buff *skb,
 	off += WEIR_UDP_HLEN;
 
 	__u8 vx[VXLAN_HLEN];
-	if (bpf_skb_load_bytes(skb, off, vx, sizeof(vx)))
+	if (weir_load(skb, off, vx, sizeof(vx)))
 		return VX_TRUNCATED;
 	if (!(vx[0] & VXLAN_FLAG_I))
 		return VX_BAD_FLAGS;

@@ -69,19 +69,55 @@ struct ipv6_frag_hdr {
 	__be32 identification;
 };
 
+/* Offsets past this are read through the helper: the bound lets the verifier
+ * prove a direct read stays inside the packet range it tracks. */
+#define WEIR_DIRECT_READ_MAX_OFF 4096
+
+/*
+ * Copies len (a constant) bytes at off into to. Headers almost always sit in
+ * the skb's linear part, and reading them there directly costs a fraction
+ * of a bpf_skb_load_bytes() call (prog-probe: ~30 % of the counting path);
+ * a header that reaches into the paged part, or lies beyond the bound,
+ * takes the helper, which reads either. The bytes are the same both ways.
+ * Returns 0, or the helper's error.
+ *
+ * The alignment hint makes clang copy in words instead of byte by byte (an
+ * IP header sits 2 bytes off a word in the frame). Misaligned packet loads
+ * are what the verifier allows on hosts with efficient unaligned access
+ * (x86-64, arm64); elsewhere loading fails with the verifier's reason,
+ * never a program that reads wrong bytes.
+ */
+static __always_inline long weir_load(struct __sk_buff *skb, __u32 off,
+				      void *to, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (off <= WEIR_DIRECT_READ_MAX_OFF) {
+		void *at = data + off;
+
+		if (at + len <= data_end) {
+			__builtin_memcpy(to, __builtin_assume_aligned(at, 4),
+					 len);
+			return 0;
+		}
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
 /* Ethernet header plus at most one 802.1Q/802.1ad tag at *off; leaves *off
  * at L3 and the (inner) ethertype in *proto. */
 static __always_inline int weir_parse_eth(struct __sk_buff *skb, __u32 *off,
 					  __be16 *proto)
 {
-	if (bpf_skb_load_bytes(skb, *off + offsetof(struct ethhdr, h_proto),
-			       proto, sizeof(*proto)))
+	if (weir_load(skb, *off + offsetof(struct ethhdr, h_proto), proto,
+		      sizeof(*proto)))
 		return WEIR_PARSE_TRUNCATED;
 	*off += ETH_HLEN;
 	if (*proto == bpf_htons(ETH_P_8021Q) ||
 	    *proto == bpf_htons(ETH_P_8021AD)) {
 		/* TCI (2 bytes), then the encapsulated ethertype */
-		if (bpf_skb_load_bytes(skb, *off + 2, proto, sizeof(*proto)))
+		if (weir_load(skb, *off + 2, proto, sizeof(*proto)))
 			return WEIR_PARSE_TRUNCATED;
 		*off += 4;
 	}
@@ -105,7 +141,7 @@ static __always_inline int weir_ipv6_walk(struct __sk_buff *skb, __u32 *off,
 		case IPPROTO_DSTOPTS: {
 			struct ipv6_opt_hdr_prefix opt;
 
-			if (bpf_skb_load_bytes(skb, *off, &opt, sizeof(opt)))
+			if (weir_load(skb, *off, &opt, sizeof(opt)))
 				return WEIR_PARSE_TRUNCATED;
 			*nh = opt.nexthdr;
 			*off += ((__u32)opt.hdrlen + 1) * 8;
@@ -114,7 +150,7 @@ static __always_inline int weir_ipv6_walk(struct __sk_buff *skb, __u32 *off,
 		case IPPROTO_AH: {
 			struct ipv6_opt_hdr_prefix opt;
 
-			if (bpf_skb_load_bytes(skb, *off, &opt, sizeof(opt)))
+			if (weir_load(skb, *off, &opt, sizeof(opt)))
 				return WEIR_PARSE_TRUNCATED;
 			*nh = opt.nexthdr;
 			*off += ((__u32)opt.hdrlen + 2) * 4;
@@ -123,7 +159,7 @@ static __always_inline int weir_ipv6_walk(struct __sk_buff *skb, __u32 *off,
 		case IPPROTO_FRAGMENT: {
 			struct ipv6_frag_hdr fh;
 
-			if (bpf_skb_load_bytes(skb, *off, &fh, sizeof(fh)))
+			if (weir_load(skb, *off, &fh, sizeof(fh)))
 				return WEIR_PARSE_TRUNCATED;
 			*nh = fh.nexthdr;
 			*off += sizeof(fh);
@@ -166,7 +202,7 @@ static __always_inline int weir_parse_ip(struct __sk_buff *skb, __be16 proto,
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr iph;
 
-		if (bpf_skb_load_bytes(skb, *off, &iph, sizeof(iph)))
+		if (weir_load(skb, *off, &iph, sizeof(iph)))
 			return WEIR_PARSE_TRUNCATED;
 		/* version/ihl by hand: the uapi bitfield order is endian-specific */
 		__u8 vihl = *(__u8 *)&iph;
@@ -188,7 +224,7 @@ static __always_inline int weir_parse_ip(struct __sk_buff *skb, __be16 proto,
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
-		if (bpf_skb_load_bytes(skb, *off, &ip6, sizeof(ip6)))
+		if (weir_load(skb, *off, &ip6, sizeof(ip6)))
 			return WEIR_PARSE_TRUNCATED;
 		if ((*(__u8 *)&ip6 >> 4) != 6)
 			return WEIR_PARSE_BAD_HEADER;
@@ -228,7 +264,7 @@ static __always_inline int weir_parse_l4(struct __sk_buff *skb, __u32 *off,
 		/* ports .. flags: the first 14 bytes of the TCP header */
 		__u8 th[14];
 
-		if (bpf_skb_load_bytes(skb, *off, th, sizeof(th)))
+		if (weir_load(skb, *off, th, sizeof(th)))
 			return WEIR_PARSE_TRUNCATED;
 		__u32 doff = (th[12] >> 4) * 4;
 		if (doff < 20)
@@ -242,8 +278,8 @@ static __always_inline int weir_parse_l4(struct __sk_buff *skb, __u32 *off,
 	case IPPROTO_UDP: {
 		__u8 uh[WEIR_UDP_HLEN];
 
-		if (bpf_skb_load_bytes(skb, *off, uh,
-				       udp_need == WEIR_UDP_NEED_PORTS ? 4 : sizeof(uh)))
+		if (weir_load(skb, *off, uh,
+			      udp_need == WEIR_UDP_NEED_PORTS ? 4 : sizeof(uh)))
 			return WEIR_PARSE_TRUNCATED;
 		*sport = ((__u16)uh[0] << 8) | uh[1];
 		*dport = ((__u16)uh[2] << 8) | uh[3];
@@ -257,7 +293,7 @@ static __always_inline int weir_parse_l4(struct __sk_buff *skb, __u32 *off,
 			return WEIR_PARSE_OK;
 		__u8 ih[2];
 
-		if (bpf_skb_load_bytes(skb, *off, ih, sizeof(ih)))
+		if (weir_load(skb, *off, ih, sizeof(ih)))
 			return WEIR_PARSE_TRUNCATED;
 		*sport = ih[0];
 		*dport = ih[1];
