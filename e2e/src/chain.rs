@@ -20,6 +20,7 @@ use crate::netns::Netns;
 /// Every CNI version weir supports.
 pub const CNI_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
+#[derive(Clone)]
 pub struct ChainSpec {
     pub cni_version: String,
     pub subnet_v4: String,
