@@ -13,10 +13,7 @@
 //! Needs root and bpffs. The root (a directory under /sys/fs/bpf) must not
 //! exist; it is created and removed.
 
-use std::{
-    os::fd::{AsRawFd, BorrowedFd},
-    path::PathBuf,
-};
+use std::{os::fd::BorrowedFd, path::PathBuf};
 
 use weir_ebpf::{
     BpfRoot, SplitParams,
@@ -24,6 +21,18 @@ use weir_ebpf::{
     maps::NodeMaps,
     split::{self, SplitStubs},
 };
+
+// The tests' own frame builders and test run, so the probe times the frames
+// the tests prove are parsed right.
+#[path = "../../../ebpf/tests/common/frames.rs"]
+#[allow(dead_code)]
+mod frames;
+#[path = "../../../ebpf/tests/common/prog_run.rs"]
+#[allow(dead_code)]
+mod prog_run;
+
+use frames::{eth, ipv4, ipv6, tcp, udp};
+use prog_run::{SkBuffCtx, test_run_repeated};
 
 const TC_ACT_REDIRECT: u32 = 7;
 const COUNTED_POD: u32 = 1;
@@ -54,7 +63,7 @@ struct Case {
     name: &'static str,
     stub: fn(&Pods) -> BorrowedFd<'_>,
     frame: Vec<u8>,
-    gso: Option<(u32, u32)>,
+    ctx: Option<SkBuffCtx>,
 }
 
 struct Pods {
@@ -90,41 +99,45 @@ fn run(root: &std::path::Path, samples: usize, repeat: u32) {
         Case {
             name: "passthrough-tcp4-ack",
             stub: |p| p.passthrough.outer(),
-            frame: eth(0x0800, &ipv4(6, b, a, &ack)),
-            gso: None,
+            frame: eth(0x0800, &ipv4(6, b, a, &[], 0, &ack)),
+            ctx: None,
         },
         Case {
             name: "count-tcp4-gso-from-pod",
             stub: |p| p.counted.inner(),
-            frame: eth(0x0800, &ipv4(6, a, b, &data)),
-            gso: Some((4, 250)),
+            frame: eth(0x0800, &ipv4(6, a, b, &[], 0, &data)),
+            ctx: Some(SkBuffCtx::gso(4, 250)),
         },
         Case {
             name: "count-tcp4-ack-to-pod",
             stub: |p| p.counted.outer(),
-            frame: eth(0x0800, &ipv4(6, b, a, &ack)),
-            gso: None,
+            frame: eth(0x0800, &ipv4(6, b, a, &[], 0, &ack)),
+            ctx: None,
         },
         Case {
             name: "count-tcp6-ack-to-pod",
             stub: |p| p.counted.outer(),
             frame: eth(0x86dd, &ipv6(6, b6, a6, &ack)),
-            gso: None,
+            ctx: None,
         },
         Case {
             name: "count-udp4-from-pod",
             stub: |p| p.counted.inner(),
-            frame: eth(0x0800, &ipv4(17, a, b, &udp(40001, 11111, &[0; 64]))),
-            gso: None,
+            frame: eth(
+                0x0800,
+                &ipv4(17, a, b, &[], 0, &udp(40001, 11111, &[0; 64])),
+            ),
+            ctx: None,
         },
     ];
 
     let mut ns: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for _ in 0..samples {
         for (i, c) in cases.iter().enumerate() {
-            let (verdict, per_run) = test_run((c.stub)(&pods), &c.frame, c.gso, repeat);
+            let (verdict, per_run) =
+                test_run_repeated((c.stub)(&pods), &c.frame, c.ctx.as_ref(), repeat);
             assert_eq!(verdict, TC_ACT_REDIRECT, "{}: not redirected", c.name);
-            ns[i].push(per_run);
+            ns[i].push(f64::from(per_run));
         }
     }
     for (c, v) in cases.iter().zip(&mut ns) {
@@ -137,97 +150,4 @@ fn run(root: &std::path::Path, samples: usize, repeat: u32) {
             v[v.len() - 1]
         );
     }
-}
-
-/// Runs `prog` `repeat` times on `frame`; returns the verdict and the
-/// kernel's mean ns per execution.
-fn test_run(
-    prog: BorrowedFd<'_>,
-    frame: &[u8],
-    gso: Option<(u32, u32)>,
-    repeat: u32,
-) -> (u32, f64) {
-    // the input context is a zeroed prefix of struct __sk_buff
-    let mut ctx = [0u8; 192];
-    if let Some((segs, size)) = gso {
-        ctx[164..168].copy_from_slice(&segs.to_ne_bytes()); // gso_segs
-        ctx[176..180].copy_from_slice(&size.to_ne_bytes()); // gso_size
-    }
-    // union bpf_attr, its `test` member
-    let mut attr = [0u8; 80];
-    let mut put = |off: usize, bytes: &[u8]| attr[off..off + bytes.len()].copy_from_slice(bytes);
-    put(0, &(prog.as_raw_fd() as u32).to_ne_bytes()); // prog_fd
-    put(8, &(frame.len() as u32).to_ne_bytes()); // data_size_in
-    put(16, &(frame.as_ptr() as u64).to_ne_bytes()); // data_in
-    put(32, &repeat.to_ne_bytes()); // repeat
-    put(40, &(ctx.len() as u32).to_ne_bytes()); // ctx_size_in
-    put(48, &(ctx.as_ptr() as u64).to_ne_bytes()); // ctx_in
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    // SAFETY: attr is a bpf_attr; frame and ctx outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            attr.as_mut_ptr(),
-            attr.len() as u32,
-        )
-    };
-    assert!(
-        rc == 0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    let word = |off: usize| u32::from_ne_bytes(attr[off..off + 4].try_into().unwrap());
-    (word(4), f64::from(word(36))) // retval, duration
-}
-
-fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let total = (20 + payload.len()) as u16;
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
-    h.extend_from_slice(&src);
-    h.extend_from_slice(&dst);
-    h.extend_from_slice(payload);
-    h
-}
-
-fn ipv6(next: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
-    let mut h = vec![0x60, 0, 0, 0];
-    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    h.extend_from_slice(&[next, 64]);
-    h.extend_from_slice(&src);
-    h.extend_from_slice(&dst);
-    h.extend_from_slice(payload);
-    h
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8, opt_words: usize, payload: &[u8]) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.extend_from_slice(&sport.to_be_bytes());
-    h.extend_from_slice(&dport.to_be_bytes());
-    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
-    h.push(((5 + opt_words) as u8) << 4);
-    h.push(flags);
-    h.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
-    h.extend(std::iter::repeat_n(1u8, opt_words * 4));
-    h.extend_from_slice(payload);
-    h
-}
-
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.extend_from_slice(&sport.to_be_bytes());
-    h.extend_from_slice(&dport.to_be_bytes());
-    h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    h.extend_from_slice(&[0, 0]);
-    h.extend_from_slice(payload);
-    h
 }

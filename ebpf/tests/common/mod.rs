@@ -14,6 +14,11 @@ use std::{
 
 use weir_ebpf::{BPF_FS_MAGIC, BpfRoot};
 
+mod frames;
+mod prog_run;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use {frames::*, prog_run::*};
+
 pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// These tests load eBPF and make network namespaces: without root and bpffs
@@ -71,48 +76,6 @@ impl Drop for TestRoot {
     }
 }
 
-/// The prefix of `struct __sk_buff` that BPF_PROG_TEST_RUN accepts as input
-/// context; everything else must be zero.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SkBuffCtx(pub [u8; 192]);
-
-impl SkBuffCtx {
-    pub fn gso(segs: u32, size: u32) -> Self {
-        let mut c = Self([0; 192]);
-        c.0[164..168].copy_from_slice(&segs.to_ne_bytes()); // gso_segs
-        c.0[176..180].copy_from_slice(&size.to_ne_bytes()); // gso_size
-        c
-    }
-}
-
-/// Runs a tc program once on `data` and returns its verdict.
-pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: Option<&SkBuffCtx>) -> u32 {
-    // union bpf_attr, `test` member
-    let mut attr = [0u64; 18];
-    let a = attr.as_mut_ptr().cast::<u8>();
-    let put32 = |off: usize, v: u32| unsafe { a.add(off).cast::<u32>().write_unaligned(v) };
-    let put64 = |off: usize, v: u64| unsafe { a.add(off).cast::<u64>().write_unaligned(v) };
-    put32(0, prog.as_raw_fd() as u32); // prog_fd
-    put32(8, data.len() as u32); // data_size_in
-    put64(16, data.as_ptr() as u64); // data_in
-    put32(32, 1); // repeat
-    if let Some(ctx) = ctx {
-        put32(40, std::mem::size_of::<SkBuffCtx>() as u32); // ctx_size_in
-        put64(48, ctx.0.as_ptr() as u64); // ctx_in
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    // SAFETY: attr is a valid bpf_attr; the data/ctx pointers outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr.as_mut_ptr(), 144u32) };
-    assert!(
-        rc == 0,
-        "BPF_PROG_TEST_RUN failed: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: retval is the u32 at offset 4, written by the kernel.
-    unsafe { a.add(4).cast::<u32>().read_unaligned() }
-}
-
 pub fn prog_fd(p: &aya::programs::SchedClassifier) -> BorrowedFd<'_> {
     p.fd().expect("program loaded").as_fd()
 }
@@ -138,115 +101,6 @@ pub fn v4(a: [u8; 4]) -> IpAddr {
 
 pub fn v6(a: [u8; 16]) -> IpAddr {
     IpAddr::from(a)
-}
-
-// ---- packet builders (checksums are irrelevant to the parser) ----
-
-pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-
-pub fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&POD_MAC);
-    f.extend_from_slice(&PEER_MAC);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-pub fn eth_vlan(vid: u16, ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&POD_MAC);
-    f.extend_from_slice(&PEER_MAC);
-    f.extend_from_slice(&0x8100u16.to_be_bytes());
-    f.extend_from_slice(&vid.to_be_bytes());
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// IPv4 header with `options` (a multiple of 4 bytes) and a fragment offset in 8-byte units.
-pub fn ipv4(
-    proto: u8,
-    src: [u8; 4],
-    dst: [u8; 4],
-    options: &[u8],
-    frag_offset: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    assert!(options.len().is_multiple_of(4));
-    let ihl = (20 + options.len()) / 4;
-    let total = 20 + options.len() + payload.len();
-    let mut h = vec![
-        0x40 | ihl as u8,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0x12,
-        0x34,
-        (frag_offset >> 8) as u8 & 0x1f,
-        frag_offset as u8,
-        64,
-        proto,
-        0,
-        0,
-    ];
-    h.extend_from_slice(&src);
-    h.extend_from_slice(&dst);
-    h.extend_from_slice(options);
-    h.extend_from_slice(payload);
-    h
-}
-
-pub fn ipv6(next: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
-    let mut h = vec![0x60, 0, 0, 0];
-    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    h.push(next);
-    h.push(64);
-    h.extend_from_slice(&src);
-    h.extend_from_slice(&dst);
-    h.extend_from_slice(payload);
-    h
-}
-
-/// TCP header with `opt_words` 32-bit words of options (NOPs), then payload.
-pub fn tcp(sport: u16, dport: u16, flags: u8, opt_words: usize, payload: &[u8]) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.extend_from_slice(&sport.to_be_bytes());
-    h.extend_from_slice(&dport.to_be_bytes());
-    h.extend_from_slice(&1u32.to_be_bytes());
-    h.extend_from_slice(&0u32.to_be_bytes());
-    h.push(((5 + opt_words) as u8) << 4);
-    h.push(flags);
-    h.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
-    h.extend(std::iter::repeat_n(1u8, opt_words * 4));
-    h.extend_from_slice(payload);
-    h
-}
-
-pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.extend_from_slice(&sport.to_be_bytes());
-    h.extend_from_slice(&dport.to_be_bytes());
-    h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    h.extend_from_slice(&[0, 0]);
-    h.extend_from_slice(payload);
-    h
-}
-
-pub fn icmp(ty: u8, code: u8, payload: &[u8]) -> Vec<u8> {
-    let mut h = vec![ty, code, 0, 0, 0, 1, 0, 1];
-    h.extend_from_slice(payload);
-    h
-}
-
-pub fn arp_request() -> Vec<u8> {
-    let mut a = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
-    a.extend_from_slice(&PEER_MAC);
-    a.extend_from_slice(&[192, 0, 2, 1]);
-    a.extend_from_slice(&[0; 6]);
-    a.extend_from_slice(&[192, 0, 2, 2]);
-    eth(0x0806, &a)
 }
 
 // ---- network namespaces ----
