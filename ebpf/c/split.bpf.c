@@ -108,7 +108,9 @@ static __always_inline void add_to(struct flow_counters *c, __u64 packets,
 	__sync_fetch_and_add(&c->bytes, bytes);
 	/* Racing CPUs store nearly equal times; any of them is a fine answer. */
 	c->last_seen_ns = now;
-	if (tcp_flags)
+	/* A flow's flags are soon all seen: skip the locked OR when it would
+	 * change nothing (a racing OR only adds bits). */
+	if (tcp_flags & ~c->tcp_flags)
 		__sync_fetch_and_or(&c->tcp_flags, tcp_flags);
 }
 
