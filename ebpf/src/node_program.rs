@@ -22,7 +22,7 @@ use aya::maps::MapType;
 use tracing::{debug, info};
 
 use crate::{
-    BpfRoot, Error, Result, SPLIT_OBJECT, abi, io_err,
+    BpfRoot, Error, Result, SPLIT_OBJECT, SPLIT_OBJECT_FNV1A, abi, io_err,
     object::{self, MapShape, pin_io_error, remove_pin},
     sys,
 };
@@ -62,14 +62,19 @@ impl NodeProgram {
 /// A short, stable name of the embedded object: FNV-1a over its bytes.
 pub fn build_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
-    ID.get_or_init(|| {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in SPLIT_OBJECT {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{h:016x}")
-    })
+    ID.get_or_init(|| format!("{SPLIT_OBJECT_FNV1A:016x}"))
+}
+
+/// 64-bit FNV-1a, usable in constants.
+pub(crate) const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
 }
 
 /// `<root>/split/<build>`.
