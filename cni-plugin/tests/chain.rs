@@ -705,7 +705,7 @@ fn gc_releases_only_stale_attachments() -> Result<()> {
         .into_iter()
         .map(|r| r.container_id)
         .collect();
-    assert_eq!(left, [b.record.container_id.clone()]);
+    assert_eq!(left, std::slice::from_ref(&b.record.container_id));
     assert_eq!(
         links_named(&a.ns)?,
         ["eth0 veth", "lo -"],
@@ -825,7 +825,9 @@ fn bad_input_gets_spec_errors() -> Result<()> {
         ("CNI_IFNAME", "eth0"),
         ("CNI_PATH", "/x"),
     ];
-    let cases: [(&[(&str, &str)], String, u64); 5] = [
+    // (CNI_* environment, stdin, the error code the spec requires)
+    type Case<'a> = (&'a [(&'a str, &'a str)], String, u64);
+    let cases: [Case; 5] = [
         (&add_env, "{not json".into(), 6),
         (
             &add_env,
