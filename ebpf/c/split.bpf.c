@@ -67,6 +67,28 @@ struct parsed {
 	__u32 tcp_flags;
 };
 
+/*
+ * First/last seen are CLOCK_BOOTTIME ns, as the agent reads them. A precise
+ * boot-time read is a clocksource read, ~20 ns a frame on a KVM guest
+ * (bench/prog-probe); the coarse monotonic clock is a memory read at tick
+ * resolution (1-10 ms), plenty for when a flow was seen. Boot time is
+ * monotonic time plus the time spent suspended, which changes only across a
+ * suspend, so that difference is taken from both precise clocks whenever a
+ * flow is created (the slow path) and added to every coarse read. Before a
+ * program's first new flow it is 0: exact on a node that never suspended.
+ */
+static volatile __u64 boot_minus_mono_ns;
+
+static __always_inline __u64 seen_now(void)
+{
+	return bpf_ktime_get_coarse_ns() + boot_minus_mono_ns;
+}
+
+static __always_inline void refresh_boot_minus_mono(void)
+{
+	boot_minus_mono_ns = bpf_ktime_get_boot_ns() - bpf_ktime_get_ns();
+}
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	weir_stat_inc(&weir_stats, idx);
@@ -137,10 +159,12 @@ static __always_inline void account(struct __sk_buff *skb, __u32 pod_id,
 	 * each carrying its own copy of the headers. */
 	__u64 packets = weir_wire_packets(skb, p.hdr_len, WEIR_GSO_ZERO_DERIVE);
 	__u64 bytes = weir_wire_bytes(skb->len, packets, p.hdr_len);
-	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 now = seen_now();
 
 	struct flow_counters *c = bpf_map_lookup_elem(&weir_flows, &p.key);
 	if (!c) {
+		refresh_boot_minus_mono();
+		now = seen_now();
 		struct flow_counters init = {
 			.packets = packets,
 			.bytes = bytes,

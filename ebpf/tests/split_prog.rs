@@ -102,8 +102,10 @@ fn ipv4_tcp_with_options_counts_and_ors_flags() {
         0x0800,
         &ipv4(6, SRC4, DST4, &opts, 0, &tcp(40000, 80, 0x18, 0, b"hello")),
     );
+    let before = boottime_ns();
     assert_eq!(f.outer(&syn), TC_ACT_REDIRECT);
     assert_eq!(f.outer(&psh_ack), TC_ACT_REDIRECT);
+    let after = boottime_ns();
 
     let (k, c) = f.only_flow();
     assert_eq!(
@@ -116,6 +118,15 @@ fn ipv4_tcp_with_options_counts_and_ors_flags() {
     assert_eq!(c.bytes, (syn.len() + psh_ack.len()) as u64);
     assert_eq!(c.tcp_flags, 0x1a, "SYN | PSH | ACK");
     assert!(c.first_seen_ns > 0 && c.first_seen_ns <= c.last_seen_ns);
+    // boot time at the kernel's tick resolution: at most a tick (10 ms at
+    // HZ=100) behind the precise clock
+    let tick_ns = 10_000_000;
+    assert!(
+        before - tick_ns <= c.first_seen_ns && c.last_seen_ns <= after,
+        "seen {}..{} outside CLOCK_BOOTTIME {before}..{after} (minus a tick)",
+        c.first_seen_ns,
+        c.last_seen_ns
+    );
     let s = f.stats();
     assert_eq!(s.new_flows, 1);
     assert_eq!(s.redirects, 2);

@@ -21,6 +21,14 @@ pub use {frames::*, prog_run::*};
 
 pub const TC_ACT_REDIRECT: u32 = 7;
 
+/// CLOCK_BOOTTIME now, in ns: the clock of the flow maps' timestamps.
+pub fn boottime_ns() -> u64 {
+    // SAFETY: clock_gettime fills the timespec it is given.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// These tests load eBPF and make network namespaces: without root and bpffs
 /// they cannot say anything, and passing silently would hide that.
 pub fn require_privileges() {
