@@ -68,25 +68,33 @@ struct parsed {
 };
 
 /*
- * First/last seen are CLOCK_BOOTTIME ns, as the agent reads them. A precise
- * boot-time read is a clocksource read, ~20 ns a frame on a KVM guest
- * (bench/prog-probe); the coarse monotonic clock is a memory read at tick
- * resolution (1-10 ms), plenty for when a flow was seen. Boot time is
- * monotonic time plus the time spent suspended, which changes only across a
- * suspend, so that difference is taken from both precise clocks whenever a
- * flow is created (the slow path) and added to every coarse read. Before a
- * program's first new flow it is 0: exact on a node that never suspended.
+ * First/last seen are CLOCK_BOOTTIME ns, as the agent reads them.
+ *
+ * first_seen is read precisely, once per flow: the agent tells who opened a
+ * conversation by whose flow came first, and a reply follows its request by
+ * microseconds.
+ *
+ * last_seen only says when a flow was last active, so it comes from the
+ * coarse monotonic clock, a memory read at tick resolution (1-10 ms),
+ * instead of a clocksource read per frame (~20 ns on a KVM guest,
+ * bench/prog-probe). Boot time is monotonic time plus the time spent
+ * suspended, which changes only across a suspend: that difference is taken
+ * with every precise read and added to each coarse one. Before a program's
+ * first new flow it is 0, exact on a node that never suspended.
  */
 static volatile __u64 boot_minus_mono_ns;
 
-static __always_inline __u64 seen_now(void)
+static __always_inline __u64 coarse_boot_ns(void)
 {
 	return bpf_ktime_get_coarse_ns() + boot_minus_mono_ns;
 }
 
-static __always_inline void refresh_boot_minus_mono(void)
+static __always_inline __u64 precise_boot_ns(void)
 {
-	boot_minus_mono_ns = bpf_ktime_get_boot_ns() - bpf_ktime_get_ns();
+	__u64 boot = bpf_ktime_get_boot_ns();
+
+	boot_minus_mono_ns = boot - bpf_ktime_get_ns();
+	return boot;
 }
 
 static __always_inline void stat_inc(__u32 idx)
@@ -128,8 +136,11 @@ static __always_inline void add_to(struct flow_counters *c, __u64 packets,
 {
 	__sync_fetch_and_add(&c->packets, packets);
 	__sync_fetch_and_add(&c->bytes, bytes);
-	/* Racing CPUs store nearly equal times; any of them is a fine answer. */
-	c->last_seen_ns = now;
+	/* The coarse clock lags the precise first_seen by up to a tick, and
+	 * moves once a tick: store only what moves last_seen forward. Racing
+	 * CPUs store nearly equal times; any of them is a fine answer. */
+	if (now > c->last_seen_ns)
+		c->last_seen_ns = now;
 	/* A flow's flags are soon all seen: skip the locked OR when it would
 	 * change nothing (a racing OR only adds bits). */
 	if (tcp_flags & ~c->tcp_flags)
@@ -159,12 +170,11 @@ static __always_inline void account(struct __sk_buff *skb, __u32 pod_id,
 	 * each carrying its own copy of the headers. */
 	__u64 packets = weir_wire_packets(skb, p.hdr_len, WEIR_GSO_ZERO_DERIVE);
 	__u64 bytes = weir_wire_bytes(skb->len, packets, p.hdr_len);
-	__u64 now = seen_now();
+	__u64 now = coarse_boot_ns();
 
 	struct flow_counters *c = bpf_map_lookup_elem(&weir_flows, &p.key);
 	if (!c) {
-		refresh_boot_minus_mono();
-		now = seen_now();
+		now = precise_boot_ns();
 		struct flow_counters init = {
 			.packets = packets,
 			.bytes = bytes,

@@ -68,7 +68,7 @@ struct flow_key {
 struct flow_counters {
 	__u64 packets;
 	__u64 bytes;
-	__u64 first_seen_ns; /* CLOCK_BOOTTIME, at tick resolution */
+	__u64 first_seen_ns; /* CLOCK_BOOTTIME */
 	__u64 last_seen_ns;  /* CLOCK_BOOTTIME, at tick resolution */
 	__u32 tcp_flags;     /* OR of every TCP flag byte seen */
 	__u32 pad;
@@ -81,7 +81,7 @@ struct pod_config {
 
 struct flow_event {
 	struct flow_key key;
-	__u64 ts_ns; /* CLOCK_BOOTTIME, at tick resolution */
+	__u64 ts_ns; /* CLOCK_BOOTTIME */
 };
 
 _Static_assert(sizeof(struct flow_key) == 48, "flow_key size");

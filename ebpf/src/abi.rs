@@ -186,10 +186,11 @@ pub struct FlowCounters {
     pub packets: u64,
     /// Wire bytes including the Ethernet header of every segment.
     pub bytes: u64,
-    /// `CLOCK_BOOTTIME` nanoseconds of the first frame, at tick resolution
-    /// (the kernel's coarse clock: a few ms behind at most).
+    /// `CLOCK_BOOTTIME` nanoseconds of the first frame.
     pub first_seen_ns: u64,
-    /// `CLOCK_BOOTTIME` nanoseconds of the latest frame, at tick resolution.
+    /// `CLOCK_BOOTTIME` nanoseconds of the latest frame, at tick resolution
+    /// (the kernel's coarse clock: up to a tick behind, never before
+    /// `first_seen_ns`).
     pub last_seen_ns: u64,
     /// OR of every TCP flag byte seen (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, ...).
     pub tcp_flags: u32,
@@ -213,7 +214,7 @@ pub struct PodConfig {
 pub struct FlowEvent {
     /// The new flow.
     pub key: FlowKey,
-    /// `CLOCK_BOOTTIME` nanoseconds when it was created, at tick resolution.
+    /// `CLOCK_BOOTTIME` nanoseconds when it was created.
     pub ts_ns: u64,
 }
 
