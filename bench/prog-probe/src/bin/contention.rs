@@ -18,12 +18,22 @@ mod prog_run;
 use frames::*;
 use prog_run::*;
 
+/// Pins the calling thread to `cpu`; a thread left unpinned would measure
+/// something else, so a refusal stops the probe.
 fn pin(cpu: usize) {
-    unsafe {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity
+    // only touch the set they are given.
+    let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
-    }
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn frame(sport: u16) -> Vec<u8> {
