@@ -6,7 +6,8 @@
 //! chain), one of them with `weir` at the end of its chain; two pods on each,
 //! and on weir's node a third pod ADDed through the chain without weir.
 //! - TCP throughput (iperf3) pod to pod over the node's bridge: unsplit vs
-//!   one split pod (the server, counted; the client the plain pod) vs both
+//!   one split pod, either way (counted; the other end a pod without weir
+//!   on the same bridge) vs both
 //!   pods split with the node program gone (the stubs redirect on their own:
 //!   what the split's extra veth hop costs by itself), in pass-through mode
 //!   and with counting on. Many short rounds, and a confidence interval on
@@ -116,6 +117,11 @@ enum Variant {
     /// costlier direction (the extra veth hop towards the pod). Cross-node
     /// traffic passes one split on each node.
     CountOne,
+    /// The other direction through one split pod: the client split and
+    /// counted, the server a pod without weir on the same bridge. The data
+    /// leaves the split pod, where the split enters the host veth by
+    /// `bpf_redirect_peer`, without a second pass through the backlog.
+    SendOne,
     /// Both pods split by weir, but the node program's jump slot emptied: each stub
     /// redirects by itself. The split's own cost, without weir's program.
     Bare,
@@ -127,9 +133,10 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::Unsplit,
         Variant::CountOne,
+        Variant::SendOne,
         Variant::Bare,
         Variant::Pass,
         Variant::Count,
@@ -139,6 +146,7 @@ impl Variant {
         match self {
             Variant::Unsplit => "unsplit",
             Variant::CountOne => "one-split-count",
+            Variant::SendOne => "one-split-send",
             Variant::Bare => "split-bare",
             Variant::Pass => "split-pass",
             Variant::Count => "split-count",
@@ -185,7 +193,7 @@ struct Bed {
     unsplit: Pair,
     split: Pair,
     /// On the split node's bridge, ADDed through the chain without weir.
-    plain_client: Netns,
+    plain: Pair,
     split_node: Node,
     unsplit_node: Node,
     /// Pods are only ADDed and DELeted here, with weir attaching TCX links.
@@ -196,7 +204,8 @@ impl Bed {
     fn route(&self, v: Variant) -> Route<'_> {
         let (client, server) = match v {
             Variant::Unsplit => (&self.unsplit.client, &self.unsplit),
-            Variant::CountOne => (&self.plain_client, &self.split),
+            Variant::CountOne => (&self.plain.client, &self.split),
+            Variant::SendOne => (&self.split.client, &self.plain),
             Variant::Bare | Variant::Pass | Variant::Count => (&self.split.client, &self.split),
         };
         Route {
@@ -216,7 +225,7 @@ impl Bed {
             Variant::Unsplit => return Ok(()),
             Variant::Bare => return empty_jump_slot(&root),
             Variant::Pass => PodMode::PassThrough,
-            Variant::Count | Variant::CountOne => PodMode::Count,
+            Variant::Count | Variant::CountOne | Variant::SendOne => PodMode::Count,
         };
         // refills the jump slot if a bare round emptied it
         weir_ebpf::probe(&root).context("reloading the node program")?;
@@ -247,7 +256,9 @@ impl Bed {
             Variant::Pass if passed < 100 => {
                 bail!("pass-through run: only {passed} frames passed through weir")
             }
-            Variant::Count | Variant::CountOne if redirects < 100 || passed != 0 => {
+            Variant::Count | Variant::CountOne | Variant::SendOne
+                if redirects < 100 || passed != 0 =>
+            {
                 bail!("counting run: {redirects} redirects, {passed} not counted")
             }
             _ => Ok(out),
@@ -287,7 +298,9 @@ impl Drop for Bed {
             }
         }
         // weir's DEL of a pod it never split leaves it to the bridge
-        let _ = self.split_node.del(&self.plain_client.path(), "eth0");
+        for pod in [&self.plain.client, &self.plain.server] {
+            let _ = self.split_node.del(&pod.path(), "eth0");
+        }
     }
 }
 
@@ -331,21 +344,23 @@ fn pair(node: &Node, tag: &str, split: bool) -> Result<Pair> {
     })
 }
 
-/// A pod on `node`'s bridge ADDed through its chain with weir left out.
-fn plain_pod(node: &Node, spec: &ChainSpec, tag: &str) -> Result<Netns> {
+/// A client and a server pod on `node`'s bridge, ADDed through its chain
+/// with weir left out.
+fn plain_pair(node: &Node, spec: &ChainSpec, tag: &str) -> Result<Pair> {
     let without_weir = ChainSpec {
         with_weir: false,
         ..spec.clone()
     };
     node.write_conflist(&without_weir)?;
-    let ns = Netns::create(&format!("{tag}-plain"))?;
-    let added = node.add(&ns, "eth0", "bench", "plain");
+    let added = pair(node, &format!("{tag}-plain"), false);
     node.write_conflist(spec)?;
-    added?.ok()?;
-    if ns.links()?.iter().any(|l| l.starts_with("w")) {
-        bail!("the plain pod was split: {:?}", ns.links()?);
+    let plain = added?;
+    for pod in [&plain.client, &plain.server] {
+        if pod.links()?.iter().any(|l| l.starts_with("w")) {
+            bail!("a plain pod was split: {:?}", pod.links()?);
+        }
     }
-    Ok(ns)
+    Ok(plain)
 }
 
 fn setup(s: &Settings) -> Result<Bed> {
@@ -353,7 +368,7 @@ fn setup(s: &Settings) -> Result<Bed> {
     let (unsplit_node, _) = node("wbu", "10.245.2.0/24", false, None, &s.weir)?;
     let (tcx_node, _) = node("wbt", "10.245.3.0/24", true, Some("tcx"), &s.weir)?;
     let split = pair(&split_node, "wbs", true)?;
-    let plain_client = plain_pod(&split_node, &split_spec, "wbs")?;
+    let plain = plain_pair(&split_node, &split_spec, "wbs")?;
     let unsplit = pair(&unsplit_node, "wbu", false)?;
     if split
         .client
@@ -366,7 +381,7 @@ fn setup(s: &Settings) -> Result<Bed> {
         bail!("the weir pod is not split: {:?}", split.client.links()?);
     }
     let mut servers = Vec::new();
-    for p in [&split, &unsplit] {
+    for p in [&split, &unsplit, &plain] {
         for argv in [
             &["iperf3", "-s", "-p", IPERF_PORT][..],
             &[
@@ -400,7 +415,7 @@ fn setup(s: &Settings) -> Result<Bed> {
         _servers: servers,
         unsplit,
         split,
-        plain_client,
+        plain,
         split_node,
         unsplit_node,
         tcx_node,
@@ -510,7 +525,7 @@ fn paired_ci(v: &[f64], base: &[f64], cost: fn(f64, f64) -> f64) -> (f64, f64, f
     (med(&per_round), lo, hi)
 }
 
-/// The medians of the five variants' values, as table cells in
+/// The medians of the six variants' values, as table cells in
 /// [`Variant::ALL`] order (the arrays are indexed by variant).
 fn medians<'a>(per_variant: impl Iterator<Item = &'a Vec<f64>>) -> String {
     per_variant
@@ -614,8 +629,8 @@ fn main() -> Result<()> {
 
 /// Per variant, Gbit/s and CPU seconds per GB of each round.
 struct Throughput {
-    gbps: [Vec<f64>; 5],
-    cpu_s_per_gb: [Vec<f64>; 5],
+    gbps: [Vec<f64>; 6],
+    cpu_s_per_gb: [Vec<f64>; 6],
 }
 
 fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Throughput> {
@@ -715,7 +730,7 @@ fn ebpf_time(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[EbpfTime; 3]> {
 }
 
 /// Per protocol (UDP, TCP) and variant, (p50s, p99s) in µs of each round.
-type Rtts = [[(Vec<f64>, Vec<f64>); 5]; 2];
+type Rtts = [[(Vec<f64>, Vec<f64>); 6]; 2];
 
 fn latency(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Rtts> {
     let mut rtt: Rtts = Default::default();
@@ -775,58 +790,56 @@ fn summary(
     adds: &[Vec<f64>; 3],
     parts: &[(&str, f64, String)],
 ) -> Result<String> {
-    use Variant::{Bare, Count, CountOne, Pass, Unsplit};
+    use Variant::{Bare, Count, CountOne, Pass, SendOne, Unsplit};
+    // Every variant but the unsplit one, in table order (Variant::ALL's).
+    const COMPARED: [Variant; 5] = [CountOne, SendOne, Bare, Pass, Count];
+    let cells = |f: &dyn Fn(Variant) -> String| COMPARED.map(f).join(" | ");
     let mut out = String::new();
     writeln!(
         out,
-        "| measure | unsplit | one pod split, counting | both split, no program | both split, pass-through | both split, counting | target | result (one pod; both counting) |"
+        "| measure | unsplit | one pod split, counting, receiving | one pod split, counting, sending | both split, no program | both split, pass-through | both split, counting | target | result (one pod receiving; sending; both counting) |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|---|")?;
     let at = |v: Variant| v as usize;
-    // The targets are for traffic through a split pod (CountOne);
-    // both pods split on one node is the worst case, judged the same way.
-    let verdicts = |one: bool, both: bool| format!("{}; {}", verdict(one), verdict(both));
+    // The targets are for traffic through a split pod (CountOne and
+    // SendOne); both pods split on one node is the worst case, judged the
+    // same way.
+    let verdicts = |pass: [bool; 3]| pass.map(verdict).join("; ");
     writeln!(
         out,
         "| TCP throughput, Gbit/s | {} | | |",
         medians(tput.gbps.iter())
     )?;
     let tput_ratio = |v: Variant| paired_ci(&tput.gbps[at(v)], &tput.gbps[at(Unsplit)], ratio);
-    let [r1, rb, rp, rc] = [CountOne, Bare, Pass, Count].map(tput_ratio);
+    let tput_ok = |v: Variant| tput_ratio(v).0 >= MIN_THROUGHPUT_RATIO;
     writeln!(
         out,
-        "| throughput ratio to unsplit (95 % CI) | 1 | {} | {} | {} | {} | >= {MIN_THROUGHPUT_RATIO} | {} |",
-        show(r1, 3),
-        show(rb, 3),
-        show(rp, 3),
-        show(rc, 3),
-        verdicts(
-            r1.0 >= MIN_THROUGHPUT_RATIO,
-            rc.0 >= MIN_THROUGHPUT_RATIO && rp.0 >= MIN_THROUGHPUT_RATIO
-        )
+        "| throughput ratio to unsplit (95 % CI) | 1 | {} | >= {MIN_THROUGHPUT_RATIO} | {} |",
+        cells(&|v| show(tput_ratio(v), 3)),
+        verdicts([
+            tput_ok(CountOne),
+            tput_ok(SendOne),
+            tput_ok(Count) && tput_ok(Pass)
+        ])
     )?;
     let cpu = &tput.cpu_s_per_gb;
-    let cpu_cell = |v: Variant| {
-        let r = paired_ci(&cpu[at(v)], &cpu[at(Unsplit)], ratio);
-        format!("{:.3}: {}", med(&cpu[at(v)]), show(r, 3))
-    };
     writeln!(
         out,
-        "| CPU s per GB, client + server (ratio to unsplit, 95 % CI) | {:.3} | {} | {} | {} | {} | (reported) | |",
+        "| CPU s per GB, client + server (ratio to unsplit, 95 % CI) | {:.3} | {} | (reported) | |",
         med(&cpu[at(Unsplit)]),
-        cpu_cell(CountOne),
-        cpu_cell(Bare),
-        cpu_cell(Pass),
-        cpu_cell(Count)
+        cells(&|v| {
+            let r = paired_ci(&cpu[at(v)], &cpu[at(Unsplit)], ratio);
+            format!("{:.3}: {}", med(&cpu[at(v)]), show(r, 3))
+        })
     )?;
     writeln!(
         out,
-        "| weir's eBPF per frame (kernel BPF stats, one run each), ns | | | {:.0} | {:.0} | {:.0} | (reported) | |",
+        "| weir's eBPF per frame (kernel BPF stats, one run each), ns | | | | {:.0} | {:.0} | {:.0} | (reported) | |",
         ebpf[0].ns_per_run, ebpf[1].ns_per_run, ebpf[2].ns_per_run
     )?;
     writeln!(
         out,
-        "| weir's eBPF CPU at that rate, % of one CPU | | | {:.2} | {:.2} | {:.2} | (reported) | |",
+        "| weir's eBPF CPU at that rate, % of one CPU | | | | {:.2} | {:.2} | {:.2} | (reported) | |",
         ebpf[0].cpu_pct, ebpf[1].cpu_pct, ebpf[2].cpu_pct
     )?;
     for (proto, per) in ["UDP", "TCP"].iter().zip(rtt) {
@@ -837,18 +850,16 @@ fn summary(
             medians(per.iter().map(|(p50, _)| p50))
         )?;
         let added = |v: Variant| paired_ci(p50(v), p50(Unsplit), diff);
-        let [a1, ab, ap, ac] = [CountOne, Bare, Pass, Count].map(added);
+        let added_ok = |v: Variant| added(v).0 <= MAX_ADDED_RTT_P50_US;
         writeln!(
             out,
-            "| {proto} p50 added, µs (95 % CI) | 0 | {} | {} | {} | {} | <= +{MAX_ADDED_RTT_P50_US} | {} |",
-            show(a1, 2),
-            show(ab, 2),
-            show(ap, 2),
-            show(ac, 2),
-            verdicts(
-                a1.0 <= MAX_ADDED_RTT_P50_US,
-                ac.0 <= MAX_ADDED_RTT_P50_US && ap.0 <= MAX_ADDED_RTT_P50_US
-            )
+            "| {proto} p50 added, µs (95 % CI) | 0 | {} | <= +{MAX_ADDED_RTT_P50_US} | {} |",
+            cells(&|v| show(added(v), 2)),
+            verdicts([
+                added_ok(CountOne),
+                added_ok(SendOne),
+                added_ok(Count) && added_ok(Pass)
+            ])
         )?;
         writeln!(
             out,
