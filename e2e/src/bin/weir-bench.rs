@@ -2,18 +2,22 @@
 //! the variants alternating round by round, so drift and noise on the host hit
 //! every variant alike.
 //!
-//! Two nodes (network namespaces with the reference bridge + host-local
-//! chain), one of them with `weir` at the end of its chain; two pods on each,
-//! and on weir's node a third pod ADDed through the chain without weir.
+//! Nodes are network namespaces with the reference bridge + host-local chain.
+//! On weir's node (`weir` at the end of its chain) a client and a server pod
+//! split by weir, and a client and a server ADDed through the chain without
+//! weir on the same bridge: the unsplit baseline and the plain end of the
+//! one-split-pod variants. Further nodes (without weir; with weir attaching
+//! TCX links) are only for the ADD timings.
 //! - TCP throughput (iperf3) pod to pod over the node's bridge: unsplit vs
-//!   one split pod, either way (counted; the other end a pod without weir
-//!   on the same bridge) vs both
-//!   pods split with the node program gone (the stubs redirect on their own:
-//!   what the split's extra veth hop costs by itself), in pass-through mode
-//!   and with counting on. Many short rounds, and a confidence interval on
-//!   each median ratio: on a shared VM single runs swing ±20 %.
+//!   through one split pod (the other end a pod without weir on the same
+//!   bridge), into it and out of it, in pass-through mode (weir's default)
+//!   and counted; vs both pods split with the node program gone (the stubs
+//!   redirect on their own: what the split's extra veth hop costs by
+//!   itself), in pass-through mode and counted. Many short rounds, and a
+//!   confidence interval on each median ratio: on a shared VM single runs
+//!   swing ±20 %.
 //! - Request/response round-trip time (sockperf ping-pong, UDP and TCP),
-//!   same five variants: p50 and p99.
+//!   same eight variants: p50 and p99.
 //! - ADD time of the whole chain through cnitool, without weir vs with weir
 //!   (default tc attach) vs with weir attaching TCX links, each ADD into a
 //!   fresh pod namespace (DEL afterwards, not timed), on a node where the
@@ -68,6 +72,8 @@ struct Settings {
     rounds: usize,
     rtt_rounds: usize,
     tcp_secs: u32,
+    /// Offered rate of the fixed-rate transfers, Gbit/s.
+    rate_gbps: f64,
     rtt_secs: u32,
     adds: usize,
     loader_samples: usize,
@@ -96,6 +102,7 @@ impl Settings {
             rounds: num("WEIR_BENCH_ROUNDS", 30)?.max(1),
             rtt_rounds: num("WEIR_BENCH_RTT_ROUNDS", 15)?.max(1),
             tcp_secs: num("WEIR_BENCH_TCP_SECS", 2)?.max(1) as u32,
+            rate_gbps: num("WEIR_BENCH_RATE_GBPS", 8)?.max(1) as f64,
             rtt_secs: num("WEIR_BENCH_RTT_SECS", 2)?.max(1) as u32,
             adds: num("WEIR_BENCH_ADDS", 100)?.max(2),
             loader_samples: num("WEIR_BENCH_LOADER_SAMPLES", 20)?.max(1),
@@ -111,32 +118,39 @@ impl Settings {
 enum Variant {
     /// A chain without weir: the pod's own veth on the bridge.
     Unsplit,
-    /// Traffic through one split pod, as the targets put it: the
-    /// server split and counted, the client a pod without weir on the same
-    /// bridge. The server receives the data, so the data takes the split's
-    /// costlier direction (the extra veth hop towards the pod). Cross-node
-    /// traffic passes one split on each node.
-    CountOne,
-    /// The other direction through one split pod: the client split and
-    /// counted, the server a pod without weir on the same bridge. The data
-    /// leaves the split pod, where the split enters the host veth by
-    /// `bpf_redirect_peer`, without a second pass through the backlog.
-    SendOne,
+    /// Traffic through one split pod, as the targets put it, in
+    /// weir's default mode (no CaptureProfile selects the pod): the server
+    /// split, the client a pod without weir on the same bridge. The data goes
+    /// into the split pod, the split's costlier direction (the extra veth hop
+    /// towards the pod). Cross-node traffic passes one split on each node.
+    PassIn,
+    /// The other direction through one split pod in its default mode: the
+    /// client split, the server a pod without weir. The data leaves the
+    /// split pod, where the split enters the host veth by
+    /// `bpf_redirect_peer`, without a second pass through the backlog; the
+    /// ACKs take the extra hop.
+    PassOut,
+    /// As `PassIn`, with the split pod counted (PodMode::Count).
+    CountIn,
+    /// As `PassOut`, with the split pod counted.
+    CountOut,
     /// Both pods split by weir, but the node program's jump slot emptied: each stub
     /// redirects by itself. The split's own cost, without weir's program.
     Bare,
     /// Both pods split by weir, in pass-through mode.
     Pass,
-    /// Both pods split by weir and counted (PodMode::Count): pod to pod on
-    /// one node with weir on every pod, the worst case.
+    /// Both pods split by weir and counted: pod to pod on one node with weir
+    /// on every pod, the worst case.
     Count,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 8] = [
         Variant::Unsplit,
-        Variant::CountOne,
-        Variant::SendOne,
+        Variant::PassIn,
+        Variant::PassOut,
+        Variant::CountIn,
+        Variant::CountOut,
         Variant::Bare,
         Variant::Pass,
         Variant::Count,
@@ -145,11 +159,22 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Variant::Unsplit => "unsplit",
-            Variant::CountOne => "one-split-count",
-            Variant::SendOne => "one-split-send",
+            Variant::PassIn => "one-split-pass-in",
+            Variant::PassOut => "one-split-pass-out",
+            Variant::CountIn => "one-split-count-in",
+            Variant::CountOut => "one-split-count-out",
             Variant::Bare => "split-bare",
             Variant::Pass => "split-pass",
             Variant::Count => "split-count",
+        }
+    }
+
+    /// The split pods' mode; `None` for unsplit and bare.
+    fn mode(self) -> Option<PodMode> {
+        match self {
+            Variant::Unsplit | Variant::Bare => None,
+            Variant::PassIn | Variant::PassOut | Variant::Pass => Some(PodMode::PassThrough),
+            Variant::CountIn | Variant::CountOut | Variant::Count => Some(PodMode::Count),
         }
     }
 }
@@ -186,15 +211,17 @@ struct Route<'a> {
     server_ip: IpAddr,
 }
 
-/// The two nodes and a client/server pod pair on each. Field order is drop
-/// order: servers first, then pods, then nodes.
+/// The nodes, and two client/server pod pairs on weir's node's bridge, one
+/// split, one not. Field order is drop order: servers first, then pods, then
+/// nodes.
 struct Bed {
     _servers: Vec<Daemon>,
-    unsplit: Pair,
     split: Pair,
-    /// On the split node's bridge, ADDed through the chain without weir.
+    /// ADDed through the chain with weir left out: the unsplit baseline, on
+    /// the same bridge as the split pods, so the variants differ in weir only.
     plain: Pair,
     split_node: Node,
+    /// Pods are only ADDed and DELeted here, through the chain without weir.
     unsplit_node: Node,
     /// Pods are only ADDed and DELeted here, with weir attaching TCX links.
     tcx_node: Node,
@@ -203,9 +230,9 @@ struct Bed {
 impl Bed {
     fn route(&self, v: Variant) -> Route<'_> {
         let (client, server) = match v {
-            Variant::Unsplit => (&self.unsplit.client, &self.unsplit),
-            Variant::CountOne => (&self.plain.client, &self.split),
-            Variant::SendOne => (&self.split.client, &self.plain),
+            Variant::Unsplit => (&self.plain.client, &self.plain),
+            Variant::PassIn | Variant::CountIn => (&self.plain.client, &self.split),
+            Variant::PassOut | Variant::CountOut => (&self.split.client, &self.plain),
             Variant::Bare | Variant::Pass | Variant::Count => (&self.split.client, &self.split),
         };
         Route {
@@ -221,11 +248,11 @@ impl Bed {
     /// Puts both split pods into the variant's mode (no-op for unsplit).
     fn set_mode(&self, v: Variant) -> Result<()> {
         let root = BpfRoot::new(&self.split_node.bpf_root);
-        let mode = match v {
-            Variant::Unsplit => return Ok(()),
-            Variant::Bare => return empty_jump_slot(&root),
-            Variant::Pass => PodMode::PassThrough,
-            Variant::Count | Variant::CountOne | Variant::SendOne => PodMode::Count,
+        let mode = match (v, v.mode()) {
+            (Variant::Unsplit, _) => return Ok(()),
+            (Variant::Bare, _) => return empty_jump_slot(&root),
+            (_, Some(mode)) => mode,
+            (_, None) => bail!("{v:?} has no pod mode"),
         };
         // refills the jump slot if a bare round emptied it
         weir_ebpf::probe(&root).context("reloading the node program")?;
@@ -249,17 +276,15 @@ impl Bed {
         );
         // (the idle split pods' own chatter, e.g. IPv6 router solicitations,
         // is redirected too, whatever runs: hence thresholds, not zero)
-        match v {
-            Variant::Bare if redirects != 0 => {
+        match (v, v.mode()) {
+            (Variant::Bare, _) if redirects != 0 => {
                 bail!("bare run: the node program redirected {redirects} frames")
             }
-            Variant::Pass if passed < 100 => {
-                bail!("pass-through run: only {passed} frames passed through weir")
+            (_, Some(PodMode::PassThrough)) if passed < 100 => {
+                bail!("{}: only {passed} frames passed through weir", v.name())
             }
-            Variant::Count | Variant::CountOne | Variant::SendOne
-                if redirects < 100 || passed != 0 =>
-            {
-                bail!("counting run: {redirects} redirects, {passed} not counted")
+            (_, Some(PodMode::Count)) if redirects < 100 || passed != 0 => {
+                bail!("{}: {redirects} redirects, {passed} not counted", v.name())
             }
             _ => Ok(out),
         }
@@ -289,16 +314,13 @@ impl Drop for Bed {
     /// DEL the pods through their chains, as a runtime would, so no CNI
     /// result cache, IPAM lease or weir state outlives the run.
     fn drop(&mut self) {
-        for (node, pair) in [
-            (&self.split_node, &self.split),
-            (&self.unsplit_node, &self.unsplit),
+        // (weir's DEL of a pod it never split leaves it to the bridge)
+        for pod in [
+            &self.split.client,
+            &self.split.server,
+            &self.plain.client,
+            &self.plain.server,
         ] {
-            for pod in [&pair.client, &pair.server] {
-                let _ = node.del(&pod.path(), "eth0");
-            }
-        }
-        // weir's DEL of a pod it never split leaves it to the bridge
-        for pod in [&self.plain.client, &self.plain.server] {
             let _ = self.split_node.del(&pod.path(), "eth0");
         }
     }
@@ -369,7 +391,6 @@ fn setup(s: &Settings) -> Result<Bed> {
     let (tcx_node, _) = node("wbt", "10.245.3.0/24", true, Some("tcx"), &s.weir)?;
     let split = pair(&split_node, "wbs", true)?;
     let plain = plain_pair(&split_node, &split_spec, "wbs")?;
-    let unsplit = pair(&unsplit_node, "wbu", false)?;
     if split
         .client
         .links()?
@@ -381,7 +402,7 @@ fn setup(s: &Settings) -> Result<Bed> {
         bail!("the weir pod is not split: {:?}", split.client.links()?);
     }
     let mut servers = Vec::new();
-    for p in [&split, &unsplit, &plain] {
+    for p in [&split, &plain] {
         for argv in [
             &["iperf3", "-s", "-p", IPERF_PORT][..],
             &[
@@ -413,7 +434,6 @@ fn setup(s: &Settings) -> Result<Bed> {
     }
     Ok(Bed {
         _servers: servers,
-        unsplit,
         split,
         plain,
         split_node,
@@ -434,15 +454,22 @@ struct Transfer {
     cpu_s_per_gb: f64,
 }
 
-fn iperf(p: &Route, secs: u32) -> Result<Transfer> {
+/// `rate_gbps`: iperf3's `-b`, the offered rate; `None` sends as fast as
+/// the path takes.
+fn iperf(p: &Route, secs: u32, rate_gbps: Option<f64>) -> Result<Transfer> {
     let ip = p.server_ip.to_string();
     let secs = secs.to_string();
-    let out = netns::run(&mut p.client.command(&pinned(
+    let mut argv = pinned(
         CLIENT_CPU,
         &[
             "iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-O", "1", "-J",
         ],
-    )))?;
+    );
+    let rate = rate_gbps.map(|g| format!("{g}G"));
+    if let Some(rate) = &rate {
+        argv.extend(["-b", rate.as_str()]);
+    }
+    let out = netns::run(&mut p.client.command(&argv))?;
     let j: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     let end = &j["end"];
     let number = |v: &Value, what: &str| {
@@ -525,7 +552,7 @@ fn paired_ci(v: &[f64], base: &[f64], cost: fn(f64, f64) -> f64) -> (f64, f64, f
     (med(&per_round), lo, hi)
 }
 
-/// The medians of the six variants' values, as table cells in
+/// The medians of the eight variants' values, as table cells in
 /// [`Variant::ALL`] order (the arrays are indexed by variant).
 fn medians<'a>(per_variant: impl Iterator<Item = &'a Vec<f64>>) -> String {
     per_variant
@@ -621,42 +648,59 @@ fn main() -> Result<()> {
         s.rtt_secs,
         s.adds
     );
-    let out = header + &summary(&tput, &ebpf, &rtt, &adds, &parts)?;
+    let out = header + &summary(&s, &tput, &ebpf, &rtt, &adds, &parts)?;
     print!("{out}");
     fs::write(s.results.join("summary.raw"), &out)?;
     Ok(())
 }
 
-/// Per variant, Gbit/s and CPU seconds per GB of each round.
+/// Per variant, of each round: Gbit/s and CPU seconds per GB as fast as the
+/// path goes, and CPU seconds per GB and Gbit/s at the fixed offered rate.
+#[derive(Default)]
 struct Throughput {
-    gbps: [Vec<f64>; 6],
-    cpu_s_per_gb: [Vec<f64>; 6],
+    gbps: [Vec<f64>; 8],
+    cpu_s_per_gb: [Vec<f64>; 8],
+    fixed_cpu_s_per_gb: [Vec<f64>; 8],
+    fixed_gbps: [Vec<f64>; 8],
 }
 
+/// Each variant twice per round, back to back: as fast as the path goes,
+/// then at a fixed offered rate below every variant's capacity. At full
+/// speed a single stream between two CPUs swings ±20 % from run to run on
+/// this VM (reordering between the CPUs' backlogs, spurious retransmits,
+/// the host's steal); at a fixed rate the CPU it costs per GB swings ±4 %,
+/// so weir's cost per byte shows through in far fewer rounds. On a
+/// CPU-bound path, throughput is the inverse of that cost.
 fn throughput(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Throughput> {
-    let mut tput = Throughput {
-        gbps: Default::default(),
-        cpu_s_per_gb: Default::default(),
-    };
+    let mut tput = Throughput::default();
     let mut lines = Vec::new();
     for r in 0..s.rounds {
         for v in rotation(&Variant::ALL, r) {
-            let t = bed.measured(v, |p| iperf(p, s.tcp_secs))?;
-            tput.gbps[v as usize].push(t.gbps);
-            tput.cpu_s_per_gb[v as usize].push(t.cpu_s_per_gb);
+            let t = bed.measured(v, |p| iperf(p, s.tcp_secs, None))?;
+            let fixed = bed.measured(v, |p| iperf(p, s.tcp_secs, Some(s.rate_gbps)))?;
+            let i = v as usize;
+            tput.gbps[i].push(t.gbps);
+            tput.cpu_s_per_gb[i].push(t.cpu_s_per_gb);
+            tput.fixed_cpu_s_per_gb[i].push(fixed.cpu_s_per_gb);
+            tput.fixed_gbps[i].push(fixed.gbps);
             lines.push(format!(
-                "{r} {} {:.3} {} {:.4}",
+                "{r} {} {:.3} {} {:.4} {:.3} {:.4}",
                 v.name(),
                 t.gbps,
                 t.retransmits,
-                t.cpu_s_per_gb
+                t.cpu_s_per_gb,
+                fixed.gbps,
+                fixed.cpu_s_per_gb
             ));
         }
         eprintln!("weir-bench: throughput round {}/{} done", r + 1, s.rounds);
     }
     raw.write(
         "throughput.raw",
-        "round variant gbit_per_s retransmits cpu_s_per_gb (iperf3, one TCP stream; CPU of client + server processes)",
+        &format!(
+            "round variant gbit_per_s retransmits cpu_s_per_gb fixed_rate_gbit_per_s fixed_rate_cpu_s_per_gb (iperf3, one TCP stream, as fast as it goes, then at -b {}G; CPU of client + server processes)",
+            s.rate_gbps
+        ),
         &lines,
     )?;
     Ok(tput)
@@ -706,7 +750,7 @@ fn ebpf_time(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[EbpfTime; 3]> {
         let stats = bpf_stats::enable()?;
         let (ns0, runs0) = totals()?;
         let started = Instant::now();
-        let t = bed.measured(v, |p| iperf(p, s.tcp_secs))?;
+        let t = bed.measured(v, |p| iperf(p, s.tcp_secs, None))?;
         let wall = started.elapsed().as_secs_f64();
         let (ns1, runs1) = totals()?;
         drop(stats);
@@ -730,7 +774,7 @@ fn ebpf_time(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[EbpfTime; 3]> {
 }
 
 /// Per protocol (UDP, TCP) and variant, (p50s, p99s) in µs of each round.
-type Rtts = [[(Vec<f64>, Vec<f64>); 6]; 2];
+type Rtts = [[(Vec<f64>, Vec<f64>); 8]; 2];
 
 fn latency(bed: &Bed, s: &Settings, raw: &Raw) -> Result<Rtts> {
     let mut rtt: Rtts = Default::default();
@@ -784,43 +828,48 @@ fn add_times(bed: &Bed, s: &Settings, raw: &Raw) -> Result<[Vec<f64>; 3]> {
 
 /// The results table (markdown) with the targets, and the ADD breakdown.
 fn summary(
+    s: &Settings,
     tput: &Throughput,
     ebpf: &[EbpfTime; 3],
     rtt: &Rtts,
     adds: &[Vec<f64>; 3],
     parts: &[(&str, f64, String)],
 ) -> Result<String> {
-    use Variant::{Bare, Count, CountOne, Pass, SendOne, Unsplit};
+    use Variant::{Bare, Count, CountIn, CountOut, Pass, PassIn, PassOut, Unsplit};
     // Every variant but the unsplit one, in table order (Variant::ALL's).
-    const COMPARED: [Variant; 5] = [CountOne, SendOne, Bare, Pass, Count];
+    const COMPARED: [Variant; 7] = [PassIn, PassOut, CountIn, CountOut, Bare, Pass, Count];
     let cells = |f: &dyn Fn(Variant) -> String| COMPARED.map(f).join(" | ");
+    let rate = s.rate_gbps;
     let mut out = String::new();
     writeln!(
         out,
-        "| measure | unsplit | one pod split, counting, receiving | one pod split, counting, sending | both split, no program | both split, pass-through | both split, counting | target | result (one pod receiving; sending; both counting) |"
+        "| measure | unsplit | one pod split, pass-through (default), into it | one pod split, pass-through, out of it | one pod split, counting, into it | one pod split, counting, out of it | both split, no program | both split, pass-through | both split, counting | target | result (one pod pass-through in; out; counting in; out; both counting) |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|---|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")?;
     let at = |v: Variant| v as usize;
-    // The targets are for traffic through a split pod (CountOne and
-    // SendOne); both pods split on one node is the worst case, judged the
+    // The targets are for traffic through a split pod (the one-pod
+    // variants); both pods split on one node is the worst case, judged the
     // same way.
-    let verdicts = |pass: [bool; 3]| pass.map(verdict).join("; ");
+    let verdicts = |ok: &dyn Fn(Variant) -> bool| {
+        [PassIn, PassOut, CountIn, CountOut]
+            .map(ok)
+            .into_iter()
+            .chain([ok(Count) && ok(Pass)])
+            .map(verdict)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     writeln!(
         out,
         "| TCP throughput, Gbit/s | {} | | |",
         medians(tput.gbps.iter())
     )?;
     let tput_ratio = |v: Variant| paired_ci(&tput.gbps[at(v)], &tput.gbps[at(Unsplit)], ratio);
-    let tput_ok = |v: Variant| tput_ratio(v).0 >= MIN_THROUGHPUT_RATIO;
     writeln!(
         out,
         "| throughput ratio to unsplit (95 % CI) | 1 | {} | >= {MIN_THROUGHPUT_RATIO} | {} |",
         cells(&|v| show(tput_ratio(v), 3)),
-        verdicts([
-            tput_ok(CountOne),
-            tput_ok(SendOne),
-            tput_ok(Count) && tput_ok(Pass)
-        ])
+        verdicts(&|v| tput_ratio(v).0 >= MIN_THROUGHPUT_RATIO)
     )?;
     let cpu = &tput.cpu_s_per_gb;
     writeln!(
@@ -832,15 +881,50 @@ fn summary(
             format!("{:.3}: {}", med(&cpu[at(v)]), show(r, 3))
         })
     )?;
+    let fixed = &tput.fixed_cpu_s_per_gb;
+    let fixed_ratio = |v: Variant| paired_ci(&fixed[at(v)], &fixed[at(Unsplit)], ratio);
     writeln!(
         out,
-        "| weir's eBPF per frame (kernel BPF stats, one run each), ns | | | | {:.0} | {:.0} | {:.0} | (reported) | |",
-        ebpf[0].ns_per_run, ebpf[1].ns_per_run, ebpf[2].ns_per_run
+        "| CPU s per GB at a fixed {rate} Gbit/s (ratio to unsplit, 95 % CI) | {:.3} | {} | (reported) | |",
+        med(&fixed[at(Unsplit)]),
+        cells(&|v| format!("{:.3}: {}", med(&fixed[at(v)]), show(fixed_ratio(v), 3)))
+    )?;
+    // Where the CPU is the bound, throughput scales as 1 / (CPU per byte).
+    let cpu_bound = |v: Variant| {
+        let (m, lo, hi) = fixed_ratio(v);
+        (1.0 / m, 1.0 / hi, 1.0 / lo)
+    };
+    writeln!(
+        out,
+        "| CPU-bound throughput ratio: 1 / the ratio above (95 % CI) | 1 | {} | >= {MIN_THROUGHPUT_RATIO} | {} |",
+        cells(&|v| show(cpu_bound(v), 3)),
+        verdicts(&|v| cpu_bound(v).0 >= MIN_THROUGHPUT_RATIO)
     )?;
     writeln!(
         out,
-        "| weir's eBPF CPU at that rate, % of one CPU | | | | {:.2} | {:.2} | {:.2} | (reported) | |",
-        ebpf[0].cpu_pct, ebpf[1].cpu_pct, ebpf[2].cpu_pct
+        "| Gbit/s reached at the fixed rate, lowest round | {} | (reported) | |",
+        tput.fixed_gbps
+            .iter()
+            .map(|g| format!("{:.2}", g.iter().copied().fold(f64::INFINITY, f64::min)))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    )?;
+    // measured for the both-split variants only
+    let ebpf_cell = |v: Variant, f: &dyn Fn(&EbpfTime) -> String| match v {
+        Bare => f(&ebpf[0]),
+        Pass => f(&ebpf[1]),
+        Count => f(&ebpf[2]),
+        _ => String::new(),
+    };
+    writeln!(
+        out,
+        "| weir's eBPF per frame (kernel BPF stats, one run each), ns | | {} | (reported) | |",
+        cells(&|v| ebpf_cell(v, &|e| format!("{:.0}", e.ns_per_run)))
+    )?;
+    writeln!(
+        out,
+        "| weir's eBPF CPU at that rate, % of one CPU | | {} | (reported) | |",
+        cells(&|v| ebpf_cell(v, &|e| format!("{:.2}", e.cpu_pct)))
     )?;
     for (proto, per) in ["UDP", "TCP"].iter().zip(rtt) {
         let p50 = |v: Variant| &per[at(v)].0;
@@ -850,16 +934,11 @@ fn summary(
             medians(per.iter().map(|(p50, _)| p50))
         )?;
         let added = |v: Variant| paired_ci(p50(v), p50(Unsplit), diff);
-        let added_ok = |v: Variant| added(v).0 <= MAX_ADDED_RTT_P50_US;
         writeln!(
             out,
             "| {proto} p50 added, µs (95 % CI) | 0 | {} | <= +{MAX_ADDED_RTT_P50_US} | {} |",
             cells(&|v| show(added(v), 2)),
-            verdicts([
-                added_ok(CountOne),
-                added_ok(SendOne),
-                added_ok(Count) && added_ok(Pass)
-            ])
+            verdicts(&|v| added(v).0 <= MAX_ADDED_RTT_P50_US)
         )?;
         writeln!(
             out,
