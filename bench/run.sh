@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # make bench: what weir costs on this host, measured in one run with the
 # variants alternating (e2e/src/bin/weir-bench.rs does the measuring).
-#   - TCP throughput between two pods on one bridge: unsplit vs one pod split
-#     and counted vs both split (with the node program gone, pass-through,
-#     counting), 30 short alternating rounds with a confidence interval on
-#     each median ratio,
+#   - TCP throughput between two pods on one bridge: unsplit vs through one
+#     split pod (into it and out of it; pass-through and counting) vs both
+#     split (with the node program gone, pass-through, counting), 30 short
+#     alternating rounds with a confidence interval on each median ratio;
+#     each run also at a fixed offered rate, for the CPU it costs per GB,
 #   - request/response round trips (sockperf ping-pong, UDP and TCP): p50, p99,
 #   - ADD time of the whole CNI chain via cnitool, with weir vs without,
 #   - where weir's share of an ADD goes: ADDs with weir under strace, and the
@@ -12,11 +13,12 @@
 #   - the split program's own ns per frame on crafted frames, by the kernel's
 #     BPF_PROG_TEST_RUN (bench/prog-probe; compare builds with its compare.py).
 # Raw numbers: bench/results/*.raw; the summary table: stdout (and
-# bench/results/summary.raw). Takes about 25 minutes. Results: BENCHMARKS.md.
+# bench/results/summary.raw). Takes about 40 minutes. Results: BENCHMARKS.md.
 #
 # Knobs (environment): WEIR_BENCH_ROUNDS (30), WEIR_BENCH_TCP_SECS (2, after
-# 1 s omitted), WEIR_BENCH_RTT_ROUNDS (15), WEIR_BENCH_RTT_SECS (2), WEIR_BENCH_ADDS (100), WEIR_BENCH_TRACED_ADDS (15),
-# WEIR_BENCH_LOADER_SAMPLES (20).
+# 1 s omitted), WEIR_BENCH_RATE_GBPS (8, the fixed offered rate),
+# WEIR_BENCH_RTT_ROUNDS (15), WEIR_BENCH_RTT_SECS (2), WEIR_BENCH_ADDS (100),
+# WEIR_BENCH_TRACED_ADDS (15), WEIR_BENCH_LOADER_SAMPLES (20).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
