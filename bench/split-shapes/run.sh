@@ -93,7 +93,9 @@ measure() { # <address> [rate]: "<Gbit/s> <CPU s per GB, client + server>"
   ip netns exec wssC taskset -c 0 iperf3 -c "$1" -p 5201 -t 2 -O 1 -J "${extra[@]}" |
     python3 -c 'import json,sys
 e=json.load(sys.stdin)["end"]; r=e["sum_received"]; c=e["cpu_utilization_percent"]
-print(f"{r[\"bits_per_second\"]/1e9:.3f} {(c[\"host_total\"]+c[\"remote_total\"])/100*r[\"seconds\"]/(r[\"bytes\"]/1e9):.4f}")'
+gbit = r["bits_per_second"] / 1e9
+cpu_per_gb = (c["host_total"] + c["remote_total"]) / 100 * r["seconds"] / (r["bytes"] / 1e9)
+print(f"{gbit:.3f} {cpu_per_gb:.4f}")'
 }
 
 raw="$work/raw"
