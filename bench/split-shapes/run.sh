@@ -10,7 +10,7 @@
 #            passes the backlog queue twice.
 # Each round runs the three back to back (order rotating), as fast as TCP
 # goes and at a fixed offered rate; prints the per-round values and the
-# medians of the ratios to unsplit. Needs root, clang, tc, iperf3, 2 CPUs.
+# medians of the ratios to unsplit with 95 % intervals. Needs root, clang, tc, iperf3, 2 CPUs.
 # Knobs: SHAPES_ROUNDS (16), SHAPES_RATE_GBPS (8).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -108,16 +108,28 @@ for ((r = 0; r < rounds; r++)); do
   done
 done
 python3 - "$raw" "$rate" <<'PY'
-import statistics, sys
+import math, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 for r, shape, *v in rows:
     by.setdefault(int(r), {})[shape] = [float(x) for x in v]
-print(f"\nmedians over {len(by)} rounds, ratio to unsplit in the same round")
+
+def median_ci(values):
+    # weir-bench's interval (e2e/src/report.rs median_ci): the order
+    # statistics at ranks n/2 -+ 0.98 sqrt(n), distribution-free
+    v = sorted(values)
+    n = len(v)
+    half = 0.98 * math.sqrt(n)
+    lo = max(0, math.floor(n / 2 - half))
+    hi = min(n - 1, max(0, math.ceil(n / 2 + half) - 1))
+    return statistics.median(v), v[min(lo, n - 1)], v[hi]
+
+print(f"\nmedians over {len(by)} rounds, ratio to unsplit in the same round (95 % CI)")
 print("| shape | throughput ratio | CPU per GB ratio, full speed | CPU per GB ratio at", sys.argv[2], "Gbit/s | 1 / that |")
 print("|---|---:|---:|---:|---:|")
 for shape in ("in-pod", "middle"):
     def ratio(i):
-        return statistics.median(by[r][shape][i] / by[r]["unsplit"][i] for r in by)
-    print(f"| {shape} | {ratio(0):.3f} | {ratio(1):.3f} | {ratio(3):.3f} | {1 / ratio(3):.3f} |")
+        return median_ci([by[r][shape][i] / by[r]["unsplit"][i] for r in by])
+    cells = [f"{m:.3f} ({lo:.3f}–{hi:.3f})" for m, lo, hi in (ratio(0), ratio(1), ratio(3))]
+    print(f"| {shape} | {' | '.join(cells)} | {1 / ratio(3)[0]:.3f} |")
 PY
