@@ -10,7 +10,8 @@
 #            passes the backlog queue twice.
 # Each round runs the three back to back (order rotating), as fast as TCP
 # goes and at a fixed offered rate; prints the per-round values and the
-# medians of the ratios to unsplit with 95 % intervals. Needs root, clang, tc, iperf3, 2 CPUs.
+# medians of the ratios to unsplit with 95 % intervals. Needs root, clang,
+# tc, iperf3, 2 CPUs.
 # Knobs: SHAPES_ROUNDS (16), SHAPES_RATE_GBPS (8).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
