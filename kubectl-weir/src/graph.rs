@@ -18,6 +18,9 @@ pub enum GraphNode {
     Workload(Workload),
     /// The summarised rest of a namespace (`None`: addresses outside).
     Other(Option<String>),
+    /// What is left when even the per-namespace-pair summaries are too
+    /// many: one node, one self edge.
+    Rest,
 }
 
 impl GraphNode {
@@ -26,6 +29,7 @@ impl GraphNode {
             GraphNode::Workload(w) => w.id(),
             GraphNode::Other(Some(ns)) => format!("{ns}/(other)"),
             GraphNode::Other(None) => "(other addresses)".into(),
+            GraphNode::Rest => "(everything else)".into(),
         }
     }
 
@@ -33,6 +37,7 @@ impl GraphNode {
         match self {
             GraphNode::Workload(w) => w.label(),
             GraphNode::Other(_) => "(other)".into(),
+            GraphNode::Rest => "(everything else)".into(),
         }
     }
 
@@ -41,6 +46,7 @@ impl GraphNode {
         match self {
             GraphNode::Workload(w) => w.namespace().filter(|ns| !ns.is_empty()),
             GraphNode::Other(ns) => ns.as_deref(),
+            GraphNode::Rest => None,
         }
     }
 }
@@ -129,7 +135,8 @@ impl Edge {
     }
 
     pub fn is_other(&self) -> bool {
-        matches!(self.from, GraphNode::Other(_)) || matches!(self.to, GraphNode::Other(_))
+        matches!(self.from, GraphNode::Other(_) | GraphNode::Rest)
+            || matches!(self.to, GraphNode::Other(_) | GraphNode::Rest)
     }
 }
 
@@ -187,8 +194,28 @@ impl Graph {
                     .merge(e);
             }
             let mut others: Vec<Edge> = others.into_values().collect();
-            others.sort_by(|a, b| b.bytes.cmp(&a.bytes));
-            edges.extend(others);
+            others.sort_by(|a, b| {
+                b.bytes
+                    .cmp(&a.bytes)
+                    .then_with(|| a.from.cmp(&b.from))
+                    .then_with(|| a.to.cmp(&b.to))
+            });
+            // Within a namespace the summary is a loop on its (other) node;
+            // across namespaces at most `max_other` pairs are drawn, the rest
+            // is one edge on "(everything else)".
+            let max_other = (top / 4).max(10);
+            let (inner, cross): (Vec<Edge>, Vec<Edge>) =
+                others.into_iter().partition(|e| e.from == e.to);
+            edges.extend(inner);
+            let mut cross = cross.into_iter();
+            edges.extend(cross.by_ref().take(max_other));
+            let mut rest = Edge::new(GraphNode::Rest, GraphNode::Rest);
+            for e in cross {
+                rest.merge(&e);
+            }
+            if rest.flows > 0 {
+                edges.push(rest);
+            }
         }
         Graph {
             edges,
@@ -237,7 +264,7 @@ impl Graph {
                     GraphNode::Workload(Workload::Address(_)) => ("ellipse", "#f4f4f4", "address"),
                     GraphNode::Workload(Workload::Pod { .. }) => ("box", "#eef4fb", "pod"),
                     GraphNode::Workload(_) => ("box", "#dcebfa", "workload"),
-                    GraphNode::Other(_) => ("note", "#ffffff", "other"),
+                    GraphNode::Other(_) | GraphNode::Rest => ("note", "#ffffff", "other"),
                 };
                 let _ = writeln!(
                     s,
