@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo bench bench-scale bench-agent crds clippy clean
+.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image bench bench-scale bench-agent crds clippy clean
 
 all: build
 
@@ -19,7 +19,16 @@ build: bootstrap
 test: bootstrap
 	bash scripts/test.sh
 
+# weir on a local two-node cluster (containerd, kubelet, flannel VXLAN),
+# installed by helm, with an app talking across the nodes; it stays up.
 demo: bootstrap
+	bash scripts/demo-cluster.sh
+
+demo-down:
+	bash e2e/cluster/cluster.sh down
+
+# The quick one, without Kubernetes: pods in network namespaces, chained by cnitool.
+demo-netns: bootstrap
 	bash scripts/demo.sh
 
 bench: bootstrap
