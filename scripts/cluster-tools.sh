@@ -156,7 +156,7 @@ build_containerd() {
   CGO_ENABLED=0 run_logged nice -n 10 "$(go_cmd)" build -tags "$tags no_grpc" -ldflags "$ld" -o "$tmp/" \
     $pkg/cmd/containerd-shim-runc-v2
   check_version "$tmp/containerd" " ${CONTAINERD_VERSION//./\\.}( |\$)" --version
-  check_version "$tmp/ctr" "version ${CONTAINERD_VERSION//./\\.}\$" --version
+  check_version "$tmp/ctr" " ${CONTAINERD_VERSION//./\\.}\$" --version
   check_version "$tmp/containerd-shim-runc-v2" "Version: +${CONTAINERD_VERSION//./\\.}\$" -v
 }
 
