@@ -11,6 +11,8 @@
 #   $WEIR_TOOLS/cluster/bin/pause       (gcc -static of Kubernetes' pause.c)
 #   $WEIR_TOOLS/cluster/bin/crictl
 #   $WEIR_TOOLS/cluster/cni/flannel     (the flannel CNI plugin, a CNI bin dir of its own)
+#   $WEIR_TOOLS/cluster/images/pause-<v>.oci.tar, weir-test-tools-1.oci.tar
+#                                       (scripts/image.sh cluster, run at the end)
 #
 # Called by scripts/bootstrap.sh after controlplane-tools.sh; safe to run
 # alone. Each part has a stamp in $WEIR_TOOLS/stamps/cluster-<part> holding
@@ -322,6 +324,8 @@ main() {
   part flannel
   part kubernetes
   part crictl
+  # The pause and test images (cheap; image.sh keeps its own stamp).
+  bash "$here/image.sh" cluster | sed 's/^/cluster-tools: image /' >&2
   log "done in $((SECONDS - start))s: $bindir/{kubelet,kube-scheduler,kube-proxy,containerd,containerd-shim-runc-v2,ctr,runc,flanneld,pause,crictl}, $cnidir/flannel"
 }
 
