@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image bench bench-scale bench-agent crds clippy clean
+.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image image-check bench bench-scale bench-agent crds clippy clean
 
 all: build
 
@@ -41,6 +41,16 @@ bench-scale: bootstrap
 # The node agent's and the VXLAN monitor's cost (throughput, RSS, CPU).
 bench-agent: bootstrap
 	bash bench/agent.sh
+
+# The weir image as an OCI archive, without Docker (target/image/, see
+# scripts/image.sh; Containerfile for Docker/buildah users).
+image:
+	CARGO="$(CARGO)" bash scripts/image.sh weir
+
+# Build each image twice and fail unless the digests agree.
+image-check:
+	CARGO="$(CARGO)" bash scripts/image.sh --check-reproducible weir
+	bash scripts/image.sh --check-reproducible cluster
 
 # Regenerate crds/ from the CRD types (CI fails when it is stale).
 crds:
