@@ -27,9 +27,8 @@ took() { printf '   done in %ss\n' "$(($SECONDS - $1))"; }
 
 step "building weir's image and the demo's tools image (scripts/image.sh)"
 s=$SECONDS
-out=$(bash scripts/image.sh --profile "${WEIR_DEMO_PROFILE:-release}" --with-test-image)
-weir_image=$(sed -n 's/^weir-image: //p' <<<"$out")
-tools_image=$(sed -n 's/^test-image: //p' <<<"$out")
+weir_image=$(bash scripts/image.sh --profile "${WEIR_DEMO_PROFILE:-release}" weir | awk '{print $2}')
+tools_image=$(bash scripts/image.sh --profile "${WEIR_DEMO_PROFILE:-release}" tools | awk '{print $2}')
 took $s
 
 step "bringing up the cluster: control plane + 2 nodes (e2e/cluster/cluster.sh up)"

@@ -4,20 +4,23 @@
 # owner 0, mtime 0, fixed modes, gzip -n), so the same inputs give the same
 # digest.
 #
-#   scripts/image.sh [weir]      the weir image (`make image`): release builds of
-#                                weir-operator and the weir CNI binary
+#   scripts/image.sh [weir]      the weir image (`make image`): weir-operator, the
+#                                weir CNI binary and kubectl-weir (when built)
 #                                -> target/image/weir-operator-<appVersion>.oci.tar
 #                                   as docker.io/library/weir-operator:<appVersion>
 #                                   (charts/weir's default image.repository and
 #                                   appVersion, normalized as containerd names it)
-#   scripts/image.sh cluster     the cluster's pause and test images (they don't
-#                                depend on the Rust code; cluster-tools.sh builds
-#                                pause first)
+#   scripts/image.sh tools       the cluster tests' and demo's app image: busybox
+#                                applets and weir-traffic (e2e/src/bin)
+#                                -> target/image/weir-test-tools-1.oci.tar
+#                                   (docker.io/weir-test/tools:1)
+#   scripts/image.sh cluster     the cluster's pause image (no Rust code in it;
+#                                cluster-tools.sh builds pause first)
 #                                -> $WEIR_TOOLS/cluster/images/pause-<v>.oci.tar
 #                                   (registry.k8s.io/pause:<v>)
-#                                -> $WEIR_TOOLS/cluster/images/weir-test-tools-1.oci.tar
-#                                   (docker.io/weir-test/tools:1: busybox applets and
-#                                   netprobe, scripts/images/netprobe.c)
+#   --profile release|debug      (before the target) which cargo build goes into
+#                                weir and tools (default release; debug ones are
+#                                stripped of debug info in the image)
 #   scripts/image.sh --check-reproducible [weir|cluster]
 #                                build each image twice from copies of its inputs
 #                                (other temp dirs, umask, input mtimes) and fail
@@ -110,6 +113,20 @@ put() {
   chmod "$4" "$2$3"
 }
 
+# put_bin SRC ROOTFS PATH: a program; a debug build without its debug info.
+put_bin() {
+  put "$1" "$2" "$3" 0755
+  [[ $PROFILE == release ]] || strip --strip-debug "$2$3"
+}
+
+# cargo_build ARGS...: the build of $PROFILE.
+cargo_build() {
+  local p=(--release)
+  [[ $PROFILE == release ]] || p=()
+  log "cargo build ${p[*]} $*"
+  (cd "$root" && "$CARGO" build "${p[@]}" --locked "$@")
+}
+
 # stage_etc ROOTFS: /etc/passwd and /etc/group with root and nonroot (65532,
 # the controller Deployment's runAsUser), and /tmp.
 stage_etc() {
@@ -145,8 +162,9 @@ app_version() {
 }
 
 # --- the weir image -------------------------------------------------------------
+PROFILE=release
 weir_bins() { # the binaries in the image, as SRC:DEST lines
-  local rel=$target_dir/release
+  local rel=$target_dir/$PROFILE
   echo "$rel/weir-operator:/usr/local/bin/weir-operator"
   echo "$rel/weir:/usr/local/bin/weir"
   [[ ! -x $rel/kubectl-weir ]] || echo "$rel/kubectl-weir:/usr/local/bin/kubectl-weir"
@@ -156,8 +174,8 @@ weir_bins() { # the binaries in the image, as SRC:DEST lines
 stage_weir() {
   local rootfs=$1 line src bins=()
   while IFS=: read -r src line; do
-    [[ -x $src ]] || die "$src missing (cargo build --release -p weir-operator -p weir-cni --locked)"
-    put "$src" "$rootfs" "$line" 0755
+    [[ -x $src ]] || die "$src missing (cargo build --profile $PROFILE -p weir-operator -p weir-cni --locked)"
+    put_bin "$src" "$rootfs" "$line"
     bins+=("$src")
   done < <(weir_bins)
   # They link glibc dynamically: ship exactly the libraries ldd names and
@@ -173,10 +191,7 @@ build_weir() {
   ver=$(app_version)
   [[ -n $ver ]] || die "no appVersion in charts/weir/Chart.yaml"
   ref=docker.io/library/weir-operator:$ver
-  if [[ ${WEIR_IMAGE_NO_BUILD:-} != 1 ]]; then
-    log "cargo build --release -p weir-operator -p weir-cni --locked"
-    (cd "$root" && "$CARGO" build --release -p weir-operator -p weir-cni --locked)
-  fi
+  [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] || cargo_build -p weir-operator -p weir-cni
   out=$target_dir/image/weir-operator-$ver.oci.tar
   rootfs=$(mktemp -d)
   stage_weir "$rootfs"
@@ -194,16 +209,10 @@ stage_pause() {
   finish_rootfs "$1"
 }
 
-# A netprobe binary built from scripts/images/netprobe.c into $1.
-build_netprobe() {
-  gcc -O2 -Wall -Wextra -Werror -static -o "$1" "$root/scripts/images/netprobe.c"
-  strip "$1"
-}
-
-# stage_tools ROOTFS NETPROBE: busybox (static) with a link per applet, except
-# busybox itself (a self-link would overwrite the binary), and netprobe.
+# stage_tools ROOTFS: busybox (static) with a link per applet, except
+# busybox itself (a self-link would overwrite the binary), and weir-traffic.
 stage_tools() {
-  local rootfs=$1 a bb
+  local rootfs=$1 a bb src=$target_dir/$PROFILE/weir-traffic
   bb=$(busybox_bin)
   file -L "$bb" 2>/dev/null | grep -q 'statically linked' || ! ldd "$bb" >/dev/null 2>&1 ||
     die "$bb is not static (install busybox-static)"
@@ -211,9 +220,22 @@ stage_tools() {
   for a in $("$bb" --list); do
     [[ $a == busybox || -e $rootfs/bin/$a ]] || ln -s busybox "$rootfs/bin/$a"
   done
-  put "$2" "$rootfs" /usr/local/bin/netprobe 0755
+  [[ -x $src ]] || die "$src missing (cargo build -p weir-e2e --bin weir-traffic)"
+  put_bin "$src" "$rootfs" /usr/local/bin/weir-traffic
+  stage_libs "$rootfs" "$src"
   stage_etc "$rootfs"
   finish_rootfs "$rootfs"
+}
+
+build_tools() {
+  local out rootfs digest
+  [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] || cargo_build -p weir-e2e --bin weir-traffic
+  out=$target_dir/image/weir-test-tools-1.oci.tar
+  rootfs=$(mktemp -d)
+  stage_tools "$rootfs"
+  digest=$(mkimage "$TEST_IMAGE_REF" "$out" "$rootfs" "$TOOLS_CONFIG")
+  rm -rf "$rootfs"
+  echo "$TEST_IMAGE_REF $out $digest" | tee "$out.digest"
 }
 
 cluster_images_dir() { echo "$WEIR_TOOLS/cluster/images"; }
@@ -221,19 +243,18 @@ cluster_images_dir() { echo "$WEIR_TOOLS/cluster/images"; }
 # What the cluster images are made of: the stamp.
 want_cluster() {
   local s
-  s=$(cat "$(pause_bin)" "$(busybox_bin)" "$root/scripts/images/netprobe.c" "${BASH_SOURCE[0]}" | sha256sum)
-  printf 'pause=%s tools=%s inputs=%s gcc=%s' "$PAUSE_VERSION" "$TEST_IMAGE_REF" "${s%% *}" "$(gcc -dumpfullversion)"
+  s=$(cat "$(pause_bin)" "${BASH_SOURCE[0]}" | sha256sum)
+  printf 'pause=%s inputs=%s' "$PAUSE_VERSION" "${s%% *}"
 }
 
 build_cluster() {
-  local dir stamp w rootfs np d out
+  local dir stamp w rootfs d out
   dir=$(cluster_images_dir)
   stamp=$WEIR_TOOLS/stamps/cluster-images
   [[ -x $(pause_bin) ]] || die "$(pause_bin) missing: run scripts/cluster-tools.sh first"
   w=$(want_cluster)
-  if [[ -f $stamp && $(<"$stamp") == "$w" && -f $dir/pause-$PAUSE_VERSION.oci.tar.digest &&
-    -f $dir/weir-test-tools-1.oci.tar.digest ]]; then
-    cat "$dir/pause-$PAUSE_VERSION.oci.tar.digest" "$dir/weir-test-tools-1.oci.tar.digest"
+  if [[ -f $stamp && $(<"$stamp") == "$w" && -f $dir/pause-$PAUSE_VERSION.oci.tar.digest ]]; then
+    cat "$dir/pause-$PAUSE_VERSION.oci.tar.digest"
     return
   fi
   mkdir -p "$dir" "$WEIR_TOOLS/stamps"
@@ -242,15 +263,6 @@ build_cluster() {
   out=$dir/pause-$PAUSE_VERSION.oci.tar
   d=$(mkimage "registry.k8s.io/pause:$PAUSE_VERSION" "$out" "$rootfs" "$PAUSE_CONFIG")
   echo "registry.k8s.io/pause:$PAUSE_VERSION $out $d" | tee "$out.digest"
-  rm -rf "$rootfs"
-  rootfs=$(mktemp -d)
-  np=$(mktemp)
-  build_netprobe "$np"
-  stage_tools "$rootfs" "$np"
-  rm -f "$np"
-  out=$dir/weir-test-tools-1.oci.tar
-  d=$(mkimage "$TEST_IMAGE_REF" "$out" "$rootfs" "$TOOLS_CONFIG")
-  echo "$TEST_IMAGE_REF $out $d" | tee "$out.digest"
   rm -rf "$rootfs"
   printf '%s' "$w" >"$stamp"
 }
@@ -278,29 +290,30 @@ check_reproducible() {
   local what=${1:-weir} np
   case $what in
   weir)
-    [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] ||
-      (cd "$root" && "$CARGO" build --release -p weir-operator -p weir-cni --locked)
+    [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] || cargo_build -p weir-operator -p weir-cni
     check_twice "docker.io/library/weir-operator:$(app_version)" stage_weir "$(weir_config "$(app_version)")"
+    ;;
+  tools)
+    [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] || cargo_build -p weir-e2e --bin weir-traffic
+    check_twice "$TEST_IMAGE_REF" stage_tools "$TOOLS_CONFIG"
     ;;
   cluster)
     check_twice "registry.k8s.io/pause:$PAUSE_VERSION" stage_pause "$PAUSE_CONFIG"
-    np=$(mktemp)
-    build_netprobe "$np"
-    local np2
-    np2=$(mktemp)
-    build_netprobe "$np2"
-    cmp -s "$np" "$np2" || die "netprobe: two gcc builds differ"
-    check_twice "$TEST_IMAGE_REF" stage_tools "$TOOLS_CONFIG" "$np"
-    rm -f "$np" "$np2"
     ;;
-  *) die "--check-reproducible: weir or cluster, not $what" ;;
+  *) die "--check-reproducible: weir, tools or cluster, not $what" ;;
   esac
 }
 
+if [[ ${1:-} == --profile ]]; then
+  [[ ${2:-} == release || ${2:-} == debug ]] || die "--profile release|debug, not ${2:-nothing}"
+  PROFILE=$2
+  shift 2
+fi
 case ${1:-weir} in
 weir) build_weir ;;
+tools) build_tools ;;
 cluster) build_cluster ;;
 --check-reproducible) check_reproducible "${2:-weir}" ;;
 -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' ;;
-*) die "unknown argument $1 (weir, cluster, --check-reproducible [weir|cluster])" ;;
+*) die "unknown argument $1 (weir, tools, cluster, --check-reproducible [weir|tools|cluster])" ;;
 esac

@@ -418,7 +418,7 @@ up() {
   start_control_plane
   for ((i = 1; i <= NODES; i++)); do write_node_files "$i"; start_node "$i"; done
   log "importing the pause image"
-  import_images "$WEIR_TOOLS/cluster/images/pause.oci.tar"
+  import_images "$(bash "$repo/scripts/image.sh" cluster | awk '{print $2}')"
   for ((i = 1; i <= NODES; i++)); do
     wait_for "$(node_name "$i") Ready with a podCIDR and flannel's subnet (logs: $DIR/logs/$(node_name "$i"))" 180 \
       node_ready "$(node_name "$i")"

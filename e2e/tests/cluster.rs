@@ -40,32 +40,35 @@ struct Images {
     tools: PathBuf,
 }
 
-/// `scripts/image.sh`: weir's image and the test tools image (OCI archives).
+/// `scripts/image.sh`: weir's image and the test tools image (OCI archives)
+/// of this build (debug: what `cargo test` just built).
 fn build_images() -> Result<Images> {
     let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/image.sh"))
-        .args(["--profile", "debug", "--with-test-image"])
-        .output()
-        .context("running scripts/image.sh")?;
-    ensure!(
-        out.status.success(),
-        "scripts/image.sh failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8_lossy(&out.stdout);
-    let path_of = |key: &str| -> Result<PathBuf> {
-        printed
+    let build = |target: &str| -> Result<PathBuf> {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/image.sh"))
+            .args(["--profile", "debug", target])
+            .output()
+            .context("running scripts/image.sh")?;
+        ensure!(
+            out.status.success(),
+            "scripts/image.sh {target} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // `<ref> <archive> <digest>`
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let archive = printed
             .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(|p| PathBuf::from(p.trim()))
-            .with_context(|| format!("scripts/image.sh printed no {key:?} line: {printed}"))
+            .last()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .with_context(|| format!("scripts/image.sh {target} printed no archive: {printed}"))?;
+        Ok(PathBuf::from(archive))
     };
     let images = Images {
-        weir: path_of("weir-image:")?,
-        tools: path_of("test-image:")?,
+        weir: build("weir")?,
+        tools: build("tools")?,
     };
     eprintln!("images built in {:.0?}: {images:?}", started.elapsed());
     Ok(images)
