@@ -86,6 +86,14 @@ spawn() {
   echo $! >"$DIR/pids/$name.pid"
 }
 
+# supervise NAME LOGFILE N CMD...: CMD inside node N, restarted when it exits
+# (as the kubelet restarts a DaemonSet's container).
+supervise() {
+  local name=$1 logf=$2 n; n=$(node_name "$3"); shift 3
+  spawn "$name" "$logf" nsenter --net=/run/netns/"$n" --mount="$NSDIR/$n.mnt" --uts="$NSDIR/$n.uts" -- \
+    sh -c 'while :; do "$@"; echo "cluster.sh: exited with $?; restarting in 2s"; sleep 2; done' sh "$@"
+}
+
 alive() { local p; p=$(cat "$DIR/pids/$1.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null; }
 
 # wait_for WHAT SECONDS CMD...: polls CMD until it succeeds; fails naming WHAT.
@@ -234,6 +242,7 @@ start_control_plane() {
     --service-account-signing-key-file="$DIR/pki/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --service-cluster-ip-range=$SVC_CIDR --allow-privileged=true --profiling=false \
+    --kubelet-preferred-address-types=InternalIP \
     --cert-dir="$cp/apiserver-certs" --v=1
   # The relay: host loopback -> weir-cp's 6443, one nsenter'd socat per connection.
   spawn api-relay "$DIR/logs/api-relay.log" socat \
@@ -373,9 +382,8 @@ start_node() { # N
     --uts="$NSDIR/$n.uts" -- "$(cluster_bin kubelet)" --config=/var/lib/kubelet/config.yaml \
     --kubeconfig=/var/lib/kubelet/kubeconfig --hostname-override="$n" --node-ip="$(node_ip "$i")" \
     --root-dir=/var/lib/kubelet --v=1
-  spawn "$n-flanneld" "$logs/flanneld.log" nsenter --net=/run/netns/"$n" --mount="$NSDIR/$n.mnt" \
-    --uts="$NSDIR/$n.uts" -- env NODE_NAME="$n" "$(cluster_bin flanneld)" --kube-subnet-mgr \
-    --kubeconfig-file=/etc/kube-flannel/kubeconfig --iface=eth0 --ip-masq \
+  supervise "$n-flanneld" "$logs/flanneld.log" "$i" env NODE_NAME="$n" "$(cluster_bin flanneld)" \
+    --kube-subnet-mgr --kubeconfig-file=/etc/kube-flannel/kubeconfig --iface=eth0 --ip-masq \
     --net-config-path=/etc/kube-flannel/net-conf.json
   spawn "$n-kube-proxy" "$logs/kube-proxy.log" nsenter --net=/run/netns/"$n" --mount="$NSDIR/$n.mnt" \
     --uts="$NSDIR/$n.uts" -- "$(cluster_bin kube-proxy)" --config=/var/lib/kube-proxy/config.yaml --v=1
@@ -385,6 +393,7 @@ import_images() { # ARCHIVE...
   local i a
   for ((i = 1; i <= NODES; i++)); do
     for a in "$@"; do
+      a=$(realpath "$a") # the node's namespaces start at /
       in_node "$i" "$(cluster_bin ctr)" --address /run/containerd/containerd.sock -n k8s.io \
         images import --no-unpack=false "$a" >/dev/null ||
         die "importing $a into $(node_name "$i") failed"
@@ -492,7 +501,7 @@ down() {
     tac "$DIR/host-dirs-created" | while read -r f; do rmdir "$f" 2>/dev/null || true; done
   fi
   rm -rf "$DIR"
-  rmdir "$(dirname "$DIR")" "$(dirname "$NSDIR")" 2>/dev/null || true
+  rmdir "$NSDIR" "$(dirname "$NSDIR")" "$(dirname "$DIR")" 2>/dev/null || true
   [[ -n $quiet ]] || log "down: nothing of the cluster is left"
 }
 
