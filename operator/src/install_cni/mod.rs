@@ -350,6 +350,8 @@ impl Installer {
                     Ok(()) => {
                         info!("wrote {}/{name}: {summary}; why: {why}", self.dir());
                         self.last_written = Some((name.clone(), content.clone()));
+                        // Said just now.
+                        self.last_logged = Some(summary.clone());
                     }
                     Err(e) => {
                         error!("cannot write {}/{name}: {e}", self.dir());
