@@ -425,3 +425,41 @@ fn bad_flags_are_refused() {
     installer.wait_log("stateDir must be an absolute path");
     assert!(node.weir_file().is_none());
 }
+
+#[test]
+fn without_the_binary_there_is_no_conflist_and_one_error_line() {
+    let node = Node::new("nobinary");
+    let source = fs::read(&node.source).unwrap();
+    fs::remove_file(&node.source).unwrap();
+    node.write_primary("10-flannel.conflist", FLANNEL);
+    let installer = node.start(&args(&[
+        "--resync-interval",
+        "200ms",
+        "--log-level",
+        "debug",
+    ]));
+    // A few resyncs: the error is logged once, then at debug.
+    installer.wait_log("still: cannot install");
+    installer.wait_log("weir's binary is not installed");
+    let log = installer.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("ERROR") && l.contains("cannot install"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        node.weir_file().is_none(),
+        "a conflist naming a missing binary"
+    );
+    assert!(!node.ready.exists());
+    // The image's binary back: installed, then the conflist.
+    replace(&node.source, &source);
+    wait_for(
+        "weir's conflist",
+        || node.weir_file().is_some(),
+        installer.logger(),
+    );
+    assert!(node.binary_ok());
+}

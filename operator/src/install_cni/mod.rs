@@ -210,6 +210,8 @@ pub struct Installer {
     /// Since when there has been no valid primary.
     invalid_since: Option<Instant>,
     ready: Option<bool>,
+    errors_now: Vec<String>,
+    last_errors: Vec<String>,
 }
 
 /// What a sync asks of the loop.
@@ -240,6 +242,8 @@ impl Installer {
             last_logged: None,
             invalid_since: None,
             ready: None,
+            errors_now: Vec::new(),
+            last_errors: Vec::new(),
         }
     }
 
@@ -250,8 +254,23 @@ impl Installer {
     /// Brings the bin dir and the conf dir in line once.
     pub fn sync(&mut self, now: Instant) -> SyncResult {
         let result = self.sync_inner(now);
+        // Each error once while it lasts (a resync every few seconds would
+        // repeat it); repeats at debug.
+        let errors = std::mem::take(&mut self.errors_now);
+        for e in &errors {
+            if self.last_errors.contains(e) {
+                debug!("still: {e}");
+            } else {
+                error!("{e}");
+            }
+        }
+        self.last_errors = errors;
         self.set_ready(result.ready);
         result
+    }
+
+    fn fail(&mut self, error: String) {
+        self.errors_now.push(error);
     }
 
     fn sync_inner(&mut self, now: Instant) -> SyncResult {
@@ -272,11 +291,11 @@ impl Installer {
                 None
             }
             Err(e) => {
-                error!(
+                self.fail(format!(
                     "cannot install {} from {}: {e}",
                     self.binary.target().display(),
                     self.binary.source.display()
-                );
+                ));
                 (!self.binary.target().exists())
                     .then(|| format!("weir's binary is not installed: {e}"))
             }
@@ -284,7 +303,7 @@ impl Installer {
         let files = match conflist::read_dir(&self.conf_dir) {
             Ok(files) => files,
             Err(e) => {
-                error!("cannot read {}: {e}", self.dir());
+                self.fail(format!("cannot read {}: {e}", self.dir()));
                 return not_ready;
             }
         };
@@ -354,7 +373,7 @@ impl Installer {
                         self.last_logged = Some(summary.clone());
                     }
                     Err(e) => {
-                        error!("cannot write {}/{name}: {e}", self.dir());
+                        self.fail(format!("cannot write {}/{name}: {e}", self.dir()));
                         ok = false;
                     }
                 }
@@ -377,7 +396,7 @@ impl Installer {
                 ),
                 Ok(false) => {}
                 Err(e) => {
-                    error!("cannot remove {}/{name}: {e}", self.dir());
+                    self.fail(format!("cannot remove {}/{name}: {e}", self.dir()));
                     ok = false;
                 }
             }
