@@ -6,4 +6,5 @@ pub mod agent;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod install_cni;
 pub mod node_flows;

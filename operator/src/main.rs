@@ -23,6 +23,9 @@ enum Command {
     /// The cluster controller: CaptureProfile status, PodFlow summaries,
     /// TTL, cap and deletions; one leader at a time (a Lease).
     Controller(ControllerArgs),
+    /// Install weir into the node's CNI chain (binary + conflist), keep it
+    /// in step with the primary conflist, remove it on uninstall.
+    InstallCni(weir_operator::install_cni::Args),
 }
 
 #[derive(clap::Args)]
@@ -232,6 +235,7 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Controller(args) => run_controller(args)?,
+        Command::InstallCni(args) => weir_operator::install_cni::main(args)?,
         Command::Agent { command } => match command {
             AgentCommand::Run {
                 paths,
