@@ -202,6 +202,9 @@ make_node_namespaces() {
     unshare --mount="$NSDIR/$n.mnt" --uts="$NSDIR/$n.uts" --propagation slave sh -ec "
       hostname $n
       for d in ${NODE_DIRS[*]}; do mount --bind $root\$d \$d; done
+      # The host's bpffs is private here: the node gets its own, shared (the
+      # runtime refuses a Bidirectional/HostToContainer mount of a private one).
+      while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done
       mount -t bpf bpf /sys/fs/bpf
       mount --make-shared /sys/fs/bpf"
   done
