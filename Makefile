@@ -33,9 +33,10 @@ bench-scale: bootstrap
 bench-agent: bootstrap
 	bash bench/agent.sh
 
-# Regenerate crds/ from the CRD types (CI fails when it is stale).
+# Regenerate crds/ from the CRD types in api/ (CI fails when it is stale).
+# weir-api does not build the eBPF programs, so this needs no clang.
 crds:
-	$(CARGO) run -p weir-operator --bin crdgen
+	$(CARGO) run -p weir-api --bin crdgen
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
