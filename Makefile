@@ -52,9 +52,10 @@ image-check:
 	CARGO="$(CARGO)" bash scripts/image.sh --check-reproducible weir
 	bash scripts/image.sh --check-reproducible cluster
 
-# Regenerate crds/ from the CRD types (CI fails when it is stale).
+# Regenerate crds/ from the CRD types in api/ (CI fails when it is stale).
+# weir-api does not build the eBPF programs, so this needs no clang.
 crds:
-	$(CARGO) run -p weir-operator --bin crdgen
+	$(CARGO) run -p weir-api --bin crdgen
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -74,7 +74,7 @@ fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
 }
 
 fn parse_api_duration(text: &str) -> Result<std::time::Duration, String> {
-    weir_operator::crd::parse_duration(text)
+    weir_api::parse_duration(text)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{text:?} is not a positive duration like 15s, 1m30s or 500ms"))
 }
