@@ -12,7 +12,7 @@ use weir_ebpf::{AttachMode, BpfRoot};
 use crate::cni::{self, CniError, Command, FailurePolicy, NetConf, Request, output};
 use crate::netns::{self, NetnsError};
 use crate::split::{self, Names, SplitOutcome, SplitRequest, Step};
-use crate::state::{AttachmentRecord, PodIdentity, StateStore};
+use weir_node_state::{AttachmentRecord, PodIdentity, StateStore};
 
 /// What the process prints on stdout and exits with.
 pub struct Answer {
@@ -147,7 +147,7 @@ fn add(req: &Request) -> cni::Result<Answer> {
             .iter()
             .map(|ip| ip.address.to_string())
             .collect(),
-        attach_mode: done.attach_mode.as_str().to_string(),
+        attach_mode: done.attach_mode,
         pod_ifindex: done.pod_ifindex,
         outer_ifindex: done.outer_ifindex,
         inner_ifindex: done.inner_ifindex,
@@ -241,7 +241,7 @@ fn pod_identity(req: &Request) -> PodIdentity {
     }
 }
 
-fn state_error(err: crate::state::StateError) -> CniError {
+fn state_error(err: weir_node_state::StateError) -> CniError {
     CniError::state_failed(err.to_string())
 }
 
@@ -302,9 +302,7 @@ fn del(req: &Request) -> cni::Result<()> {
     };
     let root = bpf_root(conf);
     let attachment = weir_ebpf::attachment_id(container_id, ifname);
-    let mode = record
-        .as_ref()
-        .and_then(|r| r.attach_mode.parse::<AttachMode>().ok());
+    let mode = record.as_ref().map(|r| r.attach_mode);
     release(
         &store,
         &root,
@@ -432,7 +430,7 @@ fn gc(req: &Request) -> cni::Result<()> {
             continue;
         };
         let attachment = weir_ebpf::attachment_id(&record.container_id, &record.ifname);
-        let mode = record.attach_mode.parse::<AttachMode>().ok();
+        let mode = Some(record.attach_mode);
         info!(container_id = %record.container_id, ifname = %record.ifname, "GC: releasing stale attachment");
         if let Err(e) = release(
             &store,

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use weir_operator::crd::{CaptureProfile, PodFlow};
+use weir_api::{CaptureProfile, PodFlow};
 
 use crate::model::{Flow, Inventory};
 

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use weir_operator::crd::{
+use weir_api::{
     DestinationEndpoint, PodFlow, PodFlowSpec, PodFlowStatus, Protocol, SourceEndpoint, Totals,
     VxlanCounters,
 };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use weir_operator::crd::PodFlow;
+use weir_api::PodFlow;
 
 /// One end of a flow as a PodFlow names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

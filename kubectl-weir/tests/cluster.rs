@@ -17,7 +17,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kubectl_weir::fixture::{FakePod, podflow};
 use serde_json::json;
 use weir_e2e::controlplane::ControlPlane;
-use weir_operator::crd::PodFlow;
+use weir_api::PodFlow;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()

@@ -32,15 +32,15 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use weir_e2e::controlplane::ControlPlane;
-use weir_e2e::objects;
-use weir_operator::controller::labels;
-use weir_operator::crd::capture_profile::{conditions, pressure_reasons, reasons};
-use weir_operator::crd::pod_flow::agent_field_manager;
-use weir_operator::crd::{
+use weir_api::capture_profile::{conditions, pressure_reasons, reasons};
+use weir_api::labels;
+use weir_api::pod_flow::agent_field_manager;
+use weir_api::{
     CaptureProfile, DestinationEndpoint, DirectionCounters, NodeLoss, Observer, PodFlow,
     PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
 };
+use weir_e2e::controlplane::ControlPlane;
+use weir_e2e::objects;
 
 const SYSTEM_NS: &str = "weir-system";
 const CONTROLLER_SA: &str = "system:serviceaccount:weir-system:weir-controller";
@@ -400,7 +400,7 @@ async fn status_of(
     client: &kube::Client,
     ns: &str,
     name: &str,
-) -> Result<weir_operator::crd::CaptureProfileStatus, String> {
+) -> Result<weir_api::CaptureProfileStatus, String> {
     let p = Api::<CaptureProfile>::namespaced(client.clone(), ns)
         .get(name)
         .await
@@ -539,7 +539,13 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["serviceAccountName"], "weir-agent");
     let c = &pod["containers"][0];
-    assert_eq!(c["securityContext"]["privileged"], true);
+    // Named capabilities, not privileged (the cluster e2e test runs with them).
+    assert_eq!(c["securityContext"]["privileged"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"])
+    );
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(c["args"][0], "agent");
     let node_name = c["env"]
         .as_array()
@@ -551,19 +557,30 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
         node_name["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
-    let mounts: Vec<&str> = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["mountPath"].as_str().unwrap())
-        .collect();
-    for path in [
-        "/sys/fs/bpf",
-        "/var/lib/weir",
-        "/opt/cni/bin",
-        "/etc/cni/net.d",
-    ] {
-        assert!(mounts.contains(&path), "{path} not mounted: {mounts:?}");
+    let mounts_of = |c: &serde_json::Value| -> Vec<String> {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mounts = mounts_of(c);
+    for path in ["/sys/fs/bpf", "/var/lib/weir"] {
+        assert!(mounts.iter().any(|m| m == path), "{path} not mounted: {mounts:?}");
+    }
+    // The installer: the node's CNI directories, and nothing of bpffs.
+    let installer = &pod["containers"][1];
+    assert_eq!(installer["name"], "install-cni");
+    assert_eq!(installer["args"][0], "install-cni");
+    let mounts = mounts_of(installer);
+    for path in ["/host/cni/bin", "/host/cni/net.d"] {
+        assert!(mounts.iter().any(|m| m == path), "{path} not mounted: {mounts:?}");
+    }
+    assert!(!mounts.iter().any(|m| m == "/sys/fs/bpf"), "{mounts:?}");
+    let args: Vec<&str> = installer["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    for want in ["--conflist-name=00-weir.conflist", "--failure-policy=Ignore", "--attach=tc"] {
+        assert!(args.contains(&want), "{want} not in {args:?}");
     }
     let deploy = find("Deployment", "weir-controller");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
@@ -600,31 +617,31 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     find("ClusterRole", "weir-agent");
     find("Role", "weir-controller-leader-election");
 
-    // The CNI install is a later issue: asking for it fails, it is not faked.
-    let out = s
-        .helm(&[
+    // privileged: true only on request, and then with Bidirectional bpffs.
+    let privileged = s
+        .helm_ok(&[
             "template",
             "weir",
             &chart_dir().to_string_lossy(),
             "--set",
-            "cniInstall.enabled=true",
+            "agent.privileged=true",
+            "--show-only",
+            "templates/agent-daemonset.yaml",
         ])
         .unwrap();
-    assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not implemented"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        privileged.contains("privileged: true") && privileged.contains("mountPropagation: Bidirectional"),
+        "{privileged}"
     );
 
     // The chart's CRDs are the generated ones (crdgen writes and checks both).
-    for m in weir_operator::crd::manifests() {
+    for m in weir_api::manifests() {
         let path = chart_dir().join("crds").join(&m.file_name);
         let have =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(
             have == m.yaml,
-            "{} is stale: run `cargo run -p weir-operator --bin crdgen`",
+            "{} is stale: run `cargo run -p weir-api --bin crdgen`",
             path.display()
         );
     }
@@ -1388,7 +1405,7 @@ async fn nodes_report_map_pressure_without_conflict_and_the_controller_sums_it()
         json!({ "podSelector": {}, "flushInterval": "1s" }),
     )
     .await;
-    let condition = |st: &weir_operator::crd::CaptureProfileStatus| {
+    let condition = |st: &weir_api::CaptureProfileStatus| {
         st.conditions
             .iter()
             .find(|c| c.type_ == conditions::MAP_PRESSURE)

@@ -85,7 +85,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             _ = ticker.tick() => {}
             _ = async { match &kube { Some(k) => k.view.changed.notified().await, None => std::future::pending().await } } => {
                 // Pods or profiles changed: the data path follows at once.
-                if let (Some(k), Ok(records)) = (&kube, weir_cni::state::StateStore::list_all(&config.state_dir)) {
+                if let (Some(k), Ok(records)) = (&kube, weir_node_state::StateStore::list_all(&config.state_dir)) {
                     k.apply_selection(&records, &root);
                 }
                 continue;
