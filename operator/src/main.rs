@@ -146,14 +146,23 @@ enum AgentCommand {
         #[arg(long)]
         protocol: Vec<String>,
     },
-    /// Start or stop counting for one local pod (`namespace/name` or a
-    /// container id): what a CaptureProfile selecting it does.
+    /// Start (or, with --stop, stop) counting one local pod's flows: what a
+    /// CaptureProfile selecting it does, without Kubernetes at hand.
     Observe {
         #[command(flatten)]
         paths: NodePaths,
+        /// The pod, by any name `agent dump` shows: `namespace/name`, the bare
+        /// name of a pod recorded without a namespace (podman passes only
+        /// K8S_POD_NAME), or its container id.
+        #[arg(value_name = "POD")]
         pod: String,
-        #[arg(long, value_enum, default_value_t = Mode::Count)]
-        mode: Mode,
+        /// Stop counting: the pod's traffic passes through uncounted (the
+        /// default for a pod no profile selects).
+        #[arg(long, conflicts_with = "mode")]
+        stop: bool,
+        /// `count` (the default) or `pass-through` (the same as --stop).
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
     },
 }
 
@@ -325,10 +334,15 @@ fn main() -> Result<()> {
                     }
                 }
             }
-            AgentCommand::Observe { paths, pod, mode } => {
-                let mode = match mode {
-                    Mode::Count => PodMode::Count,
-                    Mode::PassThrough => PodMode::PassThrough,
+            AgentCommand::Observe {
+                paths,
+                pod,
+                stop,
+                mode,
+            } => {
+                let mode = match (stop, mode) {
+                    (true, _) | (false, Some(Mode::PassThrough)) => PodMode::PassThrough,
+                    (false, Some(Mode::Count) | None) => PodMode::Count,
                 };
                 let ids = node_flows::set_mode(&paths.state_dir, &paths.bpf_root, &pod, mode)?;
                 eprintln!("{pod}: {mode:?} (pod ids {ids:?})");

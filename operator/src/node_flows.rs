@@ -26,6 +26,21 @@ pub enum Error {
     Reading(#[from] crate::agent::Error),
     #[error("no pod {0} on this node (known: {1})")]
     UnknownPod(String, String),
+    /// Neither directory holds anything of weir: most likely a wrong
+    /// `--state-dir` / `--bpf-root`, or a node where weir's plugin never ran.
+    #[error(
+        "no weir state here: {state_dir} holds no pod records (networks/*/) and {bpf_root} no pinned weir maps; \
+         is this a node where weir's CNI plugin split a pod? Point --state-dir / --bpf-root \
+         (WEIR_STATE_DIR / WEIR_BPF_ROOT) at the plugin's stateDir and bpfRoot"
+    )]
+    NoState { state_dir: String, bpf_root: String },
+}
+
+fn no_state(state_dir: &Path, bpf_root: &Path) -> Error {
+    Error::NoState {
+        state_dir: state_dir.display().to_string(),
+        bpf_root: bpf_root.display().to_string(),
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -62,6 +77,9 @@ pub struct NodeView {
 /// so no count is hidden.
 pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
     let reading = reading::read(state_dir, &BpfRoot::new(bpf_root))?;
+    if reading.records.is_empty() && reading.pods.is_none() && reading.overlay.is_none() {
+        return Err(no_state(state_dir, bpf_root));
+    }
     let directory: HashMap<IpAddr, Peer> = HashMap::new();
     let flows = join::join(&reading, "this-node", &directory)
         .iter()
@@ -107,18 +125,16 @@ pub fn matches(flow: &NodeFlow, pods: &[String], protocols: &[String]) -> bool {
         && (protocols.is_empty() || protocols.iter().any(|p| p.eq_ignore_ascii_case(proto)))
 }
 
-/// Turns counting on or off for one pod (`namespace/name`, or a container id)
-/// on this node — what a CaptureProfile does through the agent.
+/// Turns counting on or off for one pod on this node — what a
+/// CaptureProfile does through the agent. `pod` is any name `dump` shows:
+/// `namespace/name`, a bare name (a pod recorded without a namespace, as
+/// podman records it), or a container id.
 pub fn set_mode(state_dir: &Path, bpf_root: &Path, pod: &str, mode: PodMode) -> Result<Vec<u32>> {
     let records = StateStore::list_all(state_dir)?;
-    let matching: Vec<&AttachmentRecord> = records
-        .iter()
-        .filter(|r| pod_name(r) == pod || r.container_id == pod)
-        .collect();
-    if matching.is_empty() {
-        let known: Vec<String> = records.iter().map(pod_name).collect();
-        return Err(Error::UnknownPod(pod.to_string(), known.join(", ")));
+    if records.is_empty() {
+        return Err(no_state(state_dir, bpf_root));
     }
+    let matching = find_pod(&records, pod)?;
     let mut maps = NodeMaps::open(&BpfRoot::new(bpf_root))?;
     let mut ids = Vec::new();
     for record in matching {
@@ -128,9 +144,27 @@ pub fn set_mode(state_dir: &Path, bpf_root: &Path, pod: &str, mode: PodMode) -> 
     Ok(ids)
 }
 
-fn pod_name(record: &AttachmentRecord) -> String {
+/// The records `pod` names (see [`set_mode`]), or which names there are.
+pub fn find_pod<'a>(records: &'a [AttachmentRecord], pod: &str) -> Result<Vec<&'a AttachmentRecord>> {
+    let matching: Vec<&AttachmentRecord> = records
+        .iter()
+        .filter(|r| pod_name(r) == pod || r.container_id == pod)
+        .collect();
+    if matching.is_empty() {
+        let mut known: Vec<String> = records.iter().map(pod_name).collect();
+        known.sort();
+        known.dedup();
+        return Err(Error::UnknownPod(pod.to_string(), known.join(", ")));
+    }
+    Ok(matching)
+}
+
+/// The name `dump` shows for a pod: `namespace/name`, the name alone when
+/// the runtime passed no namespace, else the container id.
+pub fn pod_name(record: &AttachmentRecord) -> String {
     match (&record.pod.namespace, &record.pod.name) {
         (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name.clone(),
         _ => record.container_id.clone(),
     }
 }
@@ -403,5 +437,72 @@ mod tests {
             lines[1]
         );
         assert_eq!(lines[0].find("DIR"), lines[1].find("out"));
+    }
+
+    fn record(cid: &str, namespace: Option<&str>, name: Option<&str>, pod_id: u32) -> AttachmentRecord {
+        AttachmentRecord {
+            network: "cbr0".into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            pod: weir_node_state::PodIdentity {
+                namespace: namespace.map(Into::into),
+                name: name.map(Into::into),
+                uid: None,
+                infra_container_id: None,
+            },
+            pod_id,
+            mac: "aa:bb:cc:dd:ee:ff".into(),
+            ips: vec!["10.88.0.5/16".into()],
+            attach_mode: weir_node_state::AttachMode::Netlink,
+            pod_ifindex: 4,
+            outer_ifindex: 2,
+            inner_ifindex: 3,
+            created_unix: 1,
+        }
+    }
+
+    #[test]
+    fn observe_takes_every_name_dump_shows() {
+        let records = vec![
+            record("c1", Some("shop"), Some("cart"), 1),
+            // podman: K8S_POD_NAME only.
+            record("c2", None, Some("web"), 2),
+            record("c3", None, None, 3),
+        ];
+        let ids = |name: &str| -> Vec<u32> {
+            find_pod(&records, name).unwrap().iter().map(|r| r.pod_id).collect()
+        };
+        assert_eq!(ids("shop/cart"), [1]);
+        assert_eq!(ids("web"), [2], "a pod recorded without a namespace, by its name");
+        assert_eq!(ids("c2"), [2], "or by its container id");
+        assert_eq!(ids("c3"), [3]);
+        assert_eq!(pod_name(&records[1]), "web");
+        match find_pod(&records, "nope") {
+            Err(Error::UnknownPod(name, known)) => {
+                assert_eq!(name, "nope");
+                assert_eq!(known, "c3, shop/cart, web");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dump_and_observe_say_so_where_there_is_no_weir_state() {
+        let dir = std::env::temp_dir().join(format!("weir-no-state-{}", std::process::id()));
+        let state = dir.join("state");
+        let bpf = dir.join("bpf");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(&bpf).unwrap();
+        let err = read(&state, &bpf).err().expect("an empty state dir and bpf root are an error");
+        assert!(matches!(err, Error::NoState { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("no weir state here") && text.contains("--state-dir"), "{text}");
+        assert!(text.contains(&state.display().to_string()), "{text}");
+        let err = set_mode(&state, &bpf, "shop/cart", PodMode::Count).unwrap_err();
+        assert!(matches!(err, Error::NoState { .. }), "{err}");
+        let err = read(&dir.join("missing"), &dir.join("missing-bpf")).err().unwrap();
+        assert!(matches!(err, Error::NoState { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
