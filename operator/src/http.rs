@@ -3,6 +3,8 @@
 //! here, every other path by the caller's handler (`None`: 404), and
 //! `/metrics` as OpenMetrics text rendered from a registry ([`metrics`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,58 @@ pub fn metrics(registry: &Registry) -> Body {
     (OPENMETRICS, render(registry))
 }
 
+/// A request as handlers see it: the path (without its query), the query,
+/// and the `Authorization` header.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub path: String,
+    pub query: String,
+    pub authorization: Option<String>,
+}
+
+impl Request {
+    /// The bearer token of the `Authorization` header.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let value = self.authorization.as_deref()?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// An answer other than 200 (or a 200 built by an async handler).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    pub fn ok((content_type, body): Body) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            body,
+        }
+    }
+
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain",
+            body: body.into(),
+        }
+    }
+}
+
+/// An async handler: `None` for a path it does not serve (404).
+pub type Handler = Arc<
+    dyn Fn(Request) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>> + Send + Sync,
+>;
+
 /// Serves GETs on `listener` until the task is dropped: `/healthz` answers
 /// `ok`, any other path what `handler` gives for it (the path without its
 /// query), 404 where it gives `None`; methods other than GET get 405.
@@ -37,23 +91,44 @@ pub async fn serve<H>(listener: TcpListener, handler: Arc<H>)
 where
     H: Fn(&str) -> Option<Body> + Send + Sync + 'static,
 {
+    let handler: Handler = Arc::new(move |request: Request| {
+        let answer = handler(&request.path).map(Response::ok);
+        Box::pin(async move { answer })
+    });
+    serve_requests(listener, handler).await
+}
+
+/// [`serve`] with an async handler that sees the whole [`Request`] (the
+/// agent's authorised endpoints).
+pub async fn serve_requests(listener: TcpListener, handler: Handler) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let handler = handler.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &*handler).await {
+            if let Err(e) = answer(stream, &handler).await {
                 debug!(%peer, "metrics connection: {e}");
             }
         });
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    handler: &(dyn Fn(&str) -> Option<Body> + Send + Sync),
-) -> std::io::Result<()> {
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+async fn answer(mut stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
@@ -67,27 +142,43 @@ async fn answer(
         }
         request.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(request.split(|b| *b == b'\n').next().unwrap_or_default())
-        .into_owned();
+    let text = String::from_utf8_lossy(&request).into_owned();
+    let mut lines = text.split("\r\n");
+    let line = lines.next().unwrap_or_default();
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, (content_type, body)) = match (method, path) {
-        ("GET", "/healthz") => ("200 OK", ("text/plain", "ok\n".to_owned())),
-        ("GET", path) => match handler(path) {
-            Some(found) => ("200 OK", found),
-            None => ("404 Not Found", ("text/plain", "not found\n".to_owned())),
-        },
-        _ => (
-            "405 Method Not Allowed",
-            ("text/plain", "GET only\n".to_owned()),
-        ),
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let authorization = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+        .map(|(_, value)| value.trim().to_owned());
+    let response = match (method, path) {
+        ("GET", "/healthz") => Response::text(200, "ok\n"),
+        ("GET", path) => {
+            let request = Request {
+                path: path.to_owned(),
+                query: query.to_owned(),
+                authorization,
+            };
+            handler(request)
+                .await
+                .unwrap_or_else(|| Response::text(404, "not found\n"))
+        }
+        _ => Response::text(405, "GET only\n"),
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len()
     );
+    if response.status == 401 {
+        head.push_str("WWW-Authenticate: Bearer\r\n");
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    stream.write_all(response.body.as_bytes()).await?;
     stream.shutdown().await
 }

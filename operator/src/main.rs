@@ -128,6 +128,11 @@ enum AgentCommand {
         /// Upper bound on this node's PodFlow write requests per second.
         #[arg(long, default_value_t = 5.0)]
         api_qps: f64,
+        /// Who may read /flows: `kube` (with the API server: callers whose
+        /// bearer token it authenticates, each seeing the namespaces where
+        /// it may get pods) or `none` (anyone who reaches the port).
+        #[arg(long, value_enum, default_value_t = FlowsAuth::Kube)]
+        flows_auth: FlowsAuth,
         /// Log level (overridden by RUST_LOG).
         #[arg(long, default_value = "info")]
         log_level: String,
@@ -164,6 +169,12 @@ enum AgentCommand {
         #[arg(long, value_enum)]
         mode: Option<Mode>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FlowsAuth {
+    Kube,
+    None,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -257,6 +268,7 @@ fn main() -> Result<()> {
                 kubeconfig,
                 no_kube,
                 api_qps,
+                flows_auth,
                 log_level,
             } => {
                 use weir_operator::agent::kube_agent::{KubeSettings, KubeSource};
@@ -286,6 +298,7 @@ fn main() -> Result<()> {
                     max_series,
                     watch_vxlan: !no_vxlan,
                     kube: source.map(|source| KubeSettings { source, api_qps }),
+                    flows_auth: flows_auth == FlowsAuth::Kube,
                 };
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

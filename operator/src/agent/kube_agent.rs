@@ -468,6 +468,8 @@ impl PeerDirectory for KubePeers<'_> {
 pub struct KubeAgent {
     pub view: ClusterView,
     pub writer: WriterHandle,
+    /// The agent's client (also for reviewing who reads `/flows`).
+    pub client: kube::Client,
     node: String,
     clock: Clock,
     last_selected: std::sync::Mutex<Option<usize>>,
@@ -478,7 +480,7 @@ impl KubeAgent {
     pub async fn start(settings: &KubeSettings, node: &str) -> Result<Self, String> {
         let client = client(&settings.source).await?;
         let view = ClusterView::start(&client, node);
-        let writer = writer::spawn(client, node, settings.api_qps);
+        let writer = writer::spawn(client.clone(), node, settings.api_qps);
         info!(
             node,
             api_qps = settings.api_qps,
@@ -488,6 +490,7 @@ impl KubeAgent {
         Ok(Self {
             view,
             writer,
+            client,
             node: node.to_owned(),
             clock: Clock::now(),
             last_selected: Default::default(),

@@ -5,6 +5,7 @@
 //! Counters live in pinned maps, so the agent holds no state worth losing: a
 //! restart (or `kill -9`) picks up the same totals.
 
+pub mod authz;
 pub mod join;
 pub mod kube_agent;
 pub mod lock;

@@ -33,6 +33,10 @@ pub struct AgentConfig {
     /// count, and PodFlows are written. Without it, peers come from the file
     /// only and pod modes are left as they are.
     pub kube: Option<super::kube_agent::KubeSettings>,
+    /// With the API server: serve `/flows` only to callers it authenticates,
+    /// and only their namespaces' flows (false: open to anyone who reaches
+    /// the port).
+    pub flows_auth: bool,
 }
 
 pub async fn run(config: AgentConfig) -> Result<()> {
@@ -65,9 +69,14 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         // The PodFlow writer's backlog.
         k.register_metrics(&mut registry);
     }
+    let authz = match &kube {
+        Some(k) if config.flows_auth => Some(Arc::new(super::authz::FlowAuthz::new(k.client.clone()))),
+        _ => None,
+    };
     let endpoints = Arc::new(Endpoints {
         registry,
         flows: flows.clone(),
+        authz,
     });
     tokio::spawn(server::serve(listener, endpoints));
 

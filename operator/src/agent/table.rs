@@ -192,6 +192,26 @@ impl FlowTable {
         let rows = self.sorted();
         serde_json::to_writer(out, &Rows(&rows))
     }
+
+    /// [`write_json`](Self::write_json) of the flows whose pod's namespace
+    /// `keep` accepts (`None`: a pod recorded without one, or gone).
+    pub fn write_json_filtered(
+        &self,
+        out: &mut Vec<u8>,
+        keep: &dyn Fn(Option<&str>) -> bool,
+    ) -> serde_json::Result<()> {
+        let mut rows = self.sorted();
+        rows.retain(|r| keep(r.namespace()));
+        serde_json::to_writer(out, &Rows(&rows))
+    }
+
+    /// The namespaces of the pods with flows in the table.
+    pub fn namespaces(&self) -> std::collections::BTreeSet<String> {
+        self.names
+            .values()
+            .filter_map(|n| n.namespace.as_deref().map(str::to_owned))
+            .collect()
+    }
 }
 
 impl Round<'_> {
