@@ -68,6 +68,9 @@ impl Agent {
         .arg(QPS.to_string())
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        // This test reads /flows for the counts; who may read them is
+        // tests/flows_authz.rs's.
+        .args(["--flows-auth", "none"])
         .arg("--state-dir")
         .arg(&node.state_dir)
         .arg("--bpf-root")
