@@ -141,7 +141,7 @@ enum AgentCommand {
     Dump {
         #[command(flatten)]
         paths: NodePaths,
-        /// Output format.
+        /// Output format; json prints the flows as the agent serves them on /flows (one schema: docs/flow.schema.json).
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         output: Format,
         /// Only flows of this pod (`namespace/name`); repeatable.
@@ -312,8 +312,7 @@ fn main() -> Result<()> {
                 protocol,
             } => {
                 let mut view = node_flows::read(&paths.state_dir, &paths.bpf_root)?;
-                view.flows
-                    .retain(|f| node_flows::matches(f, &pod, &protocol));
+                view.retain(&pod, &protocol);
                 match output {
                     Format::Table => {
                         print!(
@@ -341,7 +340,7 @@ fn main() -> Result<()> {
                         println!(
                             "{}",
                             serde_json::to_string_pretty(
-                                &serde_json::json!({ "flows": view.flows, "stats": stats })
+                                &serde_json::json!({ "flows": view.views, "stats": stats })
                             )?
                         );
                     }

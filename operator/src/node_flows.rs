@@ -68,8 +68,23 @@ pub struct NodeFlow {
 }
 
 pub struct NodeView {
+    /// For the table.
     pub flows: Vec<NodeFlow>,
+    /// The same flows, in the same order, as `/flows` serves them (the one
+    /// JSON schema of a flow, docs/flow.schema.json): for `-o json`.
+    pub views: Vec<PodFlowView>,
     pub stats: Vec<(String, u64)>,
+}
+
+impl NodeView {
+    /// Keeps the flows that pass [`matches`].
+    pub fn retain(&mut self, pods: &[String], protocols: &[String]) {
+        let keep: Vec<bool> = self.flows.iter().map(|f| matches(f, pods, protocols)).collect();
+        let mut k = keep.iter();
+        self.flows.retain(|_| *k.next().expect("one verdict per flow"));
+        let mut k = keep.iter();
+        self.views.retain(|_| *k.next().expect("one verdict per flow"));
+    }
 }
 
 /// Reads and joins every flow on the node, as the agent does. Flows of pods
@@ -81,10 +96,8 @@ pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
         return Err(no_state(state_dir, bpf_root));
     }
     let directory: HashMap<IpAddr, Peer> = HashMap::new();
-    let flows = join::join(&reading, "this-node", &directory)
-        .iter()
-        .map(describe)
-        .collect();
+    let views = join::join(&reading, "this-node", &directory);
+    let flows = views.iter().map(describe).collect();
     let mut stats = Vec::new();
     if let Some(pods) = &reading.pods {
         let c = &pods.stats;
@@ -113,7 +126,11 @@ pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
             ("vxlan_events_lost".to_string(), overlay.stats.events_lost()),
         ]);
     }
-    Ok(NodeView { flows, stats })
+    Ok(NodeView {
+        flows,
+        views,
+        stats,
+    })
 }
 
 /// Whether `flow` passes the filters; an empty filter passes everything.

@@ -11,41 +11,68 @@ use super::reading::{FlowSink, NodeReading};
 use super::table::FlowTable;
 
 /// The overlay leg of a flow as this node saw it on its underlay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OverlayLeg {
+    /// The VXLAN network identifier.
     pub vni: u32,
+    /// Outer (underlay) source address of the flow's packets.
     pub outer_source: IpAddr,
+    /// Outer (underlay) destination address.
     pub outer_destination: IpAddr,
+    /// Packets this node encapsulated (sent into the overlay).
     pub encap_packets: u64,
     pub encap_bytes: u64,
+    /// Packets this node decapsulated (received from the overlay).
     pub decap_packets: u64,
     pub decap_bytes: u64,
 }
 
-/// One direction of one conversation of a local pod.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One direction of one conversation of a local pod: the flow as the agent
+/// serves it on `/flows` and `weir-operator agent dump -o json` prints it
+/// (docs/flow.schema.json is generated from this type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(title = "weir flow", rename = "Flow")]
 pub struct PodFlowView {
+    /// The node-unique id the CNI plugin gave the pod.
     pub pod_id: u32,
+    /// The pod's namespace; absent for a pod recorded without one (podman
+    /// passes only K8S_POD_NAME) or one weir no longer has a record of.
     pub namespace: Option<String>,
     /// The pod's name, or `pod-id:N` for a pod weir no longer has a record of.
     pub pod: String,
+    /// `egress` (sent by the pod) or `ingress` (towards the pod).
+    #[schemars(extend("enum" = ["egress", "ingress", "unknown"]))]
     pub direction: &'static str,
+    /// The IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
     pub protocol: u8,
     pub source: IpAddr,
+    /// TCP/UDP source port; for ICMP the type.
     pub source_port: u16,
     pub destination: IpAddr,
+    /// TCP/UDP destination port; for ICMP the code.
     pub destination_port: u16,
+    /// Wire packets (GSO segments counted one by one).
     pub packets: u64,
+    /// Wire bytes.
     pub bytes: u64,
+    /// First packet, nanoseconds since the node booted (CLOCK_BOOTTIME).
     pub first_seen_ns: u64,
+    /// Last packet, nanoseconds since the node booted (kernel tick resolution).
     pub last_seen_ns: u64,
+    /// The TCP flags seen, OR-ed (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20).
     pub tcp_flags: u32,
     /// The other end, when known: a local pod or one the directory names.
     pub peer: Option<Peer>,
     /// Set when the flow crossed the VXLAN overlay on this node.
     pub overlay: Option<OverlayLeg>,
+}
+
+/// The JSON schema of one flow ([`PodFlowView`]), as docs/flow.schema.json
+/// holds it.
+pub fn flow_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(PodFlowView)).expect("a schema serializes")
 }
 
 /// Joins one reading: every pod flow with its overlay leg and its peer, in

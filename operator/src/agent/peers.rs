@@ -9,10 +9,12 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The pod at the other end of a flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Peer {
     pub namespace: String,
     pub pod: String,
+    /// The node the pod runs on.
     pub node: String,
 }
 
