@@ -229,7 +229,8 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
         "{metrics}"
     );
 
-    // The operator's local view shows the same, with the overlay.
+    // The operator's local view shows the same, with the overlay, in the
+    // same schema as /flows (docs/flow.schema.json).
     let dump =
         c.a.ns
             .command(&[AGENT, "agent", "dump", "-o", "json", "--protocol", "udp"])
@@ -248,14 +249,16 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|f| f["pod"] == "shop/web" && f["direction"] == "out")
+        .find(|f| f["namespace"] == "shop" && f["pod"] == "web" && f["direction"] == "egress")
         .context("web's flow in dump")?;
     assert_eq!(
-        (out["packets"].as_u64(), out["vni"].as_u64()),
+        (out["packets"].as_u64(), out["overlay"]["vni"].as_u64()),
         (Some(n), Some(1)),
         "{out}"
     );
-    assert_eq!(out["outer"], "192.168.100.1->192.168.100.2");
+    assert_eq!(out["overlay"]["outerSource"], "192.168.100.1");
+    assert_eq!(out["overlay"]["outerDestination"], "192.168.100.2");
+    assert_eq!(out["overlay"]["encapPackets"], a_out["overlay"]["encapPackets"], "dump and /flows agree");
     drop((agent_a, agent_b));
     Ok(())
 }
