@@ -54,11 +54,15 @@ impl Request {
 }
 
 /// An answer other than 200 (or a 200 built by an async handler).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
+    /// A streamed body: written after `body`, chunk by chunk as they come,
+    /// until the sender goes or the client does (no Content-Length; the
+    /// connection closes at the end).
+    pub stream: Option<tokio::sync::mpsc::Receiver<Arc<str>>>,
 }
 
 impl Response {
@@ -67,6 +71,20 @@ impl Response {
             status: 200,
             content_type,
             body,
+            stream: None,
+        }
+    }
+
+    /// A 200 whose body is `chunks` as they come.
+    pub fn streaming(
+        content_type: &'static str,
+        chunks: tokio::sync::mpsc::Receiver<Arc<str>>,
+    ) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            body: String::new(),
+            stream: Some(chunks),
         }
     }
 
@@ -75,6 +93,7 @@ impl Response {
             status,
             content_type: "text/plain",
             body: body.into(),
+            stream: None,
         }
     }
 }
@@ -168,17 +187,28 @@ async fn answer(mut stream: TcpStream, handler: &Handler) -> std::io::Result<()>
         _ => Response::text(405, "GET only\n"),
     };
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nConnection: close\r\n",
         response.status,
         reason(response.status),
         response.content_type,
-        response.body.len()
     );
+    if response.stream.is_none() {
+        head.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
+    } else {
+        head.push_str("Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+    }
     if response.status == 401 {
         head.push_str("WWW-Authenticate: Bearer\r\n");
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(response.body.as_bytes()).await?;
+    if let Some(mut chunks) = response.stream {
+        stream.flush().await?;
+        while let Some(chunk) = chunks.recv().await {
+            stream.write_all(chunk.as_bytes()).await?;
+            stream.flush().await?;
+        }
+    }
     stream.shutdown().await
 }

@@ -148,10 +148,14 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let hub = Arc::new(weir_operator::agent::stream::Hub::new("node-1"));
+    let views = table().views();
     let endpoints = Arc::new(Endpoints {
         registry: Default::default(),
         flows: Arc::new(Mutex::new(table())),
         authz: Some(Arc::new(FlowAuthz::new(client.clone()))),
+        stream: hub.clone(),
+        node: "node-1".into(),
     });
     tokio::spawn(server::serve(listener, endpoints));
 
@@ -173,4 +177,68 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
     // /metrics stays open.
     let (status, _) = get(addr, "/metrics", None).await;
     assert_eq!(status, 200);
+
+    // The live stream is reviewed the same way ...
+    let (status, body) = get(addr, "/flows/stream", None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = get(addr, "/flows/stream", Some(&nobody)).await;
+    assert_eq!(status, 403, "{body}");
+    // ... and a reader in a gets a's updates only, as JSON lines with
+    // deltas and totals.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET /flows/stream HTTP/1.1\r\nAuthorization: Bearer {reader}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reader_side = tokio::io::BufReader::new(stream);
+    use tokio::io::AsyncBufReadExt as _;
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader_side.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/x-ndjson"), "{head}");
+    weir_e2e::wait::eventually(std::time::Duration::from_secs(10), "the stream subscribes", || {
+        let listening = hub.listening();
+        async move { anyhow::Ok(listening.then_some(())) }
+    })
+    .await
+    .unwrap();
+    let published = std::time::Instant::now();
+    hub.publish(&views);
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), reader_side.read_line(&mut line))
+            .await
+            .expect("a stream line within 10 s")
+            .unwrap();
+        lines.push(serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+    eprintln!("publish → line at the client: {:?}", published.elapsed());
+    for l in &lines {
+        assert_eq!(l["flow"]["namespace"], "a", "{l}");
+        assert_eq!(l["node"], "node-1");
+        assert_eq!(l["delta"]["packets"], 3, "{l}");
+        assert_eq!(l["flow"]["packets"], 3, "{l}");
+    }
+    // b's flow was not sent: the next line is the next collection's.
+    let mut grown = views.clone();
+    for v in &mut grown {
+        v.packets += 1;
+        v.bytes += 100;
+    }
+    hub.publish(&grown);
+    let mut line = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), reader_side.read_line(&mut line))
+        .await
+        .expect("a stream line within 10 s")
+        .unwrap();
+    let next: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((next["flow"]["namespace"].as_str(), next["delta"]["packets"].as_u64(), next["flow"]["packets"].as_u64()), (Some("a"), Some(1), Some(4)), "{next}");
 }

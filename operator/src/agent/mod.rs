@@ -17,6 +17,7 @@ pub mod reading;
 pub mod run;
 pub mod selection;
 pub mod server;
+pub mod stream;
 pub mod table;
 pub mod totals;
 pub mod vxlan_discovery;

@@ -73,10 +73,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         Some(k) if config.flows_auth => Some(Arc::new(super::authz::FlowAuthz::new(k.client.clone()))),
         _ => None,
     };
+    let hub = Arc::new(super::stream::Hub::new(&config.node_name));
     let endpoints = Arc::new(Endpoints {
         registry,
         flows: flows.clone(),
         authz,
+        stream: hub.clone(),
+        node: config.node_name.clone(),
     });
     tokio::spawn(server::serve(listener, endpoints));
 
@@ -131,14 +134,18 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         round.finish(Some(&mut totals), read.is_ok());
         match read {
             Ok(reading) => {
-                if let Some(k) = &kube {
-                    // The PodFlow writer takes owned views; they live for
-                    // this call only.
+                if kube.is_some() || hub.listening() {
+                    // The PodFlow writer and the live stream take owned
+                    // views; they live for this round only.
                     let views = table.views();
                     drop(table);
-                    k.round(&reading, &root, &views);
+                    hub.publish(&views);
+                    if let Some(k) = &kube {
+                        k.round(&reading, &root, &views);
+                    }
                 } else {
                     drop(table);
+                    hub.publish(&[]);
                 }
                 publish(&shared, &reading, &totals, &names);
             }

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use super::authz::{FlowAuthz, Refused};
+use super::authz::{Access, FlowAuthz, Refused};
+use super::stream::{Hub, lost_line};
 use super::table::FlowTable;
 use crate::http::{self, Request, Response};
 
@@ -24,6 +25,10 @@ pub struct Endpoints {
     pub flows: Arc<Mutex<FlowTable>>,
     /// `None`: `/flows` is open (no API server to ask, or turned off).
     pub authz: Option<Arc<FlowAuthz>>,
+    /// The live stream of `/flows/stream`.
+    pub stream: Arc<Hub>,
+    /// This node's name (in the stream's lines).
+    pub node: String,
 }
 
 pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>) {
@@ -40,31 +45,71 @@ impl Endpoints {
         match request.path.as_str() {
             "/metrics" => Some(Response::ok(http::metrics(&self.registry))),
             "/flows" => Some(self.flows(&request).await),
+            "/flows/stream" => Some(self.stream(&request).await),
             _ => None,
         }
     }
 
-    async fn flows(&self, request: &Request) -> Response {
-        let access = match &self.authz {
-            None => None,
-            Some(authz) => {
-                let namespaces = self.flows.lock().expect("flows lock").namespaces();
-                match authz.access(request.bearer_token(), &namespaces).await {
-                    Ok(access) if access.is_empty() => {
-                        return Response::text(
-                            403,
-                            "forbidden: you may not get pods in any namespace whose flows this node holds\n",
-                        );
+    /// `/flows/stream`: JSON lines of flow updates (see [`super::stream`]),
+    /// only of the namespaces the caller may read, as `/flows`.
+    async fn stream(&self, request: &Request) -> Response {
+        let access = match self.access(request).await {
+            Ok(access) => access,
+            Err(refused) => return refused,
+        };
+        let mut updates = self.stream.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Arc<str>>(64);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let mut lost_total = 0u64;
+            loop {
+                let batch = match updates.recv().await {
+                    Ok(batch) => batch,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        lost_total += n;
+                        if tx.send(Arc::from(lost_line(&node, n, lost_total))).await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
-                    Ok(access) => Some(access),
-                    Err(Refused::Unauthenticated(why)) => {
-                        return Response::text(401, format!("unauthorized: {why}\n"));
-                    }
-                    Err(e @ Refused::Unavailable(_)) => {
-                        return Response::text(503, format!("{e}\n"));
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for update in batch.iter() {
+                    let allowed = access
+                        .as_ref()
+                        .is_none_or(|a| a.allows(update.namespace.as_deref()));
+                    if allowed && tx.send(update.line.clone()).await.is_err() {
+                        return;
                     }
                 }
             }
+        });
+        Response::streaming("application/x-ndjson", rx)
+    }
+
+    /// Who the caller is allowed to see, or the refusal to answer with.
+    async fn access(&self, request: &Request) -> Result<Option<Access>, Response> {
+        let Some(authz) = &self.authz else {
+            return Ok(None);
+        };
+        let namespaces = self.flows.lock().expect("flows lock").namespaces();
+        match authz.access(request.bearer_token(), &namespaces).await {
+            Ok(access) if access.is_empty() => Err(Response::text(
+                403,
+                "forbidden: you may not get pods in any namespace whose flows this node holds\n",
+            )),
+            Ok(access) => Ok(Some(access)),
+            Err(Refused::Unauthenticated(why)) => {
+                Err(Response::text(401, format!("unauthorized: {why}\n")))
+            }
+            Err(e @ Refused::Unavailable(_)) => Err(Response::text(503, format!("{e}\n"))),
+        }
+    }
+
+    async fn flows(&self, request: &Request) -> Response {
+        let access = match self.access(request).await {
+            Ok(access) => access,
+            Err(refused) => return refused,
         };
         // Rendered from the table under its lock (no await inside).
         let table = self.flows.lock().expect("flows lock");
