@@ -41,6 +41,12 @@ pub struct Access {
 
 /// A client for the cluster, or what is wrong with the access.
 pub async fn client(access: &Access) -> Result<(Client, String)> {
+    let (client, namespace, _) = client_and_token(access).await?;
+    Ok((client, namespace))
+}
+
+/// [`client`], and the kubeconfig user's bearer token when it has one.
+pub async fn client_and_token(access: &Access) -> Result<(Client, String, Option<String>)> {
     let options = KubeConfigOptions {
         context: access.context.clone(),
         ..Default::default()
@@ -75,9 +81,17 @@ pub async fn client(access: &Access) -> Result<(Client, String)> {
     config.read_timeout = Some(Duration::from_secs(60));
     let namespace = config.default_namespace.clone();
     let url = config.cluster_url.to_string();
+    let token = {
+        use secrecy::ExposeSecret as _;
+        match (&config.auth_info.token, &config.auth_info.token_file) {
+            (Some(t), _) => Some(t.expose_secret().to_owned()),
+            (None, Some(file)) => std::fs::read_to_string(file).ok().map(|t| t.trim().to_owned()),
+            _ => None,
+        }
+    };
     let client = Client::try_from(config)
         .map_err(|e| anyhow!("no cluster access: cannot build a client for {url}: {e}"))?;
-    Ok((client, namespace))
+    Ok((client, namespace, token))
 }
 
 /// Turns a kube error into a message the user can act on.

@@ -4,6 +4,8 @@
 //!   grouped by namespace, as SVG (laid out by Graphviz), DOT, Mermaid or one
 //!   self-contained HTML page.
 //! - `top`: the top talkers among the PodFlows, refreshing like `top`.
+//! - `observe`: the agents' live streams of flow updates, authorised by the
+//!   user's own RBAC.
 //!
 //! The computations ([`model`], [`graph`], [`top`]) take plain values, so
 //! they are tested without a cluster; [`cluster`] reads them from one.
@@ -13,4 +15,5 @@ pub mod cluster;
 pub mod fixture;
 pub mod graph;
 pub mod model;
+pub mod observe;
 pub mod top;

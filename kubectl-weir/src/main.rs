@@ -30,6 +30,63 @@ enum Cmd {
     /// The top talkers among the PodFlows (by pod, workload, namespace or
     /// node pair), refreshing like `top` on a terminal.
     Top(TopArgs),
+    /// Flows live, as the agents see them (not a PodFlow watch): one line per
+    /// flow update with its deltas and totals. You see the namespaces where
+    /// you may get pods.
+    Observe(ObserveArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ObserveFormat {
+    Table,
+    Json,
+    Jsonl,
+}
+
+#[derive(clap::Args, Debug)]
+struct ObserveArgs {
+    /// Only flows of this pod (`name` or `namespace/name`).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only flows whose source is this pod.
+    #[arg(long)]
+    from_pod: Option<String>,
+    /// Only flows whose destination is this pod.
+    #[arg(long)]
+    to_pod: Option<String>,
+    /// Only this protocol (tcp, udp, icmp, icmpv6, or a number).
+    #[arg(long, value_parser = kubectl_weir::observe::protocol_number)]
+    protocol: Option<u64>,
+    /// Only flows from or to this port.
+    #[arg(long)]
+    port: Option<u64>,
+    /// Only the agents of these nodes (repeatable).
+    #[arg(long)]
+    node: Vec<String>,
+    /// Only updates from collections within this window (e.g. 1m).
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// Keep streaming (else: one collection from every agent).
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Output: table, json (one array), jsonl (one update per line).
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    output: ObserveFormat,
+    /// Stop after this many updates (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// The bearer token the agents review (default: the kubeconfig user's).
+    #[arg(long, env = "KUBECTL_WEIR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The agents' namespace.
+    #[arg(long, default_value = "weir-system")]
+    agent_namespace: String,
+    /// The agents' port when their pods do not name a `metrics` port.
+    #[arg(long, default_value_t = 9465)]
+    agent_port: u16,
+    /// Without -f: give up on an agent after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    timeout: Duration,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +168,7 @@ async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Cmd::Graph(args) => graph(&cli.access, args).await,
         Cmd::Top(args) => top_cmd(&cli.access, args).await,
+        Cmd::Observe(args) => observe(&cli.access, args).await,
     }
 }
 
@@ -240,6 +298,189 @@ async fn top_cmd(access: &Access, args: &TopArgs) -> Result<()> {
     }
     if frames == 0 {
         bail!("nothing printed");
+    }
+    Ok(())
+}
+
+async fn agents(client: &kube::Client, args: &ObserveArgs) -> Result<Vec<kubectl_weir::observe::Agent>> {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &args.agent_namespace);
+    let selector = "app.kubernetes.io/name=weir,app.kubernetes.io/component=agent";
+    let pods = api
+        .list(&kube::api::ListParams::default().labels(selector))
+        .await
+        .map_err(|e| cluster::explain(e, &format!("listing weir's agent pods in namespace {}", args.agent_namespace)))?;
+    let mut agents = Vec::new();
+    for p in pods.items {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_else(|| "?".into());
+        if !args.node.is_empty() && !args.node.contains(&node) {
+            continue;
+        }
+        let port = p
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.containers.iter().flat_map(|c| c.ports.iter().flatten()).find(|cp| cp.name.as_deref() == Some("metrics"))
+            })
+            .map(|cp| cp.container_port as u16)
+            .unwrap_or(args.agent_port);
+        match p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+            Some(ip) => agents.push(kubectl_weir::observe::Agent {
+                pod: name,
+                node,
+                address: if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") },
+            }),
+            None => eprintln!("kubectl-weir: warning: agent {name} on node {node} has no address yet (not running?)"),
+        }
+    }
+    if agents.is_empty() {
+        bail!(
+            "no weir agent {}in namespace {} (pods labelled {selector}): is weir installed there? (--agent-namespace)",
+            if args.node.is_empty() { String::new() } else { format!("on {} ", args.node.join(", ")) },
+            args.agent_namespace
+        );
+    }
+    Ok(agents)
+}
+
+async fn observe(access: &Access, args: &ObserveArgs) -> Result<()> {
+    use kubectl_weir::observe::{Filter, TABLE_HEADER, connect, table_line};
+    use tokio::io::AsyncBufReadExt as _;
+    let (client, default_ns, kube_token) = cluster::client_and_token(access).await?;
+    let token = args.token.clone().or(kube_token).ok_or_else(|| {
+        anyhow::anyhow!(
+            "observe needs a bearer token for the agents to review (they ask the API server who you are): your kubeconfig user has none (a client certificate?); pass --token (e.g. from `kubectl create token <serviceaccount>`)"
+        )
+    })?;
+    let agents = agents(&client, args).await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let filter = Filter {
+        namespace: (!access.all_namespaces).then(|| access.namespace.clone().unwrap_or(default_ns)),
+        pod: args.pod.clone(),
+        from_pod: args.from_pod.clone(),
+        to_pod: args.to_pod.clone(),
+        protocol: args.protocol,
+        port: args.port,
+        since_ms: args.since.map(|s| now_ms.saturating_sub(s.as_millis() as u64)),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<serde_json::Value, String>)>(1024);
+    let mut open = 0usize;
+    for (i, agent) in agents.iter().enumerate() {
+        let (tx, agent, token, timeout) = (tx.clone(), agent.clone(), token.clone(), args.timeout);
+        open += 1;
+        tokio::spawn(async move {
+            let mut reader = match connect(&agent, &token, Duration::from_secs(10).min(timeout)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send((i, Err(format!("{e:#}")))).await;
+                    return;
+                }
+            };
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line).await {
+                    Ok(0) => {
+                        let _ = tx.send((i, Err(format!("agent {} on node {}: the stream ended", agent.pod, agent.node)))).await;
+                        return;
+                    }
+                    Ok(_) => match serde_json::from_str(&line) {
+                        Ok(v) => {
+                            if tx.send((i, Ok(v))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send((i, Err(format!("agent {}: not JSON ({e}): {line}", agent.pod)))).await;
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        let _ = tx.send((i, Err(format!("agent {} on node {}: {e}", agent.pod, agent.node)))).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut stdout = std::io::stdout().lock();
+    if args.output == ObserveFormat::Table {
+        writeln!(stdout, "{TABLE_HEADER}")?;
+    }
+    let mut done = vec![false; agents.len()];
+    let mut failed = 0usize;
+    let mut printed = 0u64;
+    let mut collected = Vec::new();
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    loop {
+        let next = if args.follow {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    for (i, d) in done.iter().enumerate() {
+                        if !d {
+                            eprintln!("kubectl-weir: agent {} on node {} sent no collection within {:?}", agents[i].pod, agents[i].node, args.timeout);
+                        }
+                    }
+                    break;
+                }
+            }
+        };
+        let Some((i, item)) = next else { break };
+        match item {
+            Err(e) => {
+                eprintln!("kubectl-weir: {e}");
+                if !done[i] {
+                    done[i] = true;
+                    failed += 1;
+                }
+                open -= 1;
+                if open == 0 {
+                    break;
+                }
+            }
+            Ok(v) if v["endOfCollection"] == true => {
+                done[i] = true;
+                if !args.follow && done.iter().all(|d| *d) {
+                    break;
+                }
+            }
+            Ok(v) => {
+                let lost = v.get("lostUpdates").is_some();
+                if !lost && !filter.passes(&v) {
+                    continue;
+                }
+                match args.output {
+                    ObserveFormat::Table => {
+                        if let Some(l) = table_line(&v) {
+                            writeln!(stdout, "{l}")?;
+                        }
+                    }
+                    ObserveFormat::Jsonl => writeln!(stdout, "{v}")?,
+                    ObserveFormat::Json if args.follow => writeln!(stdout, "{}", serde_json::to_string_pretty(&v)?)?,
+                    ObserveFormat::Json => collected.push(v),
+                }
+                stdout.flush()?;
+                if !lost {
+                    printed += 1;
+                    if args.count > 0 && printed >= args.count {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if args.output == ObserveFormat::Json && !args.follow {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&collected)?)?;
+    }
+    if failed == agents.len() {
+        bail!("no agent could be streamed from ({} tried)", agents.len());
     }
     Ok(())
 }

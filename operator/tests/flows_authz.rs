@@ -211,15 +211,21 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
     .unwrap();
     let published = std::time::Instant::now();
     hub.publish(&views);
-    let mut lines = Vec::new();
-    for _ in 0..2 {
+    async fn next_line(r: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> Value {
+        use tokio::io::AsyncBufReadExt as _;
         let mut line = String::new();
-        tokio::time::timeout(std::time::Duration::from_secs(10), reader_side.read_line(&mut line))
+        tokio::time::timeout(std::time::Duration::from_secs(10), r.read_line(&mut line))
             .await
             .expect("a stream line within 10 s")
             .unwrap();
-        lines.push(serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
     }
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        lines.push(next_line(&mut reader_side).await);
+    }
+    // Then the end of that collection (b's flow was not sent).
+    assert_eq!(next_line(&mut reader_side).await["endOfCollection"], true);
     eprintln!("publish → line at the client: {:?}", published.elapsed());
     for l in &lines {
         assert_eq!(l["flow"]["namespace"], "a", "{l}");
@@ -227,18 +233,13 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
         assert_eq!(l["delta"]["packets"], 3, "{l}");
         assert_eq!(l["flow"]["packets"], 3, "{l}");
     }
-    // b's flow was not sent: the next line is the next collection's.
+    // The next collection: deltas against the previous one.
     let mut grown = views.clone();
     for v in &mut grown {
         v.packets += 1;
         v.bytes += 100;
     }
     hub.publish(&grown);
-    let mut line = String::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), reader_side.read_line(&mut line))
-        .await
-        .expect("a stream line within 10 s")
-        .unwrap();
-    let next: Value = serde_json::from_str(&line).unwrap();
+    let next = next_line(&mut reader_side).await;
     assert_eq!((next["flow"]["namespace"].as_str(), next["delta"]["packets"].as_u64(), next["flow"]["packets"].as_u64()), (Some("a"), Some(1), Some(4)), "{next}");
 }

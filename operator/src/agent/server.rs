@@ -82,6 +82,13 @@ impl Endpoints {
                         return;
                     }
                 }
+                // The end of one collection (also when nothing of it was
+                // for this client): `kubectl weir observe` without -f stops
+                // after one from every agent.
+                let end = format!("{}\n", serde_json::json!({ "node": node, "endOfCollection": true }));
+                if tx.send(Arc::from(end)).await.is_err() {
+                    return;
+                }
             }
         });
         Response::streaming("application/x-ndjson", rx)
