@@ -79,6 +79,11 @@ impl Hub {
         self.tx.receiver_count() > 0
     }
 
+    /// How many clients listen.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
         self.tx.subscribe()
     }
