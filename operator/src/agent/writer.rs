@@ -86,7 +86,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::join::{OverlayLeg, PodFlowView};
+use super::join::{FlowDirection, OverlayLeg, PodFlowView};
 use super::pressure::ProfileLoss;
 use super::selection::{Rule, Selection};
 use weir_api::labels;
@@ -264,14 +264,14 @@ pub fn conversations(
     type Tuple = (u32, u8, IpAddr, u16, IpAddr, u16);
     let mut pairs: HashMap<Tuple, (Pair<'_>, &PodFlowView)> = HashMap::new();
     for v in views {
-        let (Some(ns), true) = (&v.namespace, v.direction != "unknown") else {
+        let (Some(ns), true) = (&v.namespace, v.direction != FlowDirection::Unknown) else {
             continue;
         };
         if selection.rule(ns, &v.pod).is_none() {
             continue;
         }
         let has_ports = Protocol::from_ip_proto(v.protocol).is_some_and(Protocol::has_ports);
-        let egress = v.direction == "egress";
+        let egress = v.direction == FlowDirection::Egress;
         let (local, lport, remote, rport) = if egress {
             (v.source, v.source_port, v.destination, v.destination_port)
         } else {
@@ -594,7 +594,8 @@ impl WriterHandle {
 }
 
 /// Starts the writer task for `node`, at most `qps` requests per second.
-pub fn spawn(client: Client, node: &str, qps: f64) -> WriterHandle {
+pub fn spawn(client: Client, node: &str, qps: f64) -> Result<WriterHandle, InvalidRate> {
+    let bucket = TokenBucket::new(qps)?;
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
     let (losses_tx, losses_rx) = watch::channel(Arc::new(Vec::new()));
     let stats = Arc::new(WriterStats::default());
@@ -603,15 +604,15 @@ pub fn spawn(client: Client, node: &str, qps: f64) -> WriterHandle {
         manager: agent_field_manager(node),
         entries: HashMap::new(),
         losses: HashMap::new(),
-        bucket: TokenBucket::new(qps),
+        bucket,
         stats: stats.clone(),
     };
     tokio::spawn(writer.run(rx, losses_rx));
-    WriterHandle {
+    Ok(WriterHandle {
         tx: Arc::new(tx),
         losses: Arc::new(losses_tx),
         stats,
-    }
+    })
 }
 
 /// `rate` tokens per second, at most `rate` (at least 1) saved up.
@@ -623,20 +624,23 @@ pub struct TokenBucket {
     last: Instant,
 }
 
+/// A request rate that is not a positive, finite number.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("the request rate must be a positive number of requests per second, not {0}")]
+pub struct InvalidRate(pub f64);
+
 impl TokenBucket {
-    pub fn new(rate: f64) -> Self {
-        let rate = if rate.is_finite() && rate > 0.0 {
-            rate
-        } else {
-            5.0
-        };
+    pub fn new(rate: f64) -> Result<Self, InvalidRate> {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(InvalidRate(rate));
+        }
         let burst = rate.max(1.0);
-        Self {
+        Ok(Self {
             rate,
             burst,
             tokens: burst,
             last: Instant::now(),
-        }
+        })
     }
 
     pub async fn take(&mut self) {
@@ -1105,7 +1109,11 @@ mod tests {
             pod_id: if pod == "web" { 1 } else { 2 },
             namespace: Some("shop".into()),
             pod: pod.into(),
-            direction: if egress { "egress" } else { "ingress" },
+            direction: if egress {
+                FlowDirection::Egress
+            } else {
+                FlowDirection::Ingress
+            },
             protocol: 17,
             source: src.0.parse().unwrap(),
             source_port: src.1,
@@ -1461,7 +1469,7 @@ mod tests {
             manager: agent_field_manager("node-a"),
             entries: HashMap::new(),
             losses: HashMap::new(),
-            bucket: TokenBucket::new(5.0),
+            bucket: TokenBucket::new(5.0).unwrap(),
             stats: Arc::new(WriterStats::default()),
         }
     }
@@ -1542,9 +1550,20 @@ mod tests {
         assert!((0.0..2.0).contains(&oldest), "{text}");
     }
 
-    #[tokio::test]
+    // Paused time: the clock only moves when every task sleeps, by exactly
+    // what they asked, so the rate is measured without a loaded machine's
+    // scheduling noise.
+    #[test]
+    fn a_rate_that_is_not_positive_is_an_error() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(TokenBucket::new(bad).is_err(), "{bad}");
+        }
+        assert!(TokenBucket::new(0.5).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_token_bucket_holds_the_rate() {
-        let mut bucket = TokenBucket::new(50.0);
+        let mut bucket = TokenBucket::new(50.0).unwrap();
         let start = Instant::now();
         for _ in 0..60 {
             bucket.take().await;
