@@ -66,11 +66,8 @@ fn netns_error(err: NetnsError) -> CniError {
     }
 }
 
-fn fault_step(conf: &NetConf) -> cni::Result<Option<Step>> {
-    conf.fault_injection
-        .as_ref()
-        .map(|f| f.fail_at.parse::<Step>().map_err(CniError::invalid_config))
-        .transpose()
+fn fault_step(conf: &NetConf) -> Option<Step> {
+    conf.fault_injection.as_ref().map(|f| f.fail_at)
 }
 
 fn add(req: &Request) -> cni::Result<Answer> {
@@ -79,7 +76,7 @@ fn add(req: &Request) -> cni::Result<Answer> {
     let ifname = req.env.ifname()?;
     let container_id = req.env.container_id()?;
     let netns_path = req.env.netns()?;
-    let fail_after = fault_step(conf)?;
+    let fail_after = fault_step(conf);
     let pass_through = Answer::ok(output::add_result(prev, req.version));
 
     let Some(names) = Names::for_ifname(ifname) else {

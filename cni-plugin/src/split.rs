@@ -145,6 +145,13 @@ fn restore_note(failures: &[String]) -> String {
     }
 }
 
+/// The step a split stopped at, and why.
+#[derive(Debug)]
+struct StepFailed {
+    step: Step,
+    cause: String,
+}
+
 #[derive(Default)]
 struct Progress {
     renamed: bool,
@@ -194,7 +201,7 @@ pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutco
     let mut progress = Progress::default();
     match run_steps(handle, req, &snapshot, &mut progress).await {
         Ok(split) => Ok(SplitOutcome::Split(split)),
-        Err((step, cause)) => {
+        Err(StepFailed { step, cause }) => {
             let restore_failures = restore(handle, req, &snapshot, &progress).await;
             Err(SplitError {
                 ifname: names.pod.clone(),
@@ -211,17 +218,25 @@ async fn run_steps(
     req: &SplitRequest<'_>,
     snap: &Snapshot,
     progress: &mut Progress,
-) -> Result<Split, (Step, String)> {
+) -> Result<Split, StepFailed> {
     let names = req.names;
     let original = &snap.link;
-    let fault = |step: Step| -> Result<(), (Step, String)> {
+    let fault = |step: Step| -> Result<(), StepFailed> {
         if req.fail_after == Some(step) {
-            Err((step, format!("fault injected after step {step}")))
+            Err(StepFailed {
+                step,
+                cause: format!("fault injected after step {step}"),
+            })
         } else {
             Ok(())
         }
     };
-    let at = |step: Step| move |e: iface::NetlinkError| (step, e.to_string());
+    let at = |step: Step| {
+        move |e: iface::NetlinkError| StepFailed {
+            step,
+            cause: e.to_string(),
+        }
+    };
 
     iface::rename_down(handle, original.index, &names.outer)
         .await
@@ -257,7 +272,10 @@ async fn run_steps(
         &names.outer,
         &names.pod,
     )
-    .map_err(|e| (Step::CopySysctls, e.to_string()))?;
+    .map_err(|e| StepFailed {
+        step: Step::CopySysctls,
+        cause: e.to_string(),
+    })?;
     for c in &copied {
         debug!(
             "sysctl net.{}.{}.{}.{}: {} -> {} (from {})",
@@ -295,7 +313,10 @@ async fn run_steps(
         outbound_via_peer: original.peer_netns_id.is_some(),
     };
     let mode = weir_ebpf::split::attach(req.bpf_root, req.attachment_id, &params, req.attach_mode)
-        .map_err(|e| (Step::Attach, e.to_string()))?;
+        .map_err(|e| StepFailed {
+            step: Step::Attach,
+            cause: e.to_string(),
+        })?;
     progress.attach_mode = Some(mode);
     fault(Step::Attach)?;
 
@@ -321,8 +342,8 @@ async fn run_steps(
     })
 }
 
-fn at_msg(step: Step) -> impl Fn(String) -> (Step, String) {
-    move |msg| (step, msg)
+fn at_msg(step: Step) -> impl Fn(String) -> StepFailed {
+    move |cause| StepFailed { step, cause }
 }
 
 async fn require_link(handle: &Handle, name: &str) -> Result<Link, String> {

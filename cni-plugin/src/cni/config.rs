@@ -97,10 +97,12 @@ impl fmt::Display for LogLevel {
     }
 }
 
-/// Test-only hook: make ADD fail at a named step to exercise rollback.
+/// Test-only hook: make ADD fail right after a named step to exercise
+/// rollback. The step is checked when the config is read: a name that is no
+/// step makes the config invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultInjection {
-    pub fail_at: String,
+    pub fail_at: crate::split::Step,
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -247,9 +249,10 @@ fn parse_fault_injection(obj: &Map<String, Value>) -> Result<Option<FaultInjecti
         Some(_) => return Err(CniError::invalid_config("faultInjection must be an object")),
     };
     match optional_str(inner, "failAt") {
-        Ok(Some(step)) if !step.is_empty() => Ok(Some(FaultInjection {
-            fail_at: step.to_owned(),
-        })),
+        Ok(Some(step)) if !step.is_empty() => step
+            .parse()
+            .map(|fail_at| Some(FaultInjection { fail_at }))
+            .map_err(|e| CniError::invalid_config(format!("faultInjection.failAt: {e}"))),
         _ => Err(CniError::invalid_config(
             "faultInjection.failAt must be a non-empty string",
         )),
@@ -339,7 +342,7 @@ mod tests {
             "attach": "tcx",
             "logFile": "/var/log/weir/cni.log",
             "logLevel": "DEBUG",
-            "faultInjection": {"failAt": "after-rename"},
+            "faultInjection": {"failAt": "move-routes"},
             "runtimeConfig": {"portMappings": [{"hostPort": 8080}], "anything": [1, 2]},
             "capabilities": {"portMappings": true},
             "args": {"cni": {"labels": []}},
@@ -356,8 +359,30 @@ mod tests {
             Some(Path::new("/var/log/weir/cni.log"))
         );
         assert_eq!(c.log_level, LogLevel::Debug);
-        assert_eq!(c.fault_injection.unwrap().fail_at, "after-rename");
+        assert_eq!(
+            c.fault_injection.unwrap().fail_at,
+            crate::split::Step::MoveRoutes
+        );
         assert_eq!(c.prev_result.unwrap().interfaces.len(), 3);
+    }
+
+    #[test]
+    fn fault_injection_names_a_step_or_the_config_is_invalid() {
+        let c = conf(with("faultInjection", json!({"failAt": "attach"}))).unwrap();
+        assert_eq!(
+            c.fault_injection.map(|f| f.fail_at),
+            Some(crate::split::Step::Attach)
+        );
+        for bad in [
+            json!({"failAt": "after-rename"}),
+            json!({"failAt": ""}),
+            json!("attach"),
+        ] {
+            let err = conf(with("faultInjection", bad.clone())).unwrap_err();
+            assert_eq!(err.code(), code::INVALID_CONFIG, "{bad}");
+        }
+        let err = conf(with("faultInjection", json!({"failAt": "after-rename"}))).unwrap_err();
+        assert!(err.to_string().contains("known steps"), "{err}");
     }
 
     #[test]
