@@ -6,6 +6,7 @@ pub mod iface;
 pub mod logging;
 pub mod netns;
 pub mod plugin;
+pub mod repair;
 pub mod split;
 pub mod state;
 pub mod sysctl;

@@ -6,26 +6,42 @@
 //! per-interface sysctls, addresses and routes; tc programs on `wx-eth0` and
 //! `wi-eth0` ingress move frames between the halves and count them.
 //!
-//! Every step is recorded in [`Progress`] so that a failure anywhere puts the
-//! namespace back exactly as it was found.
+//! Crash consistency: the caller's journal holds the original interface's
+//! exact configuration before the first change ([`Hooks::journal`]). The new
+//! pair is then prepared completely while the pod keeps working on its
+//! original `eth0` (under the temporary name `wt-eth0`: MAC, MTU, sysctls,
+//! addresses; the stubs loaded), and only then swapped in: rename the
+//! original away, attach, rename the new device in, routes, original's half
+//! up — a handful of netlink requests and nothing else. Whatever moment a
+//! process dies at, [`undo`] puts the namespace back from the journal and
+//! what it finds in the namespace; the same function rolls back a failed
+//! step, undoes a split on DEL, and repairs orphans for GC and the agent.
+//!
+//! The split's own halves are silent: IPv6 is disabled on `wx-` and `wi-`
+//! before they come up, so they send no router solicitations, MLD reports or
+//! neighbour solicitations of their own; only the pod's `eth0` speaks.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use rtnetlink::Handle;
-use tracing::debug;
+use tracing::{debug, warn};
 use weir_ebpf::{AttachMode, BpfRoot, SplitParams};
 
 use crate::iface::{self, Link, Snapshot};
+use crate::state::OriginalLink;
 use crate::sysctl;
 
-/// The three interface names of one split, derived from CNI_IFNAME so a pod
-/// with several interfaces gets one split per interface.
+/// The interface names of one split, derived from CNI_IFNAME so a pod with
+/// several interfaces gets one split per interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     pub pod: String,
     pub outer: String,
     pub inner: String,
+    /// The new pod-side device's name until the swap.
+    pub temp: String,
 }
 
 impl Names {
@@ -36,47 +52,77 @@ impl Names {
             pod: ifname.to_string(),
             outer,
             inner: format!("wi-{ifname}"),
+            temp: format!("wt-{ifname}"),
         })
     }
 }
 
 /// The steps of a split, in order. Named so a test can fail right after any
-/// one of them through the network config's `faultInjection.failAt`.
+/// one of them (`faultInjection.failAt`) or stop the process there
+/// (`faultInjection.pauseAt`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    Rename,
+    /// Outside the namespace: the intent and the original interface are
+    /// recorded in node state (phase `adding`).
+    Journal,
+    /// The new pair `wt-<if>`/`wi-<if>`, with the original's MAC and MTU.
     CreatePair,
-    /// The new device takes the original's per-interface sysctls.
+    /// The new device takes the original's per-interface sysctls; `wi-`
+    /// gets IPv6 disabled.
     CopySysctls,
+    /// `wi-<if>` up.
     LinkUp,
+    /// The pod's addresses on the new device (still down, still `wt-`).
+    PrepareAddresses,
+    /// The stubs loaded and verified (the node program too, on first use).
+    Load,
+    /// The swap starts: the original becomes `wx-<if>` (down).
+    Rename,
+    /// `wx-<if>` gives up its IPv4 addresses and gets IPv6 disabled.
+    ReleaseOriginal,
+    /// The stubs on `wx-` and `wi-` ingress.
     Attach,
-    MoveAddresses,
+    /// The new device becomes `<if>` and comes up.
+    RenameNew,
+    /// The routes through the new `<if>`.
     MoveRoutes,
-    /// Outside the namespace: writing the node state record.
+    /// `wx-<if>` up: the swap is over.
+    OuterUp,
+    /// Outside the namespace: the record rewritten as complete.
     WriteState,
 }
 
 impl Step {
-    pub const ALL: [Step; 8] = [
-        Step::Rename,
+    pub const ALL: [Step; 13] = [
+        Step::Journal,
         Step::CreatePair,
         Step::CopySysctls,
         Step::LinkUp,
+        Step::PrepareAddresses,
+        Step::Load,
+        Step::Rename,
+        Step::ReleaseOriginal,
         Step::Attach,
-        Step::MoveAddresses,
+        Step::RenameNew,
         Step::MoveRoutes,
+        Step::OuterUp,
         Step::WriteState,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Step::Rename => "rename",
+            Step::Journal => "journal",
             Step::CreatePair => "create-pair",
             Step::CopySysctls => "copy-sysctls",
             Step::LinkUp => "link-up",
+            Step::PrepareAddresses => "prepare-addresses",
+            Step::Load => "load",
+            Step::Rename => "rename",
+            Step::ReleaseOriginal => "release-original",
             Step::Attach => "attach",
-            Step::MoveAddresses => "move-addresses",
+            Step::RenameNew => "rename-new",
             Step::MoveRoutes => "move-routes",
+            Step::OuterUp => "outer-up",
             Step::WriteState => "write-state",
         }
     }
@@ -101,6 +147,14 @@ impl FromStr for Step {
     }
 }
 
+/// What the caller does at the split's journal point and after each step.
+pub trait Hooks: Send + Sync {
+    /// Records the intent and `original` durably; runs before any change.
+    fn journal(&self, original: &Original) -> Result<(), String>;
+    /// Runs after each step; an error fails the split at that step.
+    fn after(&self, step: Step) -> Result<(), String>;
+}
+
 /// What the split needs besides the netlink handle.
 pub struct SplitRequest<'a> {
     pub names: &'a Names,
@@ -108,7 +162,7 @@ pub struct SplitRequest<'a> {
     pub attachment_id: &'a str,
     pub pod_id: u32,
     pub attach_mode: AttachMode,
-    pub fail_after: Option<Step>,
+    pub hooks: &'a dyn Hooks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +172,9 @@ pub struct Split {
     pub inner_ifindex: u32,
     pub attach_mode: AttachMode,
     pub mac: Vec<u8>,
+    /// How long the swap took: from the original leaving to its half up
+    /// again (the only time the pod has no working interface).
+    pub swap: Duration,
 }
 
 #[derive(Debug)]
@@ -125,6 +182,8 @@ pub enum SplitOutcome {
     Split(Split),
     /// The interface cannot be split safely; nothing was changed.
     PassThrough(String),
+    /// There is no such interface in the namespace; nothing was changed.
+    Missing(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,27 +204,114 @@ fn restore_note(failures: &[String]) -> String {
     }
 }
 
-#[derive(Default)]
-struct Progress {
-    renamed: bool,
-    pair_created: bool,
-    attach_mode: Option<AttachMode>,
+/// The pod's original interface as ADD found it.
+#[derive(Debug, Clone)]
+pub struct Original {
+    pub snapshot: Snapshot,
+    /// `net.ipv6.conf.<if>.disable_ipv6`, when the kernel has IPv6.
+    pub disable_ipv6: Option<String>,
+}
+
+impl Original {
+    pub fn to_record(&self) -> OriginalLink {
+        OriginalLink {
+            ifindex: self.snapshot.link.index,
+            name: self.snapshot.link.name.clone(),
+            up: self.snapshot.link.up,
+            disable_ipv6: self.disable_ipv6.clone(),
+            addresses: self
+                .snapshot
+                .addresses
+                .iter()
+                .map(iface::encode_message)
+                .collect(),
+            routes: self
+                .snapshot
+                .routes
+                .iter()
+                .map(iface::encode_message)
+                .collect(),
+        }
+    }
+
+    /// `None` when a stored message does not decode (then DEL falls back to
+    /// what the namespace holds).
+    pub fn from_record(r: &OriginalLink, mac: &str) -> Option<Self> {
+        let addresses = r
+            .addresses
+            .iter()
+            .map(|a| iface::decode_address(a))
+            .collect::<Option<Vec<_>>>()?;
+        let routes = r
+            .routes
+            .iter()
+            .map(|a| iface::decode_route(a))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            snapshot: Snapshot {
+                link: Link {
+                    index: r.ifindex,
+                    name: r.name.clone(),
+                    mac: parse_mac(mac).unwrap_or_default(),
+                    mtu: 0,
+                    up: r.up,
+                    kind: None,
+                    peer_index: None,
+                    peer_netns_id: None,
+                },
+                addresses,
+                routes,
+            },
+            disable_ipv6: r.disable_ipv6.clone(),
+        })
+    }
+}
+
+const DISABLE_IPV6: &str = "disable_ipv6";
+
+fn ipv6_conf(dev: &str, name: &str) -> std::path::PathBuf {
+    std::path::Path::new(sysctl::PROC_SYS_NET)
+        .join("ipv6/conf")
+        .join(dev)
+        .join(name)
+}
+
+/// A per-device IPv6 setting; `None` without IPv6 in the kernel.
+pub fn read_ipv6_conf(dev: &str, name: &str) -> Option<String> {
+    std::fs::read_to_string(ipv6_conf(dev, name))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn write_ipv6_conf(dev: &str, name: &str, value: &str) -> Result<(), String> {
+    let path = ipv6_conf(dev, name);
+    if !path.exists() {
+        return Ok(());
+    }
+    std::fs::write(&path, value).map_err(|e| format!("writing {value} to {}: {e}", path.display()))
+}
+
+/// No IPv6 of its own on a split half: no link-local address, no RS, MLD or
+/// NS. (IPv4 is silent already: the halves have no IPv4 address.)
+fn silence(dev: &str) -> Result<(), String> {
+    write_ipv6_conf(dev, DISABLE_IPV6, "1")
 }
 
 pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutcome, SplitError> {
     let names = req.names;
-    let lookup_failed = |cause: String| SplitError {
+    let failed_before_change = |step: Step, cause: String| SplitError {
         ifname: names.pod.clone(),
-        step: Step::Rename,
+        step,
         cause,
         restore_failures: Vec::new(),
     };
+    let lookup_failed = |cause: String| failed_before_change(Step::Journal, cause);
     let Some(original) = iface::link_by_name(handle, &names.pod)
         .await
         .map_err(|e| lookup_failed(e.to_string()))?
     else {
-        return Ok(SplitOutcome::PassThrough(format!(
-            "no interface {} in the pod namespace",
+        return Ok(SplitOutcome::Missing(format!(
+            "there is no interface {} in the pod's network namespace",
             names.pod
         )));
     };
@@ -176,7 +322,7 @@ pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutco
             original.kind_name()
         )));
     }
-    for taken in [&names.outer, &names.inner] {
+    for taken in [&names.outer, &names.inner, &names.temp] {
         if iface::link_by_name(handle, taken)
             .await
             .map_err(|e| lookup_failed(e.to_string()))?
@@ -190,12 +336,28 @@ pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutco
     let snapshot = iface::capture(handle, original)
         .await
         .map_err(|e| lookup_failed(e.to_string()))?;
+    let original = Original {
+        disable_ipv6: read_ipv6_conf(&names.pod, DISABLE_IPV6),
+        snapshot,
+    };
+    req.hooks
+        .journal(&original)
+        .map_err(|e| failed_before_change(Step::Journal, e))?;
+    if let Err(cause) = req.hooks.after(Step::Journal) {
+        return Err(failed_before_change(Step::Journal, cause));
+    }
 
-    let mut progress = Progress::default();
-    match run_steps(handle, req, &snapshot, &mut progress).await {
+    match run_steps(handle, req, &original).await {
         Ok(split) => Ok(SplitOutcome::Split(split)),
         Err((step, cause)) => {
-            let restore_failures = restore(handle, req, &snapshot, &progress).await;
+            let restore_failures = undo(
+                handle,
+                names,
+                Some(&original),
+                req.bpf_root,
+                req.attachment_id,
+            )
+            .await;
             Err(SplitError {
                 ifname: names.pod.clone(),
                 step,
@@ -209,53 +371,40 @@ pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutco
 async fn run_steps(
     handle: &Handle,
     req: &SplitRequest<'_>,
-    snap: &Snapshot,
-    progress: &mut Progress,
+    orig: &Original,
 ) -> Result<Split, (Step, String)> {
     let names = req.names;
+    let snap = &orig.snapshot;
     let original = &snap.link;
-    let fault = |step: Step| -> Result<(), (Step, String)> {
-        if req.fail_after == Some(step) {
-            Err((step, format!("fault injected after step {step}")))
-        } else {
-            Ok(())
-        }
-    };
+    let after = |step: Step| req.hooks.after(step).map_err(|cause| (step, cause));
     let at = |step: Step| move |e: iface::NetlinkError| (step, e.to_string());
-
-    iface::rename_down(handle, original.index, &names.outer)
-        .await
-        .map_err(at(Step::Rename))?;
-    progress.renamed = true;
-    fault(Step::Rename)?;
 
     iface::create_veth(
         handle,
-        &names.pod,
+        &names.temp,
         &names.inner,
         &original.mac,
         original.mtu,
     )
     .await
     .map_err(at(Step::CreatePair))?;
-    progress.pair_created = true;
-    let pod = require_link(handle, &names.pod)
+    let pod = require_link(handle, &names.temp)
         .await
         .map_err(at_msg(Step::CreatePair))?;
     let inner = require_link(handle, &names.inner)
         .await
         .map_err(at_msg(Step::CreatePair))?;
-    fault(Step::CreatePair)?;
+    after(Step::CreatePair)?;
 
     // Before the link comes up and the addresses arrive: settings such as
     // disable_ipv6, addr_gen_mode, accept_dad or accept_ra decide what the
     // kernel does at those moments. Blocking file I/O is right here: this
     // thread is the one inside the pod's namespace.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let copied = sysctl::copy_settings(
         std::path::Path::new(sysctl::PROC_SYS_NET),
-        &names.outer,
         &names.pod,
+        &names.temp,
     )
     .map_err(|e| (Step::CopySysctls, e.to_string()))?;
     for c in &copied {
@@ -263,30 +412,30 @@ async fn run_steps(
             "sysctl net.{}.{}.{}.{}: {} -> {} (from {})",
             c.family,
             c.table,
-            names.pod,
+            names.temp,
             c.name,
             c.was.as_deref().unwrap_or("?"),
             c.value,
-            names.outer
+            names.pod
         );
     }
+    silence(&names.inner).map_err(|e| (Step::CopySysctls, e))?;
     debug!(
         copied = copied.len(),
         micros = started.elapsed().as_micros() as u64,
         "per-interface sysctls compared and copied"
     );
-    fault(Step::CopySysctls)?;
+    after(Step::CopySysctls)?;
 
-    iface::set_up(handle, original.index, true)
-        .await
-        .map_err(at(Step::LinkUp))?;
     iface::set_up(handle, inner.index, true)
         .await
         .map_err(at(Step::LinkUp))?;
-    iface::set_up(handle, pod.index, original.up)
+    after(Step::LinkUp)?;
+
+    iface::add_addresses(handle, pod.index, &snap.addresses)
         .await
-        .map_err(at(Step::LinkUp))?;
-    fault(Step::LinkUp)?;
+        .map_err(at(Step::PrepareAddresses))?;
+    after(Step::PrepareAddresses)?;
 
     let params = SplitParams {
         pod_id: req.pod_id,
@@ -294,23 +443,51 @@ async fn run_steps(
         wi_ifindex: inner.index,
         outbound_via_peer: original.peer_netns_id.is_some(),
     };
-    let mode = weir_ebpf::split::attach(req.bpf_root, req.attachment_id, &params, req.attach_mode)
-        .map_err(|e| (Step::Attach, e.to_string()))?;
-    progress.attach_mode = Some(mode);
-    fault(Step::Attach)?;
+    let stubs = weir_ebpf::split::load(req.bpf_root, &params)
+        .map_err(|e| (Step::Load, e.to_string()))?;
+    after(Step::Load)?;
+
+    // The swap: nothing in here but the netlink requests (and one sysctl
+    // write) that replace the pod's interface.
+    let swap_started = Instant::now();
+    iface::rename_down(handle, original.index, &names.outer)
+        .await
+        .map_err(at(Step::Rename))?;
+    after(Step::Rename)?;
 
     iface::remove_addresses(handle, &snap.addresses)
         .await
-        .map_err(at(Step::MoveAddresses))?;
-    iface::add_addresses(handle, pod.index, &snap.addresses)
-        .await
-        .map_err(at(Step::MoveAddresses))?;
-    fault(Step::MoveAddresses)?;
+        .map_err(at(Step::ReleaseOriginal))?;
+    silence(&names.outer).map_err(|e| (Step::ReleaseOriginal, e))?;
+    after(Step::ReleaseOriginal)?;
 
-    iface::add_routes(handle, pod.index, &snap.routes)
+    let mode = weir_ebpf::split::attach_loaded(
+        req.bpf_root,
+        req.attachment_id,
+        &stubs,
+        &params,
+        req.attach_mode,
+    )
+    .map_err(|e| (Step::Attach, e.to_string()))?;
+    after(Step::Attach)?;
+
+    iface::rename_set_up(handle, pod.index, &names.pod, original.up)
         .await
-        .map_err(at(Step::MoveRoutes))?;
-    fault(Step::MoveRoutes)?;
+        .map_err(at(Step::RenameNew))?;
+    after(Step::RenameNew)?;
+
+    if original.up {
+        iface::add_routes(handle, pod.index, &snap.routes)
+            .await
+            .map_err(at(Step::MoveRoutes))?;
+    }
+    after(Step::MoveRoutes)?;
+
+    iface::set_up(handle, original.index, true)
+        .await
+        .map_err(at(Step::OuterUp))?;
+    let swap = swap_started.elapsed();
+    after(Step::OuterUp)?;
 
     Ok(Split {
         pod_ifindex: pod.index,
@@ -318,6 +495,7 @@ async fn run_steps(
         inner_ifindex: inner.index,
         attach_mode: mode,
         mac: original.mac.clone(),
+        swap,
     })
 }
 
@@ -333,117 +511,169 @@ async fn require_link(handle: &Handle, name: &str) -> Result<Link, String> {
     }
 }
 
-/// Puts the namespace back as `snap` describes it. Keeps going after a failed
-/// action so one problem does not leave the rest undone; returns what failed.
-async fn restore(
-    handle: &Handle,
-    req: &SplitRequest<'_>,
-    snap: &Snapshot,
-    progress: &Progress,
-) -> Vec<String> {
-    let names = req.names;
-    let original = &snap.link;
-    let mut failures = Vec::new();
-    if let Some(mode) = progress.attach_mode
-        && let Err(e) = weir_ebpf::split::detach(req.bpf_root, req.attachment_id, mode)
-    {
-        failures.push(format!("detach programs: {e}"));
-    }
-    if progress.pair_created {
-        match iface::link_by_name(handle, &names.pod).await {
-            Ok(Some(pod)) if pod.index != original.index => {
-                if let Err(e) = iface::delete_link(handle, pod.index).await {
-                    failures.push(e.to_string());
-                }
-            }
-            Ok(_) => {}
-            Err(e) => failures.push(e.to_string()),
-        }
-    }
-    if progress.renamed
-        && let Err(e) = iface::rename_down(handle, original.index, &original.name).await
-    {
-        failures.push(e.to_string());
-    }
-    failures.extend(reapply(handle, original.index, snap).await);
-    failures
-}
-
-/// Gives link `index` the addresses, routes and up state of `snap`.
-async fn reapply(handle: &Handle, index: u32, snap: &Snapshot) -> Vec<String> {
-    let mut failures = Vec::new();
-    if let Err(e) = iface::add_addresses(handle, index, &snap.addresses).await {
-        failures.push(e.to_string());
-    }
-    if let Err(e) = iface::set_up(handle, index, snap.link.up).await {
-        failures.push(e.to_string());
-    }
-    if snap.link.up
-        && let Err(e) = iface::add_routes(handle, index, &snap.routes).await
-    {
-        failures.push(e.to_string());
-    }
-    failures
-}
-
-/// Undoes a split for DEL so the plugins before weir find the interface they
-/// created under its own name, with its addresses (bridge's DEL reads them to
-/// tear down masquerading). Missing pieces are not errors: DEL is idempotent.
-pub async fn unsplit(
+/// Puts the namespace back as the pod had it before weir: from `original`
+/// (the journal) when there is one, else from what the namespace holds
+/// (the split's own `<if>` carries the pod's addresses and routes). Used
+/// for every undo: a failed step, DEL, a retried ADD, GC and the agent's
+/// repair of an ADD that died. Removes weir's stubs from the devices by
+/// program name too, so it works without pins. Keeps going after a failed
+/// action; returns what failed. Missing pieces are not failures.
+pub async fn undo(
     handle: &Handle,
     names: &Names,
+    original: Option<&Original>,
     bpf_root: &BpfRoot,
     attachment_id: &str,
-    mode: Option<AttachMode>,
-) -> Result<bool, String> {
-    if let Some(mode) = mode {
-        weir_ebpf::split::detach(bpf_root, attachment_id, mode)
-            .map_err(|e| format!("detach programs: {e}"))?;
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut fail = |what: String| failures.push(what);
+    // Pinned programs and links first (TCX links live in their pins) ...
+    if let Err(e) = weir_ebpf::split::detach(bpf_root, attachment_id, AttachMode::Netlink) {
+        debug!("detaching by pins: {e}; removing weir's filters by name");
     }
-    let Some(outer) = iface::link_by_name(handle, &names.outer)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(false);
+    let lookup = |name: String| async move { iface::link_by_name(handle, &name).await };
+    let orig_link = match original {
+        Some(o) => match iface::link_by_index(handle, o.snapshot.link.index).await {
+            Ok(Some(l)) if l.is_veth() && (o.snapshot.link.mac.is_empty() || l.mac == o.snapshot.link.mac) => {
+                Some(l)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                fail(e.to_string());
+                None
+            }
+        },
+        None => match lookup(names.outer.clone()).await {
+            Ok(l) => l.filter(Link::is_veth),
+            Err(e) => {
+                fail(e.to_string());
+                None
+            }
+        },
     };
-    let pod = iface::link_by_name(handle, &names.pod)
-        .await
-        .map_err(|e| e.to_string())?;
-    let moved = match pod {
-        Some(pod) if pod.index != outer.index => {
-            let snap = iface::capture(handle, pod.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            iface::delete_link(handle, pod.index)
-                .await
-                .map_err(|e| e.to_string())?;
-            Some(snap)
+    let inner = match lookup(names.inner.clone()).await {
+        Ok(l) => l.filter(Link::is_veth),
+        Err(e) => {
+            fail(e.to_string());
+            None
         }
-        _ => None,
     };
-    // The inner end goes with the pod end; this covers a pair left half-made.
-    if let Some(inner) = iface::link_by_name(handle, &names.inner)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        iface::delete_link(handle, inner.index)
-            .await
-            .map_err(|e| e.to_string())?;
+    // ... then any stub still hooked on a device (no pins: bpffs unmounted,
+    // bpfRoot removed, or a build that pinned elsewhere).
+    let mut hooked: Vec<u32> = orig_link.iter().map(|l| l.index).collect();
+    hooked.extend(inner.iter().map(|l| l.index));
+    if let Ok(Some(l)) = lookup(names.pod.clone()).await {
+        hooked.push(l.index);
     }
-    iface::rename_down(handle, outer.index, &names.pod)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(snap) = moved {
-        let failures = reapply(handle, outer.index, &snap).await;
-        if !failures.is_empty() {
-            return Err(failures.join("; "));
+    for ifindex in hooked {
+        if let Err(e) = weir_ebpf::split::delete_stub_filters(ifindex) {
+            fail(format!("removing weir's tc filters from ifindex {ifindex}: {e}"));
         }
-    } else {
-        iface::set_up(handle, outer.index, true)
-            .await
-            .map_err(|e| e.to_string())?;
     }
-    Ok(true)
+
+    // The new pod-side device (named <if> after the swap, wt-<if> before).
+    let mut fallback: Option<Original> = None;
+    let mut touched = false;
+    for name in [&names.pod, &names.temp] {
+        let link = match lookup(name.clone()).await {
+            Ok(Some(l)) if l.is_veth() => l,
+            Ok(_) => continue,
+            Err(e) => {
+                fail(e.to_string());
+                continue;
+            }
+        };
+        let ours = orig_link.as_ref().is_some_and(|o| o.index != link.index)
+            || inner
+                .as_ref()
+                .is_some_and(|i| link.peer_index == Some(i.index) && link.peer_netns_id.is_none());
+        if !ours {
+            continue;
+        }
+        if original.is_none() && name == &names.pod {
+            match iface::capture(handle, link.clone()).await {
+                Ok(snapshot) => {
+                    fallback = Some(Original {
+                        disable_ipv6: read_ipv6_conf(&link.name, DISABLE_IPV6),
+                        snapshot,
+                    })
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        if let Err(e) = iface::delete_link(handle, link.index).await {
+            fail(e.to_string());
+        }
+        touched = true;
+    }
+    if let Some(inner) = &inner {
+        if let Err(e) = iface::delete_link(handle, inner.index).await {
+            fail(e.to_string());
+        }
+        touched = true;
+    }
+
+    if let Some(orig) = &orig_link {
+        if orig.name != names.pod {
+            touched = true;
+            if let Err(e) = iface::rename_down(handle, orig.index, &names.pod).await {
+                fail(e.to_string());
+            }
+        }
+        let source = original.or(fallback.as_ref());
+        let disable = source
+            .and_then(|o| o.disable_ipv6.clone())
+            .unwrap_or_else(|| "0".into());
+        if (touched || original.is_some())
+            && read_ipv6_conf(&names.pod, DISABLE_IPV6).is_some_and(|v| v != disable)
+            && let Err(e) = write_ipv6_conf(&names.pod, DISABLE_IPV6, &disable)
+        {
+            fail(e);
+        }
+        match source {
+            Some(o) if touched || original.is_some() => {
+                let snap = &o.snapshot;
+                if let Err(e) = iface::restore_addresses(handle, orig.index, &snap.addresses).await {
+                    fail(e.to_string());
+                }
+                let up = if original.is_some() { snap.link.up } else { true };
+                if let Err(e) = iface::set_up(handle, orig.index, up).await {
+                    fail(e.to_string());
+                }
+                if up && let Err(e) = iface::add_routes(handle, orig.index, &snap.routes).await {
+                    fail(e.to_string());
+                }
+            }
+            _ if touched => {
+                if let Err(e) = iface::set_up(handle, orig.index, true).await {
+                    fail(e.to_string());
+                }
+            }
+            _ => {}
+        }
+    } else if original.is_some() && touched {
+        warn!("the pod's original {} is gone; removed weir's devices only", names.pod);
+    }
+    if let Err(e) = weir_ebpf::split::remove_pins(bpf_root, attachment_id) {
+        debug!("removing pins of {attachment_id}: {e}");
+    }
+    failures
+}
+
+/// Whether the namespace holds any device of a split of `names` (complete or
+/// half-made): what CHECK reports when no record explains it.
+pub async fn split_devices(handle: &Handle, names: &Names) -> Result<Vec<String>, String> {
+    let mut found = Vec::new();
+    for name in [&names.outer, &names.inner, &names.temp] {
+        if iface::link_by_name(handle, name)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            found.push(name.clone());
+        }
+    }
+    Ok(found)
 }
 
 /// What CHECK verifies: the three devices are there and wired as weir left
