@@ -553,7 +553,11 @@ mod tests {
             .attributes
             .push(AddressAttribute::Label("eth0".into()));
         let restored = retarget_address(&original, 9, false);
-        assert!(restored.attributes.contains(&AddressAttribute::Flags(AddressFlags::Permanent)));
+        assert!(
+            restored
+                .attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Permanent))
+        );
         let moved = retarget_address(&original, 9, true);
         assert_eq!(moved.header.index, 9);
         assert_eq!(moved.header.prefix_len, 64);

@@ -267,8 +267,12 @@ fn add(req: &Request) -> cni::Result<Answer> {
         record: journal,
         faults: faults.clone(),
     };
-    let (split_names, split_root, split_id, mode) =
-        (names.clone(), root.clone(), attachment.clone(), conf.attach_mode);
+    let (split_names, split_root, split_id, mode) = (
+        names.clone(),
+        root.clone(),
+        attachment.clone(),
+        conf.attach_mode,
+    );
     let outcome = netns::run_in(netns_path, move |handle| async move {
         let req = SplitRequest {
             names: &split_names,

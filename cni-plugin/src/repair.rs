@@ -23,9 +23,10 @@ use crate::state::{AttachmentRecord, Phase, StateStore};
 /// The bpffs attachment id of a record: its own, or for a record of an
 /// older build the id that build derived.
 pub fn attachment_of(record: &AttachmentRecord) -> String {
-    record.attachment_id.clone().unwrap_or_else(|| {
-        weir_ebpf::legacy_attachment_id(&record.container_id, &record.ifname)
-    })
+    record
+        .attachment_id
+        .clone()
+        .unwrap_or_else(|| weir_ebpf::legacy_attachment_id(&record.container_id, &record.ifname))
 }
 
 /// Undoes the split of `names` in the namespace at `netns_path` (from

@@ -443,8 +443,8 @@ async fn run_steps(
         wi_ifindex: inner.index,
         outbound_via_peer: original.peer_netns_id.is_some(),
     };
-    let stubs = weir_ebpf::split::load(req.bpf_root, &params)
-        .map_err(|e| (Step::Load, e.to_string()))?;
+    let stubs =
+        weir_ebpf::split::load(req.bpf_root, &params).map_err(|e| (Step::Load, e.to_string()))?;
     after(Step::Load)?;
 
     // The swap: nothing in here but the netlink requests (and one sysctl
@@ -534,7 +534,10 @@ pub async fn undo(
     let lookup = |name: String| async move { iface::link_by_name(handle, &name).await };
     let orig_link = match original {
         Some(o) => match iface::link_by_index(handle, o.snapshot.link.index).await {
-            Ok(Some(l)) if l.is_veth() && (o.snapshot.link.mac.is_empty() || l.mac == o.snapshot.link.mac) => {
+            Ok(Some(l))
+                if l.is_veth()
+                    && (o.snapshot.link.mac.is_empty() || l.mac == o.snapshot.link.mac) =>
+            {
                 Some(l)
             }
             Ok(_) => None,
@@ -567,7 +570,9 @@ pub async fn undo(
     }
     for ifindex in hooked {
         if let Err(e) = weir_ebpf::split::delete_stub_filters(ifindex) {
-            fail(format!("removing weir's tc filters from ifindex {ifindex}: {e}"));
+            fail(format!(
+                "removing weir's tc filters from ifindex {ifindex}: {e}"
+            ));
         }
     }
 
@@ -633,10 +638,15 @@ pub async fn undo(
         match source {
             Some(o) if touched || original.is_some() => {
                 let snap = &o.snapshot;
-                if let Err(e) = iface::restore_addresses(handle, orig.index, &snap.addresses).await {
+                if let Err(e) = iface::restore_addresses(handle, orig.index, &snap.addresses).await
+                {
                     fail(e.to_string());
                 }
-                let up = if original.is_some() { snap.link.up } else { true };
+                let up = if original.is_some() {
+                    snap.link.up
+                } else {
+                    true
+                };
                 if let Err(e) = iface::set_up(handle, orig.index, up).await {
                     fail(e.to_string());
                 }
@@ -652,7 +662,10 @@ pub async fn undo(
             _ => {}
         }
     } else if original.is_some() && touched {
-        warn!("the pod's original {} is gone; removed weir's devices only", names.pod);
+        warn!(
+            "the pod's original {} is gone; removed weir's devices only",
+            names.pod
+        );
     }
     if let Err(e) = weir_ebpf::split::remove_pins(bpf_root, attachment_id) {
         debug!("removing pins of {attachment_id}: {e}");

@@ -240,7 +240,11 @@ fn lock_at(path: PathBuf, wait: bool) -> Result<Option<AttachmentLock>> {
                 .truncate(false)
                 .open(&path)
                 .map_err(io("open", &path))?;
-            let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+            let op = if wait {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_EX | libc::LOCK_NB
+            };
             // SAFETY: flock on a valid open descriptor has no memory effects.
             if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
                 let e = std::io::Error::last_os_error();
@@ -266,7 +270,6 @@ fn lock_at(path: PathBuf, wait: bool) -> Result<Option<AttachmentLock>> {
 }
 
 impl StateStore {
-
     pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<AttachmentRecord>> {
         read_record(&self.record_path(container_id, ifname))
     }

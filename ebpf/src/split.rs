@@ -365,7 +365,12 @@ pub fn detach(root: &BpfRoot, attachment_id: &str, mode: AttachMode) -> Result<(
 pub fn delete_stub_filters(ifindex: u32) -> Result<usize> {
     let filters = match netlink::bpf_filters(ifindex, netlink::CLSACT_INGRESS_PARENT) {
         Ok(f) => f,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)
+            ) =>
+        {
             return Ok(0);
         }
         Err(e) => {
@@ -398,7 +403,12 @@ pub fn delete_stub_filters(ifindex: u32) -> Result<usize> {
 pub fn stub_filters(ifindex: u32) -> Result<Vec<String>> {
     let filters = match netlink::bpf_filters(ifindex, netlink::CLSACT_INGRESS_PARENT) {
         Ok(f) => f,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)
+            ) =>
+        {
             return Ok(Vec::new());
         }
         Err(e) => {
