@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo bench bench-scale bench-agent crds clippy clean
+.PHONY: all bootstrap build test test-unit test-privileged demo bench bench-scale bench-agent crds clippy clean fuzz
 
 all: build
 
@@ -21,6 +21,11 @@ test: bootstrap
 
 demo: bootstrap
 	bash scripts/demo.sh
+
+# AFL++ on the plugin's parsers for FUZZ_SECONDS (default 600); crashes
+# land in fuzz/regressions/, which `make test` runs once.
+fuzz: bootstrap
+	bash scripts/fuzz.sh
 
 bench: bootstrap
 	bash bench/run.sh

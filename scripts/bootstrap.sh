@@ -35,6 +35,7 @@ APT_PACKAGES=(
   iproute2 iperf3 sockperf qperf ethtool jq tcpdump
   util-linux kmod procps hyperfine iputils-ping
   containernetworking-plugins
+  afl++
 )
 
 KERNEL_MODULES=(veth vxlan bridge sch_ingress cls_bpf)
