@@ -11,8 +11,9 @@
 //! pair is then prepared completely while the pod keeps working on its
 //! original `eth0` (under the temporary name `wt-eth0`: MAC, MTU, sysctls,
 //! addresses; the stubs loaded), and only then swapped in: rename the
-//! original away, attach, rename the new device in, routes, original's half
-//! up — a handful of netlink requests and nothing else. Whatever moment a
+//! original away, rename the new device in, routes (the pod has its default
+//! route again), attach the stubs, original's half up — a handful of netlink
+//! requests and nothing else. Whatever moment a
 //! process dies at, [`undo`] puts the namespace back from the journal and
 //! what it finds in the namespace; the same function rolls back a failed
 //! step, undoes a split on DEL, and repairs orphans for GC and the agent.
@@ -80,12 +81,12 @@ pub enum Step {
     Rename,
     /// `wx-<if>` gives up its IPv4 addresses and gets IPv6 disabled.
     ReleaseOriginal,
-    /// The stubs on `wx-` and `wi-` ingress.
-    Attach,
     /// The new device becomes `<if>` and comes up.
     RenameNew,
     /// The routes through the new `<if>`.
     MoveRoutes,
+    /// The stubs on `wx-` and `wi-` ingress.
+    Attach,
     /// `wx-<if>` up: the swap is over.
     OuterUp,
     /// Outside the namespace: the record rewritten as complete.
@@ -102,9 +103,9 @@ impl Step {
         Step::Load,
         Step::Rename,
         Step::ReleaseOriginal,
-        Step::Attach,
         Step::RenameNew,
         Step::MoveRoutes,
+        Step::Attach,
         Step::OuterUp,
         Step::WriteState,
     ];
@@ -461,16 +462,6 @@ async fn run_steps(
     silence(&names.outer).map_err(|e| (Step::ReleaseOriginal, e))?;
     after(Step::ReleaseOriginal)?;
 
-    let mode = weir_ebpf::split::attach_loaded(
-        req.bpf_root,
-        req.attachment_id,
-        &stubs,
-        &params,
-        req.attach_mode,
-    )
-    .map_err(|e| (Step::Attach, e.to_string()))?;
-    after(Step::Attach)?;
-
     iface::rename_set_up(handle, pod.index, &names.pod, original.up)
         .await
         .map_err(at(Step::RenameNew))?;
@@ -482,6 +473,17 @@ async fn run_steps(
             .map_err(at(Step::MoveRoutes))?;
     }
     after(Step::MoveRoutes)?;
+
+    // The pod has its default route again; inbound frames wait for wx- up.
+    let mode = weir_ebpf::split::attach_loaded(
+        req.bpf_root,
+        req.attachment_id,
+        &stubs,
+        &params,
+        req.attach_mode,
+    )
+    .map_err(|e| (Step::Attach, e.to_string()))?;
+    after(Step::Attach)?;
 
     iface::set_up(handle, original.index, true)
         .await
