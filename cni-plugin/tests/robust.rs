@@ -153,6 +153,14 @@ impl Lab {
             })
             .unwrap_or_default();
         ensure!(left.is_empty(), "{when}: node state left: {left:?}");
+        let pins: Vec<String> = std::fs::read_dir(self.bpf_root.join("links"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ensure!(pins.is_empty(), "{when}: pins left: {pins:?}");
         Ok(())
     }
 }
@@ -230,6 +238,10 @@ fn filters_on(ns: &Netns, dev: &str) -> Result<String> {
 /// One ADD that stops at `step` (faultInjection.pauseAt) and is killed
 /// there with SIGKILL, as a runtime kills a plugin whose context expired.
 fn add_killed_at(lab: &Lab, cid: &str, step: Step) -> Result<()> {
+    add_killed_at_with(lab, cid, step, json!({}))
+}
+
+fn add_killed_at_with(lab: &Lab, cid: &str, step: Step, extra: Value) -> Result<()> {
     let fifo = lab.node.work_dir.join(format!("pause-{cid}-{step}.fifo"));
     let _ = std::fs::remove_file(&fifo);
     let c = std::ffi::CString::new(fifo.to_str().context("fifo path")?)?;
@@ -246,9 +258,12 @@ fn add_killed_at(lab: &Lab, cid: &str, step: Step) -> Result<()> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)?;
-    let conf = lab.conf(json!({
+    let mut conf = lab.conf(json!({
         "faultInjection": { "pauseAt": step.name(), "pauseFifo": fifo }
     }));
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        conf[k] = v.clone();
+    }
     let netns = lab.netns();
     let mut cmd = lab
         .node
@@ -351,6 +366,16 @@ fn add_killed_at_every_step_is_recoverable() -> Result<()> {
         lab.ok("DEL", "kill-retry", json!({}))?;
         lab.assert_restored(&format!("{when}, ADD retried, DEL"))?;
         lab.assert_no_state(&format!("{when}, ADD retried, DEL"))?;
+    }
+
+    // TCX links: a link the killed process held only by its fd is gone
+    // with it; pinned ones are detached by DEL.
+    for step in Step::ALL {
+        let when = format!("tcx, killed after {step}");
+        add_killed_at_with(&lab, "kill-tcx", step, json!({ "attach": "tcx" }))?;
+        lab.ok("DEL", "kill-tcx", json!({ "attach": "tcx" }))?;
+        lab.assert_restored(&format!("{when}, then DEL"))?;
+        lab.assert_no_state(&format!("{when}, then DEL"))?;
     }
 
     // GC repairs an orphan even while the runtime still lists it (a runtime
