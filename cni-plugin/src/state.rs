@@ -160,7 +160,10 @@ impl StateStore {
         if name.len() <= MAX_STEM {
             name
         } else {
-            format!("h-{}", weir_ebpf::hash_hex(name.as_bytes()))
+            use sha2::Digest;
+            let hash = sha2::Sha256::digest(name.as_bytes());
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            format!("h-{hex}")
         }
     }
 
