@@ -368,6 +368,32 @@ fn add_killed_at_every_step_is_recoverable() -> Result<()> {
         lab.assert_no_state(&format!("{when}, ADD retried, DEL"))?;
     }
 
+    // CHECK without any record still sees a half-split pod (its devices).
+    add_killed_at(&lab, "kill-norecord", Step::RenameNew)?;
+    let dir = lab.store().network_dir().to_path_buf();
+    let journal = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .context("no journal")?;
+    let kept = std::fs::read(&journal)?;
+    std::fs::remove_file(&journal)?;
+    let (call, exit) = lab.call(
+        "CHECK",
+        "kill-norecord",
+        "eth0",
+        &lab.netns(),
+        &lab.conf(json!({})),
+    )?;
+    ensure!(
+        exit != 0 && call.stdout.contains("half-split"),
+        "CHECK without a record: {call:?}"
+    );
+    std::fs::write(&journal, kept)?;
+    lab.ok("DEL", "kill-norecord", json!({}))?;
+    lab.assert_restored("killed, record hidden for CHECK, then DEL")?;
+    lab.assert_no_state("killed, record hidden for CHECK, then DEL")?;
+
     // TCX links: a link the killed process held only by its fd is gone
     // with it; pinned ones are detached by DEL.
     for step in Step::ALL {
