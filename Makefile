@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo bench bench-scale bench-agent crds clippy clean fuzz
+.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image image-check bench bench-scale bench-agent crds clippy clean fuzz
 
 all: build
 
@@ -19,7 +19,16 @@ build: bootstrap
 test: bootstrap
 	bash scripts/test.sh
 
+# weir on a local two-node cluster (containerd, kubelet, flannel VXLAN),
+# installed by helm, with an app talking across the nodes; it stays up.
 demo: bootstrap
+	bash scripts/demo-cluster.sh
+
+demo-down:
+	bash e2e/cluster/cluster.sh down
+
+# The quick one, without Kubernetes: pods in network namespaces, chained by cnitool.
+demo-netns: bootstrap
 	bash scripts/demo.sh
 
 # AFL++ on the plugin's parsers for FUZZ_SECONDS (default 600); crashes
@@ -38,9 +47,20 @@ bench-scale: bootstrap
 bench-agent: bootstrap
 	bash bench/agent.sh
 
-# Regenerate crds/ from the CRD types (CI fails when it is stale).
+# The weir image as an OCI archive, without Docker (target/image/, see
+# scripts/image.sh; Containerfile for Docker/buildah users).
+image:
+	CARGO="$(CARGO)" bash scripts/image.sh weir
+
+# Build each image twice and fail unless the digests agree.
+image-check:
+	CARGO="$(CARGO)" bash scripts/image.sh --check-reproducible weir
+	bash scripts/image.sh --check-reproducible cluster
+
+# Regenerate crds/ from the CRD types in api/ (CI fails when it is stale).
+# weir-api does not build the eBPF programs, so this needs no clang.
 crds:
-	$(CARGO) run -p weir-operator --bin crdgen
+	$(CARGO) run -p weir-api --bin crdgen
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

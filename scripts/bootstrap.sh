@@ -6,6 +6,9 @@
 #   - cnitool and the CNI reference plugins, built from their Go modules at
 #     pinned versions (CNI spec 1.1.0: STATUS and GC) into $WEIR_TOOLS,
 #     which lives outside the repo so reruns and later CI runs reuse it,
+#   - the control plane (controlplane-tools.sh) and what the local
+#     multi-node cluster runs (cluster-tools.sh: kubelet, containerd, runc,
+#     flanneld, ..., and the pause and test images) into $WEIR_TOOLS too,
 #   - bpffs at /sys/fs/bpf, /run/netns, kernel modules (best effort).
 # A second run does no work beyond a few quick checks.
 #
@@ -35,6 +38,12 @@ APT_PACKAGES=(
   iproute2 iperf3 sockperf qperf ethtool jq tcpdump
   util-linux kmod procps hyperfine iputils-ping
   containernetworking-plugins
+  # The local multi-node cluster (scripts/cluster-tools.sh, scripts/image.sh):
+  # runc's seccomp support (cgo, static libseccomp), pause and netprobe
+  # (gcc -static), the test image's busybox, and iptables(-restore) for
+  # kube-proxy's iptables mode and flanneld --ip-masq.
+  gcc libc6-dev pkg-config libseccomp-dev busybox-static iptables
+  # make fuzz: AFL++ (afl-fuzz and its compiler runtime for the target)
   afl++
 )
 
@@ -258,6 +267,7 @@ main() {
   install_cnitool
   install_cni_plugins
   bash "$(dirname "${BASH_SOURCE[0]}")/controlplane-tools.sh" # etcd, kube-apiserver, kubectl
+  bash "$(dirname "${BASH_SOURCE[0]}")/cluster-tools.sh"      # kubelet, containerd, runc, flanneld, ...
   setup_bpffs
   setup_netns_dir
   load_modules

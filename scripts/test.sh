@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/check-host.sh
 
 # crds/ must be what the CRD types generate; this names any stale file.
-cargo run --locked -q -p weir-operator --bin crdgen -- --check
+cargo run --locked -q -p weir-api --bin crdgen -- --check
 
 # Tests name their namespaces and pins after themselves, so they run in
 # parallel; two threads match the two cores we plan for.

@@ -1,5 +1,6 @@
 //! weir's chained CNI plugin as a library: the binary in main.rs is a thin
-//! shell around [`plugin::handle`], and the node agent reads [`state`].
+//! shell around [`plugin::handle`], and the node agent reads the
+//! node state it writes ([`weir_node_state`]).
 
 pub mod cni;
 pub mod iface;
@@ -8,5 +9,4 @@ pub mod netns;
 pub mod plugin;
 pub mod repair;
 pub mod split;
-pub mod state;
 pub mod sysctl;

@@ -12,7 +12,7 @@ use crate::cni::{self, CniError, Command, FailurePolicy, NetConf, Request, outpu
 use crate::netns::{self, NetnsError};
 use crate::repair;
 use crate::split::{self, Names, SplitOutcome, SplitRequest, Step};
-use crate::state::{AttachmentRecord, Phase, PodIdentity, StateStore};
+use weir_node_state::{AttachmentRecord, Phase, PodIdentity, StateStore};
 
 /// What the process prints on stdout and exits with.
 pub struct Answer {
@@ -250,7 +250,7 @@ fn add(req: &Request) -> cni::Result<Answer> {
             .iter()
             .map(|ip| ip.address.to_string())
             .collect(),
-        attach_mode: conf.attach_mode.as_str().to_string(),
+        attach_mode: conf.attach_mode,
         pod_ifindex: 0,
         outer_ifindex: 0,
         inner_ifindex: 0,
@@ -321,7 +321,7 @@ fn add(req: &Request) -> cni::Result<Answer> {
         }
     };
     record.phase = Phase::Split;
-    record.attach_mode = done.attach_mode.as_str().to_string();
+    record.attach_mode = done.attach_mode;
     record.pod_ifindex = done.pod_ifindex;
     record.outer_ifindex = done.outer_ifindex;
     record.inner_ifindex = done.inner_ifindex;
@@ -390,7 +390,7 @@ fn pod_identity(req: &Request) -> PodIdentity {
     }
 }
 
-fn state_error(err: crate::state::StateError) -> CniError {
+fn state_error(err: weir_node_state::StateError) -> CniError {
     CniError::state_failed(err.to_string())
 }
 
@@ -625,7 +625,7 @@ fn gc(req: &Request) -> cni::Result<()> {
     }
     for err in unreadable {
         warn!("GC: {err}; removing the unreadable record");
-        if let crate::state::StateError::Corrupt { path, .. } = &err {
+        if let weir_node_state::StateError::Corrupt { path, .. } = &err {
             let _ = std::fs::remove_file(path);
         }
     }

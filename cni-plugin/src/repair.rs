@@ -18,7 +18,7 @@ use weir_ebpf::maps::NodeMaps;
 
 use crate::netns::{self, NetnsError};
 use crate::split::{self, Names, Original};
-use crate::state::{AttachmentRecord, Phase, StateStore};
+use weir_node_state::{AttachmentRecord, Phase, StateStore};
 
 /// The bpffs attachment id of a record: its own, or for a record of an
 /// older build the id that build derived.

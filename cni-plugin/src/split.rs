@@ -31,8 +31,8 @@ use tracing::{debug, warn};
 use weir_ebpf::{AttachMode, BpfRoot, SplitParams};
 
 use crate::iface::{self, Link, Snapshot};
-use crate::state::OriginalLink;
 use crate::sysctl;
+use weir_node_state::OriginalLink;
 
 /// The interface names of one split, derived from CNI_IFNAME so a pod with
 /// several interfaces gets one split per interface.

@@ -11,13 +11,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use weir_cni::state::{AttachmentRecord, StateStore};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::netns::Netns;
 use weir_e2e::{host, traffic};
 use weir_ebpf::BpfRoot;
 use weir_ebpf::abi::{Direction, FlowCounters, FlowKey, PodMode};
 use weir_ebpf::maps::NodeMaps;
+use weir_node_state::{AttachmentRecord, StateStore};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -157,7 +157,7 @@ fn exact_counts_attached(version: &str, tag: &str, attach: &str) -> Result<()> {
     let node = Node::new(tag, &spec, weir())?;
     let a = add_pod(&node, tag, "a")?;
     let b = add_pod(&node, tag, "b")?;
-    assert_eq!(a.record.attach_mode, attach, "{:?}", a.record);
+    assert_eq!(a.record.attach_mode.as_str(), attach, "{:?}", a.record);
     assert_eq!(
         links_named(&a.ns)?,
         ["eth0 veth", "lo -", "wi-eth0 veth", "wx-eth0 veth"],

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use weir_cni::split::Step;
-use weir_cni::state::StateStore;
 use weir_e2e::chain::{ChainSpec, CniCall, Node};
 use weir_e2e::host;
 use weir_e2e::netns::Netns;
+use weir_node_state::StateStore;
 
 fn weir() -> PathBuf {
     std::env::var_os("WEIR_PLUGIN_UNDER_TEST")

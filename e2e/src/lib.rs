@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bpf_stats;
 pub mod chain;
+pub mod cluster;
 pub mod controlplane;
 pub mod flannel;
 pub mod host;

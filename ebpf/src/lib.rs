@@ -35,7 +35,6 @@ mod stub;
 mod sys;
 pub mod vxlan;
 pub mod vxlan_abi;
-pub mod vxlan_discovery;
 
 pub use split::{AttachMode, SplitParams};
 pub use vxlan::VxlanParams;

@@ -31,10 +31,9 @@
 //! alone is twice a pod ADD's budget; adding a clsact filter does not wait.
 
 use std::{
-    fmt, fs, io,
+    fs, io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
-    str::FromStr,
 };
 
 use tracing::{debug, warn};
@@ -108,44 +107,8 @@ impl SplitParams {
 }
 
 /// How an attachment is made; record the mode used to pass to [`detach`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum AttachMode {
-    /// TCX links (kernel >= 6.6), pinned.
-    Tcx,
-    /// clsact qdisc + direct-action `cls_bpf` filters, any kernel.
-    #[default]
-    Netlink,
-}
-
-impl AttachMode {
-    /// `"tcx"` or `"tc"`, for configuration and node state files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcx => "tcx",
-            Self::Netlink => "tc",
-        }
-    }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AttachMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "tcx" => Ok(Self::Tcx),
-            // "netlink": what state files of earlier builds say
-            "tc" | "netlink" => Ok(Self::Netlink),
-            other => Err(Error::InvalidParams(format!(
-                "unknown attach mode {other:?} (known: \"tc\", \"tcx\")"
-            ))),
-        }
-    }
-}
+/// Defined by the node-state contract, which records it.
+pub use weir_node_state::AttachMode;
 
 /// One pod interface's two stubs, loaded (verified) and bound to the node
 /// program, not attached. Dropping it unloads them unless attached or pinned.

@@ -2,8 +2,8 @@
 //! and removing the two tc programs of `c/vxlan_monitor.bpf.c` on an underlay
 //! device, and reading its node-wide maps ([`VxlanMaps`]).
 //!
-//! Find the devices to attach to with [`crate::vxlan_discovery`]: flannel's
-//! VXLAN device names its VNI, UDP port and underlay.
+//! The node agent finds the devices to attach to (flannel's VXLAN device
+//! names its VNI, UDP port and underlay; that policy is the agent's).
 //!
 //! # Pin layout under the bpf root
 //!

@@ -3,7 +3,8 @@
 //! device configured the way flanneld configures it, and a pod namespace
 //! behind each node. Pod A sends UDP datagrams to pod B; the monitor on
 //! node A's underlay must count them as encapsulated, the one on node B's
-//! as decapsulated, exactly. Discovery must find the flannel devices.
+//! as decapsulated, exactly. (Finding the flannel devices is the agent's
+//! job: weir-operator's tests/vxlan_discovery.rs.)
 //! Needs root, bpffs, iproute2 and the vxlan and veth drivers.
 
 mod common;
@@ -20,7 +21,6 @@ use weir_ebpf::{
     BpfRoot,
     vxlan::{self, VxlanMaps, VxlanParams},
     vxlan_abi::{IfaceCounters, VniCounters, VxDirection, VxFlowKey},
-    vxlan_discovery::{self, FlannelVxlan, Underlay, UnderlaySource},
 };
 
 const UNDERLAY_A: &str = "192.0.2.1";
@@ -246,25 +246,9 @@ fn pod_to_pod_over_flannel_vxlan_is_counted_on_both_nodes() {
     let c = Cluster::new("vx");
     let (ta, tb) = (TestRoot::new("vxa"), TestRoot::new("vxb"));
 
-    // discovery sees flannel.1 as the kernel describes it
-    let found = c.a.ns.enter(vxlan_discovery::discover).expect("discover");
     let ul_a = c.a.ul_ifindex();
-    let flannel1 = FlannelVxlan {
-        name: "flannel.1".into(),
-        ifindex: c.a.ns.ifindex("flannel.1"),
-        vni: 1,
-        port: 8472,
-        local: Some(UNDERLAY_A.parse().unwrap()),
-        underlay: Some(Underlay {
-            ifindex: ul_a,
-            name: "ul-a".into(),
-            source: UnderlaySource::VxlanLink,
-        }),
-    };
-    assert_eq!(found, [flannel1]);
-    assert_eq!(found[0].params(), VxlanParams { port: 8472 });
-
-    // the monitor attaches to the underlay discovery named
+    // the monitor attaches to the underlay flannel.1 names (`dev ul-a`; the
+    // agent's discovery, tested in weir-operator, reads it from the kernel)
     let att_a = c.a.attach(&ta.root);
     let att_b = c.b.attach(&tb.root);
     assert_eq!((att_a.ifname.as_str(), att_a.ifindex), ("ul-a", ul_a));
@@ -525,138 +509,4 @@ fn reattach_after_the_device_was_recreated_replaces_the_stale_link() {
         .unwrap_err();
     assert!(err.to_string().contains("nosuchdev"), "{err}");
     vxlan::detach(&t.root, "eth0.100").unwrap();
-}
-
-#[test]
-fn discovery_reads_port_vni_local_and_underlay_from_the_kernel() {
-    let ns = Netns::new("vxdisc");
-    ns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
-    ns.ip(&["link", "add", "ul2", "type", "veth", "peer", "name", "ul3"]);
-    ns.ip(&["link", "set", "ul0", "up"]);
-    ns.ip(&["link", "set", "ul2", "up"]);
-    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "ul0"]);
-    ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "ul2", "nodad"]);
-    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "ul2"]);
-    ns.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.51.100.254",
-        "dev",
-        "ul2",
-    ]);
-    // flanneld's IPv4 device: everything given
-    ns.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "192.0.2.1",
-        "dev",
-        "ul0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    // IPv6 device without `dev`: the underlay is the owner of the local address
-    ns.ip(&[
-        "link",
-        "add",
-        "flannel-v6.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "2001:db8::1",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    // another VNI and port, neither dev nor local: the default route's device
-    ns.ip(&[
-        "link",
-        "add",
-        "flannel.4096",
-        "type",
-        "vxlan",
-        "id",
-        "4096",
-        "dstport",
-        "4789",
-    ]);
-    // not flannel's: a VXLAN device with another name, a "flannel.9" that is no VXLAN
-    ns.ip(&[
-        "link", "add", "vx0", "type", "vxlan", "id", "9", "dstport", "4789", "dev", "ul0",
-    ]);
-    ns.ip(&["link", "add", "flannel.9", "type", "bridge"]);
-
-    let found = ns.enter(vxlan_discovery::discover).expect("discover");
-    let idx = |n: &str| ns.ifindex(n);
-    let underlay = |name: &str, source| {
-        Some(Underlay {
-            ifindex: idx(name),
-            name: name.into(),
-            source,
-        })
-    };
-    assert_eq!(
-        found,
-        [
-            FlannelVxlan {
-                name: "flannel-v6.1".into(),
-                ifindex: idx("flannel-v6.1"),
-                vni: 1,
-                port: 8472,
-                local: Some("2001:db8::1".parse().unwrap()),
-                underlay: underlay("ul2", UnderlaySource::LocalAddress),
-            },
-            FlannelVxlan {
-                name: "flannel.1".into(),
-                ifindex: idx("flannel.1"),
-                vni: 1,
-                port: 8472,
-                local: Some("192.0.2.1".parse().unwrap()),
-                underlay: underlay("ul0", UnderlaySource::VxlanLink),
-            },
-            FlannelVxlan {
-                name: "flannel.4096".into(),
-                ifindex: idx("flannel.4096"),
-                vni: 4096,
-                port: 4789,
-                local: None,
-                underlay: underlay("ul2", UnderlaySource::DefaultRoute),
-            },
-        ]
-    );
-    assert!(found[0].is_ipv6() && !found[1].is_ipv6());
-
-    // the async form, from inside a runtime, sees the same
-    let again = ns.enter(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-                tokio::spawn(conn);
-                // the blocking form works from inside a runtime too
-                let blocking = vxlan_discovery::discover().unwrap();
-                (
-                    vxlan_discovery::discover_with(&handle).await.unwrap(),
-                    blocking,
-                )
-            })
-    });
-    assert_eq!(again.0, found);
-    assert_eq!(again.1, found);
-
-    // no flannel device at all: an empty answer, not an error
-    let empty = Netns::new("vxnone");
-    assert!(empty.enter(vxlan_discovery::discover).unwrap().is_empty());
 }

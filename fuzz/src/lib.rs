@@ -15,7 +15,7 @@ use std::path::Path;
 use serde_json::Value;
 use weir_cni::cni::{self, CniArgs, CniVersion, Request, code, output};
 use weir_cni::split::{Names, Step};
-use weir_cni::state::StateStore;
+use weir_node_state::StateStore;
 
 const KNOWN_CODES: [u32; 15] = [
     code::INCOMPATIBLE_VERSION,
@@ -134,6 +134,6 @@ fn check_request(req: &Request) {
                 assert!(n.len() <= cni::env::IFNAME_MAX_LEN, "{n}");
             }
         }
-        let _ = weir_cni::state::record_name(cid, ifname);
+        let _ = weir_node_state::record_name(cid, ifname);
     }
 }

@@ -31,12 +31,12 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event, watcher};
+use weir_api::{CaptureProfile, CaptureProfileSpec, PodFlow};
 use weir_e2e::controlplane::ControlPlane;
 use weir_operator::agent::join::PodFlowView;
 use weir_operator::agent::peers::Peer;
 use weir_operator::agent::selection::{LocalPod, Selection};
 use weir_operator::agent::writer::{self, Clock, WriterHandle, WriterStats};
-use weir_operator::crd::{CaptureProfile, CaptureProfileSpec, PodFlow};
 
 const NS: &str = "scale";
 

@@ -23,6 +23,9 @@ enum Command {
     /// The cluster controller: CaptureProfile status, PodFlow summaries,
     /// TTL, cap and deletions; one leader at a time (a Lease).
     Controller(ControllerArgs),
+    /// Install weir into the node's CNI chain (binary + conflist), keep it
+    /// in step with the primary conflist, remove it on uninstall.
+    InstallCni(weir_operator::install_cni::Args),
 }
 
 #[derive(clap::Args)]
@@ -71,7 +74,7 @@ fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
 }
 
 fn parse_api_duration(text: &str) -> Result<std::time::Duration, String> {
-    weir_operator::crd::parse_duration(text)
+    weir_api::parse_duration(text)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{text:?} is not a positive duration like 15s, 1m30s or 500ms"))
 }
@@ -232,6 +235,7 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Controller(args) => run_controller(args)?,
+        Command::InstallCni(args) => weir_operator::install_cni::main(args)?,
         Command::Agent { command } => match command {
             AgentCommand::Run {
                 paths,

@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde::Serialize;
-use weir_cni::state::{AttachmentRecord, StateStore};
 use weir_ebpf::abi::PodMode;
 use weir_ebpf::{BpfRoot, maps::NodeMaps};
+use weir_node_state::{AttachmentRecord, StateStore};
 
 use crate::agent::join::{self, PodFlowView};
 use crate::agent::peers::Peer;
@@ -19,7 +19,7 @@ use crate::agent::reading;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("node state: {0}")]
-    State(#[from] weir_cni::state::StateError),
+    State(#[from] weir_node_state::StateError),
     #[error("pinned maps: {0}")]
     Maps(#[from] weir_ebpf::Error),
     #[error(transparent)]

@@ -31,6 +31,10 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use weir_api::capture_profile::{conditions, pressure_reasons};
+use weir_api::{
+    CaptureProfile, DestinationEndpoint, Observer, PodFlow, PodFlowSpec, Protocol, SourceEndpoint,
+};
 use weir_e2e::agent::{AgentProcess, Endpoint};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::controlplane::ControlPlane;
@@ -41,10 +45,6 @@ use weir_e2e::{host, objects, relay, traffic};
 use weir_ebpf::BpfRoot;
 use weir_ebpf::abi::PodMode;
 use weir_ebpf::maps::NodeMaps;
-use weir_operator::crd::capture_profile::{conditions, pressure_reasons};
-use weir_operator::crd::{
-    CaptureProfile, DestinationEndpoint, Observer, PodFlow, PodFlowSpec, Protocol, SourceEndpoint,
-};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weir-operator");
 const NS: &str = "shop";

@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
+use weir_api::{Observer, PodFlow, Protocol};
 use weir_e2e::agent::{AgentProcess, Endpoint};
 use weir_e2e::chain::{ChainSpec, Node};
 use weir_e2e::controlplane::ControlPlane;
@@ -31,7 +32,6 @@ use weir_e2e::netns::Netns;
 use weir_e2e::wait::eventually;
 use weir_e2e::{host, objects, traffic};
 use weir_ebpf::abi::PodMode;
-use weir_operator::crd::{Observer, PodFlow, Protocol};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weir-operator");
 const NS: &str = "shop";

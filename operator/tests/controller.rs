@@ -32,15 +32,15 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use weir_e2e::controlplane::ControlPlane;
-use weir_e2e::objects;
-use weir_operator::controller::labels;
-use weir_operator::crd::capture_profile::{conditions, pressure_reasons, reasons};
-use weir_operator::crd::pod_flow::agent_field_manager;
-use weir_operator::crd::{
+use weir_api::capture_profile::{conditions, pressure_reasons, reasons};
+use weir_api::labels;
+use weir_api::pod_flow::agent_field_manager;
+use weir_api::{
     CaptureProfile, DestinationEndpoint, DirectionCounters, NodeLoss, Observer, PodFlow,
     PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
 };
+use weir_e2e::controlplane::ControlPlane;
+use weir_e2e::objects;
 
 const SYSTEM_NS: &str = "weir-system";
 const CONTROLLER_SA: &str = "system:serviceaccount:weir-system:weir-controller";
@@ -400,7 +400,7 @@ async fn status_of(
     client: &kube::Client,
     ns: &str,
     name: &str,
-) -> Result<weir_operator::crd::CaptureProfileStatus, String> {
+) -> Result<weir_api::CaptureProfileStatus, String> {
     let p = Api::<CaptureProfile>::namespaced(client.clone(), ns)
         .get(name)
         .await
@@ -618,13 +618,13 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     );
 
     // The chart's CRDs are the generated ones (crdgen writes and checks both).
-    for m in weir_operator::crd::manifests() {
+    for m in weir_api::manifests() {
         let path = chart_dir().join("crds").join(&m.file_name);
         let have =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(
             have == m.yaml,
-            "{} is stale: run `cargo run -p weir-operator --bin crdgen`",
+            "{} is stale: run `cargo run -p weir-api --bin crdgen`",
             path.display()
         );
     }
@@ -1388,7 +1388,7 @@ async fn nodes_report_map_pressure_without_conflict_and_the_controller_sums_it()
         json!({ "podSelector": {}, "flushInterval": "1s" }),
     )
     .await;
-    let condition = |st: &weir_operator::crd::CaptureProfileStatus| {
+    let condition = |st: &weir_api::CaptureProfileStatus| {
         st.conditions
             .iter()
             .find(|c| c.type_ == conditions::MAP_PRESSURE)

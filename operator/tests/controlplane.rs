@@ -13,15 +13,15 @@ use std::sync::OnceLock;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use weir_e2e::controlplane::ControlPlane;
-use weir_e2e::objects;
-use weir_operator::crd::capture_profile::{conditions, reasons};
-use weir_operator::crd::pod_flow::{SUMMARY_FIELD_MANAGER, agent_field_manager};
-use weir_operator::crd::{
+use weir_api::capture_profile::{conditions, reasons};
+use weir_api::pod_flow::{SUMMARY_FIELD_MANAGER, agent_field_manager};
+use weir_api::{
     CaptureProfile, CaptureProfileSpec, CaptureProfileStatus, DestinationEndpoint,
     DirectionCounters, Observer, PodFlow, PodFlowSpec, PodFlowStatus, Protocol, SourceEndpoint,
     VxlanCounters,
 };
+use weir_e2e::controlplane::ControlPlane;
+use weir_e2e::objects;
 
 const CRDS: [&str; 2] = ["captureprofiles.weir.dev", "podflows.weir.dev"];
 

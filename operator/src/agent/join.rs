@@ -80,9 +80,9 @@ mod tests {
     use std::collections::HashMap;
 
     use crate::agent::reading::{OverlaySide, PodSide};
-    use weir_cni::state::{AttachmentRecord, PodIdentity};
     use weir_ebpf::abi::{Direction, FlowCounters, FlowKey};
     use weir_ebpf::vxlan_abi::{VxDirection, VxFlowCounters, VxFlowKey};
+    use weir_node_state::{AttachmentRecord, PodIdentity};
 
     fn record(pod_id: u32, name: &str, ip: &str) -> AttachmentRecord {
         AttachmentRecord {
@@ -99,12 +99,12 @@ mod tests {
             pod_id,
             mac: "aa:bb:cc:dd:ee:ff".into(),
             ips: vec![format!("{ip}/24")],
-            attach_mode: "tcx".into(),
+            attach_mode: weir_node_state::AttachMode::Tcx,
             pod_ifindex: 4,
             outer_ifindex: 2,
             inner_ifindex: 3,
             created_unix: 0,
-            phase: weir_cni::state::Phase::Split,
+            phase: weir_node_state::Phase::Split,
             attachment_id: None,
             original: None,
         }

@@ -47,9 +47,9 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
-use weir_cni::state::AttachmentRecord;
 use weir_ebpf::BpfRoot;
 use weir_ebpf::maps::NodeMaps;
+use weir_node_state::AttachmentRecord;
 
 use super::join::PodFlowView;
 use super::peers::{Peer, PeerDirectory};
@@ -57,7 +57,7 @@ use super::pressure::{self, NodePressure};
 use super::reading::NodeReading;
 use super::selection::{self, LocalPod, Selection};
 use super::writer::{self, Clock, NodeNames, PodUids, WriterHandle};
-use crate::crd::CaptureProfile;
+use weir_api::CaptureProfile;
 
 /// Where the agent's Kubernetes configuration comes from.
 #[derive(Debug, Clone)]
@@ -483,7 +483,7 @@ impl KubeAgent {
             node,
             api_qps = settings.api_qps,
             "watching the API server; PodFlows are written as {}",
-            crate::crd::pod_flow::agent_field_manager(node)
+            weir_api::pod_flow::agent_field_manager(node)
         );
         Ok(Self {
             view,

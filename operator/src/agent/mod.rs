@@ -18,6 +18,7 @@ pub mod selection;
 pub mod server;
 pub mod table;
 pub mod totals;
+pub mod vxlan_discovery;
 pub mod writer;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +26,7 @@ pub enum Error {
     #[error(transparent)]
     Lock(#[from] lock::LockError),
     #[error("node state: {0}")]
-    State(#[from] weir_cni::state::StateError),
+    State(#[from] weir_node_state::StateError),
     #[error("eBPF: {0}")]
     Ebpf(#[from] weir_ebpf::Error),
     #[error("Kubernetes: {0}")]

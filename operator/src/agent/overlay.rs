@@ -6,10 +6,10 @@
 
 use std::collections::HashMap;
 
+use super::vxlan_discovery;
 use tracing::{info, warn};
 use weir_ebpf::BpfRoot;
 use weir_ebpf::vxlan::{self, Interface};
-use weir_ebpf::vxlan_discovery;
 
 use super::metrics::MetricsSnapshot;
 use super::reading::OverlaySide;

@@ -35,7 +35,7 @@ use std::time::Duration;
 use kube::ResourceExt as _;
 
 use super::reading::NodeReading;
-use crate::crd::{CaptureProfile, NodeLoss};
+use weir_api::{CaptureProfile, NodeLoss};
 
 /// Least time between two reports of one profile's entry by one node.
 pub const MIN_REPORT_INTERVAL: Duration = Duration::from_secs(30);
@@ -201,7 +201,7 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
-    use crate::crd::{CaptureProfileSpec, CaptureProfileStatus};
+    use weir_api::{CaptureProfileSpec, CaptureProfileStatus};
 
     fn profile(uid: &str, published: Option<NodeLoss>) -> CaptureProfile {
         CaptureProfile {

@@ -11,12 +11,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use weir_cni::state::{AttachmentRecord, StateStore};
 use weir_ebpf::abi::{FlowCounters, FlowKey};
 use weir_ebpf::maps::{NodeMaps, Stats};
 use weir_ebpf::vxlan::{VxlanMaps, VxlanStats};
 use weir_ebpf::vxlan_abi::{IfaceCounters, VniCounters, VxFlowCounters, VxFlowKey};
 use weir_ebpf::{BpfRoot, Error as EbpfError};
+use weir_node_state::{AttachmentRecord, StateStore};
 
 use super::Result;
 

@@ -42,8 +42,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     // whose runtime never called DEL gets its own interface back. Blocking
     // netlink and file work, once, before serving.
     let (state_dir, bpf_root) = (config.state_dir.clone(), config.bpf_root.clone());
-    match tokio::task::spawn_blocking(move || weir_cni::repair::repair_orphans(&state_dir, &bpf_root))
-        .await
+    match tokio::task::spawn_blocking(move || {
+        weir_cni::repair::repair_orphans(&state_dir, &bpf_root)
+    })
+    .await
     {
         Ok(repaired) => {
             for a in &repaired.attachments {
@@ -102,7 +104,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             _ = ticker.tick() => {}
             _ = async { match &kube { Some(k) => k.view.changed.notified().await, None => std::future::pending().await } } => {
                 // Pods or profiles changed: the data path follows at once.
-                if let (Some(k), Ok(records)) = (&kube, weir_cni::state::StateStore::list_all(&config.state_dir)) {
+                if let (Some(k), Ok(records)) = (&kube, weir_node_state::StateStore::list_all(&config.state_dir)) {
                     k.apply_selection(&records, &root);
                 }
                 continue;

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
-use weir_cni::state::AttachmentRecord;
 use weir_ebpf::abi::PodMode;
 use weir_ebpf::maps::NodeMaps;
+use weir_node_state::AttachmentRecord;
 
-use crate::crd::{CaptureProfile, Protocol};
+use weir_api::{CaptureProfile, Protocol};
 
 /// An address block of `peerCIDRs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn parse(text: &str) -> Option<Self> {
-        if !crate::crd::capture_profile::is_cidr(text) {
+        if !weir_api::capture_profile::is_cidr(text) {
             return None;
         }
         let (addr, len) = text.split_once('/')?;
@@ -242,7 +242,7 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
-    use crate::crd::CaptureProfileSpec;
+    use weir_api::CaptureProfileSpec;
 
     fn profile(
         ns: &str,

@@ -31,9 +31,9 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use hashbrown::hash_map::Entry;
 use serde::Serialize;
-use weir_cni::state::AttachmentRecord;
 use weir_ebpf::abi::{Direction, FlowCounters, FlowKey};
 use weir_ebpf::vxlan_abi::{VxDirection, VxFlowCounters, VxFlowKey};
+use weir_node_state::AttachmentRecord;
 
 use super::join::{OverlayLeg, PodFlowView};
 use super::peers::{Peer, PeerDirectory};

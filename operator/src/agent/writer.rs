@@ -89,16 +89,12 @@ use tracing::{debug, info, warn};
 use super::join::{OverlayLeg, PodFlowView};
 use super::pressure::ProfileLoss;
 use super::selection::{Rule, Selection};
-use crate::crd::pod_flow::agent_field_manager;
-use crate::crd::{
+use weir_api::labels;
+use weir_api::pod_flow::agent_field_manager;
+use weir_api::{
     CaptureProfile, DestinationEndpoint, DirectionCounters, NodeLoss, Observer, PodFlow,
     PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
 };
-
-/// Label naming the profile that publishes a PodFlow.
-pub const PROFILE_LABEL: &str = "weir.dev/profile";
-/// Label marking weir's objects.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
 /// Wall clock for the data path's boot-time stamps. Taken once, so the
 /// same stamp always gives the same time (no writes from clock jitter).
@@ -443,7 +439,7 @@ pub fn conversations(
 pub fn spec_patch(flow: &DesiredFlow) -> serde_json::Value {
     let mut metadata = serde_json::json!({
         "name": flow.name,
-        "labels": { PROFILE_LABEL: flow.spec.profile, MANAGED_BY_LABEL: "weir" },
+        "labels": { labels::PROFILE: flow.spec.profile, labels::MANAGED_BY: labels::MANAGED_BY_WEIR },
     });
     if let Some(owner) = &flow.owner {
         metadata["ownerReferences"] = serde_json::json!([owner]);
@@ -1093,7 +1089,7 @@ mod tests {
     use super::*;
     use crate::agent::peers::Peer;
     use crate::agent::selection::LocalPod;
-    use crate::crd::{CaptureProfile, CaptureProfileSpec};
+    use weir_api::{CaptureProfile, CaptureProfileSpec};
 
     #[allow(clippy::too_many_arguments)]
     fn view(

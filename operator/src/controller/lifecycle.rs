@@ -11,8 +11,9 @@ use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use tracing::{debug, info};
 
-use super::{Result, is_conflict, is_not_found, labels};
-use crate::crd::{CaptureProfile, PodFlow, PodFlowStatus};
+use super::{Result, is_conflict, is_not_found};
+use weir_api::labels;
+use weir_api::{CaptureProfile, PodFlow, PodFlowStatus};
 
 /// The label selector of the PodFlows weir made for `profile` (both labels:
 /// the controller never touches anything else).

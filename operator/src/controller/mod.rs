@@ -9,11 +9,11 @@
 //! ## Who writes what (the contract with the node agents)
 //!
 //! - The agents create and update PodFlows (server-side apply, field manager
-//!   `weir-agent/<node>`): spec, the labels [`labels::PROFILE`] and
-//!   [`labels::MANAGED_BY`], an ownerReference to the pod, and their own
+//!   `weir-agent/<node>`): spec, the labels [`labels::PROFILE`](weir_api::labels::PROFILE) and
+//!   [`labels::MANAGED_BY`](weir_api::labels::MANAGED_BY), an ownerReference to the pod, and their own
 //!   `status.observers[node]` entry. They never delete PodFlows.
 //! - The controller writes the PodFlow status summary (field manager
-//!   [`SUMMARY_FIELD_MANAGER`](crate::crd::pod_flow::SUMMARY_FIELD_MANAGER)),
+//!   [`SUMMARY_FIELD_MANAGER`](weir_api::pod_flow::SUMMARY_FIELD_MANAGER)),
 //!   the CaptureProfile status (same field manager), and does every
 //!   deletion: flows idle longer than the profile's `flowTTL`, the least
 //!   recently seen beyond `maxPodFlows`, the flows of a deleted profile
@@ -37,16 +37,6 @@ pub mod run;
 
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// The labels that mark what weir made.
-pub mod labels {
-    /// The CaptureProfile (same namespace) a PodFlow is published under.
-    pub const PROFILE: &str = "weir.dev/profile";
-    /// `app.kubernetes.io/managed-by=weir`: set on every PodFlow weir creates.
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    /// The value of [`MANAGED_BY`].
-    pub const MANAGED_BY_WEIR: &str = "weir";
-}
 
 /// The finalizer on CaptureProfiles: their PodFlows are deleted before the
 /// profile goes.

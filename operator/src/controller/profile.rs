@@ -22,9 +22,9 @@ use tracing::{Span, debug, field, info, instrument, warn};
 use super::lifecycle::{self, FlowState};
 use super::metrics::{ControllerMetrics, Deletion, KIND_PROFILE};
 use super::{Error, FINALIZER, Result};
-use crate::crd::capture_profile::{conditions, pressure_reasons, reasons};
-use crate::crd::pod_flow::SUMMARY_FIELD_MANAGER;
-use crate::crd::{CaptureProfile, CaptureProfileStatus, PodFlow};
+use weir_api::capture_profile::{conditions, pressure_reasons, reasons};
+use weir_api::pod_flow::SUMMARY_FIELD_MANAGER;
+use weir_api::{CaptureProfile, CaptureProfileStatus, PodFlow};
 
 /// Requeue delay of a profile whose spec cannot be applied (a spec change
 /// triggers a reconcile anyway).
@@ -82,7 +82,7 @@ impl Context {
 }
 
 /// The controller's reconcile function: the finalizer, then
-/// [`CaptureProfile::reconcile`] or [`CaptureProfile::cleanup`].
+/// [`apply`] or [`cleanup`].
 #[instrument(skip(profile, ctx), fields(namespace, profile, generation = field::Empty))]
 pub async fn reconcile(profile: Arc<CaptureProfile>, ctx: Arc<Context>) -> Result<Action> {
     let ns = profile
@@ -99,8 +99,8 @@ pub async fn reconcile(profile: Arc<CaptureProfile>, ctx: Arc<Context>) -> Resul
     let started = Instant::now();
     let result = finalizer(&api, FINALIZER, profile, |event| async {
         match event {
-            Finalizer::Apply(p) => p.reconcile(ctx.clone()).await,
-            Finalizer::Cleanup(p) => p.cleanup(ctx.clone()).await,
+            Finalizer::Apply(p) => apply(&p, ctx.clone()).await,
+            Finalizer::Cleanup(p) => cleanup(&p, ctx.clone()).await,
         }
     })
     .await
@@ -120,7 +120,7 @@ pub fn error_policy(profile: Arc<CaptureProfile>, error: &Error, ctx: Arc<Contex
 /// the status does not change.
 fn ready_condition(
     previous: Option<&Condition>,
-    problem: Option<&crate::crd::SpecProblem>,
+    problem: Option<&weir_api::SpecProblem>,
     generation: Option<i64>,
 ) -> Condition {
     let (status, reason, message) = match problem {
@@ -185,314 +185,313 @@ fn losing_nodes(status: &CaptureProfileStatus) -> String {
     text.join(", ")
 }
 
-impl CaptureProfile {
-    /// Apply: validate, keep the PodFlows, write the status.
-    pub async fn reconcile(&self, ctx: Arc<Context>) -> Result<Action> {
-        let ns = self
-            .namespace()
-            .ok_or_else(|| Error::MissingField(self.name_any(), "namespace"))?;
-        let name = self.name_any();
-        let uid = self.uid().unwrap_or_default();
-        let problem = self.spec.check().err();
-        let status = self.status.clone().unwrap_or_default();
-        let previous_ready = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == conditions::READY);
-        let previous_pressure = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == conditions::MAP_PRESSURE);
+/// Apply: validate, keep the PodFlows, write the status.
+pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action> {
+    let ns = profile
+        .namespace()
+        .ok_or_else(|| Error::MissingField(profile.name_any(), "namespace"))?;
+    let name = profile.name_any();
+    let uid = profile.uid().unwrap_or_default();
+    let problem = profile.spec.check().err();
+    let status = profile.status.clone().unwrap_or_default();
+    let previous_ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY);
+    let previous_pressure = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::MAP_PRESSURE);
 
-        let matched = self.matched_pods(&ctx.client, &ns).await?;
+    let matched = matched_pods(profile, &ctx.client, &ns).await?;
 
-        let flows: Api<PodFlow> = Api::namespaced(ctx.client.clone(), &ns);
-        let listed = flows
-            .list(&ListParams::default().labels(&lifecycle::profile_selector(&name)))
-            .await?
-            .items;
-        let mut active = listed.len();
-        let mut newly_dropped = 0i64;
-        if problem.is_none() {
-            let ttl = self.spec.flow_ttl().unwrap_or(Duration::MAX);
-            let max = usize::try_from(self.spec.max_pod_flows).unwrap_or(usize::MAX);
-            let states: Vec<FlowState> = listed.iter().map(FlowState::of).collect();
-            let plan = lifecycle::plan(&states, Timestamp::now(), ttl, max);
-            let by_name: HashMap<&str, &PodFlow> = listed
-                .iter()
-                .map(|f| (f.metadata.name.as_deref().unwrap_or_default(), f))
-                .collect();
-            for name in &plan.expired {
-                if lifecycle::delete_flow(&flows, by_name[name.as_str()], true).await? {
-                    active -= 1;
-                    ctx.metrics.deleted(Deletion::Ttl, 1);
-                    info!(flow = %name, ttl = %self.spec.flow_ttl, "deleted an expired PodFlow");
-                }
-            }
-            for name in &plan.evicted {
-                if lifecycle::delete_flow(&flows, by_name[name.as_str()], true).await? {
-                    active -= 1;
-                    newly_dropped += 1;
-                    ctx.metrics.deleted(Deletion::Cap, 1);
-                    info!(flow = %name, max = self.spec.max_pod_flows, "evicted a PodFlow beyond maxPodFlows");
-                }
-            }
-            let apply = PatchParams::apply(SUMMARY_FIELD_MANAGER).force();
-            for state in states
-                .iter()
-                .filter(|s| s.summary_stale && plan.kept.contains(&s.name))
-            {
-                let patch = PodFlow::summary_patch(&state.name, &state.summary);
-                match flows
-                    .patch_status(&state.name, &apply, &Patch::Apply(&patch))
-                    .await
-                {
-                    Ok(_) => {
-                        ctx.metrics.summary_written();
-                        debug!(flow = %state.name, "summary updated")
-                    }
-                    Err(e) if super::is_not_found(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
+    let flows: Api<PodFlow> = Api::namespaced(ctx.client.clone(), &ns);
+    let listed = flows
+        .list(&ListParams::default().labels(&lifecycle::profile_selector(&name)))
+        .await?
+        .items;
+    let mut active = listed.len();
+    let mut newly_dropped = 0i64;
+    if problem.is_none() {
+        let ttl = profile.spec.flow_ttl().unwrap_or(Duration::MAX);
+        let max = usize::try_from(profile.spec.max_pod_flows).unwrap_or(usize::MAX);
+        let states: Vec<FlowState> = listed.iter().map(FlowState::of).collect();
+        let plan = lifecycle::plan(&states, Timestamp::now(), ttl, max);
+        let by_name: HashMap<&str, &PodFlow> = listed
+            .iter()
+            .map(|f| (f.metadata.name.as_deref().unwrap_or_default(), f))
+            .collect();
+        for name in &plan.expired {
+            if lifecycle::delete_flow(&flows, by_name[name.as_str()], true).await? {
+                active -= 1;
+                ctx.metrics.deleted(Deletion::Ttl, 1);
+                info!(flow = %name, ttl = %profile.spec.flow_ttl, "deleted an expired PodFlow");
             }
         }
-
-        let dropped = {
-            let mut memory = ctx.dropped.lock().unwrap_or_else(|e| e.into_inner());
-            let seen = status
-                .flows_dropped_by_cap
-                .unwrap_or(0)
-                .max(memory.get(&uid).copied().unwrap_or(0));
-            let total = seen.saturating_add(newly_dropped);
-            memory.insert(uid.clone(), total);
-            total
-        };
-        let ready = ready_condition(previous_ready, problem.as_ref(), self.metadata.generation);
-
-        // Map pressure: the sum of the nodes' entries.
-        let lost = status.lost_by_nodes();
-        let (grew_by, pressure_true, send_event, remembered) = {
-            let memory = ctx.pressure.lock().unwrap_or_else(|e| e.into_inner());
-            let known = memory.get(&uid).copied();
-            let mut m = known.unwrap_or_default();
-            let before = match known {
-                Some(k) => k.lost,
-                None => status.lost_samples.unwrap_or(0),
-            };
-            let now = Instant::now();
-            let grew_by = lost.saturating_sub(before).max(0);
-            let was_true = previous_pressure.is_some_and(|c| c.status == "True");
-            if grew_by > 0 {
-                m.grew_at = Some(now);
-            } else if known.is_none() && was_true {
-                // A new leader: it does not know when it last grew; True for
-                // one more window.
-                m.grew_at = Some(now);
+        for name in &plan.evicted {
+            if lifecycle::delete_flow(&flows, by_name[name.as_str()], true).await? {
+                active -= 1;
+                newly_dropped += 1;
+                ctx.metrics.deleted(Deletion::Cap, 1);
+                info!(flow = %name, max = profile.spec.max_pod_flows, "evicted a PodFlow beyond maxPodFlows");
             }
-            let pressure_true = m
-                .grew_at
-                .is_some_and(|t| now.duration_since(t) < ctx.map_pressure_window);
-            let send_event = grew_by > 0
-                && (!was_true
-                    || m.evented_at
-                        .is_none_or(|t| now.duration_since(t) >= PRESSURE_EVENT_INTERVAL));
-            if send_event {
-                m.evented_at = Some(now);
+        }
+        let apply = PatchParams::apply(SUMMARY_FIELD_MANAGER).force();
+        for state in states
+            .iter()
+            .filter(|s| s.summary_stale && plan.kept.contains(&s.name))
+        {
+            let patch = PodFlow::summary_patch(&state.name, &state.summary);
+            match flows
+                .patch_status(&state.name, &apply, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => {
+                    ctx.metrics.summary_written();
+                    debug!(flow = %state.name, "summary updated")
+                }
+                Err(e) if super::is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
             }
-            m.lost = lost;
-            (grew_by, pressure_true, send_event, m)
+        }
+    }
+
+    let dropped = {
+        let mut memory = ctx.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = status
+            .flows_dropped_by_cap
+            .unwrap_or(0)
+            .max(memory.get(&uid).copied().unwrap_or(0));
+        let total = seen.saturating_add(newly_dropped);
+        memory.insert(uid.clone(), total);
+        total
+    };
+    let ready = ready_condition(
+        previous_ready,
+        problem.as_ref(),
+        profile.metadata.generation,
+    );
+
+    // Map pressure: the sum of the nodes' entries.
+    let lost = status.lost_by_nodes();
+    let (grew_by, pressure_true, send_event, remembered) = {
+        let memory = ctx.pressure.lock().unwrap_or_else(|e| e.into_inner());
+        let known = memory.get(&uid).copied();
+        let mut m = known.unwrap_or_default();
+        let before = match known {
+            Some(k) => k.lost,
+            None => status.lost_samples.unwrap_or(0),
         };
-        let pressure = if pressure_true {
-            condition(
-                conditions::MAP_PRESSURE,
-                previous_pressure,
-                "True",
-                pressure_reasons::SAMPLES_LOST,
+        let now = Instant::now();
+        let grew_by = lost.saturating_sub(before).max(0);
+        let was_true = previous_pressure.is_some_and(|c| c.status == "True");
+        if grew_by > 0 {
+            m.grew_at = Some(now);
+        } else if known.is_none() && was_true {
+            // A new leader: it does not know when it last grew; True for
+            // one more window.
+            m.grew_at = Some(now);
+        }
+        let pressure_true = m
+            .grew_at
+            .is_some_and(|t| now.duration_since(t) < ctx.map_pressure_window);
+        let send_event = grew_by > 0
+            && (!was_true
+                || m.evented_at
+                    .is_none_or(|t| now.duration_since(t) >= PRESSURE_EVENT_INTERVAL));
+        if send_event {
+            m.evented_at = Some(now);
+        }
+        m.lost = lost;
+        (grew_by, pressure_true, send_event, m)
+    };
+    let pressure = if pressure_true {
+        condition(
+            conditions::MAP_PRESSURE,
+            previous_pressure,
+            "True",
+            pressure_reasons::SAMPLES_LOST,
+            format!(
+                "{lost} updates lost on the nodes counting the selected pods ({}): counts are a lower bound",
+                losing_nodes(&status)
+            ),
+            profile.metadata.generation,
+        )
+    } else {
+        condition(
+            conditions::MAP_PRESSURE,
+            previous_pressure,
+            "False",
+            pressure_reasons::NO_LOSS,
+            if lost > 0 {
                 format!(
-                    "{lost} updates lost on the nodes counting the selected pods ({}): counts are a lower bound",
-                    losing_nodes(&status)
-                ),
-                self.metadata.generation,
-            )
+                    "no updates lost for {:?}; {lost} lost before",
+                    ctx.map_pressure_window
+                )
+            } else {
+                "no updates lost".to_owned()
+            },
+            profile.metadata.generation,
+        )
+    };
+
+    let new_status = CaptureProfileStatus {
+        conditions: vec![ready.clone(), pressure],
+        observed_generation: profile.metadata.generation,
+        matched_pods: Some(i32::try_from(matched).unwrap_or(i32::MAX)),
+        active_flows: Some(i32::try_from(active).unwrap_or(i32::MAX)),
+        flows_dropped_by_cap: Some(dropped),
+        lost_samples: Some(lost),
+        // The nodes' entries are theirs: never in the controller's apply.
+        nodes: Vec::new(),
+    };
+    let body = json!({
+        "apiVersion": CaptureProfile::api_version(&()),
+        "kind": CaptureProfile::kind(&()),
+        "metadata": { "name": name },
+        "status": new_status,
+    });
+    let profiles: Api<CaptureProfile> = Api::namespaced(ctx.client.clone(), &ns);
+    profiles
+        .patch_status(
+            &name,
+            &PatchParams::apply(SUMMARY_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+
+    // Remembered once written: a failed write is judged again.
+    ctx.pressure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(uid.clone(), remembered);
+
+    publish_transition(profile, &ctx, previous_ready, &ready, problem.is_some()).await;
+    if send_event {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: conditions::MAP_PRESSURE.into(),
+            note: Some(format!(
+                "lostSamples grew by {grew_by} to {lost} ({}): the nodes' flow maps are full; counts of this profile's PodFlows are a lower bound",
+                losing_nodes(&status)
+            )),
+            action: "Summarize".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &profile.object_ref(&())).await {
+            warn!(error = %e, "publishing an Event failed");
+        }
+    }
+
+    let flush = profile
+        .spec
+        .flush_interval()
+        .unwrap_or(Duration::from_secs(10));
+    Ok(match problem {
+        // While MapPressure is True, soon enough to turn it False in time.
+        None if pressure_true => Action::requeue(flush.min(ctx.map_pressure_window)),
+        None => Action::requeue(flush),
+        Some(_) if pressure_true => Action::requeue(INVALID_REQUEUE.min(ctx.map_pressure_window)),
+        Some(_) => Action::requeue(INVALID_REQUEUE),
+    })
+}
+
+/// Pods of the namespace the selector selects (not host-network, not
+/// finished). An unusable selector selects nothing.
+async fn matched_pods(profile: &CaptureProfile, client: &kube::Client, ns: &str) -> Result<usize> {
+    let Ok(selector) = Selector::try_from(profile.spec.pod_selector.clone()) else {
+        return Ok(0);
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let listed = pods
+        .list(&ListParams::default().labels_from(&selector))
+        .await?;
+    Ok(listed
+        .items
+        .iter()
+        .filter(|p| {
+            let host_network = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false);
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !host_network && !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .count())
+}
+
+/// An Event when `Ready` changes, or when an invalid spec changes.
+async fn publish_transition(
+    profile: &CaptureProfile,
+    ctx: &Context,
+    previous: Option<&Condition>,
+    ready: &Condition,
+    invalid: bool,
+) {
+    let changed = previous.is_none_or(|p| {
+        p.status != ready.status || p.reason != ready.reason || p.message != ready.message
+    });
+    if !changed {
+        return;
+    }
+    let event = Event {
+        type_: if invalid {
+            EventType::Warning
         } else {
-            condition(
-                conditions::MAP_PRESSURE,
-                previous_pressure,
-                "False",
-                pressure_reasons::NO_LOSS,
-                if lost > 0 {
-                    format!(
-                        "no updates lost for {:?}; {lost} lost before",
-                        ctx.map_pressure_window
-                    )
-                } else {
-                    "no updates lost".to_owned()
-                },
-                self.metadata.generation,
-            )
-        };
+            EventType::Normal
+        },
+        reason: if invalid {
+            ready.reason.clone()
+        } else {
+            "Ready".into()
+        },
+        note: Some(ready.message.clone()),
+        action: "Validate".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &profile.object_ref(&())).await {
+        warn!(error = %e, "publishing an Event failed");
+    }
+}
 
-        let new_status = CaptureProfileStatus {
-            conditions: vec![ready.clone(), pressure],
-            observed_generation: self.metadata.generation,
-            matched_pods: Some(i32::try_from(matched).unwrap_or(i32::MAX)),
-            active_flows: Some(i32::try_from(active).unwrap_or(i32::MAX)),
-            flows_dropped_by_cap: Some(dropped),
-            lost_samples: Some(lost),
-            // The nodes' entries are theirs: never in the controller's apply.
-            nodes: Vec::new(),
-        };
-        let body = json!({
-            "apiVersion": CaptureProfile::api_version(&()),
-            "kind": CaptureProfile::kind(&()),
-            "metadata": { "name": name },
-            "status": new_status,
-        });
-        let profiles: Api<CaptureProfile> = Api::namespaced(ctx.client.clone(), &ns);
-        profiles
-            .patch_status(
-                &name,
-                &PatchParams::apply(SUMMARY_FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await?;
-
-        // Remembered once written: a failed write is judged again.
+/// Cleanup (the profile is being deleted): delete its PodFlows.
+pub async fn cleanup(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action> {
+    let ns = profile
+        .namespace()
+        .ok_or_else(|| Error::MissingField(profile.name_any(), "namespace"))?;
+    let name = profile.name_any();
+    let flows: Api<PodFlow> = Api::namespaced(ctx.client.clone(), &ns);
+    let listed = flows
+        .list(&ListParams::default().labels(&lifecycle::profile_selector(&name)))
+        .await?;
+    let mut deleted = 0;
+    for flow in &listed.items {
+        if lifecycle::delete_flow(&flows, flow, false).await? {
+            deleted += 1;
+            ctx.metrics.deleted(Deletion::ProfileDeleted, 1);
+        }
+    }
+    if let Some(uid) = profile.uid() {
+        ctx.dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
         ctx.pressure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(uid.clone(), remembered);
-
-        self.publish_transition(&ctx, previous_ready, &ready, problem.is_some())
-            .await;
-        if send_event {
-            let event = Event {
-                type_: EventType::Warning,
-                reason: conditions::MAP_PRESSURE.into(),
-                note: Some(format!(
-                    "lostSamples grew by {grew_by} to {lost} ({}): the nodes' flow maps are full; counts of this profile's PodFlows are a lower bound",
-                    losing_nodes(&status)
-                )),
-                action: "Summarize".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
-                warn!(error = %e, "publishing an Event failed");
-            }
-        }
-
-        let flush = self
-            .spec
-            .flush_interval()
-            .unwrap_or(Duration::from_secs(10));
-        Ok(match problem {
-            // While MapPressure is True, soon enough to turn it False in time.
-            None if pressure_true => Action::requeue(flush.min(ctx.map_pressure_window)),
-            None => Action::requeue(flush),
-            Some(_) if pressure_true => {
-                Action::requeue(INVALID_REQUEUE.min(ctx.map_pressure_window))
-            }
-            Some(_) => Action::requeue(INVALID_REQUEUE),
-        })
+            .remove(&uid);
     }
-
-    /// Pods of the namespace the selector selects (not host-network, not
-    /// finished). An unusable selector selects nothing.
-    async fn matched_pods(&self, client: &kube::Client, ns: &str) -> Result<usize> {
-        let Ok(selector) = Selector::try_from(self.spec.pod_selector.clone()) else {
-            return Ok(0);
-        };
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let listed = pods
-            .list(&ListParams::default().labels_from(&selector))
-            .await?;
-        Ok(listed
-            .items
-            .iter()
-            .filter(|p| {
-                let host_network = p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.host_network)
-                    .unwrap_or(false);
-                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                !host_network && !matches!(phase, Some("Succeeded" | "Failed"))
-            })
-            .count())
+    info!(deleted, "profile deleted: removed its PodFlows");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Deleted".into(),
+        note: Some(format!("deleted {deleted} PodFlows of the profile")),
+        action: "Cleanup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &profile.object_ref(&())).await {
+        warn!(error = %e, "publishing an Event failed");
     }
-
-    /// An Event when `Ready` changes, or when an invalid spec changes.
-    async fn publish_transition(
-        &self,
-        ctx: &Context,
-        previous: Option<&Condition>,
-        ready: &Condition,
-        invalid: bool,
-    ) {
-        let changed = previous.is_none_or(|p| {
-            p.status != ready.status || p.reason != ready.reason || p.message != ready.message
-        });
-        if !changed {
-            return;
-        }
-        let event = Event {
-            type_: if invalid {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: if invalid {
-                ready.reason.clone()
-            } else {
-                "Ready".into()
-            },
-            note: Some(ready.message.clone()),
-            action: "Validate".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
-            warn!(error = %e, "publishing an Event failed");
-        }
-    }
-
-    /// Cleanup (the profile is being deleted): delete its PodFlows.
-    pub async fn cleanup(&self, ctx: Arc<Context>) -> Result<Action> {
-        let ns = self
-            .namespace()
-            .ok_or_else(|| Error::MissingField(self.name_any(), "namespace"))?;
-        let name = self.name_any();
-        let flows: Api<PodFlow> = Api::namespaced(ctx.client.clone(), &ns);
-        let listed = flows
-            .list(&ListParams::default().labels(&lifecycle::profile_selector(&name)))
-            .await?;
-        let mut deleted = 0;
-        for flow in &listed.items {
-            if lifecycle::delete_flow(&flows, flow, false).await? {
-                deleted += 1;
-                ctx.metrics.deleted(Deletion::ProfileDeleted, 1);
-            }
-        }
-        if let Some(uid) = self.uid() {
-            ctx.dropped
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&uid);
-            ctx.pressure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&uid);
-        }
-        info!(deleted, "profile deleted: removed its PodFlows");
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "Deleted".into(),
-            note: Some(format!("deleted {deleted} PodFlows of the profile")),
-            action: "Cleanup".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
-            warn!(error = %e, "publishing an Event failed");
-        }
-        Ok(Action::await_change())
-    }
+    Ok(Action::await_change())
 }

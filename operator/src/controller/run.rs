@@ -17,7 +17,7 @@ use super::leader::LeaderElector;
 use super::metrics::{self, ControllerMetrics, Deletion, KIND_SWEEP};
 use super::profile::{self, Context};
 use super::{Config, Error, REPORTING_CONTROLLER, Result, lifecycle};
-use crate::crd::CaptureProfile;
+use weir_api::CaptureProfile;
 
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(client: kube::Client, config: Config) -> Result<()> {

@@ -9,7 +9,7 @@ use std::process::Command;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, CustomResourceDefinitionVersion, JSONSchemaProps,
 };
-use weir_operator::crd::{self, Manifest};
+use weir_api::{self as crd, Manifest};
 
 fn crds_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")
@@ -85,7 +85,7 @@ fn crds_in_the_repository_are_the_generated_ones() {
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(
             on_disk == m.yaml,
-            "{} is stale: regenerate with `cargo run -p weir-operator --bin crdgen`",
+            "{} is stale: regenerate with `cargo run -p weir-api --bin crdgen`",
             path.display()
         );
         // And the YAML reads back as the same CRD.

@@ -1,6 +1,6 @@
 //! Writes weir's CRD manifests (`crds/<plural>.weir.dev.yaml`, and the same
 //! files in the Helm chart's `charts/weir/crds/`) from the Rust types in
-//! `weir_operator::crd`, or with `--check` only compares them and fails
+//! `weir_api`, or with `--check` only compares them and fails
 //! naming each stale file (CI runs that).
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use weir_operator::crd;
+use weir_api as crd;
 
 /// Generate (or check) weir's CRD manifests.
 #[derive(Parser)]
@@ -29,7 +29,7 @@ fn main() -> Result<ExitCode> {
     let dirs = if cli.dir.is_empty() {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
-            .expect("operator/ is in the workspace");
+            .expect("api/ is in the workspace");
         vec![workspace.join("crds"), workspace.join("charts/weir/crds")]
     } else {
         cli.dir
@@ -57,7 +57,7 @@ fn main() -> Result<ExitCode> {
         for s in &stale {
             eprintln!("crdgen: STALE {s}");
         }
-        eprintln!("crdgen: regenerate with: cargo run -p weir-operator --bin crdgen");
+        eprintln!("crdgen: regenerate with: cargo run -p weir-api --bin crdgen");
         return Ok(ExitCode::FAILURE);
     }
     for dir in &dirs {

@@ -36,7 +36,19 @@ use netlink_packet_route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::{Error, Result, vxlan::VxlanParams, vxlan_abi};
+use weir_ebpf::{vxlan::VxlanParams, vxlan_abi};
+
+/// A netlink request (or setting one up) failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct Error {
+    /// The operation.
+    pub what: String,
+    /// The cause.
+    pub source: io::Error,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// One flannel VXLAN device as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +119,7 @@ fn nl_err(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
             },
             _ => io::Error::other(e.to_string()),
         };
-        Error::Os { what, source }
+        Error { what, source }
     }
 }
 
@@ -193,12 +205,12 @@ pub fn discover() -> Result<Vec<FlannelVxlan>> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .build()
-                .map_err(|e| Error::Os {
+                .map_err(|e| Error {
                     what: "starting a tokio runtime for rtnetlink".into(),
                     source: e,
                 })?;
             rt.block_on(async {
-                let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Os {
+                let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error {
                     what: "opening an rtnetlink socket".into(),
                     source: e,
                 })?;

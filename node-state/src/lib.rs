@@ -19,11 +19,13 @@
 //! file names the boot that last wrote it, and the first allocation of a new
 //! boot jumps [`BOOT_GAP`] ahead, past any update a crash lost.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +99,54 @@ pub struct OriginalLink {
     pub routes: Vec<String>,
 }
 
+/// How a pod interface's programs are attached; recorded so DEL and GC
+/// detach them the same way. Written as `"tc"` or `"tcx"` (the values of the
+/// conflist's `attach` key); `"netlink"`, what records of earlier builds
+/// say, reads as [`AttachMode::Netlink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum AttachMode {
+    /// TCX links (kernel >= 6.6), pinned.
+    #[serde(rename = "tcx")]
+    Tcx,
+    /// clsact qdisc + direct-action `cls_bpf` filters, any kernel.
+    #[default]
+    #[serde(rename = "tc", alias = "netlink")]
+    Netlink,
+}
+
+impl AttachMode {
+    /// `"tcx"` or `"tc"`, for configuration and node state files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Netlink => "tc",
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An attach mode that is neither `tc` nor `tcx`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown attach mode {0:?} (known: \"tc\", \"tcx\")")]
+pub struct UnknownAttachMode(pub String);
+
+impl FromStr for AttachMode {
+    type Err = UnknownAttachMode;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownAttachMode> {
+        match s {
+            "tcx" => Ok(Self::Tcx),
+            // "netlink": what state files of earlier builds say
+            "tc" | "netlink" => Ok(Self::Netlink),
+            other => Err(UnknownAttachMode(other.to_owned())),
+        }
+    }
+}
+
 /// What one ADD split and attached.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -111,9 +161,8 @@ pub struct AttachmentRecord {
     pub pod_id: u32,
     pub mac: String,
     pub ips: Vec<String>,
-    /// `tcx` or `netlink`: how the programs are held, which decides how DEL
-    /// removes them.
-    pub attach_mode: String,
+    /// How the programs are held, which decides how DEL removes them.
+    pub attach_mode: AttachMode,
     pub pod_ifindex: u32,
     pub outer_ifindex: u32,
     pub inner_ifindex: u32,
@@ -574,7 +623,7 @@ mod tests {
             pod_id,
             mac: "aa:bb:cc:dd:ee:ff".into(),
             ips: vec!["10.244.0.5/24".into()],
-            attach_mode: "tcx".into(),
+            attach_mode: AttachMode::Tcx,
             pod_ifindex: 4,
             outer_ifindex: 2,
             inner_ifindex: 3,
@@ -695,6 +744,24 @@ mod tests {
         let r: AttachmentRecord = serde_json::from_value(v).unwrap();
         assert_eq!(r.phase, Phase::Split);
         assert_eq!(r.original, None);
+    }
+
+    #[test]
+    fn attach_modes_are_written_as_the_conflist_says_them() {
+        for (mode, text) in [(AttachMode::Tcx, "tcx"), (AttachMode::Netlink, "tc")] {
+            assert_eq!(serde_json::to_string(&mode).unwrap(), format!("\"{text}\""));
+            assert_eq!(text.parse::<AttachMode>().unwrap(), mode);
+        }
+        // records of earlier builds
+        assert_eq!(
+            serde_json::from_str::<AttachMode>("\"netlink\"").unwrap(),
+            AttachMode::Netlink
+        );
+        assert!(serde_json::from_str::<AttachMode>("\"xdp\"").is_err());
+        assert_eq!(
+            "xdp".parse::<AttachMode>(),
+            Err(UnknownAttachMode("xdp".into()))
+        );
     }
 
     #[test]
