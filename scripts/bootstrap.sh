@@ -38,11 +38,14 @@ APT_PACKAGES=(
   iproute2 iperf3 sockperf qperf ethtool jq tcpdump
   util-linux kmod procps hyperfine iputils-ping
   containernetworking-plugins
-  # The local multi-node cluster (scripts/cluster-tools.sh, scripts/image.sh):
-  # runc's seccomp support (cgo, static libseccomp), pause and netprobe
-  # (gcc -static), the test image's busybox, and iptables(-restore) for
-  # kube-proxy's iptables mode and flanneld --ip-masq.
-  gcc libc6-dev pkg-config libseccomp-dev busybox-static iptables
+  # The local multi-node cluster (scripts/cluster-tools.sh, scripts/image.sh,
+  # e2e/cluster/cluster.sh): runc's seccomp support (cgo, static libseccomp),
+  # pause (gcc -static), the test image's busybox, iptables(-restore) for
+  # kube-proxy's iptables mode and flanneld --ip-masq, conntrack for
+  # kube-proxy's UDP cleanup, openssl for the cluster's certificates, socat
+  # for the API relay, binutils (strip) and file for the images.
+  gcc libc6-dev pkg-config libseccomp-dev busybox-static iptables conntrack
+  openssl socat binutils file
   # make fuzz: AFL++ (afl-fuzz and its compiler runtime for the target)
   afl++
 )

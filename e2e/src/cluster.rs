@@ -125,7 +125,10 @@ impl Cluster {
     pub fn kubectl_command(&self) -> Command {
         let mut cmd = Command::new(&self.tools.kubectl);
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig().display()))
-            .arg(format!("--cache-dir={}", self.dir.join("kubectl-cache").display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kubectl-cache").display()
+            ))
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null());
         cmd
@@ -170,7 +173,13 @@ impl Cluster {
     pub fn apply_output(&self, manifests: &str) -> Result<Output> {
         let mut child = self
             .kubectl_command()
-            .args(["apply", "--server-side", "--field-manager=weir-tests", "-f", "-"])
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager=weir-tests",
+                "-f",
+                "-",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

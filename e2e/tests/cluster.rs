@@ -90,7 +90,14 @@ fn require_root() {
 }
 
 /// A pod of the tools image pinned to `node`, running `command`.
-fn tools_pod(name: &str, ns: &str, node: &str, app: &str, command: &str, host_network: bool) -> Value {
+fn tools_pod(
+    name: &str,
+    ns: &str,
+    node: &str,
+    app: &str,
+    command: &str,
+    host_network: bool,
+) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": name, "namespace": ns, "labels": { "app": app } },
@@ -112,7 +119,8 @@ fn pod_spec(node: &str, command: &str, host_network: bool) -> Value {
     } else {
         // Without SACK every TCP segment's header length is known, so wire
         // bytes follow from segments and payload alone.
-        spec["securityContext"] = json!({ "sysctls": [{ "name": "net.ipv4.tcp_sack", "value": "0" }] });
+        spec["securityContext"] =
+            json!({ "sysctls": [{ "name": "net.ipv4.tcp_sack", "value": "0" }] });
     }
     spec
 }
@@ -143,14 +151,38 @@ fn manifests(c: &Cluster) -> String {
             ] },
         }),
         tools_pod("client", NS, &n2, "client", "exec sleep 100000", false),
-        tools_pod("client-local", NS, &n1, "client", "exec sleep 100000", false),
+        tools_pod(
+            "client-local",
+            NS,
+            &n1,
+            "client",
+            "exec sleep 100000",
+            false,
+        ),
         // Selected by the profile's labels, but on the node's own network:
         // weir's CNI plugin never runs for it, nothing may touch the node.
         tools_pod("hostnet", NS, &n2, "client", "exec sleep 100000", true),
-        tools_pod("bystander-a", OTHER_NS, &n1, "client", "weir-traffic udp-echo 7001", false),
-        tools_pod("bystander-b", OTHER_NS, &n2, "client", "exec sleep 100000", false),
+        tools_pod(
+            "bystander-a",
+            OTHER_NS,
+            &n1,
+            "client",
+            "weir-traffic udp-echo 7001",
+            false,
+        ),
+        tools_pod(
+            "bystander-b",
+            OTHER_NS,
+            &n2,
+            "client",
+            "exec sleep 100000",
+            false,
+        ),
     ];
-    docs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n---\n")
+    docs.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 fn profile(flush: &str) -> String {
@@ -163,13 +195,30 @@ fn profile(flush: &str) -> String {
 }
 
 fn pod_ip(c: &Cluster, ns: &str, pod: &str) -> Result<String> {
-    let ip = c.kubectl(["get", "pod", "-n", ns, pod, "-o", "jsonpath={.status.podIP}"])?;
+    let ip = c.kubectl([
+        "get",
+        "pod",
+        "-n",
+        ns,
+        pod,
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])?;
     ensure!(!ip.is_empty(), "{ns}/{pod} has no IP");
     Ok(ip)
 }
 
 fn server_pod(c: &Cluster) -> Result<String> {
-    let name = c.kubectl(["get", "pod", "-n", NS, "-l", "app=server", "-o", "jsonpath={.items[0].metadata.name}"])?;
+    let name = c.kubectl([
+        "get",
+        "pod",
+        "-n",
+        NS,
+        "-l",
+        "app=server",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])?;
     ensure!(!name.is_empty(), "no server pod");
     Ok(name)
 }
@@ -193,8 +242,15 @@ fn tcp_out_segments(c: &Cluster, ns: &str, pod: &str) -> Result<i64> {
         bail!("no Tcp lines in {pod}'s /proc/net/snmp");
     };
     let field = |want: &str| -> Result<i64> {
-        let i = names.split_whitespace().position(|n| n == want).context(want.to_owned())?;
-        Ok(values.split_whitespace().nth(i).context(want.to_owned())?.parse()?)
+        let i = names
+            .split_whitespace()
+            .position(|n| n == want)
+            .context(want.to_owned())?;
+        Ok(values
+            .split_whitespace()
+            .nth(i)
+            .context(want.to_owned())?
+            .parse()?)
     };
     Ok(field("OutSegs")? + field("RetransSegs")?)
 }
@@ -213,11 +269,17 @@ fn flows_to(c: &Cluster, ns: &str, protocol: &str, port: i64) -> Result<Vec<Valu
 }
 
 fn observer<'a>(flow: &'a Value, node: &str) -> Option<&'a Value> {
-    flow["status"]["observers"].as_array()?.iter().find(|o| o["node"] == node)
+    flow["status"]["observers"]
+        .as_array()?
+        .iter()
+        .find(|o| o["node"] == node)
 }
 
 fn counts(v: &Value) -> (i64, i64) {
-    (v["packets"].as_i64().unwrap_or(-1), v["bytes"].as_i64().unwrap_or(-1))
+    (
+        v["packets"].as_i64().unwrap_or(-1),
+        v["bytes"].as_i64().unwrap_or(-1),
+    )
 }
 
 /// Waits until the one PodFlow to `port` has, at every one of `nodes`,
@@ -233,13 +295,23 @@ fn wait_exact(
 ) -> Result<Value> {
     c.wait(Duration::from_secs(60), what, || {
         let found = flows_to(c, NS, protocol, port)?;
-        ensure!(found.len() <= 1, "more than one PodFlow for one conversation: {found:#?}");
-        let Some(flow) = found.into_iter().next() else { return Ok(None) };
+        ensure!(
+            found.len() <= 1,
+            "more than one PodFlow for one conversation: {found:#?}"
+        );
+        let Some(flow) = found.into_iter().next() else {
+            return Ok(None);
+        };
         let done = nodes.iter().all(|n| {
-            observer(&flow, n).is_some_and(|o| counts(&o["forward"]) == forward && counts(&o["reverse"]) == reverse)
+            observer(&flow, n).is_some_and(|o| {
+                counts(&o["forward"]) == forward && counts(&o["reverse"]) == reverse
+            })
         });
         if !done {
-            bail!("not exact yet: want forward {forward:?} reverse {reverse:?} at {nodes:?}: {}", flow["status"]);
+            bail!(
+                "not exact yet: want forward {forward:?} reverse {reverse:?} at {nodes:?}: {}",
+                flow["status"]
+            );
         }
         Ok(Some(flow))
     })
@@ -248,22 +320,41 @@ fn wait_exact(
 
 fn agent_logs(c: &Cluster) -> String {
     let out = c
-        .kubectl_output(&["logs", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=agent", "-c", "agent", "--tail=30", "--prefix"])
+        .kubectl_output(&[
+            "logs",
+            "-n",
+            SYSTEM_NS,
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "-c",
+            "agent",
+            "--tail=30",
+            "--prefix",
+        ])
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     format!("agent logs:\n{out}")
 }
 
 fn wait_pods_ready(c: &Cluster, ns: &str) -> Result<()> {
-    c.kubectl(["wait", "--for=condition=Ready", "pod", "--all", "-n", ns, "--timeout=180s"])
-        .map(drop)
-        .with_context(|| {
-            format!(
-                "pods of {ns} not ready: {}\n{}",
-                c.kubectl(["get", "pods", "-n", ns, "-o", "wide"]).unwrap_or_default(),
-                c.kubectl(["get", "events", "-n", ns]).unwrap_or_default()
-            )
-        })
+    c.kubectl([
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "--all",
+        "-n",
+        ns,
+        "--timeout=180s",
+    ])
+    .map(drop)
+    .with_context(|| {
+        format!(
+            "pods of {ns} not ready: {}\n{}",
+            c.kubectl(["get", "pods", "-n", ns, "-o", "wide"])
+                .unwrap_or_default(),
+            c.kubectl(["get", "events", "-n", ns]).unwrap_or_default()
+        )
+    })
 }
 
 /// The pod's interfaces, as `ip -o link` inside it shows them.
@@ -277,7 +368,9 @@ fn links(c: &Cluster, ns: &str, pod: &str) -> Result<Vec<String>> {
 }
 
 fn is_split(links: &[String]) -> bool {
-    ["eth0", "wi-eth0", "wx-eth0"].iter().all(|n| links.iter().any(|l| l == n))
+    ["eth0", "wi-eth0", "wx-eth0"]
+        .iter()
+        .all(|n| links.iter().any(|l| l == n))
 }
 
 /// The node's conflist that weir wrote, and whether its plugin is in place.
@@ -309,12 +402,27 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     let chart = repo_root().join("charts/weir");
     let chart = chart.to_string_lossy();
     c.helm(&[
-        "install", "weir", &chart, "-n", SYSTEM_NS, "--create-namespace", "--wait", "--timeout", "5m",
-        "--set", "agent.interval=1s", "--set", "image.pullPolicy=Never",
+        "install",
+        "weir",
+        &chart,
+        "-n",
+        SYSTEM_NS,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "5m",
+        "--set",
+        "agent.interval=1s",
+        "--set",
+        "image.pullPolicy=Never",
     ])
     .with_context(|| agent_logs(&c))?;
     for i in 1..=2 {
-        let list = c.wait(Duration::from_secs(60), "weir's conflist and binary", || weir_installed(&c, i))?;
+        let list = c.wait(
+            Duration::from_secs(60),
+            "weir's conflist and binary",
+            || weir_installed(&c, i),
+        )?;
         let plugins = list["plugins"].as_array().context("plugins")?;
         let types: Vec<&str> = plugins.iter().filter_map(|p| p["type"].as_str()).collect();
         assert_eq!(types, ["flannel", "portmap", "weir"], "node {i}: {list}");
@@ -327,39 +435,109 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_pods_ready(&c, NS)?;
     wait_pods_ready(&c, OTHER_NS)?;
     let server = server_pod(&c)?;
-    for (ns, pod) in [(NS, server.as_str()), (NS, "client"), (NS, "client-local"), (OTHER_NS, "bystander-a")] {
+    for (ns, pod) in [
+        (NS, server.as_str()),
+        (NS, "client"),
+        (NS, "client-local"),
+        (OTHER_NS, "bystander-a"),
+    ] {
         let l = links(&c, ns, pod)?;
         assert!(is_split(&l), "{ns}/{pod} is not split: {l:?}");
     }
     // The host-network pod is the node: its devices are the node's, untouched.
-    assert!(!links(&c, NS, "hostnet")?.iter().any(|l| l.starts_with("wx-") || l.starts_with("wi-")));
+    assert!(
+        !links(&c, NS, "hostnet")?
+            .iter()
+            .any(|l| l.starts_with("wx-") || l.starts_with("wi-"))
+    );
     let server_ip = pod_ip(&c, NS, &server)?;
 
     // Counting is on once a probe conversation shows up at both nodes.
-    c.wait(Duration::from_secs(90), "counting on in client, client-local and server", || {
-        exec(&c, NS, "client", &["weir-traffic", "udp-send", &format!("{server_ip}:7002"), "1", "10"])?;
-        exec(&c, NS, "client-local", &["weir-traffic", "udp-send", &format!("{server_ip}:7002"), "1", "10"])?;
-        let probes = flows_to(&c, NS, "UDP", 7002)?;
-        let remote = probes.iter().any(|f| f["spec"]["source"]["pod"] == "client" && observer(f, &n1).is_some() && observer(f, &n2).is_some());
-        let local = probes.iter().any(|f| f["spec"]["source"]["pod"] == "client-local" && observer(f, &n1).is_some());
-        Ok((remote && local).then_some(()))
-    })
+    c.wait(
+        Duration::from_secs(90),
+        "counting on in client, client-local and server",
+        || {
+            exec(
+                &c,
+                NS,
+                "client",
+                &[
+                    "weir-traffic",
+                    "udp-send",
+                    &format!("{server_ip}:7002"),
+                    "1",
+                    "10",
+                ],
+            )?;
+            exec(
+                &c,
+                NS,
+                "client-local",
+                &[
+                    "weir-traffic",
+                    "udp-send",
+                    &format!("{server_ip}:7002"),
+                    "1",
+                    "10",
+                ],
+            )?;
+            let probes = flows_to(&c, NS, "UDP", 7002)?;
+            let remote = probes.iter().any(|f| {
+                f["spec"]["source"]["pod"] == "client"
+                    && observer(f, &n1).is_some()
+                    && observer(f, &n2).is_some()
+            });
+            let local = probes.iter().any(|f| {
+                f["spec"]["source"]["pod"] == "client-local" && observer(f, &n1).is_some()
+            });
+            Ok((remote && local).then_some(()))
+        },
+    )
     .with_context(|| agent_logs(&c))?;
 
     // 3a. UDP across the nodes: exact wire packets and bytes each way.
     let (n, size) = (50i64, 300i64);
-    let sent = exec_json(&c, NS, "client", &["weir-traffic", "udp-send", &format!("{server_ip}:7001"), &n.to_string(), &size.to_string()])?;
+    let sent = exec_json(
+        &c,
+        NS,
+        "client",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{server_ip}:7001"),
+            &n.to_string(),
+            &size.to_string(),
+        ],
+    )?;
     assert_eq!(sent["echoed"], n);
     let wire = n * (UDP4_OVERHEAD + size);
-    let flow = wait_exact(&c, "the cross-node UDP PodFlow, exact", "UDP", 7001, &nodes, (n, wire), (n, wire))?;
+    let flow = wait_exact(
+        &c,
+        "the cross-node UDP PodFlow, exact",
+        "UDP",
+        7001,
+        &nodes,
+        (n, wire),
+        (n, wire),
+    )?;
     assert_eq!(flow["spec"]["source"]["display"], "shop/client");
-    assert_eq!(flow["spec"]["destination"]["display"], format!("shop/{server}"));
+    assert_eq!(
+        flow["spec"]["destination"]["display"],
+        format!("shop/{server}")
+    );
     assert_eq!(flow["spec"]["source"]["node"], n2.as_str());
     assert_eq!(flow["spec"]["destination"]["node"], n1.as_str());
-    let flow = c.wait(Duration::from_secs(30), "the controller's summary with the overlay", || {
-        let f = flows_to(&c, NS, "UDP", 7001)?.into_iter().next().context("gone")?;
-        Ok(f["status"]["vxlan"]["lossPackets"].is_i64().then_some(f))
-    })?;
+    let flow = c.wait(
+        Duration::from_secs(30),
+        "the controller's summary with the overlay",
+        || {
+            let f = flows_to(&c, NS, "UDP", 7001)?
+                .into_iter()
+                .next()
+                .context("gone")?;
+            Ok(f["status"]["vxlan"]["lossPackets"].is_i64().then_some(f))
+        },
+    )?;
     for node in &nodes {
         let vx = &observer(&flow, node).context("observer")?["vxlan"];
         assert_eq!(vx["vni"], 1, "{node}: {vx}");
@@ -371,12 +549,31 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
         assert_eq!(vx["outerDestination"], c.node_ip(1), "{node}: {vx}");
     }
     let summary = &flow["status"]["vxlan"];
-    assert_eq!((summary["encapPackets"].as_i64(), summary["decapPackets"].as_i64()), (Some(2 * n), Some(2 * n)), "{summary}");
+    assert_eq!(
+        (
+            summary["encapPackets"].as_i64(),
+            summary["decapPackets"].as_i64()
+        ),
+        (Some(2 * n), Some(2 * n)),
+        "{summary}"
+    );
     assert_eq!(summary["lossPackets"], 0, "{summary}");
     assert_eq!(flow["status"]["packets"], 2 * n);
     assert_eq!(flow["status"]["bytes"], 2 * wire);
     // -o wide names the nodes and their real underlay addresses.
-    let wide = c.kubectl(["get", "podflows", "-n", NS, "-o", "wide", "--field-selector", &format!("metadata.name={}", flow["metadata"]["name"].as_str().unwrap())])?;
+    let wide = c.kubectl([
+        "get",
+        "podflows",
+        "-n",
+        NS,
+        "-o",
+        "wide",
+        "--field-selector",
+        &format!(
+            "metadata.name={}",
+            flow["metadata"]["name"].as_str().unwrap()
+        ),
+    ])?;
     eprintln!("{wide}");
     for want in [n1.as_str(), n2.as_str(), &c.node_ip(1), &c.node_ip(2)] {
         assert!(wide.contains(want), "-o wide lacks {want}:\n{wide}");
@@ -384,175 +581,509 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
 
     // 3b. TCP across the nodes: the pods' kernels count the segments.
     let payload = 4i64 << 20;
-    let (c0, s0) = (tcp_out_segments(&c, NS, "client")?, tcp_out_segments(&c, NS, &server)?);
-    let report = exec_json(&c, NS, "client", &["weir-traffic", "tcp-send", &format!("{server_ip}:5201"), &payload.to_string()])?;
+    let (c0, s0) = (
+        tcp_out_segments(&c, NS, "client")?,
+        tcp_out_segments(&c, NS, &server)?,
+    );
+    let report = exec_json(
+        &c,
+        NS,
+        "client",
+        &[
+            "weir-traffic",
+            "tcp-send",
+            &format!("{server_ip}:5201"),
+            &payload.to_string(),
+        ],
+    )?;
     // The last ACK of the close may still be on its way.
-    let (seg_c, seg_s) = c.wait(Duration::from_secs(10), "TCP segment counters settled", || {
-        let (c1, s1) = (tcp_out_segments(&c, NS, "client")?, tcp_out_segments(&c, NS, &server)?);
-        std::thread::sleep(Duration::from_millis(300));
-        let again = (tcp_out_segments(&c, NS, "client")?, tcp_out_segments(&c, NS, &server)?);
-        Ok((again == (c1, s1)).then_some((c1 - c0, s1 - s0)))
-    })?;
+    let (seg_c, seg_s) = c.wait(
+        Duration::from_secs(10),
+        "TCP segment counters settled",
+        || {
+            let (c1, s1) = (
+                tcp_out_segments(&c, NS, "client")?,
+                tcp_out_segments(&c, NS, &server)?,
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            let again = (
+                tcp_out_segments(&c, NS, "client")?,
+                tcp_out_segments(&c, NS, &server)?,
+            );
+            Ok((again == (c1, s1)).then_some((c1 - c0, s1 - s0)))
+        },
+    )?;
     let bytes_sent = report["bytesSent"].as_i64().context("bytesSent")?;
     assert!(bytes_sent >= payload, "{report}");
     // The server answers with the count it received, as text, then closes.
     let reply = format!("{payload}\n").len() as i64;
     let fwd = (seg_c, bytes_sent + TCP4_HEADERS * seg_c + 8);
     let rev = (seg_s, reply + TCP4_HEADERS * seg_s + 8);
-    wait_exact(&c, "the cross-node TCP PodFlow, exact", "TCP", 5201, &nodes, fwd, rev)?;
+    wait_exact(
+        &c,
+        "the cross-node TCP PodFlow, exact",
+        "TCP",
+        5201,
+        &nodes,
+        fwd,
+        rev,
+    )?;
 
     // 3c. The same node: one observer, no overlay.
-    let sent = exec_json(&c, NS, "client-local", &["weir-traffic", "udp-send", &format!("{server_ip}:7001"), "20", "100"])?;
+    let sent = exec_json(
+        &c,
+        NS,
+        "client-local",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{server_ip}:7001"),
+            "20",
+            "100",
+        ],
+    )?;
     assert_eq!(sent["echoed"], 20);
     let local_wire = 20 * (UDP4_OVERHEAD + 100);
-    c.wait(Duration::from_secs(60), "the same-node UDP PodFlow, exact", || {
-        let f = flows_to(&c, NS, "UDP", 7001)?;
-        let Some(f) = f.iter().find(|f| f["spec"]["source"]["pod"] == "client-local") else { return Ok(None) };
-        let o = observer(f, &n1).context("node 1 observer")?;
-        ensure!(observer(f, &n2).is_none(), "node 2 saw a same-node conversation: {f}");
-        ensure!(o["vxlan"].is_null(), "same-node traffic has no overlay leg: {o}");
-        Ok((counts(&o["forward"]) == (20, local_wire) && counts(&o["reverse"]) == (20, local_wire)).then_some(()))
-    })?;
+    c.wait(
+        Duration::from_secs(60),
+        "the same-node UDP PodFlow, exact",
+        || {
+            let f = flows_to(&c, NS, "UDP", 7001)?;
+            let Some(f) = f
+                .iter()
+                .find(|f| f["spec"]["source"]["pod"] == "client-local")
+            else {
+                return Ok(None);
+            };
+            let o = observer(f, &n1).context("node 1 observer")?;
+            ensure!(
+                observer(f, &n2).is_none(),
+                "node 2 saw a same-node conversation: {f}"
+            );
+            ensure!(
+                o["vxlan"].is_null(),
+                "same-node traffic has no overlay leg: {o}"
+            );
+            Ok((counts(&o["forward"]) == (20, local_wire)
+                && counts(&o["reverse"]) == (20, local_wire))
+                .then_some(()))
+        },
+    )?;
 
     // 3d. Through the Service's ClusterIP (kube-proxy DNATs on the client's
     // node, after weir saw the packet leave the pod): the client's node names
     // the Service address as the destination, the server's node the pod.
-    let cluster_ip = c.kubectl(["get", "svc", "-n", NS, "server", "-o", "jsonpath={.spec.clusterIP}"])?;
-    let sent = exec_json(&c, NS, "client", &["weir-traffic", "udp-send", &format!("{cluster_ip}:7003"), "10", "200"])?;
+    let cluster_ip = c.kubectl([
+        "get",
+        "svc",
+        "-n",
+        NS,
+        "server",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let sent = exec_json(
+        &c,
+        NS,
+        "client",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{cluster_ip}:7003"),
+            "10",
+            "200",
+        ],
+    )?;
     assert_eq!(sent["echoed"], 10);
     let svc_wire = 10 * (UDP4_OVERHEAD + 200);
-    c.wait(Duration::from_secs(60), "the PodFlows of the Service conversation", || {
-        let f = flows_to(&c, NS, "UDP", 7003)?;
-        let to_service = f.iter().find(|f| f["spec"]["destination"]["ip"] == cluster_ip.as_str());
-        let to_pod = f.iter().find(|f| f["spec"]["destination"]["ip"] == server_ip.as_str());
-        let (Some(to_service), Some(to_pod)) = (to_service, to_pod) else { return Ok(None) };
-        let s = observer(to_service, &n2).context("the client's node observes the Service address")?;
-        let p = observer(to_pod, &n1).context("the server's node observes the pod")?;
-        ensure!(to_service["spec"]["destination"]["display"] == cluster_ip.as_str(), "{to_service}");
-        ensure!(to_pod["spec"]["source"]["display"] == "shop/client", "{to_pod}");
-        Ok((counts(&s["forward"]) == (10, svc_wire) && counts(&p["forward"]) == (10, svc_wire)).then_some(()))
-    })?;
+    c.wait(
+        Duration::from_secs(60),
+        "the PodFlows of the Service conversation",
+        || {
+            let f = flows_to(&c, NS, "UDP", 7003)?;
+            let to_service = f
+                .iter()
+                .find(|f| f["spec"]["destination"]["ip"] == cluster_ip.as_str());
+            let to_pod = f
+                .iter()
+                .find(|f| f["spec"]["destination"]["ip"] == server_ip.as_str());
+            let (Some(to_service), Some(to_pod)) = (to_service, to_pod) else {
+                return Ok(None);
+            };
+            let s = observer(to_service, &n2)
+                .context("the client's node observes the Service address")?;
+            let p = observer(to_pod, &n1).context("the server's node observes the pod")?;
+            ensure!(
+                to_service["spec"]["destination"]["display"] == cluster_ip.as_str(),
+                "{to_service}"
+            );
+            ensure!(
+                to_pod["spec"]["source"]["display"] == "shop/client",
+                "{to_pod}"
+            );
+            Ok(
+                (counts(&s["forward"]) == (10, svc_wire)
+                    && counts(&p["forward"]) == (10, svc_wire))
+                    .then_some(()),
+            )
+        },
+    )?;
 
     // Not counted: another namespace's pods (split, but no profile there),
     // and the host-network pod (no CNI) — against the counted ones above.
     let by_ip = pod_ip(&c, OTHER_NS, "bystander-a")?;
-    exec_json(&c, OTHER_NS, "bystander-b", &["weir-traffic", "udp-send", &format!("{by_ip}:7001"), "5", "64"])?;
-    exec_json(&c, NS, "hostnet", &["weir-traffic", "udp-send", &format!("{server_ip}:7002"), "3", "64"])?;
+    exec_json(
+        &c,
+        OTHER_NS,
+        "bystander-b",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{by_ip}:7001"),
+            "5",
+            "64",
+        ],
+    )?;
+    exec_json(
+        &c,
+        NS,
+        "hostnet",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{server_ip}:7002"),
+            "3",
+            "64",
+        ],
+    )?;
     // One more counted exchange after both: once it is published, the
     // agents have read the maps since the uncounted traffic ran.
-    exec_json(&c, NS, "client", &["weir-traffic", "udp-send", &format!("{server_ip}:7001"), "1", "300"])?;
-    wait_exact(&c, "the marker exchange", "UDP", 7001, &nodes, (n + 1, wire + UDP4_OVERHEAD + 300), (n + 1, wire + UDP4_OVERHEAD + 300))?;
-    assert!(podflows(&c, OTHER_NS)?.is_empty(), "another namespace was published");
+    exec_json(
+        &c,
+        NS,
+        "client",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{server_ip}:7001"),
+            "1",
+            "300",
+        ],
+    )?;
+    wait_exact(
+        &c,
+        "the marker exchange",
+        "UDP",
+        7001,
+        &nodes,
+        (n + 1, wire + UDP4_OVERHEAD + 300),
+        (n + 1, wire + UDP4_OVERHEAD + 300),
+    )?;
+    assert!(
+        podflows(&c, OTHER_NS)?.is_empty(),
+        "another namespace was published"
+    );
     let node_ips = [c.node_ip(1), c.node_ip(2)];
     for f in podflows(&c, NS)? {
         for end in ["source", "destination"] {
             let ip = f["spec"][end]["ip"].as_str().unwrap_or("");
-            assert!(!node_ips.iter().any(|n| n == ip), "the host-network pod was counted: {f}");
+            assert!(
+                !node_ips.iter().any(|n| n == ip),
+                "the host-network pod was counted: {f}"
+            );
         }
     }
     for i in 1..=2 {
         let l = node_links(&c, i)?;
-        assert!(!l.contains("wx-") && !l.contains("wi-"), "node {i}'s own devices were split:\n{l}");
+        assert!(
+            !l.contains("wx-") && !l.contains("wi-"),
+            "node {i}'s own devices were split:\n{l}"
+        );
     }
 
     // 5. The agent on node 2 deleted while traffic runs: the totals stay exact.
-    let agent2 = c.kubectl(["get", "pod", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=agent", "--field-selector", &format!("spec.nodeName={n2}"), "-o", "jsonpath={.items[0].metadata.name}"])?;
+    let agent2 = c.kubectl([
+        "get",
+        "pod",
+        "-n",
+        SYSTEM_NS,
+        "-l",
+        "app.kubernetes.io/component=agent",
+        "--field-selector",
+        &format!("spec.nodeName={n2}"),
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])?;
     let long = (400i64, 500i64);
     let traffic = {
         let mut cmd = c.kubectl_command();
-        cmd.args(["exec", "-n", NS, "client", "--", "weir-traffic", "udp-send", &format!("{server_ip}:7001"), &long.0.to_string(), &long.1.to_string()]);
+        cmd.args([
+            "exec",
+            "-n",
+            NS,
+            "client",
+            "--",
+            "weir-traffic",
+            "udp-send",
+            &format!("{server_ip}:7001"),
+            &long.0.to_string(),
+            &long.1.to_string(),
+        ]);
         cmd.spawn()?
     };
     c.kubectl(["delete", "pod", "-n", SYSTEM_NS, &agent2, "--wait=false"])?;
     let out = traffic.wait_with_output()?;
-    ensure!(out.status.success(), "traffic during the agent's restart failed");
-    c.kubectl(["rollout", "status", "daemonset/weir-agent", "-n", SYSTEM_NS, "--timeout=180s"])?;
-    let total = (n + 1 + long.0, wire + UDP4_OVERHEAD + 300 + long.0 * (UDP4_OVERHEAD + long.1));
-    wait_exact(&c, "exact totals after the agent's restart", "UDP", 7001, &nodes, total, total)?;
+    ensure!(
+        out.status.success(),
+        "traffic during the agent's restart failed"
+    );
+    c.kubectl([
+        "rollout",
+        "status",
+        "daemonset/weir-agent",
+        "-n",
+        SYSTEM_NS,
+        "--timeout=180s",
+    ])?;
+    let total = (
+        n + 1 + long.0,
+        wire + UDP4_OVERHEAD + 300 + long.0 * (UDP4_OVERHEAD + long.1),
+    );
+    wait_exact(
+        &c,
+        "exact totals after the agent's restart",
+        "UDP",
+        7001,
+        &nodes,
+        total,
+        total,
+    )?;
 
     // 8a. A profile the API server refuses, with the reason.
-    let bad = c.apply_output(&json!({
-        "apiVersion": "weir.dev/v1alpha1", "kind": "CaptureProfile",
-        "metadata": { "name": "bad", "namespace": NS },
-        "spec": { "flushInterval": "0s" },
-    }).to_string())?;
+    let bad = c.apply_output(
+        &json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "CaptureProfile",
+            "metadata": { "name": "bad", "namespace": NS },
+            "spec": { "flushInterval": "0s" },
+        })
+        .to_string(),
+    )?;
     assert!(!bad.status.success(), "a 0s flushInterval was accepted");
     let why = String::from_utf8_lossy(&bad.stderr);
-    assert!(why.contains("flushInterval must be between 1s and 1h"), "{why}");
+    assert!(
+        why.contains("flushInterval must be between 1s and 1h"),
+        "{why}"
+    );
 
     // 6. helm upgrade with a changed value: networking and counting go on.
     c.helm(&[
-        "upgrade", "weir", &chart, "-n", SYSTEM_NS, "--wait", "--timeout", "5m", "--reuse-values",
-        "--set", "cni.logLevel=debug", "--set", "agent.interval=2s",
+        "upgrade",
+        "weir",
+        &chart,
+        "-n",
+        SYSTEM_NS,
+        "--wait",
+        "--timeout",
+        "5m",
+        "--reuse-values",
+        "--set",
+        "cni.logLevel=debug",
+        "--set",
+        "agent.interval=2s",
     ])?;
     for i in 1..=2 {
-        let list = c.wait(Duration::from_secs(60), "weir's conflist after the upgrade", || {
-            Ok(weir_installed(&c, i)?.filter(|l| l["plugins"][2]["logLevel"] == "debug"))
-        })?;
+        let list = c.wait(
+            Duration::from_secs(60),
+            "weir's conflist after the upgrade",
+            || Ok(weir_installed(&c, i)?.filter(|l| l["plugins"][2]["logLevel"] == "debug")),
+        )?;
         assert_eq!(list["plugins"][2]["type"], "weir");
     }
-    exec_json(&c, NS, "client", &["weir-traffic", "udp-send", &format!("{server_ip}:7001"), "5", "300"])?;
+    exec_json(
+        &c,
+        NS,
+        "client",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{server_ip}:7001"),
+            "5",
+            "300",
+        ],
+    )?;
     let total = (total.0 + 5, total.1 + 5 * (UDP4_OVERHEAD + 300));
-    wait_exact(&c, "counting after the upgrade", "UDP", 7001, &nodes, total, total)?;
+    wait_exact(
+        &c,
+        "counting after the upgrade",
+        "UDP",
+        7001,
+        &nodes,
+        total,
+        total,
+    )?;
 
     // 8b. Node 2's primary conflist broken: weir's goes (no chaining onto
     // garbage), with a log line; back when flannel's file is good again.
     let flannel_conf = c.node_path(2, "/etc/cni/net.d/10-flannel.conflist");
     let good = std::fs::read_to_string(&flannel_conf)?;
     std::fs::write(&flannel_conf, "{ not json")?;
-    c.wait(Duration::from_secs(30), "node 2's weir conflist removed", || {
-        Ok((!c.node_path(2, "/etc/cni/net.d/00-weir.conflist").exists()).then_some(()))
-    })?;
-    let logs = c.kubectl(["logs", "-n", SYSTEM_NS, &installer_pod(&c, &n2)?, "-c", "install-cni"])?;
-    assert!(logs.contains("10-flannel.conflist"), "no log line names the broken file:\n{logs}");
+    c.wait(
+        Duration::from_secs(30),
+        "node 2's weir conflist removed",
+        || Ok((!c.node_path(2, "/etc/cni/net.d/00-weir.conflist").exists()).then_some(())),
+    )?;
+    let logs = c.kubectl([
+        "logs",
+        "-n",
+        SYSTEM_NS,
+        &installer_pod(&c, &n2)?,
+        "-c",
+        "install-cni",
+    ])?;
+    assert!(
+        logs.contains("10-flannel.conflist"),
+        "no log line names the broken file:\n{logs}"
+    );
     std::fs::write(&flannel_conf, &good)?;
-    c.wait(Duration::from_secs(30), "node 2's weir conflist back", || weir_installed(&c, 2))?;
+    c.wait(
+        Duration::from_secs(30),
+        "node 2's weir conflist back",
+        || weir_installed(&c, 2),
+    )?;
 
     // 4. Deleting the client removes its PodFlows; the profile the rest.
-    c.kubectl(["delete", "pod", "-n", NS, "client", "--wait=true", "--timeout=60s"])?;
-    c.wait(Duration::from_secs(90), "the client's PodFlows gone", || {
-        Ok((!podflows(&c, NS)?.iter().any(|f| f["spec"]["source"]["pod"] == "client")).then_some(()))
-    })?;
-    assert!(!podflows(&c, NS)?.is_empty(), "client-local's PodFlows must stay");
+    c.kubectl([
+        "delete",
+        "pod",
+        "-n",
+        NS,
+        "client",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    c.wait(
+        Duration::from_secs(90),
+        "the client's PodFlows gone",
+        || {
+            Ok((!podflows(&c, NS)?
+                .iter()
+                .any(|f| f["spec"]["source"]["pod"] == "client"))
+            .then_some(()))
+        },
+    )?;
+    assert!(
+        !podflows(&c, NS)?.is_empty(),
+        "client-local's PodFlows must stay"
+    );
     c.kubectl(["delete", "captureprofile", "-n", NS, "all"])?;
-    c.wait(Duration::from_secs(90), "every PodFlow gone with the profile", || {
-        Ok(podflows(&c, NS)?.is_empty().then_some(()))
-    })?;
+    c.wait(
+        Duration::from_secs(90),
+        "every PodFlow gone with the profile",
+        || Ok(podflows(&c, NS)?.is_empty().then_some(())),
+    )?;
 
     // 7. helm uninstall: the nodes as before, running pods keep talking,
     // new pods start without weir, old split pods delete cleanly.
-    c.helm(&["uninstall", "weir", "-n", SYSTEM_NS, "--wait", "--timeout", "3m"])?;
+    c.helm(&[
+        "uninstall",
+        "weir",
+        "-n",
+        SYSTEM_NS,
+        "--wait",
+        "--timeout",
+        "3m",
+    ])?;
     for i in 1..=2 {
-        c.wait(Duration::from_secs(60), "weir's files gone from the node", || {
-            let conf = c.node_path(i, "/etc/cni/net.d/00-weir.conflist").exists();
-            let bin = c.node_path(i, "/opt/cni/bin/weir").exists();
-            Ok((!conf && !bin).then_some(()))
-        })?;
+        c.wait(
+            Duration::from_secs(60),
+            "weir's files gone from the node",
+            || {
+                let conf = c.node_path(i, "/etc/cni/net.d/00-weir.conflist").exists();
+                let bin = c.node_path(i, "/opt/cni/bin/weir").exists();
+                Ok((!conf && !bin).then_some(()))
+            },
+        )?;
         let confs: Vec<String> = std::fs::read_dir(c.node_path(i, "/etc/cni/net.d"))?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<std::io::Result<_>>()?;
         assert_eq!(confs, ["10-flannel.conflist"], "node {i}");
     }
-    let sent = exec_json(&c, NS, "client-local", &["weir-traffic", "udp-send", &format!("{server_ip}:7001"), "5", "100"])?;
-    assert_eq!(sent["echoed"], 5, "a split pod lost its network after uninstall");
+    let sent = exec_json(
+        &c,
+        NS,
+        "client-local",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{server_ip}:7001"),
+            "5",
+            "100",
+        ],
+    )?;
+    assert_eq!(
+        sent["echoed"], 5,
+        "a split pod lost its network after uninstall"
+    );
     c.apply(&tools_pod("after", NS, &n2, "later", "exec sleep 100000", false).to_string())?;
-    c.kubectl(["wait", "--for=condition=Ready", "pod", "-n", NS, "after", "--timeout=120s"])?;
-    assert!(!is_split(&links(&c, NS, "after")?), "a pod created after uninstall was split");
+    c.kubectl([
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-n",
+        NS,
+        "after",
+        "--timeout=120s",
+    ])?;
+    assert!(
+        !is_split(&links(&c, NS, "after")?),
+        "a pod created after uninstall was split"
+    );
     c.kubectl(["delete", "deployment", "-n", NS, "server", "--wait=true"])?;
-    c.kubectl(["delete", "pod", "-n", NS, "client-local", "--wait=true", "--timeout=60s"])?;
+    c.kubectl([
+        "delete",
+        "pod",
+        "-n",
+        NS,
+        "client-local",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
     c.wait(Duration::from_secs(60), "old split pods gone", || {
-        let left = c.kubectl(["get", "pods", "-n", NS, "-l", "app in (server,client)", "-o", "name"])?;
+        let left = c.kubectl([
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "app in (server,client)",
+            "-o",
+            "name",
+        ])?;
         Ok(left.lines().all(|l| l.contains("hostnet")).then_some(()))
     })?;
     for i in 1..=2 {
-        assert_eq!(node_links(&c, i)?.lines().filter(|l| l.contains("wx-") || l.contains("wi-")).count(), 0);
+        assert_eq!(
+            node_links(&c, i)?
+                .lines()
+                .filter(|l| l.contains("wx-") || l.contains("wi-"))
+                .count(),
+            0
+        );
     }
     Ok(())
 }
 
 fn installer_pod(c: &Cluster, node: &str) -> Result<String> {
     c.kubectl([
-        "get", "pod", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=agent",
-        "--field-selector", &format!("spec.nodeName={node}"), "-o", "jsonpath={.items[0].metadata.name}",
+        "get",
+        "pod",
+        "-n",
+        SYSTEM_NS,
+        "-l",
+        "app.kubernetes.io/component=agent",
+        "--field-selector",
+        &format!("spec.nodeName={node}"),
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
     ])
 }

@@ -19,6 +19,20 @@
 //! file names the boot that last wrote it, and the first allocation of a new
 //! boot jumps [`BOOT_GAP`] ahead, past any update a crash lost.
 
+pub mod plugin {
+    //! What the installer must know of the plugin to write a conflist entry
+    //! the plugin accepts (the plugin's own config parser checks the same).
+
+    /// The CNI `type` of weir's plugin.
+    pub const TYPE: &str = "weir";
+    /// The CNI spec versions the plugin speaks, oldest first.
+    pub const CNI_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+    /// `failurePolicy` values.
+    pub const FAILURE_POLICIES: [&str; 2] = ["Fail", "Ignore"];
+    /// `logLevel` values.
+    pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+}
+
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;

@@ -539,7 +539,13 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["serviceAccountName"], "weir-agent");
     let c = &pod["containers"][0];
-    assert_eq!(c["securityContext"]["privileged"], true);
+    // Named capabilities, not privileged (the cluster e2e test runs with them).
+    assert_eq!(c["securityContext"]["privileged"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"])
+    );
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(c["args"][0], "agent");
     let node_name = c["env"]
         .as_array()
@@ -551,19 +557,30 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
         node_name["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
-    let mounts: Vec<&str> = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["mountPath"].as_str().unwrap())
-        .collect();
-    for path in [
-        "/sys/fs/bpf",
-        "/var/lib/weir",
-        "/opt/cni/bin",
-        "/etc/cni/net.d",
-    ] {
-        assert!(mounts.contains(&path), "{path} not mounted: {mounts:?}");
+    let mounts_of = |c: &serde_json::Value| -> Vec<String> {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mounts = mounts_of(c);
+    for path in ["/sys/fs/bpf", "/var/lib/weir"] {
+        assert!(mounts.iter().any(|m| m == path), "{path} not mounted: {mounts:?}");
+    }
+    // The installer: the node's CNI directories, and nothing of bpffs.
+    let installer = &pod["containers"][1];
+    assert_eq!(installer["name"], "install-cni");
+    assert_eq!(installer["args"][0], "install-cni");
+    let mounts = mounts_of(installer);
+    for path in ["/host/cni/bin", "/host/cni/net.d"] {
+        assert!(mounts.iter().any(|m| m == path), "{path} not mounted: {mounts:?}");
+    }
+    assert!(!mounts.iter().any(|m| m == "/sys/fs/bpf"), "{mounts:?}");
+    let args: Vec<&str> = installer["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    for want in ["--conflist-name=00-weir.conflist", "--failure-policy=Ignore", "--attach=tc"] {
+        assert!(args.contains(&want), "{want} not in {args:?}");
     }
     let deploy = find("Deployment", "weir-controller");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
@@ -600,21 +617,21 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     find("ClusterRole", "weir-agent");
     find("Role", "weir-controller-leader-election");
 
-    // The CNI install is a later issue: asking for it fails, it is not faked.
-    let out = s
-        .helm(&[
+    // privileged: true only on request, and then with Bidirectional bpffs.
+    let privileged = s
+        .helm_ok(&[
             "template",
             "weir",
             &chart_dir().to_string_lossy(),
             "--set",
-            "cniInstall.enabled=true",
+            "agent.privileged=true",
+            "--show-only",
+            "templates/agent-daemonset.yaml",
         ])
         .unwrap();
-    assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not implemented"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        privileged.contains("privileged: true") && privileged.contains("mountPropagation: Bidirectional"),
+        "{privileged}"
     );
 
     // The chart's CRDs are the generated ones (crdgen writes and checks both).

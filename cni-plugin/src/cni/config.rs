@@ -16,7 +16,7 @@ use super::result::PrevResult;
 use super::version::CniVersion;
 
 /// The `type` weir answers to in a conflist.
-pub const PLUGIN_TYPE: &str = "weir";
+pub const PLUGIN_TYPE: &str = weir_node_state::plugin::TYPE;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weir";
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/weir";
 /// The GC key listing attachments the runtime still considers alive.

@@ -85,6 +85,12 @@ impl fmt::Display for CniVersion {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_installer_knows_every_version() {
+        let ours: Vec<&str> = super::CniVersion::ALL.iter().map(|v| v.as_str()).collect();
+        assert_eq!(ours, weir_node_state::plugin::CNI_VERSIONS);
+    }
+
     use super::*;
     use crate::cni::error::code;
 

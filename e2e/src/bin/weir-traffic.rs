@@ -54,7 +54,9 @@ fn udp_echo(port: &str, count: Option<&str>) -> Result<(), String> {
     let mut buf = vec![0u8; 65536];
     let mut echoed = 0u64;
     while count.is_none_or(|c| echoed < c) {
-        let (n, from) = sock.recv_from(&mut buf).map_err(|e| format!("receive: {e}"))?;
+        let (n, from) = sock
+            .recv_from(&mut buf)
+            .map_err(|e| format!("receive: {e}"))?;
         sock.send_to(&buf[..n], from)
             .map_err(|e| format!("echo to {from}: {e}"))?;
         echoed += 1;
@@ -138,7 +140,9 @@ fn tcp_send(to: &str, bytes: &str) -> Result<(), String> {
         .map_err(|e| format!("reading the server's count: {e}"))?;
     let received: u64 = number("the server's count", reply.trim())?;
     if received != bytes {
-        return Err(format!("the server received {received} bytes, {bytes} were sent"));
+        return Err(format!(
+            "the server received {received} bytes, {bytes} were sent"
+        ));
     }
     let (sent, retrans) = tcp_info(&conn)?;
     let port = conn.local_addr().map_err(|e| e.to_string())?.port();

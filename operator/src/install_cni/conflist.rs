@@ -32,7 +32,7 @@ pub const EXTENSIONS: [&str; 3] = [".conf", ".conflist", ".json"];
 /// go-cni's default upper bound on a config file's size.
 pub const MAX_FILE_SIZE: u64 = 2 * 1024 * 1024;
 /// The CNI `type` of weir's plugin.
-pub const WEIR_TYPE: &str = weir_cni::cni::config::PLUGIN_TYPE;
+pub const WEIR_TYPE: &str = weir_node_state::plugin::TYPE;
 
 /// weir's entry settings, as written into the conflist. Paths are the
 /// node's (the plugin runs on the host), written as given.
@@ -65,16 +65,38 @@ impl WeirSettings {
         Value::Object(entry)
     }
 
-    /// Checks the entry the way the plugin will read it (with the list's
-    /// `name` and `cniVersion` injected, as the runtime does).
-    pub fn validate(&self, name: &str, cni_version: &str) -> Result<(), String> {
-        let mut conf = self.entry();
-        conf["name"] = name.into();
-        conf["cniVersion"] = cni_version.into();
-        let bytes = serde_json::to_vec(&conf).map_err(|e| e.to_string())?;
-        weir_cni::cni::NetConf::parse(&bytes)
-            .map(|_| ())
-            .map_err(|e| format!("weir would reject its entry: {e}"))
+    /// Checks the entry against what the plugin accepts (its config parser
+    /// refuses the same): a runtime would otherwise fail every pod's ADD.
+    pub fn validate(&self, _name: &str, cni_version: &str) -> Result<(), String> {
+        use weir_node_state::plugin;
+        let refuse = |what: &str| Err(format!("weir would reject its entry: {what}"));
+        if !plugin::CNI_VERSIONS.contains(&cni_version) {
+            return refuse(&format!(
+                "unsupported CNI version {cni_version:?} (it speaks {})",
+                plugin::CNI_VERSIONS.join(", ")
+            ));
+        }
+        if !plugin::FAILURE_POLICIES.contains(&self.failure_policy.as_str()) {
+            return refuse(&format!("failurePolicy {:?}", self.failure_policy));
+        }
+        if !plugin::LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return refuse(&format!("logLevel {:?}", self.log_level));
+        }
+        if self.attach.parse::<weir_node_state::AttachMode>().is_err() {
+            return refuse(&format!("attach {:?}", self.attach));
+        }
+        for (key, path) in [
+            ("stateDir", Some(&self.state_dir)),
+            ("bpfRoot", Some(&self.bpf_root)),
+            ("logFile", self.log_file.as_ref()),
+        ] {
+            if let Some(path) = path
+                && !path.starts_with('/')
+            {
+                return refuse(&format!("{key} must be an absolute path, got {path:?}"));
+            }
+        }
+        Ok(())
     }
 }
 
