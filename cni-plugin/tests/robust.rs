@@ -427,10 +427,11 @@ fn add_killed_at_every_step_is_recoverable() -> Result<()> {
         lab.assert_no_state(&format!("killed after {step}, then GC"))?;
     }
 
-    // The node agent's repair at start: the library function it calls.
+    // The node agent's repair at start: the library function it calls
+    // (weir-ebpf, so the agent needs no plugin crate).
     for step in [Step::ReleaseOriginal, Step::MoveRoutes] {
         add_killed_at(&lab, "kill-agent", step)?;
-        let repaired = weir_cni::repair::repair_orphans(&lab.node.state_dir, &lab.bpf_root);
+        let repaired = weir_ebpf::repair::repair_orphans(&lab.node.state_dir, &lab.bpf_root);
         ensure!(
             repaired.failures.is_empty() && repaired.attachments.len() == 1,
             "{repaired:?}"

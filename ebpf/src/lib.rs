@@ -25,14 +25,18 @@ use std::{
 
 pub mod abi;
 mod elf;
+pub mod iface;
 pub mod maps;
 mod netlink;
+pub mod netns;
 pub mod node_program;
 mod object;
 mod pinned;
+pub mod repair;
 pub mod split;
 mod stub;
 mod sys;
+pub mod unsplit;
 pub mod vxlan;
 pub mod vxlan_abi;
 

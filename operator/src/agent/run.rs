@@ -43,7 +43,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     // netlink and file work, once, before serving.
     let (state_dir, bpf_root) = (config.state_dir.clone(), config.bpf_root.clone());
     match tokio::task::spawn_blocking(move || {
-        weir_cni::repair::repair_orphans(&state_dir, &bpf_root)
+        weir_ebpf::repair::repair_orphans(&state_dir, &bpf_root)
     })
     .await
     {

@@ -8,17 +8,18 @@
 //! first change. A record in phase `adding` whose lock is free is therefore
 //! an ADD that died: [`repair_orphans`] puts that pod back as the plugins
 //! before weir left it, exactly as DEL would, and removes the record. The
-//! agent calls it when it starts.
+//! agent calls it when it starts; the CNI plugin's DEL, ADD and GC use
+//! [`release`].
 
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
-use weir_ebpf::BpfRoot;
-use weir_ebpf::maps::NodeMaps;
-
-use crate::netns::{self, NetnsError};
-use crate::split::{self, Names, Original};
 use weir_node_state::{AttachmentRecord, Phase, StateStore};
+
+use crate::BpfRoot;
+use crate::maps::NodeMaps;
+use crate::netns::{self, NetnsError};
+use crate::unsplit::{self as split, Names, Original};
 
 /// The bpffs attachment id of a record: its own, or for a record of an
 /// older build the id that build derived.
@@ -26,7 +27,7 @@ pub fn attachment_of(record: &AttachmentRecord) -> String {
     record
         .attachment_id
         .clone()
-        .unwrap_or_else(|| weir_ebpf::legacy_attachment_id(&record.container_id, &record.ifname))
+        .unwrap_or_else(|| crate::legacy_attachment_id(&record.container_id, &record.ifname))
 }
 
 /// Undoes the split of `names` in the namespace at `netns_path` (from
@@ -46,7 +47,7 @@ pub fn undo_in(
     match undone {
         Ok(failures) if failures.is_empty() => Ok(()),
         Ok(failures) => Err(failures.join("; ")),
-        Err(NetnsError::Missing { .. }) => weir_ebpf::split::remove_pins(root, attachment)
+        Err(NetnsError::Missing { .. }) => crate::split::remove_pins(root, attachment)
             .map_err(|e| format!("removing pins of {attachment}: {e}")),
         Err(e) => Err(e.to_string()),
     }
@@ -66,7 +67,7 @@ pub fn release(
 ) -> Result<(), String> {
     let attachment = match record {
         Some(r) => attachment_of(r),
-        None => weir_ebpf::attachment_id(container_id, ifname),
+        None => crate::attachment_id(container_id, ifname),
     };
     if let Some(names) = Names::for_ifname(ifname) {
         let original = record.and_then(|r| {
@@ -77,7 +78,7 @@ pub fn release(
         match netns_path.filter(|p| netns::exists(p) && !netns::is_own(p)) {
             Some(path) => undo_in(path, &names, original, root, &attachment)
                 .map_err(|e| format!("undoing the split of {ifname}: {e}"))?,
-            None => weir_ebpf::split::remove_pins(root, &attachment)
+            None => crate::split::remove_pins(root, &attachment)
                 .map_err(|e| format!("removing pins of {attachment}: {e}"))?,
         }
     }
