@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image image-check bench bench-scale bench-agent crds clippy clean fuzz
+.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image image-check bench bench-scale bench-agent bench-pod-start crds clippy clean fuzz
 
 all: build
 
@@ -42,6 +42,10 @@ bench: bootstrap
 # The agent's PodFlow writer at scale against a real control plane.
 bench-scale: bootstrap
 	bash bench/scale.sh
+
+# Pod start-to-ready on the local cluster, with weir in the chain and without.
+bench-pod-start: bootstrap
+	bash bench/pod-start.sh
 
 # The node agent's and the VXLAN monitor's cost (throughput, RSS, CPU).
 bench-agent: bootstrap

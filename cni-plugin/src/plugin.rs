@@ -75,19 +75,16 @@ struct Faults {
 }
 
 fn faults(conf: &NetConf) -> cni::Result<Faults> {
-    let Some(f) = conf.fault_injection.as_ref() else {
-        return Ok(Faults::default());
-    };
-    let step = |s: &Option<String>| {
-        s.as_deref()
-            .map(|s| s.parse::<Step>().map_err(CniError::invalid_config))
-            .transpose()
-    };
-    Ok(Faults {
-        fail_at: step(&f.fail_at)?,
-        pause_at: step(&f.pause_at)?,
-        pause_fifo: f.pause_fifo.clone(),
-    })
+    // (the steps were checked when the config was read)
+    Ok(conf
+        .fault_injection
+        .as_ref()
+        .map(|f| Faults {
+            fail_at: f.fail_at,
+            pause_at: f.pause_at,
+            pause_fifo: f.pause_fifo.clone(),
+        })
+        .unwrap_or_default())
 }
 
 impl Faults {

@@ -430,8 +430,8 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     }
 
     // 2. A profile in shop; pods through the real kubelet.
-    c.apply(&profile("1s"))?;
     c.apply(&manifests(&c))?;
+    c.apply(&profile("1s"))?;
     wait_pods_ready(&c, NS)?;
     wait_pods_ready(&c, OTHER_NS)?;
     let server = server_pod(&c)?;

@@ -86,8 +86,9 @@ fn check_request(req: &Request) {
             assert!(p.is_absolute(), "{p:?}");
         }
         if let Some(f) = &conf.fault_injection {
-            for s in [&f.fail_at, &f.pause_at].into_iter().flatten() {
-                let _ = s.parse::<Step>();
+            // steps are parsed when the config is read: they print back
+            for s in [f.fail_at, f.pause_at].into_iter().flatten() {
+                assert_eq!(s.name().parse::<Step>(), Ok(s));
             }
         }
         if let Some(prev) = &conf.prev_result {

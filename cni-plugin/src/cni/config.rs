@@ -97,15 +97,17 @@ impl fmt::Display for LogLevel {
     }
 }
 
-/// Test-only hook: make ADD fail at a named step to exercise rollback.
+/// Test-only hook: make ADD fail right after a named step to exercise
+/// rollback. The step is checked when the config is read: a name that is no
+/// step makes the config invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultInjection {
     /// ADD fails right after this step (and restores the pod).
-    pub fail_at: Option<String>,
+    pub fail_at: Option<crate::split::Step>,
     /// ADD stops right after this step: it writes the step's name into the
     /// FIFO `pauseFifo` (blocking until a reader opens it) and then waits
     /// forever, for a test to `kill -9` it there.
-    pub pause_at: Option<String>,
+    pub pause_at: Option<crate::split::Step>,
     pub pause_fifo: Option<PathBuf>,
 }
 
@@ -255,7 +257,10 @@ fn parse_fault_injection(obj: &Map<String, Value>) -> Result<Option<FaultInjecti
     };
     let step = |key: &str| match optional_str(inner, key) {
         Ok(None) => Ok(None),
-        Ok(Some(s)) if !s.is_empty() => Ok(Some(s.to_owned())),
+        Ok(Some(s)) if !s.is_empty() => s
+            .parse::<crate::split::Step>()
+            .map(Some)
+            .map_err(|e| CniError::invalid_config(format!("faultInjection.{key}: {e}"))),
         _ => Err(CniError::invalid_config(format!(
             "faultInjection.{key} must be a non-empty string"
         ))),
@@ -380,7 +385,7 @@ mod tests {
             "attach": "tcx",
             "logFile": "/var/log/weir/cni.log",
             "logLevel": "DEBUG",
-            "faultInjection": {"failAt": "after-rename"},
+            "faultInjection": {"failAt": "move-routes"},
             "runtimeConfig": {"portMappings": [{"hostPort": 8080}], "anything": [1, 2]},
             "capabilities": {"portMappings": true},
             "args": {"cni": {"labels": []}},
@@ -398,10 +403,29 @@ mod tests {
         );
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(
-            c.fault_injection.unwrap().fail_at.as_deref(),
-            Some("after-rename")
+            c.fault_injection.unwrap().fail_at,
+            Some(crate::split::Step::MoveRoutes)
         );
         assert_eq!(c.prev_result.unwrap().interfaces.len(), 3);
+    }
+
+    #[test]
+    fn fault_injection_names_a_step_or_the_config_is_invalid() {
+        let c = conf(with("faultInjection", json!({"failAt": "attach"}))).unwrap();
+        assert_eq!(
+            c.fault_injection.and_then(|f| f.fail_at),
+            Some(crate::split::Step::Attach)
+        );
+        for bad in [
+            json!({"failAt": "after-rename"}),
+            json!({"failAt": ""}),
+            json!("attach"),
+        ] {
+            let err = conf(with("faultInjection", bad.clone())).unwrap_err();
+            assert_eq!(err.code(), code::INVALID_CONFIG, "{bad}");
+        }
+        let err = conf(with("faultInjection", json!({"failAt": "after-rename"}))).unwrap_err();
+        assert!(err.to_string().contains("known steps"), "{err}");
     }
 
     #[test]
@@ -599,7 +623,7 @@ mod tests {
         ))
         .unwrap();
         let f = c.fault_injection.unwrap();
-        assert_eq!(f.pause_at.as_deref(), Some("rename"));
+        assert_eq!(f.pause_at, Some(crate::split::Step::Rename));
         assert_eq!(f.fail_at, None);
         let err = conf(with("faultInjection", json!({"pauseAt": "rename"}))).unwrap_err();
         assert!(err.msg().contains("pauseFifo"), "{err}");

@@ -72,11 +72,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         })?;
     info!(node = %config.node_name, listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "weir agent started");
     let kube = match &config.kube {
-        Some(settings) => Some(
-            super::kube_agent::KubeAgent::start(settings, &config.node_name)
-                .await
-                .map_err(Error::Kube)?,
-        ),
+        Some(settings) => {
+            Some(super::kube_agent::KubeAgent::start(settings, &config.node_name).await?)
+        }
         None => None,
     };
     let mut registry = metrics::registry(shared.clone());
