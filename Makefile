@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image image-check bench bench-scale bench-agent bench-pod-start crds clippy clean
+.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image image-check bench bench-scale bench-agent bench-pod-start crds clippy clean fuzz
 
 all: build
 
@@ -30,6 +30,11 @@ demo-down:
 # The quick one, without Kubernetes: pods in network namespaces, chained by cnitool.
 demo-netns: bootstrap
 	bash scripts/demo.sh
+
+# AFL++ on the plugin's parsers for FUZZ_SECONDS (default 600); crashes
+# land in fuzz/regressions/, which `make test` runs once.
+fuzz: bootstrap
+	bash scripts/fuzz.sh
 
 bench: bootstrap
 	bash bench/run.sh

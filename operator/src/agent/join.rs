@@ -141,6 +141,9 @@ mod tests {
             outer_ifindex: 2,
             inner_ifindex: 3,
             created_unix: 0,
+            phase: weir_node_state::Phase::Split,
+            attachment_id: None,
+            original: None,
         }
     }
 
