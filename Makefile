@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image image-check bench bench-scale bench-agent crds clippy clean
+.PHONY: all bootstrap build test test-unit test-privileged demo demo-down demo-netns image image-check bench bench-scale bench-agent bench-pod-start crds clippy clean fuzz
 
 all: build
 
@@ -31,12 +31,21 @@ demo-down:
 demo-netns: bootstrap
 	bash scripts/demo.sh
 
+# AFL++ on the plugin's parsers for FUZZ_SECONDS (default 600); crashes
+# land in fuzz/regressions/, which `make test` runs once.
+fuzz: bootstrap
+	bash scripts/fuzz.sh
+
 bench: bootstrap
 	bash bench/run.sh
 
 # The agent's PodFlow writer at scale against a real control plane.
 bench-scale: bootstrap
 	bash bench/scale.sh
+
+# Pod start-to-ready on the local cluster, with weir in the chain and without.
+bench-pod-start: bootstrap
+	bash bench/pod-start.sh
 
 # The node agent's and the VXLAN monitor's cost (throughput, RSS, CPU).
 bench-agent: bootstrap

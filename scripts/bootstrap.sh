@@ -46,6 +46,8 @@ APT_PACKAGES=(
   # for the API relay, binutils (strip) and file for the images.
   gcc libc6-dev pkg-config libseccomp-dev busybox-static iptables conntrack
   openssl socat binutils file
+  # make fuzz: AFL++ (afl-fuzz and its compiler runtime for the target)
+  afl++
   # kubectl weir graph: Graphviz lays out the SVG; the headless browser test
   # loads the HTML/SVG it writes.
   graphviz chromium

@@ -3,9 +3,10 @@
 //! node state it writes ([`weir_node_state`]).
 
 pub mod cni;
-pub mod iface;
 pub mod logging;
-pub mod netns;
 pub mod plugin;
 pub mod split;
+// Netlink, namespaces and the undo live in weir-ebpf, where the node agent
+// reaches them too; these paths stay as they were.
+pub use weir_ebpf::{iface, netns, repair};
 pub mod sysctl;

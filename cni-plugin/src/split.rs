@@ -6,77 +6,103 @@
 //! per-interface sysctls, addresses and routes; tc programs on `wx-eth0` and
 //! `wi-eth0` ingress move frames between the halves and count them.
 //!
-//! Every step is recorded in [`Progress`] so that a failure anywhere puts the
-//! namespace back exactly as it was found.
+//! Crash consistency: the caller's journal holds the original interface's
+//! exact configuration before the first change ([`Hooks::journal`]). The new
+//! pair is then prepared completely while the pod keeps working on its
+//! original `eth0` (under the temporary name `wt-eth0`: MAC, MTU, sysctls,
+//! addresses; the stubs loaded), and only then swapped in: rename the
+//! original away, rename the new device in, routes (the pod has its default
+//! route again), attach the stubs, original's half up — a handful of netlink
+//! requests and nothing else. Whatever moment a
+//! process dies at, [`undo`] puts the namespace back from the journal and
+//! what it finds in the namespace; the same function rolls back a failed
+//! step, undoes a split on DEL, and repairs orphans for GC and the agent.
+//!
+//! The split's own halves are silent: IPv6 is disabled on `wx-` and `wi-`
+//! before they come up, so they send no router solicitations, MLD reports or
+//! neighbour solicitations of their own; only the pod's `eth0` speaks.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use rtnetlink::Handle;
 use tracing::debug;
 use weir_ebpf::{AttachMode, BpfRoot, SplitParams};
 
-use crate::iface::{self, Link, Snapshot};
+use crate::iface::{self, Link};
 use crate::sysctl;
-
-/// The three interface names of one split, derived from CNI_IFNAME so a pod
-/// with several interfaces gets one split per interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Names {
-    pub pod: String,
-    pub outer: String,
-    pub inner: String,
-}
-
-impl Names {
-    /// `None` when the prefixed names would exceed the kernel's 15 bytes.
-    pub fn for_ifname(ifname: &str) -> Option<Self> {
-        let outer = format!("wx-{ifname}");
-        (outer.len() <= 15).then(|| Self {
-            pod: ifname.to_string(),
-            outer,
-            inner: format!("wi-{ifname}"),
-        })
-    }
-}
+pub use weir_ebpf::unsplit::{
+    DISABLE_IPV6, Names, Original, format_mac, parse_mac, read_ipv6_conf, silence, split_devices,
+    undo,
+};
 
 /// The steps of a split, in order. Named so a test can fail right after any
-/// one of them through the network config's `faultInjection.failAt`.
+/// one of them (`faultInjection.failAt`) or stop the process there
+/// (`faultInjection.pauseAt`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    Rename,
+    /// Outside the namespace: the intent and the original interface are
+    /// recorded in node state (phase `adding`).
+    Journal,
+    /// The new pair `wt-<if>`/`wi-<if>`, with the original's MAC and MTU.
     CreatePair,
-    /// The new device takes the original's per-interface sysctls.
+    /// The new device takes the original's per-interface sysctls; `wi-`
+    /// gets IPv6 disabled.
     CopySysctls,
+    /// `wi-<if>` up.
     LinkUp,
-    Attach,
-    MoveAddresses,
+    /// The pod's addresses on the new device (still down, still `wt-`).
+    PrepareAddresses,
+    /// The stubs loaded and verified (the node program too, on first use).
+    Load,
+    /// The swap starts: the original becomes `wx-<if>` (down).
+    Rename,
+    /// `wx-<if>` gives up its IPv4 addresses and gets IPv6 disabled.
+    ReleaseOriginal,
+    /// The new device becomes `<if>` and comes up.
+    RenameNew,
+    /// The routes through the new `<if>`.
     MoveRoutes,
-    /// Outside the namespace: writing the node state record.
+    /// The stubs on `wx-` and `wi-` ingress.
+    Attach,
+    /// `wx-<if>` up: the swap is over.
+    OuterUp,
+    /// Outside the namespace: the record rewritten as complete.
     WriteState,
 }
 
 impl Step {
-    pub const ALL: [Step; 8] = [
-        Step::Rename,
+    pub const ALL: [Step; 13] = [
+        Step::Journal,
         Step::CreatePair,
         Step::CopySysctls,
         Step::LinkUp,
-        Step::Attach,
-        Step::MoveAddresses,
+        Step::PrepareAddresses,
+        Step::Load,
+        Step::Rename,
+        Step::ReleaseOriginal,
+        Step::RenameNew,
         Step::MoveRoutes,
+        Step::Attach,
+        Step::OuterUp,
         Step::WriteState,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Step::Rename => "rename",
+            Step::Journal => "journal",
             Step::CreatePair => "create-pair",
             Step::CopySysctls => "copy-sysctls",
             Step::LinkUp => "link-up",
+            Step::PrepareAddresses => "prepare-addresses",
+            Step::Load => "load",
+            Step::Rename => "rename",
+            Step::ReleaseOriginal => "release-original",
             Step::Attach => "attach",
-            Step::MoveAddresses => "move-addresses",
+            Step::RenameNew => "rename-new",
             Step::MoveRoutes => "move-routes",
+            Step::OuterUp => "outer-up",
             Step::WriteState => "write-state",
         }
     }
@@ -101,6 +127,14 @@ impl FromStr for Step {
     }
 }
 
+/// What the caller does at the split's journal point and after each step.
+pub trait Hooks: Send + Sync {
+    /// Records the intent and `original` durably; runs before any change.
+    fn journal(&self, original: &Original) -> Result<(), String>;
+    /// Runs after each step; an error fails the split at that step.
+    fn after(&self, step: Step) -> Result<(), String>;
+}
+
 /// What the split needs besides the netlink handle.
 pub struct SplitRequest<'a> {
     pub names: &'a Names,
@@ -108,7 +142,7 @@ pub struct SplitRequest<'a> {
     pub attachment_id: &'a str,
     pub pod_id: u32,
     pub attach_mode: AttachMode,
-    pub fail_after: Option<Step>,
+    pub hooks: &'a dyn Hooks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +152,9 @@ pub struct Split {
     pub inner_ifindex: u32,
     pub attach_mode: AttachMode,
     pub mac: Vec<u8>,
+    /// How long the swap took: from the original leaving to its half up
+    /// again (the only time the pod has no working interface).
+    pub swap: Duration,
 }
 
 #[derive(Debug)]
@@ -125,6 +162,8 @@ pub enum SplitOutcome {
     Split(Split),
     /// The interface cannot be split safely; nothing was changed.
     PassThrough(String),
+    /// There is no such interface in the namespace; nothing was changed.
+    Missing(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,27 +184,21 @@ fn restore_note(failures: &[String]) -> String {
     }
 }
 
-#[derive(Default)]
-struct Progress {
-    renamed: bool,
-    pair_created: bool,
-    attach_mode: Option<AttachMode>,
-}
-
 pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutcome, SplitError> {
     let names = req.names;
-    let lookup_failed = |cause: String| SplitError {
+    let failed_before_change = |step: Step, cause: String| SplitError {
         ifname: names.pod.clone(),
-        step: Step::Rename,
+        step,
         cause,
         restore_failures: Vec::new(),
     };
+    let lookup_failed = |cause: String| failed_before_change(Step::Journal, cause);
     let Some(original) = iface::link_by_name(handle, &names.pod)
         .await
         .map_err(|e| lookup_failed(e.to_string()))?
     else {
-        return Ok(SplitOutcome::PassThrough(format!(
-            "no interface {} in the pod namespace",
+        return Ok(SplitOutcome::Missing(format!(
+            "there is no interface {} in the pod's network namespace",
             names.pod
         )));
     };
@@ -176,7 +209,7 @@ pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutco
             original.kind_name()
         )));
     }
-    for taken in [&names.outer, &names.inner] {
+    for taken in [&names.outer, &names.inner, &names.temp] {
         if iface::link_by_name(handle, taken)
             .await
             .map_err(|e| lookup_failed(e.to_string()))?
@@ -190,12 +223,28 @@ pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutco
     let snapshot = iface::capture(handle, original)
         .await
         .map_err(|e| lookup_failed(e.to_string()))?;
+    let original = Original {
+        disable_ipv6: read_ipv6_conf(&names.pod, DISABLE_IPV6),
+        snapshot,
+    };
+    req.hooks
+        .journal(&original)
+        .map_err(|e| failed_before_change(Step::Journal, e))?;
+    if let Err(cause) = req.hooks.after(Step::Journal) {
+        return Err(failed_before_change(Step::Journal, cause));
+    }
 
-    let mut progress = Progress::default();
-    match run_steps(handle, req, &snapshot, &mut progress).await {
+    match run_steps(handle, req, &original).await {
         Ok(split) => Ok(SplitOutcome::Split(split)),
         Err((step, cause)) => {
-            let restore_failures = restore(handle, req, &snapshot, &progress).await;
+            let restore_failures = undo(
+                handle,
+                names,
+                Some(&original),
+                req.bpf_root,
+                req.attachment_id,
+            )
+            .await;
             Err(SplitError {
                 ifname: names.pod.clone(),
                 step,
@@ -209,53 +258,40 @@ pub async fn split(handle: &Handle, req: &SplitRequest<'_>) -> Result<SplitOutco
 async fn run_steps(
     handle: &Handle,
     req: &SplitRequest<'_>,
-    snap: &Snapshot,
-    progress: &mut Progress,
+    orig: &Original,
 ) -> Result<Split, (Step, String)> {
     let names = req.names;
+    let snap = &orig.snapshot;
     let original = &snap.link;
-    let fault = |step: Step| -> Result<(), (Step, String)> {
-        if req.fail_after == Some(step) {
-            Err((step, format!("fault injected after step {step}")))
-        } else {
-            Ok(())
-        }
-    };
+    let after = |step: Step| req.hooks.after(step).map_err(|cause| (step, cause));
     let at = |step: Step| move |e: iface::NetlinkError| (step, e.to_string());
-
-    iface::rename_down(handle, original.index, &names.outer)
-        .await
-        .map_err(at(Step::Rename))?;
-    progress.renamed = true;
-    fault(Step::Rename)?;
 
     iface::create_veth(
         handle,
-        &names.pod,
+        &names.temp,
         &names.inner,
         &original.mac,
         original.mtu,
     )
     .await
     .map_err(at(Step::CreatePair))?;
-    progress.pair_created = true;
-    let pod = require_link(handle, &names.pod)
+    let pod = require_link(handle, &names.temp)
         .await
         .map_err(at_msg(Step::CreatePair))?;
     let inner = require_link(handle, &names.inner)
         .await
         .map_err(at_msg(Step::CreatePair))?;
-    fault(Step::CreatePair)?;
+    after(Step::CreatePair)?;
 
     // Before the link comes up and the addresses arrive: settings such as
     // disable_ipv6, addr_gen_mode, accept_dad or accept_ra decide what the
     // kernel does at those moments. Blocking file I/O is right here: this
     // thread is the one inside the pod's namespace.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let copied = sysctl::copy_settings(
         std::path::Path::new(sysctl::PROC_SYS_NET),
-        &names.outer,
         &names.pod,
+        &names.temp,
     )
     .map_err(|e| (Step::CopySysctls, e.to_string()))?;
     for c in &copied {
@@ -263,30 +299,30 @@ async fn run_steps(
             "sysctl net.{}.{}.{}.{}: {} -> {} (from {})",
             c.family,
             c.table,
-            names.pod,
+            names.temp,
             c.name,
             c.was.as_deref().unwrap_or("?"),
             c.value,
-            names.outer
+            names.pod
         );
     }
+    silence(&names.inner).map_err(|e| (Step::CopySysctls, e))?;
     debug!(
         copied = copied.len(),
         micros = started.elapsed().as_micros() as u64,
         "per-interface sysctls compared and copied"
     );
-    fault(Step::CopySysctls)?;
+    after(Step::CopySysctls)?;
 
-    iface::set_up(handle, original.index, true)
-        .await
-        .map_err(at(Step::LinkUp))?;
     iface::set_up(handle, inner.index, true)
         .await
         .map_err(at(Step::LinkUp))?;
-    iface::set_up(handle, pod.index, original.up)
+    after(Step::LinkUp)?;
+
+    iface::add_addresses(handle, pod.index, &snap.addresses)
         .await
-        .map_err(at(Step::LinkUp))?;
-    fault(Step::LinkUp)?;
+        .map_err(at(Step::PrepareAddresses))?;
+    after(Step::PrepareAddresses)?;
 
     let params = SplitParams {
         pod_id: req.pod_id,
@@ -294,23 +330,52 @@ async fn run_steps(
         wi_ifindex: inner.index,
         outbound_via_peer: original.peer_netns_id.is_some(),
     };
-    let mode = weir_ebpf::split::attach(req.bpf_root, req.attachment_id, &params, req.attach_mode)
-        .map_err(|e| (Step::Attach, e.to_string()))?;
-    progress.attach_mode = Some(mode);
-    fault(Step::Attach)?;
+    let stubs =
+        weir_ebpf::split::load(req.bpf_root, &params).map_err(|e| (Step::Load, e.to_string()))?;
+    after(Step::Load)?;
+
+    // The swap: nothing in here but the netlink requests (and one sysctl
+    // write) that replace the pod's interface.
+    let swap_started = Instant::now();
+    iface::rename_down(handle, original.index, &names.outer)
+        .await
+        .map_err(at(Step::Rename))?;
+    after(Step::Rename)?;
 
     iface::remove_addresses(handle, &snap.addresses)
         .await
-        .map_err(at(Step::MoveAddresses))?;
-    iface::add_addresses(handle, pod.index, &snap.addresses)
-        .await
-        .map_err(at(Step::MoveAddresses))?;
-    fault(Step::MoveAddresses)?;
+        .map_err(at(Step::ReleaseOriginal))?;
+    silence(&names.outer).map_err(|e| (Step::ReleaseOriginal, e))?;
+    after(Step::ReleaseOriginal)?;
 
-    iface::add_routes(handle, pod.index, &snap.routes)
+    iface::rename_set_up(handle, pod.index, &names.pod, original.up)
         .await
-        .map_err(at(Step::MoveRoutes))?;
-    fault(Step::MoveRoutes)?;
+        .map_err(at(Step::RenameNew))?;
+    after(Step::RenameNew)?;
+
+    if original.up {
+        iface::add_routes(handle, pod.index, &snap.routes)
+            .await
+            .map_err(at(Step::MoveRoutes))?;
+    }
+    after(Step::MoveRoutes)?;
+
+    // The pod has its default route again; inbound frames wait for wx- up.
+    let mode = weir_ebpf::split::attach_loaded(
+        req.bpf_root,
+        req.attachment_id,
+        &stubs,
+        &params,
+        req.attach_mode,
+    )
+    .map_err(|e| (Step::Attach, e.to_string()))?;
+    after(Step::Attach)?;
+
+    iface::set_up(handle, original.index, true)
+        .await
+        .map_err(at(Step::OuterUp))?;
+    let swap = swap_started.elapsed();
+    after(Step::OuterUp)?;
 
     Ok(Split {
         pod_ifindex: pod.index,
@@ -318,6 +383,7 @@ async fn run_steps(
         inner_ifindex: inner.index,
         attach_mode: mode,
         mac: original.mac.clone(),
+        swap,
     })
 }
 
@@ -331,119 +397,6 @@ async fn require_link(handle: &Handle, name: &str) -> Result<Link, String> {
         Ok(None) => Err(format!("{name} vanished right after it was created")),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Puts the namespace back as `snap` describes it. Keeps going after a failed
-/// action so one problem does not leave the rest undone; returns what failed.
-async fn restore(
-    handle: &Handle,
-    req: &SplitRequest<'_>,
-    snap: &Snapshot,
-    progress: &Progress,
-) -> Vec<String> {
-    let names = req.names;
-    let original = &snap.link;
-    let mut failures = Vec::new();
-    if let Some(mode) = progress.attach_mode
-        && let Err(e) = weir_ebpf::split::detach(req.bpf_root, req.attachment_id, mode)
-    {
-        failures.push(format!("detach programs: {e}"));
-    }
-    if progress.pair_created {
-        match iface::link_by_name(handle, &names.pod).await {
-            Ok(Some(pod)) if pod.index != original.index => {
-                if let Err(e) = iface::delete_link(handle, pod.index).await {
-                    failures.push(e.to_string());
-                }
-            }
-            Ok(_) => {}
-            Err(e) => failures.push(e.to_string()),
-        }
-    }
-    if progress.renamed
-        && let Err(e) = iface::rename_down(handle, original.index, &original.name).await
-    {
-        failures.push(e.to_string());
-    }
-    failures.extend(reapply(handle, original.index, snap).await);
-    failures
-}
-
-/// Gives link `index` the addresses, routes and up state of `snap`.
-async fn reapply(handle: &Handle, index: u32, snap: &Snapshot) -> Vec<String> {
-    let mut failures = Vec::new();
-    if let Err(e) = iface::add_addresses(handle, index, &snap.addresses).await {
-        failures.push(e.to_string());
-    }
-    if let Err(e) = iface::set_up(handle, index, snap.link.up).await {
-        failures.push(e.to_string());
-    }
-    if snap.link.up
-        && let Err(e) = iface::add_routes(handle, index, &snap.routes).await
-    {
-        failures.push(e.to_string());
-    }
-    failures
-}
-
-/// Undoes a split for DEL so the plugins before weir find the interface they
-/// created under its own name, with its addresses (bridge's DEL reads them to
-/// tear down masquerading). Missing pieces are not errors: DEL is idempotent.
-pub async fn unsplit(
-    handle: &Handle,
-    names: &Names,
-    bpf_root: &BpfRoot,
-    attachment_id: &str,
-    mode: Option<AttachMode>,
-) -> Result<bool, String> {
-    if let Some(mode) = mode {
-        weir_ebpf::split::detach(bpf_root, attachment_id, mode)
-            .map_err(|e| format!("detach programs: {e}"))?;
-    }
-    let Some(outer) = iface::link_by_name(handle, &names.outer)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(false);
-    };
-    let pod = iface::link_by_name(handle, &names.pod)
-        .await
-        .map_err(|e| e.to_string())?;
-    let moved = match pod {
-        Some(pod) if pod.index != outer.index => {
-            let snap = iface::capture(handle, pod.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            iface::delete_link(handle, pod.index)
-                .await
-                .map_err(|e| e.to_string())?;
-            Some(snap)
-        }
-        _ => None,
-    };
-    // The inner end goes with the pod end; this covers a pair left half-made.
-    if let Some(inner) = iface::link_by_name(handle, &names.inner)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        iface::delete_link(handle, inner.index)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    iface::rename_down(handle, outer.index, &names.pod)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(snap) = moved {
-        let failures = reapply(handle, outer.index, &snap).await;
-        if !failures.is_empty() {
-            return Err(failures.join("; "));
-        }
-    } else {
-        iface::set_up(handle, outer.index, true)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(true)
 }
 
 /// What CHECK verifies: the three devices are there and wired as weir left
@@ -504,21 +457,6 @@ pub async fn verify(
         outbound_via_peer: outer.peer_netns_id.is_some(),
     };
     weir_ebpf::split::verify(bpf_root, attachment_id, &params).map_err(|e| e.to_string())
-}
-
-pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-pub fn parse_mac(text: &str) -> Option<Vec<u8>> {
-    let bytes: Option<Vec<u8>> = text
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).ok())
-        .collect();
-    bytes.filter(|b| b.len() == 6)
 }
 
 #[cfg(test)]

@@ -563,8 +563,8 @@ fn failure_at_every_step_restores_the_pod_exactly() -> Result<()> {
         assert_ne!(exit, 0, "ADD with a fault at {step} must fail");
         let err = call.json()?;
         let expected_code = match step {
-            weir_cni::split::Step::Attach => 101,
-            weir_cni::split::Step::WriteState => 102,
+            weir_cni::split::Step::Load | weir_cni::split::Step::Attach => 101,
+            weir_cni::split::Step::Journal | weir_cni::split::Step::WriteState => 102,
             _ => 100,
         };
         assert_eq!(err["code"], expected_code, "step {step}: {err}");

@@ -204,7 +204,7 @@ make_node_namespaces() {
       for d in ${NODE_DIRS[*]}; do mount --bind $root\$d \$d; done
       # The host's bpffs is private here: the node gets its own, shared (the
       # runtime refuses a Bidirectional/HostToContainer mount of a private one).
-      while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done
+      while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf; done
       mount -t bpf bpf /sys/fs/bpf
       mount --make-shared /sys/fs/bpf"
   done

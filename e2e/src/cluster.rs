@@ -169,6 +169,23 @@ impl Cluster {
         checked("kubectl", &["apply", "-f", "-"], out)
     }
 
+    /// kubectl `args` with `stdin` as its input; its stdout, or an error.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<String> {
+        let mut child = self
+            .kubectl_command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(stdin.as_bytes())?;
+        checked("kubectl", args, child.wait_with_output()?)
+    }
+
     /// [`apply`](Self::apply) whatever its exit status (to see refusals).
     pub fn apply_output(&self, manifests: &str) -> Result<Output> {
         let mut child = self

@@ -287,6 +287,7 @@ fn counts(v: &Value) -> (i64, i64) {
 fn wait_exact(
     c: &Cluster,
     what: &str,
+    source: &str,
     protocol: &str,
     port: i64,
     nodes: &[String],
@@ -294,7 +295,10 @@ fn wait_exact(
     reverse: (i64, i64),
 ) -> Result<Value> {
     c.wait(Duration::from_secs(60), what, || {
-        let found = flows_to(c, NS, protocol, port)?;
+        let found: Vec<Value> = flows_to(c, NS, protocol, port)?
+            .into_iter()
+            .filter(|f| f["spec"]["source"]["pod"] == source)
+            .collect();
         ensure!(
             found.len() <= 1,
             "more than one PodFlow for one conversation: {found:#?}"
@@ -398,9 +402,18 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     let nodes = [n1.clone(), n2.clone()];
     c.import(&[&images.weir, &images.tools])?;
 
-    // 1. helm install, as the README says; every node gets weir last.
+    // The chart lints clean and the API server takes every object it renders.
     let chart = repo_root().join("charts/weir");
     let chart = chart.to_string_lossy();
+    let lint = c.helm(&["lint", "--strict", &chart])?;
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    let rendered = c.helm(&["template", "weir", &chart, "-n", SYSTEM_NS, "--include-crds"])?;
+    c.kubectl(["create", "namespace", SYSTEM_NS])?;
+    let dry = c.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &rendered)?;
+    assert!(dry.contains("daemonset.apps/weir-agent created (server dry run)"), "{dry}");
+    c.kubectl(["delete", "namespace", SYSTEM_NS, "--wait=true"])?;
+
+    // 1. helm install, as the README says; every node gets weir last.
     c.helm(&[
         "install",
         "weir",
@@ -430,8 +443,8 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     }
 
     // 2. A profile in shop; pods through the real kubelet.
-    c.apply(&profile("1s"))?;
     c.apply(&manifests(&c))?;
+    c.apply(&profile("1s"))?;
     wait_pods_ready(&c, NS)?;
     wait_pods_ready(&c, OTHER_NS)?;
     let server = server_pod(&c)?;
@@ -514,6 +527,7 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     let flow = wait_exact(
         &c,
         "the cross-node UDP PodFlow, exact",
+        "client",
         "UDP",
         7001,
         &nodes,
@@ -622,6 +636,7 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_exact(
         &c,
         "the cross-node TCP PodFlow, exact",
+        "client",
         "TCP",
         5201,
         &nodes,
@@ -773,6 +788,7 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_exact(
         &c,
         "the marker exchange",
+        "client",
         "UDP",
         7001,
         &nodes,
@@ -852,6 +868,7 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_exact(
         &c,
         "exact totals after the agent's restart",
+        "client",
         "UDP",
         7001,
         &nodes,
@@ -864,7 +881,7 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
         &json!({
             "apiVersion": "weir.dev/v1alpha1", "kind": "CaptureProfile",
             "metadata": { "name": "bad", "namespace": NS },
-            "spec": { "flushInterval": "0s" },
+            "spec": { "podSelector": {}, "flushInterval": "0s" },
         })
         .to_string(),
     )?;
@@ -915,6 +932,7 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_exact(
         &c,
         "counting after the upgrade",
+        "client",
         "UDP",
         7001,
         &nodes,

@@ -25,14 +25,18 @@ use std::{
 
 pub mod abi;
 mod elf;
+pub mod iface;
 pub mod maps;
 mod netlink;
+pub mod netns;
 pub mod node_program;
 mod object;
 mod pinned;
+pub mod repair;
 pub mod split;
 mod stub;
 mod sys;
+pub mod unsplit;
 pub mod vxlan;
 pub mod vxlan_abi;
 
@@ -257,10 +261,42 @@ impl BpfRoot {
     }
 }
 
-/// Builds the attachment id `<container_id>-<ifname>`, replacing every byte
-/// outside `[A-Za-z0-9_-]` with `_` so it is always one path component that
-/// bpffs accepts (bpffs refuses names containing `.`, e.g. `eth0.100`).
+/// Builds the attachment id of `(container_id, ifname)`: one path component
+/// that bpffs accepts (it refuses names containing `.`), and injective, so two
+/// attachments never share pins. Letters, digits and `-` stay as they are,
+/// every other byte (`_` included) becomes `_xx` (hex), and `__` separates
+/// the two parts (escaped text never contains `__`). An id that would be
+/// longer than 200 bytes is `h-` and the SHA-256 of the pair instead: never
+/// a truncation, under which ids sharing a long prefix would collide.
 pub fn attachment_id(container_id: &str, ifname: &str) -> String {
+    let mut id = String::with_capacity(container_id.len() + ifname.len() + 2);
+    escape_into(&mut id, container_id);
+    id.push_str("__");
+    escape_into(&mut id, ifname);
+    if id.len() <= MAX_ATTACHMENT_ID {
+        return id;
+    }
+    let mut pair = Vec::with_capacity(container_id.len() + ifname.len() + 1);
+    pair.extend_from_slice(container_id.as_bytes());
+    pair.push(0);
+    pair.extend_from_slice(ifname.as_bytes());
+    format!("h-{}", hash_hex(&pair))
+}
+
+fn escape_into(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "_{b:02x}");
+        }
+    }
+}
+
+/// The attachment id of builds before the injective one (`<cid>-<ifname>`,
+/// other bytes as `_`, cut at 200 bytes); only for records that predate it.
+pub fn legacy_attachment_id(container_id: &str, ifname: &str) -> String {
     let mut id: String = format!("{container_id}-{ifname}")
         .chars()
         .map(|c| {
@@ -273,6 +309,15 @@ pub fn attachment_id(container_id: &str, ifname: &str) -> String {
         .collect();
     id.truncate(MAX_ATTACHMENT_ID);
     id
+}
+
+/// SHA-256 of `data` as 64 lowercase hex digits.
+pub fn hash_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 const MAX_ATTACHMENT_ID: usize = 200;
@@ -354,19 +399,44 @@ mod tests {
 
     #[test]
     fn attachment_ids_are_safe_path_components() {
-        assert_eq!(attachment_id("abc123", "eth0"), "abc123-eth0");
-        assert_eq!(attachment_id("a/b", "net 1"), "a_b-net_1");
-        assert_eq!(attachment_id("..", "eth0.100"), "__-eth0_100");
+        assert_eq!(attachment_id("abc123", "eth0"), "abc123__eth0");
+        assert_eq!(attachment_id("a/b", "net 1"), "a_2fb__net_201");
+        assert_eq!(attachment_id("..", "eth0.100"), "_2e_2e__eth0_2e100");
         assert!(validate_attachment_id(&attachment_id("..", "")).is_ok());
+        assert_eq!(legacy_attachment_id("a.dup1", "eth0"), "a_dup1-eth0");
         assert!(validate_attachment_id("c-eth0.100").is_err());
         assert!(validate_attachment_id("..").is_err());
         assert!(validate_attachment_id("a/b").is_err());
         assert!(validate_attachment_id("").is_err());
         assert!(validate_attachment_id(&"x".repeat(201)).is_err());
-        assert_eq!(
-            attachment_id(&"x".repeat(300), "eth0").len(),
-            MAX_ATTACHMENT_ID
-        );
+        let long = attachment_id(&"x".repeat(300), "eth0");
+        assert!(long.starts_with("h-") && long.len() == 66, "{long}");
+        assert!(validate_attachment_id(&long).is_ok());
+    }
+
+    #[test]
+    fn attachment_ids_are_injective() {
+        let pairs = [
+            ("a.dup1", "eth0"),
+            ("a_dup1", "eth0"),
+            ("a-dup1", "eth0"),
+            ("a", "dup1-eth0"),
+            ("a-dup1-eth0", ""),
+            ("a_2edup1", "eth0"),
+        ];
+        let mut ids: Vec<String> = pairs.iter().map(|(c, i)| attachment_id(c, i)).collect();
+        let long_a = format!("{}a", "7".repeat(250));
+        let long_b = format!("{}b", "7".repeat(250));
+        ids.push(attachment_id(&long_a, "eth0"));
+        ids.push(attachment_id(&long_b, "eth0"));
+        ids.push(attachment_id(&"7".repeat(199), "eth0"));
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "{ids:?}");
+        for id in &ids {
+            validate_attachment_id(id).unwrap();
+        }
     }
 
     #[test]

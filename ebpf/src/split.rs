@@ -166,6 +166,21 @@ pub fn attach(
     mode: AttachMode,
 ) -> Result<AttachMode> {
     p.validate()?;
+    let stubs = load(root, p)?;
+    attach_loaded(root, attachment_id, &stubs, p, mode)
+}
+
+/// [`attach`] with stubs [`load`]ed beforehand for the same `p`, so that the
+/// moment of attaching costs no program load (the CNI plugin loads them
+/// before it swaps the pod's interface, and attaches inside the swap).
+pub fn attach_loaded(
+    root: &BpfRoot,
+    attachment_id: &str,
+    stubs: &SplitStubs,
+    p: &SplitParams,
+    mode: AttachMode,
+) -> Result<AttachMode> {
+    p.validate()?;
     let dir = root.links_dir(attachment_id)?;
     for ifindex in [p.wx_ifindex, p.wi_ifindex] {
         sys::ifname(ifindex).map_err(|e| Error::Os {
@@ -173,11 +188,10 @@ pub fn attach(
             source: e,
         })?;
     }
-    let stubs = load(root, p)?;
     fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
 
     if mode == AttachMode::Tcx {
-        match attach_tcx_pair(&stubs, p) {
+        match attach_tcx_pair(stubs, p) {
             Ok((outer, inner)) => {
                 // both new links are live: retire the old attachment, then
                 // pin the new one in its place
@@ -197,7 +211,7 @@ pub fn attach(
             }
         }
     }
-    attach_tc_pair(&stubs, p)?;
+    attach_tc_pair(stubs, p)?;
     retire(&dir)?;
     pin(stubs.outer(), &dir.join(OUTER_PROG_PIN))?;
     pin(stubs.inner(), &dir.join(INNER_PROG_PIN))?;
@@ -304,6 +318,79 @@ pub fn detach(root: &BpfRoot, attachment_id: &str, mode: AttachMode) -> Result<(
         retire(&dir)?;
     }
     remove_dir(&dir)
+}
+
+/// Deletes every clsact-ingress `cls_bpf` filter on `ifindex` (in the calling
+/// thread's netns) whose program is one of weir's stubs, found by program
+/// name: what undoes a split whose pins or record are gone (bpffs unmounted,
+/// `bpfRoot` or `stateDir` wiped). Returns how many it removed. A device
+/// with no clsact qdisc has none.
+pub fn delete_stub_filters(ifindex: u32) -> Result<usize> {
+    let filters = match netlink::bpf_filters(ifindex, netlink::CLSACT_INGRESS_PARENT) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)
+            ) =>
+        {
+            return Ok(0);
+        }
+        Err(e) => {
+            return Err(Error::Os {
+                what: format!("listing tc filters of ifindex {ifindex}"),
+                source: e,
+            });
+        }
+    };
+    let mut removed = 0;
+    for f in filters {
+        let name = sys::prog_get_fd_by_id(f.prog_id)
+            .and_then(|fd| sys::prog_info(fd.as_fd()))
+            .map(|info| info.name)
+            .unwrap_or_default();
+        if name != OUTER_STUB && name != INNER_STUB {
+            continue;
+        }
+        netlink::delete_filter(netlink::CLSACT_INGRESS_PARENT, &f).map_err(|e| Error::Os {
+            what: format!("deleting weir's tc filter on ifindex {ifindex}"),
+            source: e,
+        })?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Names of weir's stub programs attached as clsact-ingress filters on
+/// `ifindex` (calling thread's netns), for checks.
+pub fn stub_filters(ifindex: u32) -> Result<Vec<String>> {
+    let filters = match netlink::bpf_filters(ifindex, netlink::CLSACT_INGRESS_PARENT) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)
+            ) =>
+        {
+            return Ok(Vec::new());
+        }
+        Err(e) => {
+            return Err(Error::Os {
+                what: format!("listing tc filters of ifindex {ifindex}"),
+                source: e,
+            });
+        }
+    };
+    Ok(filters
+        .iter()
+        .filter_map(|f| {
+            sys::prog_get_fd_by_id(f.prog_id)
+                .and_then(|fd| sys::prog_info(fd.as_fd()))
+                .ok()
+                .map(|i| i.name)
+        })
+        .filter(|n| n == OUTER_STUB || n == INNER_STUB)
+        .collect())
 }
 
 /// Removes an attachment's pins without entering any netns (garbage

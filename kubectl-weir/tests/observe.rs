@@ -44,6 +44,9 @@ fn record(pod_id: u32, namespace: &str, pod: &str) -> AttachmentRecord {
         outer_ifindex: 2,
         inner_ifindex: 3,
         created_unix: 1,
+        phase: Default::default(),
+        attachment_id: None,
+        original: None,
     }
 }
 

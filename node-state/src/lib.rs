@@ -5,6 +5,14 @@
 //! Layout: `<stateDir>/networks/<network>/<containerID>:<ifname>.json`, plus a
 //! node-wide pod id counter `<stateDir>/pod-id` guarded by `flock`.
 //!
+//! A record is also ADD's journal: ADD writes it with `phase: adding` and the
+//! original interface's exact configuration *before* it changes anything in
+//! the pod, and rewrites it with `phase: split` once the split is complete.
+//! While an ADD, DEL or repair works on an attachment it holds an exclusive
+//! `flock` on `<record>.lock`, so an `adding` record whose lock is free is the
+//! journal of an ADD that died (`kill -9`): DEL, a retried ADD, CHECK, GC and
+//! the agent all read it the same way and put the pod back from it.
+//!
 //! The counter is not fsynced (that cost ~7 ms per ADD here). Pod ids key
 //! bpffs maps that a reboot empties, so they only have to be unique among the
 //! records of pods of this boot and those a crash left behind: the counter
@@ -75,6 +83,36 @@ pub struct PodIdentity {
     pub infra_container_id: Option<String>,
 }
 
+/// Where an attachment's ADD got to.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// ADD's intent: written before the first change in the pod. A record in
+    /// this phase whose lock is free belongs to an ADD that died half-way.
+    Adding,
+    /// The split is complete (records of earlier builds read as this).
+    #[default]
+    Split,
+}
+
+/// The pod's original interface as ADD found it, so that DEL and crash
+/// repair put back exactly that (address flags included). Addresses and
+/// routes are the kernel's own netlink messages, hex-encoded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalLink {
+    pub ifindex: u32,
+    pub name: String,
+    pub up: bool,
+    /// `net.ipv6.conf.<if>.disable_ipv6` before the split silenced the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_ipv6: Option<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
 /// How a pod interface's programs are attached; recorded so DEL and GC
 /// detach them the same way. Written as `"tc"` or `"tcx"` (the values of the
 /// conflist's `attach` key); `"netlink"`, what records of earlier builds
@@ -127,6 +165,8 @@ impl FromStr for AttachMode {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentRecord {
+    #[serde(default)]
+    pub phase: Phase,
     pub network: String,
     pub container_id: String,
     pub ifname: String,
@@ -141,6 +181,12 @@ pub struct AttachmentRecord {
     pub outer_ifindex: u32,
     pub inner_ifindex: u32,
     pub created_unix: u64,
+    /// The bpffs attachment id; absent in records of builds that derived it
+    /// by a lossy scheme (see `weir_ebpf::legacy_attachment_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<OriginalLink>,
 }
 
 impl AttachmentRecord {
@@ -169,32 +215,181 @@ impl StateStore {
         }
     }
 
+    /// `<record name>` as a file stem; a name too long for one path
+    /// component is replaced by its hash (never truncated: two ids sharing a
+    /// long prefix must not share a file).
+    fn stem(container_id: &str, ifname: &str) -> String {
+        let name = record_name(container_id, ifname);
+        if name.len() <= MAX_STEM {
+            name
+        } else {
+            use sha2::Digest;
+            let hash = sha2::Sha256::digest(name.as_bytes());
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            format!("h-{hex}")
+        }
+    }
+
     fn record_path(&self, container_id: &str, ifname: &str) -> PathBuf {
         self.network_dir
-            .join(format!("{}.json", record_name(container_id, ifname)))
+            .join(format!("{}.json", Self::stem(container_id, ifname)))
+    }
+
+    fn tmp_path(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.network_dir
+            .join(format!("{}.json.tmp", Self::stem(container_id, ifname)))
+    }
+
+    fn lock_path(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.network_dir
+            .join(format!("{}.lock", Self::stem(container_id, ifname)))
+    }
+
+    /// The network's directory (for tests and tools).
+    pub fn network_dir(&self) -> &Path {
+        &self.network_dir
     }
 
     /// Writes atomically so a crash never leaves a half record for the agent.
+    /// Not fsynced: what it protects (the pod's netns) does not survive a
+    /// reboot either, and a killed process loses nothing it wrote.
     pub fn save(&self, record: &AttachmentRecord) -> Result<()> {
         fs::create_dir_all(&self.network_dir).map_err(io("create", &self.network_dir))?;
         let path = self.record_path(&record.container_id, &record.ifname);
-        let tmp = path.with_extension("json.tmp");
+        let tmp = self.tmp_path(&record.container_id, &record.ifname);
         let body = serde_json::to_vec_pretty(record).expect("records always serialize");
         fs::write(&tmp, body).map_err(io("write", &tmp))?;
         fs::rename(&tmp, &path).map_err(io("rename into place", &path))
     }
 
+    /// Takes the attachment's exclusive lock; `wait: false` returns `None`
+    /// when someone else holds it (an ADD or DEL still running).
+    pub fn lock(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        wait: bool,
+    ) -> Result<Option<AttachmentLock>> {
+        fs::create_dir_all(&self.network_dir).map_err(io("create", &self.network_dir))?;
+        lock_at(self.lock_path(container_id, ifname), wait)
+    }
+
+    /// Removes temporary files of record writes that were killed (their
+    /// attachment's lock is free); returns them.
+    pub fn remove_stale_tmp(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for tmp in self.stale_tmp_files() {
+            let name = tmp.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(stem) = name.as_deref().and_then(|n| n.strip_suffix(".json.tmp")) else {
+                continue;
+            };
+            if let Ok(Some(lock)) = lock_at(self.network_dir.join(format!("{stem}.lock")), false) {
+                if fs::remove_file(&tmp).is_ok() {
+                    removed.push(tmp);
+                }
+                if !self.network_dir.join(format!("{stem}.json")).exists() {
+                    lock.remove();
+                }
+            }
+        }
+        removed
+    }
+}
+
+fn lock_at(path: PathBuf, wait: bool) -> Result<Option<AttachmentLock>> {
+    {
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io("open", &path))?;
+            let op = if wait {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_EX | libc::LOCK_NB
+            };
+            // SAFETY: flock on a valid open descriptor has no memory effects.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    return Ok(None);
+                }
+                return Err(io("lock", &path)(e));
+            }
+            // The holder before us may have removed the file: lock the one
+            // that is at the path now.
+            use std::os::unix::fs::MetadataExt;
+            let held = file.metadata().map_err(io("stat", &path))?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(Some(AttachmentLock { file, path }));
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("stat", &path)(e)),
+            }
+        }
+    }
+}
+
+impl StateStore {
     pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<AttachmentRecord>> {
         read_record(&self.record_path(container_id, ifname))
     }
 
+    /// Removes the record and a temporary file a killed write left behind.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<()> {
-        let path = self.record_path(container_id, ifname);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("remove", &path)(e)),
+        for path in [
+            self.tmp_path(container_id, ifname),
+            self.record_path(container_id, ifname),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("remove", &path)(e)),
+            }
         }
+        Ok(())
+    }
+
+    /// Whether the record file exists (readable or not).
+    pub fn exists(&self, container_id: &str, ifname: &str) -> bool {
+        self.record_path(container_id, ifname).exists()
+    }
+
+    /// Temporary files of record writes that were killed, whose attachment
+    /// nobody holds: `(path)`. GC and the agent remove them.
+    pub fn stale_tmp_files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.network_dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".json.tmp"))
+            .collect()
+    }
+
+    /// Every network directory under `state_dir` as a store.
+    pub fn all_networks(state_dir: &Path) -> Result<Vec<StateStore>> {
+        let networks = state_dir.join("networks");
+        let entries = match fs::read_dir(&networks) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("list", &networks)(e)),
+        };
+        let mut stores = Vec::new();
+        for entry in entries {
+            let dir = entry.map_err(io("list", &networks))?.path();
+            stores.push(StateStore {
+                root: state_dir.to_path_buf(),
+                network_dir: dir,
+            });
+        }
+        Ok(stores)
     }
 
     pub fn list(&self) -> Result<Vec<AttachmentRecord>> {
@@ -214,6 +409,28 @@ impl StateStore {
         }
         records.sort_by_key(|r| r.record_name());
         Ok(records)
+    }
+
+    /// Like [`StateStore::list`], but unreadable records are skipped (and
+    /// reported) instead of failing the whole listing.
+    pub fn list_lenient(&self) -> (Vec<AttachmentRecord>, Vec<StateError>) {
+        let mut records = Vec::new();
+        let mut errors = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.network_dir) else {
+            return (records, errors);
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                match read_record(&path) {
+                    Ok(Some(r)) => records.push(r),
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        records.sort_by_key(|r| r.record_name());
+        (records, errors)
     }
 
     /// Every record of every network on this node, for the node agent.
@@ -342,9 +559,30 @@ fn read_record(path: &Path) -> Result<Option<AttachmentRecord>> {
         })
 }
 
-/// Network names are free text in a conflist; keep them to one path segment.
+/// Longest record file stem before it is hashed (leaves room for suffixes in
+/// a 255-byte path component).
+const MAX_STEM: usize = 200;
+
+/// An attachment's lock, held until dropped.
+pub struct AttachmentLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl AttachmentLock {
+    /// Removes the lock file while still holding it (the attachment is gone);
+    /// a waiter then retries on a fresh file.
+    pub fn remove(self) {
+        let _ = fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
+
+/// Network names are validated by the config parser (the spec's
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`); this keeps any other caller to one
+/// path segment all the same.
 fn sanitize(network: &str) -> String {
-    network
+    let name: String = network
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
@@ -353,7 +591,12 @@ fn sanitize(network: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if name.is_empty() || name.starts_with('.') {
+        format!("_{name}")
+    } else {
+        name
+    }
 }
 
 struct Flock<'a>(&'a File);
@@ -399,6 +642,9 @@ mod tests {
             outer_ifindex: 2,
             inner_ifindex: 3,
             created_unix: 1,
+            phase: Phase::Split,
+            attachment_id: None,
+            original: None,
         }
     }
 
@@ -479,6 +725,39 @@ mod tests {
         };
         assert_eq!(near_end.next(a), 1);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn long_ids_get_distinct_hashed_files_and_locks_exclude() {
+        let dir = temp_dir("long");
+        let store = StateStore::new(&dir, "..");
+        assert!(store.network_dir().ends_with("networks/_.."));
+        let a = format!("{}a", "x".repeat(250));
+        let b = format!("{}b", "x".repeat(250));
+        store.save(&record(&a, "eth0", 1)).unwrap();
+        store.save(&record(&b, "eth0", 2)).unwrap();
+        assert_eq!(store.load(&a, "eth0").unwrap().unwrap().pod_id, 1);
+        assert_eq!(store.load(&b, "eth0").unwrap().unwrap().pod_id, 2);
+        let held = store.lock(&a, "eth0", true).unwrap().unwrap();
+        assert!(store.lock(&a, "eth0", false).unwrap().is_none());
+        assert!(store.lock(&b, "eth0", false).unwrap().is_some());
+        held.remove();
+        assert!(store.lock(&a, "eth0", false).unwrap().is_some());
+        fs::write(store.tmp_path(&a, "eth0"), b"{").unwrap();
+        assert_eq!(store.stale_tmp_files().len(), 1);
+        store.remove(&a, "eth0").unwrap();
+        assert!(store.stale_tmp_files().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn records_of_earlier_builds_read_as_complete_splits() {
+        let mut v = serde_json::to_value(record("c", "eth0", 3)).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("phase");
+        let r: AttachmentRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(r.phase, Phase::Split);
+        assert_eq!(r.original, None);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event, watcher};
 use weir_api::{CaptureProfile, CaptureProfileSpec, PodFlow};
 use weir_e2e::controlplane::ControlPlane;
-use weir_operator::agent::join::PodFlowView;
+use weir_operator::agent::join::{FlowDirection, PodFlowView};
 use weir_operator::agent::peers::Peer;
 use weir_operator::agent::selection::{LocalPod, Selection};
 use weir_operator::agent::writer::{self, Clock, WriterHandle, WriterStats};
@@ -80,7 +80,11 @@ fn view(
         pod_id: pod as u32 + 1,
         namespace: Some(NS.into()),
         pod: format!("pod-{pod}"),
-        direction: if egress { "egress" } else { "ingress" },
+        direction: if egress {
+            FlowDirection::Egress
+        } else {
+            FlowDirection::Ingress
+        },
         protocol: 6,
         source: pod_ip(src.0),
         source_port: src.1,
@@ -257,7 +261,7 @@ async fn main() -> Result<()> {
     let mut writers: Vec<WriterHandle> = Vec::new();
     let mut selections = Vec::new();
     for n in 0..nodes {
-        writers.push(writer::spawn(cp.client().await?, &format!("sim-{n}"), qps));
+        writers.push(writer::spawn(cp.client().await?, &format!("sim-{n}"), qps)?);
         selections.push(selection(n, pods, nodes, interval));
     }
     let applies_before = apiserver_metric(

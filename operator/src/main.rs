@@ -11,6 +11,9 @@ use weir_operator::node_flows;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level (overridden by RUST_LOG).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
 }
 
 #[derive(Subcommand)]
@@ -40,28 +43,25 @@ struct ControllerArgs {
     #[arg(long, default_value = "weir-controller")]
     lease_name: String,
     /// How long a leader's claim lasts without renewal, e.g. 15s.
-    #[arg(long, default_value = "15s", value_parser = parse_api_duration)]
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: std::time::Duration,
     /// How long the leader keeps leading without a successful renewal
     /// (less than --lease-duration).
-    #[arg(long, default_value = "10s", value_parser = parse_api_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     renew_deadline: std::time::Duration,
     /// How often to try to acquire or renew the Lease (less than --renew-deadline).
-    #[arg(long, default_value = "2s", value_parser = parse_api_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     retry_period: std::time::Duration,
     /// How often to delete PodFlows whose CaptureProfile is gone.
-    #[arg(long, default_value = "60s", value_parser = parse_api_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     orphan_sweep_interval: std::time::Duration,
     /// Where to serve /metrics and /healthz (OpenMetrics); empty: not served.
     #[arg(long, default_value = "0.0.0.0:9466")]
     metrics_listen: String,
     /// How long a profile's MapPressure condition stays True after its
     /// lostSamples last grew.
-    #[arg(long, default_value = "5m", value_parser = parse_api_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
     map_pressure_window: std::time::Duration,
-    /// Log level (overridden by RUST_LOG).
-    #[arg(long, default_value = "info")]
-    log_level: String,
 }
 
 fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
@@ -73,7 +73,9 @@ fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
         .map_err(|e| format!("{text:?} is not an address like 0.0.0.0:9466: {e}"))
 }
 
-fn parse_api_duration(text: &str) -> Result<std::time::Duration, String> {
+/// Every duration flag reads the API's duration grammar
+/// ([`weir_api::parse_duration`]: `15s`, `1m30s`, `500ms`, `1.5h`), positive.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     weir_api::parse_duration(text)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{text:?} is not a positive duration like 15s, 1m30s or 500ms"))
@@ -99,7 +101,7 @@ enum AgentCommand {
         /// This node's name (Kubernetes node name).
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
-        /// How often to read the maps, e.g. 10s or 500ms.
+        /// How often to read the maps, e.g. 10s, 1m30s or 500ms.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         interval: std::time::Duration,
         /// Where to serve /metrics, /flows and /healthz.
@@ -126,16 +128,13 @@ enum AgentCommand {
         #[arg(long, conflicts_with = "kubeconfig")]
         no_kube: bool,
         /// Upper bound on this node's PodFlow write requests per second.
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = 5.0, value_parser = parse_rate)]
         api_qps: f64,
         /// Who may read /flows: `kube` (with the API server: callers whose
         /// bearer token it authenticates, each seeing the namespaces where
         /// it may get pods) or `none` (anyone who reaches the port).
         #[arg(long, value_enum, default_value_t = FlowsAuth::Kube)]
         flows_auth: FlowsAuth,
-        /// Log level (overridden by RUST_LOG).
-        #[arg(long, default_value = "info")]
-        log_level: String,
     },
     /// Print the flows counted on this node, without Kubernetes at hand.
     Dump {
@@ -189,24 +188,27 @@ enum Mode {
     PassThrough,
 }
 
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| text.split_at(i))
-        .unwrap_or((text, "s"));
-    let n: u64 = number
+/// A positive, finite number of requests per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
-    let d = match unit {
-        "ms" => std::time::Duration::from_millis(n),
-        "s" | "" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_secs(n * 60),
-        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
-    };
-    if d.is_zero() {
-        return Err("the interval must be positive".into());
-    }
-    Ok(d)
+        .map_err(|e| format!("{text:?} is not a number: {e}"))?;
+    weir_operator::agent::writer::TokenBucket::new(rate)
+        .map(|_| rate)
+        .map_err(|e| e.to_string())
+}
+
+/// The one log setup of every subcommand: to stderr, `RUST_LOG` or
+/// `--log-level`, colours only when stderr is a terminal (never in
+/// `kubectl logs` or a log file).
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 fn hostname() -> String {
@@ -216,14 +218,6 @@ fn hostname() -> String {
 }
 
 fn run_controller(args: ControllerArgs) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
     let config = weir_operator::controller::Config {
         lease: weir_operator::controller::leader::LeaseConfig {
             namespace: args.lease_namespace,
@@ -253,7 +247,9 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_level);
+    match cli.command {
         Command::Controller(args) => run_controller(args)?,
         Command::InstallCni(args) => weir_operator::install_cni::main(args)?,
         Command::Agent { command } => match command {
@@ -269,7 +265,6 @@ fn main() -> Result<()> {
                 no_kube,
                 api_qps,
                 flows_auth,
-                log_level,
             } => {
                 use weir_operator::agent::kube_agent::{KubeSettings, KubeSource};
                 let source = match kubeconfig {
@@ -279,15 +274,6 @@ fn main() -> Result<()> {
                     }
                     None => None,
                 };
-                if !(api_qps.is_finite() && api_qps > 0.0) {
-                    anyhow::bail!("--api-qps must be a positive number");
-                }
-                let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log_level));
-                tracing_subscriber::fmt()
-                    .with_env_filter(filter)
-                    .with_writer(std::io::stderr)
-                    .init();
                 let config = weir_operator::agent::run::AgentConfig {
                     node_name: node_name.unwrap_or_else(hostname),
                     state_dir: paths.state_dir,

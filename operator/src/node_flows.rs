@@ -12,7 +12,7 @@ use weir_ebpf::abi::PodMode;
 use weir_ebpf::{BpfRoot, maps::NodeMaps};
 use weir_node_state::{AttachmentRecord, StateStore};
 
-use crate::agent::join::{self, PodFlowView};
+use crate::agent::join::{self, FlowDirection, PodFlowView};
 use crate::agent::peers::Peer;
 use crate::agent::reading;
 
@@ -196,9 +196,9 @@ fn describe(view: &PodFlowView) -> NodeFlow {
         },
         pod_id: view.pod_id,
         direction: match view.direction {
-            "egress" => "out",
-            "ingress" => "in",
-            _ => "?",
+            FlowDirection::Egress => "out",
+            FlowDirection::Ingress => "in",
+            FlowDirection::Unknown => "?",
         },
         source: endpoint(view.source, ported.then_some(view.source_port)),
         destination: endpoint(view.destination, ported.then_some(view.destination_port)),
@@ -357,7 +357,7 @@ mod tests {
     use super::*;
     use crate::agent::join::OverlayLeg;
 
-    fn view(proto: u8, direction: &'static str) -> PodFlowView {
+    fn view(proto: u8, direction: FlowDirection) -> PodFlowView {
         PodFlowView {
             pod_id: 7,
             namespace: None,
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn flows_read_as_a_person_expects() {
-        let f = describe(&view(6, "egress"));
+        let f = describe(&view(6, FlowDirection::Egress));
         assert_eq!((f.pod.as_str(), f.direction), ("pod-id:7", "out"));
         assert_eq!(
             (f.source.as_str(), f.destination.as_str()),
@@ -388,7 +388,7 @@ mod tests {
         );
         assert_eq!(f.tcp_flags, "SYN,ACK");
         assert_eq!((f.vni, f.outer.as_deref()), (None, None));
-        let mut v = view(6, "ingress");
+        let mut v = view(6, FlowDirection::Ingress);
         v.namespace = Some("shop".into());
         v.pod = "cart".into();
         v.peer = Some(Peer {
@@ -416,7 +416,7 @@ mod tests {
 
     #[test]
     fn icmp_shows_type_and_code_instead_of_ports() {
-        let mut v = view(1, "ingress");
+        let mut v = view(1, FlowDirection::Ingress);
         (v.source_port, v.destination_port) = (8, 0);
         let f = describe(&v);
         assert_eq!(f.protocol, "ICMP 8/0");
@@ -425,8 +425,8 @@ mod tests {
 
     #[test]
     fn filters_by_pod_and_protocol_name() {
-        let icmp = describe(&view(1, "egress"));
-        let icmp6 = describe(&view(58, "egress"));
+        let icmp = describe(&view(1, FlowDirection::Egress));
+        let icmp6 = describe(&view(58, FlowDirection::Egress));
         let icmp_only = ["icmp".to_string()];
         assert!(matches(&icmp, &[], &icmp_only));
         assert!(!matches(&icmp6, &[], &icmp_only));
@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn table_aligns_columns_and_ages_flows() {
-        let f = describe(&view(17, "egress"));
+        let f = describe(&view(17, FlowDirection::Egress));
         let table = render_table(&[f], 65_000_000_000);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -476,6 +476,9 @@ mod tests {
             outer_ifindex: 2,
             inner_ifindex: 3,
             created_unix: 1,
+            phase: Default::default(),
+            attachment_id: None,
+            original: None,
         }
     }
 

@@ -93,10 +93,6 @@ fn try_setup() -> anyhow::Result<Setup> {
 }
 
 impl Setup {
-    fn helm(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
-        Ok(self.cp.helm_command()?.args(args).output()?)
-    }
-
     fn helm_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         self.cp.helm_ok(args)
     }

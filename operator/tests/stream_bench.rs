@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-use weir_operator::agent::join::PodFlowView;
+use weir_operator::agent::join::{FlowDirection, PodFlowView};
 use weir_operator::agent::server::{self, Endpoints};
 use weir_operator::agent::stream::Hub;
 use weir_operator::agent::table::FlowTable;
@@ -45,7 +45,7 @@ fn views(round: u64) -> Vec<PodFlowView> {
             pod_id: (i % 100) as u32,
             namespace: Some(format!("ns-{}", i % 10)),
             pod: format!("pod-{}", i % 100),
-            direction: "egress",
+            direction: FlowDirection::Egress,
             protocol: 6,
             source: IpAddr::from([10, 244, (i / 250) as u8, (i % 250) as u8]),
             source_port: 40000,

@@ -97,10 +97,18 @@ impl fmt::Display for LogLevel {
     }
 }
 
-/// Test-only hook: make ADD fail at a named step to exercise rollback.
+/// Test-only hook: make ADD fail right after a named step to exercise
+/// rollback. The step is checked when the config is read: a name that is no
+/// step makes the config invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultInjection {
-    pub fail_at: String,
+    /// ADD fails right after this step (and restores the pod).
+    pub fail_at: Option<crate::split::Step>,
+    /// ADD stops right after this step: it writes the step's name into the
+    /// FIFO `pauseFifo` (blocking until a reader opens it) and then waits
+    /// forever, for a test to `kill -9` it there.
+    pub pause_at: Option<crate::split::Step>,
+    pub pause_fifo: Option<PathBuf>,
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -161,6 +169,7 @@ impl NetConf {
 
         let cni_version: CniVersion = required_str(&obj, "cniVersion")?.parse()?;
         let name = required_str(&obj, "name")?.to_owned();
+        validate_network_name(&name)?;
         let plugin_type = required_str(&obj, "type")?.to_owned();
         if plugin_type != PLUGIN_TYPE {
             return Err(CniError::invalid_config(format!(
@@ -246,13 +255,50 @@ fn parse_fault_injection(obj: &Map<String, Value>) -> Result<Option<FaultInjecti
         Some(Value::Object(inner)) => inner,
         Some(_) => return Err(CniError::invalid_config("faultInjection must be an object")),
     };
-    match optional_str(inner, "failAt") {
-        Ok(Some(step)) if !step.is_empty() => Ok(Some(FaultInjection {
-            fail_at: step.to_owned(),
-        })),
-        _ => Err(CniError::invalid_config(
-            "faultInjection.failAt must be a non-empty string",
-        )),
+    let step = |key: &str| match optional_str(inner, key) {
+        Ok(None) => Ok(None),
+        Ok(Some(s)) if !s.is_empty() => s
+            .parse::<crate::split::Step>()
+            .map(Some)
+            .map_err(|e| CniError::invalid_config(format!("faultInjection.{key}: {e}"))),
+        _ => Err(CniError::invalid_config(format!(
+            "faultInjection.{key} must be a non-empty string"
+        ))),
+    };
+    let fail_at = step("failAt")?;
+    let pause_at = step("pauseAt")?;
+    if fail_at.is_none() && pause_at.is_none() {
+        return Err(CniError::invalid_config(
+            "faultInjection.failAt or faultInjection.pauseAt must be a non-empty string",
+        ));
+    }
+    let pause_fifo = optional_path(inner, "pauseFifo")?;
+    if pause_at.is_some() && pause_fifo.is_none() {
+        return Err(CniError::invalid_config(
+            "faultInjection.pauseAt needs faultInjection.pauseFifo (an absolute path)",
+        ));
+    }
+    Ok(Some(FaultInjection {
+        fail_at,
+        pause_at,
+        pause_fifo,
+    }))
+}
+
+/// The spec's rule for network names: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`. The
+/// name becomes a directory of node state, so nothing else may pass.
+pub fn validate_network_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            CniError::invalid_config(format!("invalid network name {name:?}")).with_details(
+                "must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
+            ),
+        )
     }
 }
 
@@ -339,7 +385,7 @@ mod tests {
             "attach": "tcx",
             "logFile": "/var/log/weir/cni.log",
             "logLevel": "DEBUG",
-            "faultInjection": {"failAt": "after-rename"},
+            "faultInjection": {"failAt": "move-routes"},
             "runtimeConfig": {"portMappings": [{"hostPort": 8080}], "anything": [1, 2]},
             "capabilities": {"portMappings": true},
             "args": {"cni": {"labels": []}},
@@ -356,8 +402,30 @@ mod tests {
             Some(Path::new("/var/log/weir/cni.log"))
         );
         assert_eq!(c.log_level, LogLevel::Debug);
-        assert_eq!(c.fault_injection.unwrap().fail_at, "after-rename");
+        assert_eq!(
+            c.fault_injection.unwrap().fail_at,
+            Some(crate::split::Step::MoveRoutes)
+        );
         assert_eq!(c.prev_result.unwrap().interfaces.len(), 3);
+    }
+
+    #[test]
+    fn fault_injection_names_a_step_or_the_config_is_invalid() {
+        let c = conf(with("faultInjection", json!({"failAt": "attach"}))).unwrap();
+        assert_eq!(
+            c.fault_injection.and_then(|f| f.fail_at),
+            Some(crate::split::Step::Attach)
+        );
+        for bad in [
+            json!({"failAt": "after-rename"}),
+            json!({"failAt": ""}),
+            json!("attach"),
+        ] {
+            let err = conf(with("faultInjection", bad.clone())).unwrap_err();
+            assert_eq!(err.code(), code::INVALID_CONFIG, "{bad}");
+        }
+        let err = conf(with("faultInjection", json!({"failAt": "after-rename"}))).unwrap_err();
+        assert!(err.to_string().contains("known steps"), "{err}");
     }
 
     #[test]
@@ -533,6 +601,32 @@ mod tests {
             assert_eq!(err.code(), code::INVALID_CONFIG, "{key}={value}");
             assert!(err.msg().contains(needle), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn network_names_follow_the_spec() {
+        for good in ["cbr0", "k8s-pod-network", "a.b_c-1", "0"] {
+            assert_eq!(conf(with("name", json!(good))).unwrap().name, good);
+        }
+        for bad in ["..", ".", "../x", "-net", "_n", "a/b", "net work", "né"] {
+            let err = conf(with("name", json!(bad))).unwrap_err();
+            assert_eq!(err.code(), code::INVALID_CONFIG, "{bad:?}");
+            assert!(err.msg().contains("network name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn pause_at_needs_a_fifo() {
+        let c = conf(with(
+            "faultInjection",
+            json!({"pauseAt": "rename", "pauseFifo": "/run/x.fifo"}),
+        ))
+        .unwrap();
+        let f = c.fault_injection.unwrap();
+        assert_eq!(f.pause_at, Some(crate::split::Step::Rename));
+        assert_eq!(f.fail_at, None);
+        let err = conf(with("faultInjection", json!({"pauseAt": "rename"}))).unwrap_err();
+        assert!(err.msg().contains("pauseFifo"), "{err}");
     }
 
     #[test]

@@ -58,148 +58,76 @@ fn details_suffix(details: &str) -> String {
     }
 }
 
-/// A CNI error result. Build with the snake_case constructors, add context
-/// with [`CniError::with_details`].
+/// A CNI error result, shaped like the spec's: a code (see [`code`]), a
+/// short message and details. Build with the snake_case constructors, add
+/// context with [`CniError::with_details`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CniError {
-    #[error("{msg}{}", details_suffix(.details))]
-    IncompatibleVersion { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    UnsupportedField { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    UnknownContainer { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    InvalidEnv { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    Io { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    Decode { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    InvalidConfig { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    TryAgainLater { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    PluginNotAvailable { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    LimitedConnectivity { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    SplitFailed { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    EbpfAttachFailed { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    StateFailed { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    NetnsFailed { msg: String, details: String },
-    #[error("{msg}{}", details_suffix(.details))]
-    RollbackFailed { msg: String, details: String },
+#[error("{msg}{}", details_suffix(.details))]
+pub struct CniError {
+    code: u32,
+    msg: String,
+    details: String,
 }
 
 /// Result alias used throughout the CNI layer.
 pub type Result<T, E = CniError> = std::result::Result<T, E>;
 
 macro_rules! constructors {
-    ($($(#[$doc:meta])* $fn:ident => $variant:ident;)*) => {
+    ($($(#[$doc:meta])* $fn:ident => $code:ident;)*) => {
         $(
             $(#[$doc])*
             pub fn $fn(msg: impl Into<String>) -> Self {
-                Self::$variant { msg: msg.into(), details: String::new() }
+                Self::new(code::$code, msg)
             }
         )*
     };
 }
 
 impl CniError {
+    /// An error with `code` and `msg`, no details.
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
     constructors! {
-        incompatible_version => IncompatibleVersion;
-        unsupported_field => UnsupportedField;
-        unknown_container => UnknownContainer;
-        invalid_env => InvalidEnv;
-        io => Io;
-        decode => Decode;
-        invalid_config => InvalidConfig;
-        try_again_later => TryAgainLater;
-        plugin_not_available => PluginNotAvailable;
-        limited_connectivity => LimitedConnectivity;
-        split_failed => SplitFailed;
-        ebpf_attach_failed => EbpfAttachFailed;
-        state_failed => StateFailed;
-        netns_failed => NetnsFailed;
-        rollback_failed => RollbackFailed;
+        incompatible_version => INCOMPATIBLE_VERSION;
+        unsupported_field => UNSUPPORTED_FIELD;
+        unknown_container => UNKNOWN_CONTAINER;
+        invalid_env => INVALID_ENV;
+        io => IO_FAILURE;
+        decode => DECODE_FAILED;
+        invalid_config => INVALID_CONFIG;
+        try_again_later => TRY_AGAIN_LATER;
+        plugin_not_available => PLUGIN_NOT_AVAILABLE;
+        limited_connectivity => LIMITED_CONNECTIVITY;
+        split_failed => SPLIT_FAILED;
+        ebpf_attach_failed => EBPF_ATTACH_FAILED;
+        state_failed => STATE_FAILED;
+        netns_failed => NETNS_FAILED;
+        rollback_failed => ROLLBACK_FAILED;
     }
 
     /// Replaces the details text.
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
-        *self.parts_mut().1 = details.into();
+        self.details = details.into();
         self
-    }
-
-    fn parts(&self) -> (&String, &String) {
-        match self {
-            Self::IncompatibleVersion { msg, details }
-            | Self::UnsupportedField { msg, details }
-            | Self::UnknownContainer { msg, details }
-            | Self::InvalidEnv { msg, details }
-            | Self::Io { msg, details }
-            | Self::Decode { msg, details }
-            | Self::InvalidConfig { msg, details }
-            | Self::TryAgainLater { msg, details }
-            | Self::PluginNotAvailable { msg, details }
-            | Self::LimitedConnectivity { msg, details }
-            | Self::SplitFailed { msg, details }
-            | Self::EbpfAttachFailed { msg, details }
-            | Self::StateFailed { msg, details }
-            | Self::NetnsFailed { msg, details }
-            | Self::RollbackFailed { msg, details } => (msg, details),
-        }
-    }
-
-    fn parts_mut(&mut self) -> (&mut String, &mut String) {
-        match self {
-            Self::IncompatibleVersion { msg, details }
-            | Self::UnsupportedField { msg, details }
-            | Self::UnknownContainer { msg, details }
-            | Self::InvalidEnv { msg, details }
-            | Self::Io { msg, details }
-            | Self::Decode { msg, details }
-            | Self::InvalidConfig { msg, details }
-            | Self::TryAgainLater { msg, details }
-            | Self::PluginNotAvailable { msg, details }
-            | Self::LimitedConnectivity { msg, details }
-            | Self::SplitFailed { msg, details }
-            | Self::EbpfAttachFailed { msg, details }
-            | Self::StateFailed { msg, details }
-            | Self::NetnsFailed { msg, details }
-            | Self::RollbackFailed { msg, details } => (msg, details),
-        }
     }
 
     /// The numeric code printed to the runtime (see [`code`]).
     pub fn code(&self) -> u32 {
-        match self {
-            Self::IncompatibleVersion { .. } => code::INCOMPATIBLE_VERSION,
-            Self::UnsupportedField { .. } => code::UNSUPPORTED_FIELD,
-            Self::UnknownContainer { .. } => code::UNKNOWN_CONTAINER,
-            Self::InvalidEnv { .. } => code::INVALID_ENV,
-            Self::Io { .. } => code::IO_FAILURE,
-            Self::Decode { .. } => code::DECODE_FAILED,
-            Self::InvalidConfig { .. } => code::INVALID_CONFIG,
-            Self::TryAgainLater { .. } => code::TRY_AGAIN_LATER,
-            Self::PluginNotAvailable { .. } => code::PLUGIN_NOT_AVAILABLE,
-            Self::LimitedConnectivity { .. } => code::LIMITED_CONNECTIVITY,
-            Self::SplitFailed { .. } => code::SPLIT_FAILED,
-            Self::EbpfAttachFailed { .. } => code::EBPF_ATTACH_FAILED,
-            Self::StateFailed { .. } => code::STATE_FAILED,
-            Self::NetnsFailed { .. } => code::NETNS_FAILED,
-            Self::RollbackFailed { .. } => code::ROLLBACK_FAILED,
-        }
+        self.code
     }
 
     pub fn msg(&self) -> &str {
-        self.parts().0
+        &self.msg
     }
 
     pub fn details(&self) -> &str {
-        self.parts().1
+        &self.details
     }
 
     /// The error result object as the spec defines it. `details` is always

@@ -261,9 +261,7 @@ fn parse_ip(v: &Value, path: &str, n_interfaces: usize, version: CniVersion) -> 
     let obj = object(v, path)?;
     let address_str = opt_str(obj, "address", path)?
         .ok_or_else(|| invalid(&format!("{path}.address"), "is required"))?;
-    let address: IpNetwork = address_str
-        .parse()
-        .map_err(|e| invalid(&format!("{path}.address"), format!("{address_str:?}: {e}")))?;
+    let address = parse_cidr(address_str, &format!("{path}.address"))?;
     let gateway = opt_str(obj, "gateway", path)?
         .map(|g| {
             g.parse::<IpAddr>()
@@ -327,13 +325,28 @@ fn parse_ip(v: &Value, path: &str, n_interfaces: usize, version: CniVersion) -> 
     })
 }
 
+/// An address with its prefix length, as the spec requires (`10.0.0.2/24`);
+/// the bare `10.0.0.2` that `IpNetwork` would take as a /32 is refused, as
+/// libcni refuses it.
+fn parse_cidr(text: &str, path: &str) -> Result<IpNetwork> {
+    let Some((_, prefix)) = text.split_once('/') else {
+        return Err(invalid(
+            path,
+            format!("{text:?} has no prefix length (expected address/prefix)"),
+        ));
+    };
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(path, format!("{text:?}: bad prefix length")));
+    }
+    text.parse()
+        .map_err(|e| invalid(path, format!("{text:?}: {e}")))
+}
+
 fn parse_route(v: &Value, path: &str) -> Result<Route> {
     let obj = object(v, path)?;
     let dst_str =
         opt_str(obj, "dst", path)?.ok_or_else(|| invalid(&format!("{path}.dst"), "is required"))?;
-    let dst: IpNetwork = dst_str
-        .parse()
-        .map_err(|e| invalid(&format!("{path}.dst"), format!("{dst_str:?}: {e}")))?;
+    let dst = parse_cidr(dst_str, &format!("{path}.dst"))?;
     let gw = opt_str(obj, "gw", path)?
         .map(|g| {
             g.parse::<IpAddr>()
@@ -580,6 +593,26 @@ pub(crate) mod tests {
                 json!({"interfaces": [{"name": "eth0", "mtu": -1}]}),
                 CniVersion::V1_0_0,
                 "mtu",
+            ),
+            (
+                json!({"ips": [{"address": "10.0.0.2"}]}),
+                CniVersion::V1_0_0,
+                "no prefix length",
+            ),
+            (
+                json!({"ips": [{"address": "1.2.3.4/"}]}),
+                CniVersion::V1_0_0,
+                "prevResult.ips[0].address",
+            ),
+            (
+                json!({"ips": [{"address": "fd00::5"}]}),
+                CniVersion::V0_4_0,
+                "no prefix length",
+            ),
+            (
+                json!({"routes": [{"dst": "0.0.0.0"}]}),
+                CniVersion::V1_0_0,
+                "prevResult.routes[0].dst",
             ),
             (
                 json!({"ips": [{"gateway": "10.0.0.1"}]}),

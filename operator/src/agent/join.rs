@@ -28,6 +28,43 @@ pub struct OverlayLeg {
     pub decap_bytes: u64,
 }
 
+/// Which way a local pod's flow goes, as the agent names it (`egress`:
+/// sent by the pod; `ingress`: towards it). Decoded once from the data
+/// path's direction byte; `unknown` is a byte this build does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowDirection {
+    Egress,
+    Ingress,
+    Unknown,
+}
+
+impl FlowDirection {
+    /// From a [`weir_ebpf::abi::FlowKey`]'s direction byte.
+    pub fn from_raw(raw: u8) -> Self {
+        match weir_ebpf::abi::Direction::from_raw(raw) {
+            Some(weir_ebpf::abi::Direction::FromPod) => Self::Egress,
+            Some(weir_ebpf::abi::Direction::ToPod) => Self::Ingress,
+            None => Self::Unknown,
+        }
+    }
+
+    /// `egress`, `ingress` or `unknown`: the JSON and metrics label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for FlowDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One direction of one conversation of a local pod: the flow as the agent
 /// serves it on `/flows` and `weir-operator agent dump -o json` prints it
 /// (docs/flow.schema.json is generated from this type).
@@ -43,8 +80,7 @@ pub struct PodFlowView {
     /// The pod's name, or `pod-id:N` for a pod weir no longer has a record of.
     pub pod: String,
     /// `egress` (sent by the pod) or `ingress` (towards the pod).
-    #[schemars(extend("enum" = ["egress", "ingress", "unknown"]))]
-    pub direction: &'static str,
+    pub direction: FlowDirection,
     /// The IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
     pub protocol: u8,
     pub source: IpAddr,
@@ -131,6 +167,9 @@ mod tests {
             outer_ifindex: 2,
             inner_ifindex: 3,
             created_unix: 0,
+            phase: weir_node_state::Phase::Split,
+            attachment_id: None,
+            original: None,
         }
     }
 
@@ -249,13 +288,18 @@ mod tests {
         );
         let out = views
             .iter()
-            .find(|v| v.direction == "egress" && v.destination.to_string() == "10.244.1.7")
+            .find(|v| {
+                v.direction == FlowDirection::Egress && v.destination.to_string() == "10.244.1.7"
+            })
             .unwrap();
         assert_eq!(out.peer.as_ref().unwrap().node, "node-b");
         let leg = out.overlay.as_ref().unwrap();
         assert_eq!((leg.vni, leg.encap_packets, leg.decap_packets), (1, 10, 0));
         assert_eq!(leg.outer_destination.to_string(), "192.168.50.2");
-        let back = views.iter().find(|v| v.direction == "ingress").unwrap();
+        let back = views
+            .iter()
+            .find(|v| v.direction == FlowDirection::Ingress)
+            .unwrap();
         assert_eq!(back.overlay.as_ref().unwrap().decap_packets, 9);
         let local = views
             .iter()

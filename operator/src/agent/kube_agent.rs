@@ -73,23 +73,40 @@ pub struct KubeSettings {
     pub api_qps: f64,
 }
 
-pub async fn client(source: &KubeSource) -> Result<Client, String> {
+/// Why the agent could not start talking to the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster configuration: {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error(transparent)]
+    Rate(#[from] writer::InvalidRate),
+}
+
+pub async fn client(source: &KubeSource) -> Result<Client, StartError> {
     let config = match source {
         KubeSource::Kubeconfig(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            let in_file = |source| StartError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(in_file)?;
             kube::Config::from_custom_kubeconfig(
                 kubeconfig,
                 &kube::config::KubeConfigOptions::default(),
             )
             .await
-            .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+            .map_err(in_file)?
         }
-        KubeSource::InCluster => {
-            kube::Config::incluster().map_err(|e| format!("in-cluster configuration: {e}"))?
-        }
+        KubeSource::InCluster => kube::Config::incluster()?,
     };
-    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    Ok(Client::try_from(config)?)
 }
 
 /// A pod of the cluster, reduced to what naming a peer needs.
@@ -477,10 +494,10 @@ pub struct KubeAgent {
 }
 
 impl KubeAgent {
-    pub async fn start(settings: &KubeSettings, node: &str) -> Result<Self, String> {
+    pub async fn start(settings: &KubeSettings, node: &str) -> Result<Self, StartError> {
         let client = client(&settings.source).await?;
         let view = ClusterView::start(&client, node);
-        let writer = writer::spawn(client.clone(), node, settings.api_qps);
+        let writer = writer::spawn(client.clone(), node, settings.api_qps)?;
         info!(
             node,
             api_qps = settings.api_qps,

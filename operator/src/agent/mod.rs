@@ -32,7 +32,7 @@ pub enum Error {
     #[error("eBPF: {0}")]
     Ebpf(#[from] weir_ebpf::Error),
     #[error("Kubernetes: {0}")]
-    Kube(String),
+    Kube(#[from] kube_agent::StartError),
     #[error("{what}: {source}")]
     Io {
         what: String,

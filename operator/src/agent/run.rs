@@ -42,6 +42,25 @@ pub struct AgentConfig {
 pub async fn run(config: AgentConfig) -> Result<()> {
     let _lock = AgentLock::acquire(&config.state_dir.join("agent.lock"))?;
     let root = BpfRoot::new(&config.bpf_root);
+    // A pod whose CNI ADD was killed half-way (its runtime's timeout) and
+    // whose runtime never called DEL gets its own interface back. Blocking
+    // netlink and file work, once, before serving.
+    let (state_dir, bpf_root) = (config.state_dir.clone(), config.bpf_root.clone());
+    match tokio::task::spawn_blocking(move || {
+        weir_ebpf::repair::repair_orphans(&state_dir, &bpf_root)
+    })
+    .await
+    {
+        Ok(repaired) => {
+            for a in &repaired.attachments {
+                info!(attachment = %a, "repaired a pod whose CNI ADD died half-way");
+            }
+            for f in &repaired.failures {
+                warn!("repairing half-split pods: {f}");
+            }
+        }
+        Err(e) => warn!("repairing half-split pods: {e}"),
+    }
     // An agent starts after every upgrade: the moment older builds' node
     // programs may have lost their last pod (each one unpinned is logged).
     if let Err(e) = weir_ebpf::node_program::remove_unused_builds(&root) {
@@ -57,11 +76,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         })?;
     info!(node = %config.node_name, listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "weir agent started");
     let kube = match &config.kube {
-        Some(settings) => Some(
-            super::kube_agent::KubeAgent::start(settings, &config.node_name)
-                .await
-                .map_err(Error::Kube)?,
-        ),
+        Some(settings) => {
+            Some(super::kube_agent::KubeAgent::start(settings, &config.node_name).await?)
+        }
         None => None,
     };
     let mut registry = metrics::registry(shared.clone());

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use super::join::PodFlowView;
+use super::join::{FlowDirection, PodFlowView};
 
 /// Collections a client may fall behind before it loses the oldest.
 pub const QUEUE: usize = 16;
@@ -36,7 +36,7 @@ pub struct Update {
 /// The updates of one collection.
 pub type Batch = Arc<Vec<Update>>;
 
-type FlowId = (u32, &'static str, u8, IpAddr, u16, IpAddr, u16);
+type FlowId = (u32, FlowDirection, u8, IpAddr, u16, IpAddr, u16);
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -165,7 +165,7 @@ mod tests {
             pod_id,
             namespace: Some("a".into()),
             pod: "web".into(),
-            direction: "egress",
+            direction: FlowDirection::Egress,
             protocol: 6,
             source: "10.0.0.1".parse().unwrap(),
             source_port: 1,

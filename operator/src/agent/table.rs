@@ -35,7 +35,7 @@ use weir_ebpf::abi::{Direction, FlowCounters, FlowKey};
 use weir_ebpf::vxlan_abi::{VxDirection, VxFlowCounters, VxFlowKey};
 use weir_node_state::AttachmentRecord;
 
-use super::join::{OverlayLeg, PodFlowView};
+use super::join::{FlowDirection, OverlayLeg, PodFlowView};
 use super::peers::{Peer, PeerDirectory};
 use super::reading::FlowSink;
 use super::totals::{Count, SeriesKey, Totals};
@@ -252,7 +252,7 @@ impl Round<'_> {
                         .unwrap_or_default()
                         .to_owned(),
                     pod: name.map_or_else(|| orphan(pod_id), |n| n.pod.to_string()),
-                    direction: direction_name(direction),
+                    direction: direction_name(direction).as_str(),
                     vni: vni.map(|v| v.to_string()).unwrap_or_default(),
                 };
                 (key, grew)
@@ -481,12 +481,8 @@ fn leg_key(key: &FlowKey) -> Option<LegKey> {
     })
 }
 
-fn direction_name(raw: u8) -> &'static str {
-    match Direction::from_raw(raw) {
-        Some(Direction::FromPod) => "egress",
-        Some(Direction::ToPod) => "ingress",
-        None => "unknown",
-    }
+fn direction_name(raw: u8) -> FlowDirection {
+    FlowDirection::from_raw(raw)
 }
 
 fn ip(family: u8, raw: &[u8; 16]) -> IpAddr {
@@ -515,7 +511,7 @@ impl<'a> RowRef<'a> {
         a.namespace()
             .cmp(&b.namespace())
             .then_with(|| a.name.map(|n| &*n.pod).cmp(&b.name.map(|n| &*n.pod)))
-            .then_with(|| direction_name(ka.direction).cmp(direction_name(kb.direction)))
+            .then_with(|| direction_name(ka.direction).cmp(&direction_name(kb.direction)))
             .then_with(|| ip(ka.family, &ka.src).cmp(&ip(kb.family, &kb.src)))
             .then_with(|| ka.sport.cmp(&kb.sport))
             .then_with(|| ip(ka.family, &ka.dst).cmp(&ip(kb.family, &kb.dst)))
@@ -555,7 +551,7 @@ struct ViewRef<'a> {
     pod_id: u32,
     namespace: Option<&'a str>,
     pod: &'a str,
-    direction: &'static str,
+    direction: FlowDirection,
     protocol: u8,
     source: IpAddr,
     source_port: u16,

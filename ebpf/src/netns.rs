@@ -108,3 +108,27 @@ fn open(path: &Path) -> Result<File, NetnsError> {
         }
     })
 }
+
+/// The (device, inode) that identifies a namespace file, whatever path names it.
+fn ns_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether `path` is the network namespace this process runs in (the
+/// node's, for a plugin the runtime started): weir must never split that.
+pub fn is_own(path: &Path) -> bool {
+    match (ns_id(path), ns_id(Path::new("/proc/self/ns/net"))) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Whether two paths name the same network namespace (compared by inode
+/// while both exist, else by path).
+pub fn same(a: &Path, b: &Path) -> bool {
+    match (ns_id(a), ns_id(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}

@@ -226,6 +226,19 @@ pub async fn rename_down(handle: &Handle, index: u32, name: &str) -> Result<()> 
         .map_err(|e| NetlinkError::new(format!("rename link #{index} to {name}"), e))
 }
 
+/// Renames a link that is down and sets its up state, in one request (the
+/// kernel renames before it changes the flags).
+pub async fn rename_set_up(handle: &Handle, index: u32, name: &str, up: bool) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).name(name.to_string());
+    let msg = if up { msg.up() } else { msg.down() };
+    handle
+        .link()
+        .set(msg.build())
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::new(format!("rename link #{index} to {name} (up={up})"), e))
+}
+
 pub async fn set_up(handle: &Handle, index: u32, up: bool) -> Result<()> {
     let msg = LinkUnspec::new_with_index(index);
     let msg = if up { msg.up() } else { msg.down() };
@@ -279,14 +292,34 @@ pub async fn delete_link(handle: &Handle, index: u32) -> Result<()> {
 }
 
 /// Adds `addresses` to link `index`; already present ones are fine, so a
-/// retried step converges.
+/// retried step converges. IPv6 addresses get `nodad`: they already passed
+/// duplicate detection on the original link. For putting addresses back on
+/// the original link, use [`restore_addresses`].
 pub async fn add_addresses(
     handle: &Handle,
     index: u32,
     addresses: &[AddressMessage],
 ) -> Result<()> {
+    add_addresses_with(handle, index, addresses, true).await
+}
+
+/// Puts `addresses` back on link `index` with exactly the flags they had.
+pub async fn restore_addresses(
+    handle: &Handle,
+    index: u32,
+    addresses: &[AddressMessage],
+) -> Result<()> {
+    add_addresses_with(handle, index, addresses, false).await
+}
+
+async fn add_addresses_with(
+    handle: &Handle,
+    index: u32,
+    addresses: &[AddressMessage],
+    nodad: bool,
+) -> Result<()> {
     for original in addresses {
-        let msg = retarget_address(original, index);
+        let msg = retarget_address(original, index, nodad);
         let describe = describe_address(&msg);
         let mut req = handle
             .address()
@@ -325,7 +358,7 @@ pub async fn remove_addresses(handle: &Handle, addresses: &[AddressMessage]) -> 
     Ok(())
 }
 
-fn retarget_address(original: &AddressMessage, index: u32) -> AddressMessage {
+fn retarget_address(original: &AddressMessage, index: u32, nodad: bool) -> AddressMessage {
     let mut msg = AddressMessage::default();
     msg.header = original.header.clone();
     msg.header.index = index;
@@ -350,11 +383,39 @@ fn retarget_address(original: &AddressMessage, index: u32) -> AddressMessage {
         }
     }
     // The address already passed duplicate detection on the original link.
-    if v6 {
+    if v6 && nodad {
         flags |= AddressFlags::Nodad;
     }
     msg.attributes.push(AddressAttribute::Flags(flags));
     msg
+}
+
+/// A netlink message as hex, to keep it in node state exactly as the kernel
+/// gave it.
+pub fn encode_message<M: netlink_packet_core::Emitable>(msg: &M) -> String {
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+pub fn decode_address(text: &str) -> Option<AddressMessage> {
+    use netlink_packet_core::Parseable;
+    AddressMessage::parse(decode_hex(text)?.as_slice()).ok()
+}
+
+pub fn decode_route(text: &str) -> Option<RouteMessage> {
+    use netlink_packet_core::Parseable;
+    RouteMessage::parse(decode_hex(text)?.as_slice()).ok()
 }
 
 pub fn describe_address(addr: &AddressMessage) -> String {
@@ -460,6 +521,26 @@ mod tests {
     }
 
     #[test]
+    fn messages_survive_hex_round_trip() {
+        let mut addr = AddressMessage::default();
+        addr.header.family = AddressFamily::Inet6;
+        addr.header.prefix_len = 64;
+        addr.header.index = 3;
+        addr.attributes
+            .push(AddressAttribute::Address("fd00::5".parse().unwrap()));
+        addr.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+        assert_eq!(decode_address(&encode_message(&addr)), Some(addr));
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(Ipv4Addr::new(10, 244, 1, 1))
+            .output_interface(7)
+            .build();
+        assert_eq!(decode_route(&encode_message(&route)), Some(route));
+        assert_eq!(decode_address("zz"), None);
+        assert_eq!(decode_address("0"), None);
+    }
+
+    #[test]
     fn retargeted_ipv6_address_skips_duplicate_detection_and_keeps_prefix() {
         let mut original = AddressMessage::default();
         original.header.family = AddressFamily::Inet6;
@@ -471,7 +552,13 @@ mod tests {
         original
             .attributes
             .push(AddressAttribute::Label("eth0".into()));
-        let moved = retarget_address(&original, 9);
+        let restored = retarget_address(&original, 9, false);
+        assert!(
+            restored
+                .attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Permanent))
+        );
+        let moved = retarget_address(&original, 9, true);
         assert_eq!(moved.header.index, 9);
         assert_eq!(moved.header.prefix_len, 64);
         assert!(

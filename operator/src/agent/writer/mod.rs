@@ -73,498 +73,33 @@
 //! cannot keep up (the refresh period stretches to due PodFlows / qps).
 //! PodFlows held by the cap and those paused after a refusal are not in it.
 
+mod conversations;
+mod rate;
+mod schedule;
+mod stats;
+
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Resource as _};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::join::{OverlayLeg, PodFlowView};
 use super::pressure::ProfileLoss;
-use super::selection::{Rule, Selection};
-use weir_api::labels;
 use weir_api::pod_flow::agent_field_manager;
-use weir_api::{
-    CaptureProfile, DestinationEndpoint, DirectionCounters, NodeLoss, Observer, PodFlow,
-    PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
+use weir_api::{CaptureProfile, NodeLoss, PodFlow};
+
+pub use conversations::{
+    Clock, Conversations, DesiredFlow, NodeNames, PodUids, conversations, spec_patch,
 };
-
-/// Wall clock for the data path's boot-time stamps. Taken once, so the
-/// same stamp always gives the same time (no writes from clock jitter).
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    boot_epoch_ns: i128,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        Self {
-            boot_epoch_ns: wall - i128::from(crate::node_flows::boot_time_ns()),
-        }
-    }
-
-    /// A clock whose boot happened at `boot_epoch_ns` (for tests).
-    pub fn at(boot_epoch_ns: i128) -> Self {
-        Self { boot_epoch_ns }
-    }
-
-    /// The time of a boot-time stamp, to the second (what the API keeps).
-    pub fn time(&self, boot_ns: u64) -> Option<Time> {
-        if boot_ns == 0 {
-            return None;
-        }
-        let secs = (self.boot_epoch_ns + i128::from(boot_ns)).div_euclid(1_000_000_000);
-        k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).ok()?)
-            .ok()
-            .map(Time)
-    }
-}
-
-/// Pod uids, for owner references.
-pub trait PodUids {
-    fn uid(&self, namespace: &str, pod: &str) -> Option<String>;
-}
-
-impl PodUids for HashMap<(String, String), String> {
-    fn uid(&self, namespace: &str, pod: &str) -> Option<String> {
-        self.get(&(namespace.to_owned(), pod.to_owned())).cloned()
-    }
-}
-
-/// Node names by node address (InternalIP, ExternalIP), for the overlay's
-/// outer addresses.
-pub trait NodeNames {
-    fn node_of(&self, ip: IpAddr) -> Option<String>;
-}
-
-/// No node is known.
-impl NodeNames for () {
-    fn node_of(&self, _: IpAddr) -> Option<String> {
-        None
-    }
-}
-
-impl NodeNames for HashMap<IpAddr, String> {
-    fn node_of(&self, ip: IpAddr) -> Option<String> {
-        self.get(&ip).cloned()
-    }
-}
-
-/// One PodFlow as this node wants it to be.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredFlow {
-    pub namespace: String,
-    pub name: String,
-    pub spec: PodFlowSpec,
-    pub owner: Option<OwnerReference>,
-    pub observer: Observer,
-    pub flush_interval: Duration,
-    pub max_pod_flows: i32,
-    /// The profile's `status.activeFlows` (the controller's count).
-    pub profile_active_flows: Option<i32>,
-}
-
-/// The conversations of one round.
-#[derive(Debug, Default)]
-pub struct Conversations {
-    pub flows: Vec<DesiredFlow>,
-    /// Conversations the selecting profile's filters exclude.
-    pub filtered: u64,
-}
-
-#[derive(Default)]
-struct Pair<'a> {
-    egress: Vec<&'a PodFlowView>,
-    ingress: Vec<&'a PodFlowView>,
-}
-
-#[derive(Default)]
-struct Agg {
-    forward: DirectionCounters,
-    reverse: DirectionCounters,
-    first_ns: u64,
-    last_ns: u64,
-    vxlan: Option<VxlanCounters>,
-}
-
-fn add(c: &mut DirectionCounters, views: &[&PodFlowView]) {
-    for v in views {
-        c.packets = c.packets.saturating_add(v.packets as i64);
-        c.bytes = c.bytes.saturating_add(v.bytes as i64);
-    }
-}
-
-fn add_leg(vx: &mut Option<VxlanCounters>, leg: &OverlayLeg, forward: bool) {
-    let v = vx.get_or_insert_with(|| {
-        let (src, dst) = if forward {
-            (leg.outer_source, leg.outer_destination)
-        } else {
-            (leg.outer_destination, leg.outer_source)
-        };
-        VxlanCounters {
-            vni: Some(i64::from(leg.vni)),
-            outer_source: Some(src.to_string()),
-            outer_destination: Some(dst.to_string()),
-            ..Default::default()
-        }
-    });
-    v.encap_packets = v.encap_packets.saturating_add(leg.encap_packets as i64);
-    v.encap_bytes = v.encap_bytes.saturating_add(leg.encap_bytes as i64);
-    v.decap_packets = v.decap_packets.saturating_add(leg.decap_packets as i64);
-    v.decap_bytes = v.decap_bytes.saturating_add(leg.decap_bytes as i64);
-}
-
-fn pod_owner(namespace: &str, pod: &str, uids: &dyn PodUids) -> Option<OwnerReference> {
-    Some(OwnerReference {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        name: pod.to_owned(),
-        uid: uids.uid(namespace, pod)?,
-        controller: Some(false),
-        block_owner_deletion: Some(false),
-    })
-}
-
-/// The underlay address of the other end's node, from the overlay legs of a
-/// 5-tuple's views: the outer destination of what this node encapsulated,
-/// else the outer source of what it decapsulated.
-fn remote_vtep(pair: &Pair<'_>) -> Option<IpAddr> {
-    pair.egress
-        .iter()
-        .find_map(|v| v.overlay.as_ref().map(|l| l.outer_destination))
-        .or_else(|| {
-            pair.ingress
-                .iter()
-                .find_map(|v| v.overlay.as_ref().map(|l| l.outer_source))
-        })
-}
-
-/// Groups a round's views into the PodFlows this node publishes (see the
-/// module doc for the rules).
-pub fn conversations(
-    views: &[PodFlowView],
-    node: &str,
-    selection: &Selection,
-    uids: &dyn PodUids,
-    nodes: &dyn NodeNames,
-    clock: &Clock,
-) -> Conversations {
-    // (pod id, proto, local ip, local port, remote ip, remote port)
-    type Tuple = (u32, u8, IpAddr, u16, IpAddr, u16);
-    let mut pairs: HashMap<Tuple, (Pair<'_>, &PodFlowView)> = HashMap::new();
-    for v in views {
-        let (Some(ns), true) = (&v.namespace, v.direction != "unknown") else {
-            continue;
-        };
-        if selection.rule(ns, &v.pod).is_none() {
-            continue;
-        }
-        let has_ports = Protocol::from_ip_proto(v.protocol).is_some_and(Protocol::has_ports);
-        let egress = v.direction == "egress";
-        let (local, lport, remote, rport) = if egress {
-            (v.source, v.source_port, v.destination, v.destination_port)
-        } else {
-            (v.destination, v.destination_port, v.source, v.source_port)
-        };
-        let (lport, rport) = if has_ports { (lport, rport) } else { (0, 0) };
-        let entry = pairs
-            .entry((v.pod_id, v.protocol, local, lport, remote, rport))
-            .or_insert_with(|| (Pair::default(), v));
-        if egress {
-            entry.0.egress.push(v)
-        } else {
-            entry.0.ingress.push(v)
-        }
-    }
-
-    let mut out = Conversations::default();
-    // (namespace, name, local pod is the source) → spec, owner, rule, counters
-    type Grouped = (PodFlowSpec, Option<OwnerReference>, Arc<Rule>, Agg);
-    let mut aggs: HashMap<(String, String, bool), Grouped> = HashMap::new();
-    for ((_, proto, local_ip, lport, remote_ip, rport), (pair, any)) in pairs {
-        let Some(protocol) = Protocol::from_ip_proto(proto) else {
-            continue;
-        };
-        let ns = any.namespace.as_deref().unwrap_or_default();
-        let Some(rule) = selection.rule(ns, &any.pod) else {
-            continue;
-        };
-        let first =
-            |vs: &[&PodFlowView]| vs.iter().map(|v| v.first_seen_ns).filter(|t| *t > 0).min();
-        let local_is_source = match (first(&pair.egress), first(&pair.ingress)) {
-            (Some(e), Some(i)) => e <= i,
-            (_, None) => true,
-            (None, Some(_)) => pair.egress.is_empty(),
-        } && !pair.egress.is_empty();
-        let port = |p: u16| protocol.has_ports().then_some(p);
-        // The node behind the overlay, for an end known only by its address.
-        let remote_node = || {
-            remote_vtep(&pair)
-                .and_then(|vtep| nodes.node_of(vtep))
-                .filter(|n| n != node)
-        };
-        let (spec, owner) = if local_is_source {
-            let source = SourceEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node);
-            let destination = match &any.peer {
-                Some(peer) => DestinationEndpoint::pod(
-                    &peer.namespace,
-                    &peer.pod,
-                    &remote_ip.to_string(),
-                    &peer.node,
-                    port(rport),
-                ),
-                None => DestinationEndpoint {
-                    node: remote_node(),
-                    ..DestinationEndpoint::address(&remote_ip.to_string(), port(rport))
-                },
-            };
-            (
-                PodFlowSpec {
-                    source,
-                    destination,
-                    protocol,
-                    profile: rule.profile.clone(),
-                },
-                pod_owner(ns, &any.pod, uids),
-            )
-        } else {
-            let destination =
-                DestinationEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node, port(lport));
-            let (source, owner) = match &any.peer {
-                Some(peer) => {
-                    let owner = if peer.namespace == rule.namespace {
-                        pod_owner(&peer.namespace, &peer.pod, uids)
-                    } else {
-                        None
-                    };
-                    (
-                        SourceEndpoint::pod(
-                            &peer.namespace,
-                            &peer.pod,
-                            &remote_ip.to_string(),
-                            &peer.node,
-                        ),
-                        owner,
-                    )
-                }
-                // Opened from outside the pods weir knows: the local pod owns it.
-                None => (
-                    SourceEndpoint {
-                        node: remote_node(),
-                        ..SourceEndpoint::address(&remote_ip.to_string())
-                    },
-                    None,
-                ),
-            };
-            let owner = owner.or_else(|| pod_owner(ns, &any.pod, uids));
-            (
-                PodFlowSpec {
-                    source,
-                    destination,
-                    protocol,
-                    profile: rule.profile.clone(),
-                },
-                owner,
-            )
-        };
-        let destination_port = spec.destination.port.and_then(|p| u16::try_from(p).ok());
-        if !rule.admits(protocol, destination_port, remote_ip) {
-            out.filtered += 1;
-            continue;
-        }
-        let name = spec.object_name();
-        let (_, _, _, agg) = aggs
-            .entry((rule.namespace.clone(), name, local_is_source))
-            .or_insert_with(|| (spec, owner, rule.clone(), Agg::default()));
-        let (fwd, rev) = if local_is_source {
-            (&pair.egress, &pair.ingress)
-        } else {
-            (&pair.ingress, &pair.egress)
-        };
-        add(&mut agg.forward, fwd);
-        add(&mut agg.reverse, rev);
-        for (views, forward) in [(fwd, true), (rev, false)] {
-            for v in views {
-                if v.first_seen_ns > 0 && (agg.first_ns == 0 || v.first_seen_ns < agg.first_ns) {
-                    agg.first_ns = v.first_seen_ns;
-                }
-                agg.last_ns = agg.last_ns.max(v.last_seen_ns);
-                if let Some(leg) = &v.overlay {
-                    add_leg(&mut agg.vxlan, leg, forward);
-                }
-            }
-        }
-    }
-    let mut keys: Vec<(String, String, bool)> = aggs.keys().cloned().collect();
-    keys.sort();
-    for key in keys {
-        // Both ends local and selected: publish the source pod's view only.
-        if !key.2 && aggs.contains_key(&(key.0.clone(), key.1.clone(), true)) {
-            continue;
-        }
-        let (spec, owner, rule, agg) = aggs.remove(&key).expect("listed key");
-        out.flows.push(DesiredFlow {
-            namespace: key.0,
-            name: key.1,
-            spec,
-            owner,
-            observer: Observer {
-                node: node.to_owned(),
-                forward: agg.forward,
-                reverse: agg.reverse,
-                first_seen: clock.time(agg.first_ns),
-                last_seen: clock.time(agg.last_ns),
-                vxlan: agg.vxlan,
-            },
-            flush_interval: rule.flush_interval,
-            max_pod_flows: rule.max_pod_flows,
-            profile_active_flows: rule.active_flows,
-        });
-    }
-    out
-}
-
-/// The server-side apply body of a PodFlow's spec, labels and owner.
-pub fn spec_patch(flow: &DesiredFlow) -> serde_json::Value {
-    let mut metadata = serde_json::json!({
-        "name": flow.name,
-        "labels": { labels::PROFILE: flow.spec.profile, labels::MANAGED_BY: labels::MANAGED_BY_WEIR },
-    });
-    if let Some(owner) = &flow.owner {
-        metadata["ownerReferences"] = serde_json::json!([owner]);
-    }
-    serde_json::json!({
-        "apiVersion": PodFlow::api_version(&()),
-        "kind": PodFlow::kind(&()),
-        "metadata": metadata,
-        "spec": flow.spec,
-    })
-}
-
-/// Counters of the writer, for logs, tests and the scale benchmark.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// API requests sent (successful or not).
-    pub requests: AtomicU64,
-    pub spec_applies: AtomicU64,
-    pub status_applies: AtomicU64,
-    pub failures: AtomicU64,
-    /// PodFlows whose observer entry differs from the last one written.
-    pub dirty: AtomicU64,
-    /// PodFlows not created because the profile reached maxPodFlows.
-    pub held_by_cap: AtomicU64,
-    /// Dirty PodFlows not held by the cap nor paused after a refusal: the
-    /// backlog.
-    pub pending: AtomicU64,
-    /// Of the pending PodFlows, those whose flushInterval has passed:
-    /// waiting for the request budget.
-    pub due: AtomicU64,
-    /// When the oldest unpublished change (of a dirty PodFlow not held by
-    /// the cap nor paused) was handed to the writer, in milliseconds since
-    /// the Unix epoch; 0 when there is none.
-    pub oldest_pending_unix_ms: AtomicU64,
-    /// Map-pressure entries of CaptureProfiles written.
-    pub loss_applies: AtomicU64,
-}
-
-impl WriterStats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    /// How long the oldest unpublished change has waited (zero when none).
-    pub fn oldest_pending_age(&self) -> Duration {
-        let since = Self::get(&self.oldest_pending_unix_ms);
-        if since == 0 {
-            return Duration::ZERO;
-        }
-        let now = unix_ms(std::time::SystemTime::now());
-        Duration::from_millis(now.saturating_sub(since))
-    }
-}
-
-fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// The writer's figures as agent metrics (OpenMetrics), read at scrape time.
-#[derive(Debug)]
-pub struct WriterCollector(pub Arc<WriterStats>);
-
-impl prometheus_client::collector::Collector for WriterCollector {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric as _;
-        use prometheus_client::metrics::counter::ConstCounter;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let s = &self.0;
-        let counts: [(&str, &str, u64); 3] = [
-            (
-                "weir_podflow_writer_pending",
-                "PodFlows whose newest counters are not published yet (not counting those held by maxPodFlows or paused after a refusal).",
-                WriterStats::get(&s.pending),
-            ),
-            (
-                "weir_podflow_writer_due",
-                "Pending PodFlows whose flushInterval has passed: waiting for the request budget (--api-qps).",
-                WriterStats::get(&s.due),
-            ),
-            (
-                "weir_podflow_writer_held_by_cap",
-                "New conversations not published because their profile reached maxPodFlows.",
-                WriterStats::get(&s.held_by_cap),
-            ),
-        ];
-        for (name, help, value) in counts {
-            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        let age = ConstGauge::new(s.oldest_pending_age().as_secs_f64());
-        age.encode(encoder.encode_descriptor(
-            "weir_podflow_writer_oldest_pending_seconds",
-            "Age of the oldest unpublished change; far above the profiles' flushInterval, the request budget cannot keep up.",
-            None,
-            age.metric_type(),
-        )?)?;
-        let counters: [(&str, &str, u64); 2] = [
-            (
-                "weir_podflow_writer_requests",
-                "API requests of the writer (PodFlows and map-pressure entries), successful or not.",
-                WriterStats::get(&s.requests),
-            ),
-            (
-                "weir_podflow_writer_failures",
-                "API requests of the writer that failed.",
-                WriterStats::get(&s.failures),
-            ),
-        ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        Ok(())
-    }
-}
+pub use rate::{InvalidRate, TokenBucket};
+use schedule::Entry;
+use stats::unix_ms;
+pub use stats::{WriterCollector, WriterStats};
 
 /// The collection loop's end of the writer.
 #[derive(Clone)]
@@ -594,7 +129,8 @@ impl WriterHandle {
 }
 
 /// Starts the writer task for `node`, at most `qps` requests per second.
-pub fn spawn(client: Client, node: &str, qps: f64) -> WriterHandle {
+pub fn spawn(client: Client, node: &str, qps: f64) -> Result<WriterHandle, InvalidRate> {
+    let bucket = TokenBucket::new(qps)?;
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
     let (losses_tx, losses_rx) = watch::channel(Arc::new(Vec::new()));
     let stats = Arc::new(WriterStats::default());
@@ -603,64 +139,15 @@ pub fn spawn(client: Client, node: &str, qps: f64) -> WriterHandle {
         manager: agent_field_manager(node),
         entries: HashMap::new(),
         losses: HashMap::new(),
-        bucket: TokenBucket::new(qps),
+        bucket,
         stats: stats.clone(),
     };
     tokio::spawn(writer.run(rx, losses_rx));
-    WriterHandle {
+    Ok(WriterHandle {
         tx: Arc::new(tx),
         losses: Arc::new(losses_tx),
         stats,
-    }
-}
-
-/// `rate` tokens per second, at most `rate` (at least 1) saved up.
-#[derive(Debug)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(rate: f64) -> Self {
-        let rate = if rate.is_finite() && rate > 0.0 {
-            rate
-        } else {
-            5.0
-        };
-        let burst = rate.max(1.0);
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    pub async fn take(&mut self) {
-        loop {
-            let now = Instant::now();
-            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
-                .min(self.burst);
-            self.last = now;
-            if self.tokens >= 1.0 {
-                self.tokens -= 1.0;
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs_f64((1.0 - self.tokens) / self.rate)).await;
-        }
-    }
-}
-
-struct Entry {
-    desired: DesiredFlow,
-    written: Option<Observer>,
-    spec_applied: bool,
-    last_write: Option<Instant>,
-    dirty_since: Option<Instant>,
-    blocked_until: Option<Instant>,
+    })
 }
 
 /// A CaptureProfile's map-pressure entry of this node.
@@ -705,108 +192,33 @@ const REFUSED_PAUSE: Duration = Duration::from_secs(300);
 
 impl Writer {
     fn merge(&mut self, flows: &[DesiredFlow], now: Instant) {
-        let mut present = HashSet::with_capacity(flows.len());
-        for flow in flows {
-            let key = (flow.namespace.clone(), flow.name.clone());
-            present.insert(key.clone());
-            let entry = self.entries.entry(key).or_insert_with(|| Entry {
-                desired: flow.clone(),
-                written: None,
-                spec_applied: false,
-                last_write: None,
-                dirty_since: None,
-                blocked_until: None,
-            });
-            entry.desired = flow.clone();
-            if entry.written.as_ref() != Some(&flow.observer) {
-                entry.dirty_since.get_or_insert(now);
-            }
-        }
-        // Gone from the maps: keep what still has to be written, drop the rest.
-        self.entries
-            .retain(|k, e| present.contains(k) || e.dirty_since.is_some());
+        schedule::merge(&mut self.entries, flows, now);
         self.count_dirty();
     }
 
     fn count_dirty(&self) {
-        let dirty = self
-            .entries
-            .values()
-            .filter(|e| e.dirty_since.is_some())
-            .count();
-        self.stats.dirty.store(dirty as u64, Ordering::Relaxed);
+        self.stats
+            .dirty
+            .store(schedule::dirty(&self.entries), Ordering::Relaxed);
     }
 
-    /// The next PodFlow to write now, else when the next one is due.
+    /// The next PodFlow to write now, else when the next one is due; keeps
+    /// the backlog gauges.
     fn next(&self, now: Instant) -> (Option<(String, String)>, Option<Instant>) {
-        type Rank = (bool, Instant);
-        let mut best: Option<(Rank, &(String, String))> = None;
-        let mut wake: Option<Instant> = None;
-        let mut capped = 0u64;
-        let mut due_now = 0u64;
-        let mut pending = 0u64;
-        let mut oldest: Option<Instant> = None;
-        let mut created: HashMap<&str, i32> = HashMap::new();
-        for e in self.entries.values().filter(|e| e.spec_applied) {
-            *created.entry(e.desired.spec.profile.as_str()).or_default() += 1;
-        }
-        for (key, e) in &self.entries {
-            let Some(dirty_since) = e.dirty_since else {
-                continue;
-            };
-            let paused = e.blocked_until.is_some_and(|b| b > now);
-            let due = match (e.blocked_until, e.last_write) {
-                (Some(b), _) if b > now => b,
-                (_, Some(last)) => last + e.desired.flush_interval,
-                _ => now,
-            };
-            let held = !e.spec_applied && e.written.is_none() && {
-                let active = e.desired.profile_active_flows.unwrap_or(0).max(
-                    created
-                        .get(e.desired.spec.profile.as_str())
-                        .copied()
-                        .unwrap_or(0),
-                );
-                active >= e.desired.max_pod_flows
-            };
-            if !paused && !held {
-                pending += 1;
-                oldest = Some(oldest.map_or(dirty_since, |o| o.min(dirty_since)));
-                if due <= now {
-                    due_now += 1;
-                }
-            }
-            if due > now {
-                wake = Some(wake.map_or(due, |w| w.min(due)));
-                continue;
-            }
-            if !e.spec_applied && e.written.is_none() {
-                let active = e.desired.profile_active_flows.unwrap_or(0).max(
-                    created
-                        .get(e.desired.spec.profile.as_str())
-                        .copied()
-                        .unwrap_or(0),
-                );
-                if active >= e.desired.max_pod_flows {
-                    capped += 1;
-                    continue;
-                }
-            }
-            let rank = (e.written.is_some(), e.last_write.unwrap_or(dirty_since));
-            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-                best = Some((rank, key));
-            }
-        }
-        self.stats.held_by_cap.store(capped, Ordering::Relaxed);
-        self.stats.due.store(due_now, Ordering::Relaxed);
-        self.stats.pending.store(pending, Ordering::Relaxed);
-        let oldest_ms = oldest.map_or(0, |o| {
+        let next = schedule::next(&self.entries, now);
+        let b = &next.backlog;
+        self.stats
+            .held_by_cap
+            .store(b.held_by_cap, Ordering::Relaxed);
+        self.stats.due.store(b.due, Ordering::Relaxed);
+        self.stats.pending.store(b.pending, Ordering::Relaxed);
+        let oldest_ms = b.oldest_dirty.map_or(0, |o| {
             unix_ms(std::time::SystemTime::now() - now.saturating_duration_since(o))
         });
         self.stats
             .oldest_pending_unix_ms
             .store(oldest_ms, Ordering::Relaxed);
-        (best.map(|(_, k)| k.clone()), wake)
+        (next.key, next.wake)
     }
 
     fn merge_losses(&mut self, losses: &[ProfileLoss]) {
@@ -1087,9 +499,13 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
+    use crate::agent::join::{FlowDirection, OverlayLeg, PodFlowView};
     use crate::agent::peers::Peer;
     use crate::agent::selection::LocalPod;
+    use crate::agent::selection::Selection;
+    use std::net::IpAddr;
     use weir_api::{CaptureProfile, CaptureProfileSpec};
+    use weir_api::{DirectionCounters, Protocol};
 
     #[allow(clippy::too_many_arguments)]
     fn view(
@@ -1105,7 +521,11 @@ mod tests {
             pod_id: if pod == "web" { 1 } else { 2 },
             namespace: Some("shop".into()),
             pod: pod.into(),
-            direction: if egress { "egress" } else { "ingress" },
+            direction: if egress {
+                FlowDirection::Egress
+            } else {
+                FlowDirection::Ingress
+            },
             protocol: 17,
             source: src.0.parse().unwrap(),
             source_port: src.1,
@@ -1461,7 +881,7 @@ mod tests {
             manager: agent_field_manager("node-a"),
             entries: HashMap::new(),
             losses: HashMap::new(),
-            bucket: TokenBucket::new(5.0),
+            bucket: TokenBucket::new(5.0).unwrap(),
             stats: Arc::new(WriterStats::default()),
         }
     }
@@ -1542,18 +962,7 @@ mod tests {
         assert!((0.0..2.0).contains(&oldest), "{text}");
     }
 
-    #[tokio::test]
-    async fn the_token_bucket_holds_the_rate() {
-        let mut bucket = TokenBucket::new(50.0);
-        let start = Instant::now();
-        for _ in 0..60 {
-            bucket.take().await;
-        }
-        // 50 from the burst, then 10 at 50/s.
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(190) && took <= Duration::from_millis(400),
-            "{took:?}"
-        );
-    }
+    // Paused time: the clock only moves when every task sleeps, by exactly
+    // what they asked, so the rate is measured without a loaded machine's
+    // scheduling noise.
 }
