@@ -68,10 +68,13 @@ struct User {
     extra: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
+/// Token → when it was reviewed, and who it is (or why not).
+type UserCache = HashMap<String, (Instant, Result<User, String>)>;
+
 /// Authenticates and authorises flow readers against the API server.
 pub struct FlowAuthz {
     client: kube::Client,
-    users: Mutex<HashMap<String, (Instant, Result<User, String>)>>,
+    users: Mutex<UserCache>,
     /// (user name, namespace or "" for all) → allowed.
     decisions: Mutex<HashMap<(String, String), (Instant, bool)>>,
 }
