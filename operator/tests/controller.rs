@@ -1369,8 +1369,29 @@ async fn one_replica_leads_and_a_killed_leader_hands_over() {
 
     // The killed replica comes back as a follower: the lease stays.
     start_replica(s, &leader).unwrap();
+    // Positive control: the restarted replica is up and takes part in the
+    // election (it answers, as a follower), so "the lease stays" below is
+    // its decision, not its absence.
+    poll(
+        "the restarted replica answers as a follower",
+        WAIT,
+        || async {
+            let text = scrape(&leader)?;
+            match sample(&text, "weir_controller_leader") {
+                Some(v) if v == 0.0 => Ok(()),
+                other => Err(format!("weir_controller_leader {other:?}")),
+            }
+        },
+    )
+    .await;
+    // Longer than the lease (4s): a follower that wanted it could take it.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(lease_holder(&admin).await.unwrap().0, follower);
+    assert_eq!(
+        sample(&scrape(&leader).unwrap(), "weir_controller_leader"),
+        Some(0.0),
+        "the restarted replica still runs, as a follower"
+    );
 }
 
 #[tokio::test]
