@@ -19,7 +19,23 @@ build: bootstrap
 test: bootstrap
 	bash scripts/test.sh
 
-demo: bootstrap
+# The unit tests (every crate's lib tests, the CRD golden files and
+# `crdgen --check`): no root, no network namespaces, no control plane; the
+# eBPF crate's build still needs clang and libbpf headers.
+test-unit:
+	$(CARGO) run --locked -q -p weir-api --bin crdgen -- --check
+	$(CARGO) test --workspace --locked --lib
+	$(CARGO) test --locked -p weir-api --test crds
+
+# The integration tests only (real netns, CNI chain, eBPF, control plane):
+# root and bootstrap's tools; check-host names what is missing.
+test-privileged: bootstrap
+	bash scripts/check-host.sh
+	$(CARGO) test --workspace --locked --tests -- --test-threads="$${WEIR_TEST_THREADS:-2}"
+
+# The demo uses cnitool and the CNI plugins, not the control plane.
+demo:
+	bash scripts/bootstrap.sh --no-controlplane
 	bash scripts/demo.sh
 
 bench: bootstrap
