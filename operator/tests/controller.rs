@@ -22,7 +22,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -236,26 +236,29 @@ fn kill_replica(id: &str) {
 
 // ---------------------------------------------------------------- helpers
 
+/// [`weir_e2e::wait::eventually`] for checks that say why they are not
+/// there yet; on timeout, panics with both replicas' logs.
 async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => {
-                let s = setup();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}: {last}\n--- {} log:\n{}\n--- {} log:\n{}",
-                    REPLICAS[0],
-                    s.log_tail(REPLICAS[0]),
-                    REPLICAS[1],
-                    s.log_tail(REPLICAS[1])
-                );
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+    let found = weir_e2e::wait::eventually(timeout, what, || {
+        let check = f();
+        async move { check.await.map(Some).map_err(anyhow::Error::msg) }
+    })
+    .await;
+    match found {
+        Ok(v) => v,
+        Err(e) => {
+            let s = setup();
+            panic!(
+                "{e}\n--- {} log:\n{}\n--- {} log:\n{}",
+                REPLICAS[0],
+                s.log_tail(REPLICAS[0]),
+                REPLICAS[1],
+                s.log_tail(REPLICAS[1])
+            );
         }
     }
 }
@@ -1378,7 +1381,7 @@ async fn one_replica_leads_and_a_killed_leader_hands_over() {
         || async {
             let text = scrape(&leader)?;
             match sample(&text, "weir_controller_leader") {
-                Some(v) if v == 0.0 => Ok(()),
+                Some(0.0) => Ok(()),
                 other => Err(format!("weir_controller_leader {other:?}")),
             }
         },
