@@ -34,9 +34,8 @@ pub mod plugin {
 }
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -469,7 +468,8 @@ impl StateStore {
             .truncate(false)
             .open(&path)
             .map_err(io("open", &path))?;
-        let _lock = Flock::exclusive(&file).map_err(io("lock", &path))?;
+        // Released when `file` is closed, at the end of this function.
+        file.lock().map_err(io("lock", &path))?;
         let mut text = String::new();
         (&file)
             .read_to_string(&mut text)
@@ -596,25 +596,6 @@ fn sanitize(network: &str) -> String {
         format!("_{name}")
     } else {
         name
-    }
-}
-
-struct Flock<'a>(&'a File);
-
-impl<'a> Flock<'a> {
-    fn exclusive(file: &'a File) -> std::io::Result<Self> {
-        // SAFETY: flock on a valid open descriptor has no memory effects.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self(file))
-    }
-}
-
-impl Drop for Flock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: as above; unlocking cannot fail in a way we could act on.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 

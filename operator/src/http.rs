@@ -1,7 +1,8 @@
 //! The small HTTP/1.1 responder behind the agent's and the controller's
-//! endpoints: one request per connection, GET only, `/healthz` answered
-//! here, every other path by the caller's handler (`None`: 404), and
-//! `/metrics` as OpenMetrics text rendered from a registry ([`metrics`]).
+//! endpoints: one request per connection, GET only, `/healthz` (the process
+//! answers) and `/readyz` (it really works: the caller's [`Readiness`])
+//! answered here, every other path by the caller's handler (`None`: 404),
+//! and `/metrics` as OpenMetrics text rendered from a registry ([`metrics`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +10,33 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// The content type of `/metrics`.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A 200 answer: its content type and body.
 pub type Body = (&'static str, String);
+
+/// Whether the process really works yet; `Err` says what it still waits for.
+/// Shared between the component, which updates it, and `/readyz`.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<std::sync::Mutex<Result<(), String>>>);
+
+impl Readiness {
+    /// Not ready, waiting for `what`.
+    pub fn waiting(what: impl Into<String>) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Err(what.into()))))
+    }
+
+    pub fn set(&self, state: Result<(), String>) {
+        *self.0.lock().expect("readiness lock") = state;
+    }
+
+    pub fn get(&self) -> Result<(), String> {
+        self.0.lock().expect("readiness lock").clone()
+    }
+}
 
 /// `registry` as OpenMetrics text.
 pub fn render(registry: &Registry) -> String {
@@ -31,19 +52,33 @@ pub fn metrics(registry: &Registry) -> Body {
 }
 
 /// Serves GETs on `listener` until the task is dropped: `/healthz` answers
-/// `ok`, any other path what `handler` gives for it (the path without its
-/// query), 404 where it gives `None`; methods other than GET get 405.
-pub async fn serve<H>(listener: TcpListener, handler: Arc<H>)
+/// `ok`, `/readyz` `ready` (200) or what `ready` still waits for (503), any
+/// other path what `handler` gives for it (the path without its query), 404
+/// where it gives `None`; methods other than GET get 405. A failing
+/// `accept` (e.g. EMFILE: out of descriptors) is logged and retried after
+/// a pause that doubles up to a second, never in a busy loop.
+pub async fn serve<H>(listener: TcpListener, handler: Arc<H>, ready: Readiness)
 where
     H: Fn(&str) -> Option<Body> + Send + Sync + 'static,
 {
+    const PAUSE_MAX: Duration = Duration::from_secs(1);
+    let mut pause = Duration::from_millis(10);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                pause = Duration::from_millis(10);
+                accepted
+            }
+            Err(e) => {
+                warn!("accepting a connection: {e}; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(PAUSE_MAX);
+                continue;
+            }
         };
-        let handler = handler.clone();
+        let (handler, ready) = (handler.clone(), ready.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &*handler).await {
+            if let Err(e) = answer(stream, &*handler, &ready).await {
                 debug!(%peer, "metrics connection: {e}");
             }
         });
@@ -53,6 +88,7 @@ where
 async fn answer(
     mut stream: TcpStream,
     handler: &(dyn Fn(&str) -> Option<Body> + Send + Sync),
+    ready: &Readiness,
 ) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -74,6 +110,13 @@ async fn answer(
     let path = path.split('?').next().unwrap_or("");
     let (status, (content_type, body)) = match (method, path) {
         ("GET", "/healthz") => ("200 OK", ("text/plain", "ok\n".to_owned())),
+        ("GET", "/readyz") => match ready.get() {
+            Ok(()) => ("200 OK", ("text/plain", "ready\n".to_owned())),
+            Err(what) => (
+                "503 Service Unavailable",
+                ("text/plain", format!("not ready: {what}\n")),
+            ),
+        },
         ("GET", path) => match handler(path) {
             Some(found) => ("200 OK", found),
             None => ("404 Not Found", ("text/plain", "not found\n".to_owned())),
@@ -90,4 +133,46 @@ async fn answer(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_503_until_ready_and_healthz_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ready = Readiness::waiting("the first collection");
+        let handler = Arc::new(|path: &str| (path == "/x").then(|| ("text/plain", "x".into())));
+        let server = tokio::spawn(serve(listener, handler, ready.clone()));
+
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let waiting = get(addr, "/readyz").await;
+        assert!(waiting.starts_with("HTTP/1.1 503"), "{waiting}");
+        assert!(
+            waiting.ends_with("not ready: the first collection\n"),
+            "{waiting}"
+        );
+        ready.set(Ok(()));
+        let now = get(addr, "/readyz").await;
+        assert!(
+            now.starts_with("HTTP/1.1 200") && now.ends_with("ready\n"),
+            "{now}"
+        );
+        assert!(get(addr, "/x").await.ends_with("\r\n\r\nx"));
+        assert!(get(addr, "/y").await.starts_with("HTTP/1.1 404"));
+        server.abort();
+    }
 }

@@ -86,7 +86,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         registry,
         flows: flows.clone(),
     });
-    tokio::spawn(server::serve(listener, endpoints));
+    let ready = crate::http::Readiness::waiting("the first collection");
+    tokio::spawn(server::serve(listener, endpoints, ready.clone()));
 
     let mut peers = config.peers_file.as_deref().map(FilePeers::new);
     let mut totals = Totals::new(config.max_series);
@@ -149,6 +150,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                     drop(table);
                 }
                 publish(&shared, &reading, &totals, &names);
+                ready.set(match &kube {
+                    Some(k) if !k.view.selection_ready() => {
+                        Err("the pod and CaptureProfile caches to sync".into())
+                    }
+                    _ => Ok(()),
+                });
             }
             Err(e) => {
                 drop(table);

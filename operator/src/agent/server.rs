@@ -1,7 +1,9 @@
 //! The agent's HTTP endpoint: `/metrics` (OpenMetrics text), `/flows` (the
 //! joined flows of the last collection as JSON, which carries what another
 //! node needs to compare its decap counts with this node's encap counts),
-//! and `/healthz`. A deliberately small HTTP/1.1 responder: one request per
+//! `/healthz`, and `/readyz` (200 once a collection round read the maps
+//! (and looked for flannel's devices) and, with the API server, the pod and
+//! profile caches are synced). A deliberately small HTTP/1.1 responder: one request per
 //! connection, GET only.
 
 use std::sync::{Arc, Mutex};
@@ -17,8 +19,13 @@ pub struct Endpoints {
     pub flows: Arc<Mutex<FlowTable>>,
 }
 
-pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>) {
-    http::serve(listener, Arc::new(move |path: &str| endpoints.get(path))).await
+pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, ready: http::Readiness) {
+    http::serve(
+        listener,
+        Arc::new(move |path: &str| endpoints.get(path)),
+        ready,
+    )
+    .await
 }
 
 impl Endpoints {
