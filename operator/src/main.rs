@@ -130,6 +130,13 @@ enum AgentCommand {
         /// Upper bound on this node's PodFlow write requests per second.
         #[arg(long, default_value_t = 5.0, value_parser = parse_rate)]
         api_qps: f64,
+        /// The agent's own DaemonSet: gone (or access to it revoked) on
+        /// SIGTERM means `helm uninstall`, and the agent cleans the node.
+        #[arg(long, env = "WEIR_DAEMONSET_NAME", requires = "daemonset_namespace")]
+        daemonset_name: Option<String>,
+        /// The DaemonSet's namespace.
+        #[arg(long, env = "POD_NAMESPACE")]
+        daemonset_namespace: Option<String>,
     },
     /// Print the flows counted on this node, without Kubernetes at hand.
     Dump {
@@ -244,6 +251,8 @@ fn main() -> Result<()> {
                 kubeconfig,
                 no_kube,
                 api_qps,
+                daemonset_name,
+                daemonset_namespace,
             } => {
                 use weir_operator::agent::kube_agent::{KubeSettings, KubeSource};
                 let source = match kubeconfig {
@@ -263,6 +272,7 @@ fn main() -> Result<()> {
                     max_series,
                     watch_vxlan: !no_vxlan,
                     kube: source.map(|source| KubeSettings { source, api_qps }),
+                    daemonset: daemonset_namespace.zip(daemonset_name),
                 };
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

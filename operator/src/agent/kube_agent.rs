@@ -464,6 +464,15 @@ impl ClusterView {
         }
     }
 
+    /// The `(namespace, name)` of the pods that run on this node now.
+    pub fn local_pod_names(&self) -> std::collections::HashSet<(String, String)> {
+        self.local_pods
+            .state()
+            .iter()
+            .filter_map(|p| Some((p.metadata.namespace.clone()?, p.metadata.name.clone()?)))
+            .collect()
+    }
+
     /// Whether the local pods and the profiles have been listed.
     pub fn selection_ready(&self) -> bool {
         self.local_synced.load(Ordering::Relaxed) && self.profiles_synced.load(Ordering::Relaxed)
@@ -511,6 +520,8 @@ impl PeerDirectory for KubePeers<'_> {
 /// The agent's Kubernetes side: the watches and the PodFlow writer.
 pub struct KubeAgent {
     pub view: ClusterView,
+    /// For the uninstall check on SIGTERM.
+    pub client: kube::Client,
     pub writer: WriterHandle,
     node: String,
     clock: Clock,
@@ -522,7 +533,7 @@ impl KubeAgent {
     pub async fn start(settings: &KubeSettings, node: &str) -> Result<Self, StartError> {
         let client = client(&settings.source).await?;
         let view = ClusterView::start(&client, node);
-        let writer = writer::spawn(client, node, settings.api_qps)?;
+        let writer = writer::spawn(client.clone(), node, settings.api_qps)?;
         info!(
             node,
             api_qps = settings.api_qps,
@@ -531,6 +542,7 @@ impl KubeAgent {
         );
         Ok(Self {
             view,
+            client,
             writer,
             node: node.to_owned(),
             clock: Clock::now(),

@@ -18,6 +18,7 @@ pub mod selection;
 pub mod server;
 pub mod table;
 pub mod totals;
+pub mod uninstall;
 pub mod vxlan_discovery;
 pub mod writer;
 

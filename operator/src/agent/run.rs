@@ -33,6 +33,9 @@ pub struct AgentConfig {
     /// count, and PodFlows are written. Without it, peers come from the file
     /// only and pod modes are left as they are.
     pub kube: Option<super::kube_agent::KubeSettings>,
+    /// The agent's DaemonSet `(namespace, name)`: when it is gone on
+    /// SIGTERM, this is `helm uninstall` and the node is cleaned.
+    pub daemonset: Option<(String, String)>,
 }
 
 pub async fn run(config: AgentConfig) -> Result<()> {
@@ -98,6 +101,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             what: "install SIGTERM handler".into(),
             source,
         })?;
+    let mut terminated = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -108,7 +112,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 }
                 continue;
             }
-            _ = sigterm.recv() => break,
+            _ = sigterm.recv() => {
+                terminated = true;
+                break;
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
         let names = if config.watch_vxlan {
@@ -163,6 +170,19 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 shared.lock().expect("metrics lock").collection_errors += 1;
             }
         }
+    }
+    if terminated
+        && let (Some(k), Some((namespace, name))) = (&kube, &config.daemonset)
+    {
+        use crate::install_cni::uninstall::{TermAction, decide, lookup};
+        let found = lookup(&k.client, namespace, name, Duration::from_secs(10)).await;
+        let (action, why) = decide(&found);
+        if action == TermAction::Uninstall {
+            info!("SIGTERM: {why}: uninstall, cleaning the node");
+            super::uninstall::clean_node(&config.bpf_root, &config.state_dir, &k.view.local_pod_names());
+            return Ok(());
+        }
+        info!("SIGTERM: {why}");
     }
     info!("SIGTERM: stopping; pinned programs and maps stay, counting goes on");
     Ok(())
