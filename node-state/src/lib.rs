@@ -34,7 +34,7 @@ pub mod plugin {
 }
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -305,18 +305,14 @@ fn lock_at(path: PathBuf, wait: bool) -> Result<Option<AttachmentLock>> {
                 .truncate(false)
                 .open(&path)
                 .map_err(io("open", &path))?;
-            let op = if wait {
-                libc::LOCK_EX
+            if wait {
+                file.lock().map_err(io("lock", &path))?;
             } else {
-                libc::LOCK_EX | libc::LOCK_NB
-            };
-            // SAFETY: flock on a valid open descriptor has no memory effects.
-            if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    return Ok(None);
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &path)(e)),
                 }
-                return Err(io("lock", &path)(e));
             }
             // The holder before us may have removed the file: lock the one
             // that is at the path now.
