@@ -1,4 +1,4 @@
-//! The small HTTP/1.1 responder behind the agent's and the controller's
+//! The HTTP/1.1 endpoints (hyper) behind the agent's and the controller's
 //! endpoints: one request per connection, GET only, `/healthz` (the process
 //! answers) and `/readyz` (it really works: the caller's [`Readiness`])
 //! answered here, every other path by the caller's handler (`None`: 404),
@@ -7,9 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 /// The content type of `/metrics`.
@@ -54,9 +58,10 @@ pub fn metrics(registry: &Registry) -> Body {
 /// Serves GETs on `listener` until the task is dropped: `/healthz` answers
 /// `ok`, `/readyz` `ready` (200) or what `ready` still waits for (503), any
 /// other path what `handler` gives for it (the path without its query), 404
-/// where it gives `None`; methods other than GET get 405. A failing
-/// `accept` (e.g. EMFILE: out of descriptors) is logged and retried after
-/// a pause that doubles up to a second, never in a busy loop.
+/// where it gives `None`; methods other than GET get 405. HTTP/1.1 by
+/// hyper, one request per connection, 5 s to send the request header. A
+/// failing `accept` (e.g. EMFILE: out of descriptors) is logged and retried
+/// after a pause that doubles up to a second, never in a busy loop.
 pub async fn serve<H>(listener: TcpListener, handler: Arc<H>, ready: Readiness)
 where
     H: Fn(&str) -> Option<Body> + Send + Sync + 'static,
@@ -78,65 +83,64 @@ where
         };
         let (handler, ready) = (handler.clone(), ready.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &*handler, &ready).await {
-                debug!(%peer, "metrics connection: {e}");
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response = respond(&request, &*handler, &ready);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(%peer, "HTTP connection: {e}");
             }
         });
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
+/// The answer to one request.
+fn respond(
+    request: &Request<Incoming>,
     handler: &(dyn Fn(&str) -> Option<Body> + Send + Sync),
     ready: &Readiness,
-) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "request header timeout")
-            })??;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(request.split(|b| *b == b'\n').next().unwrap_or_default())
-        .into_owned();
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, (content_type, body)) = match (method, path) {
-        ("GET", "/healthz") => ("200 OK", ("text/plain", "ok\n".to_owned())),
-        ("GET", "/readyz") => match ready.get() {
-            Ok(()) => ("200 OK", ("text/plain", "ready\n".to_owned())),
+) -> Response<Full<Bytes>> {
+    let (status, (content_type, body)) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => (StatusCode::OK, ("text/plain", "ok\n".to_owned())),
+        (&Method::GET, "/readyz") => match ready.get() {
+            Ok(()) => (StatusCode::OK, ("text/plain", "ready\n".to_owned())),
             Err(what) => (
-                "503 Service Unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
                 ("text/plain", format!("not ready: {what}\n")),
             ),
         },
-        ("GET", path) => match handler(path) {
-            Some(found) => ("200 OK", found),
-            None => ("404 Not Found", ("text/plain", "not found\n".to_owned())),
+        (&Method::GET, path) => match handler(path) {
+            Some(found) => (StatusCode::OK, found),
+            None => (
+                StatusCode::NOT_FOUND,
+                ("text/plain", "not found\n".to_owned()),
+            ),
         },
         _ => (
-            "405 Method Not Allowed",
+            StatusCode::METHOD_NOT_ALLOWED,
             ("text/plain", "GET only\n".to_owned()),
         ),
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    response
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
     use super::*;
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
