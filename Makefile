@@ -19,6 +19,20 @@ build: bootstrap
 test: bootstrap
 	bash scripts/test.sh
 
+# The unit tests (every crate's lib tests, the CRD golden files and
+# `crdgen --check`): no root, no network namespaces, no control plane; the
+# eBPF crate's build still needs clang and libbpf headers.
+test-unit:
+	$(CARGO) run --locked -q -p weir-api --bin crdgen -- --check
+	$(CARGO) test --workspace --locked --lib
+	$(CARGO) test --locked -p weir-api --test crds
+
+# The integration tests only (real netns, CNI chain, eBPF, control plane,
+# the local cluster): root and bootstrap's tools; check-host names what is missing.
+test-privileged: bootstrap
+	bash scripts/check-host.sh
+	$(CARGO) test --workspace --locked --tests -- --test-threads="$${WEIR_TEST_THREADS:-2}"
+
 # weir on a local two-node cluster (containerd, kubelet, flannel VXLAN),
 # installed by helm, with an app talking across the nodes; it stays up.
 demo: bootstrap
@@ -27,8 +41,10 @@ demo: bootstrap
 demo-down:
 	bash e2e/cluster/cluster.sh down
 
-# The quick one, without Kubernetes: pods in network namespaces, chained by cnitool.
-demo-netns: bootstrap
+# The quick one, without Kubernetes: pods in network namespaces, chained by
+# cnitool; it needs neither the control plane nor the cluster's parts.
+demo-netns:
+	bash scripts/bootstrap.sh --no-controlplane
 	bash scripts/demo.sh
 
 # AFL++ on the plugin's parsers for FUZZ_SECONDS (default 600); crashes

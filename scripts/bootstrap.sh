@@ -11,6 +11,8 @@
 #     flanneld, ..., and the pause and test images) into $WEIR_TOOLS too,
 #   - bpffs at /sys/fs/bpf, /run/netns, kernel modules (best effort).
 # A second run does no work beyond a few quick checks.
+# With --no-controlplane (make demo-netns) the control plane and the
+# cluster's tools, which the tests and `make demo` use, are not built.
 #
 # Environment:
 #   WEIR_TOOLS   cache dir for the Go-built tools (default /var/cache/weir/tools)
@@ -59,24 +61,9 @@ KERNEL_MODULES=(veth vxlan bridge sch_ingress cls_bpf)
 WEIR_TOOLS=${WEIR_TOOLS:-/var/cache/weir/tools}
 export WEIR_TOOLS
 
-log()  { printf 'bootstrap: %s\n' "$*" >&2; }
-warn() { printf 'bootstrap: WARNING: %s\n' "$*" >&2; }
-die()  { printf 'bootstrap: ERROR: %s\n' "$*" >&2; exit 1; }
-
-is_root() { [[ $(id -u) -eq 0 ]]; }
-
-# run_logged LOG CMD...: run CMD with its output appended to LOG; on failure
-# show the end of LOG and fail.
-run_logged() {
-  local logf=$1 rc=0
-  shift
-  printf '\n=== %s: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$logf"
-  "$@" >>"$logf" 2>&1 </dev/null || rc=$?
-  if ((rc != 0)); then
-    tail -n 40 "$logf" >&2
-    die "'$*' failed (exit $rc); full log: $logf"
-  fi
-}
+LOG_PREFIX=bootstrap
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Go needs a HOME (for its caches) even when CI strips the environment.
 if [[ -z ${HOME:-} ]]; then
@@ -108,26 +95,6 @@ apt_packages() {
 }
 
 # --- Go-built CNI tools ------------------------------------------------------
-find_go() {
-  if command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    echo /usr/local/go/bin/go
-  else
-    die "go not found (need Go >= $GO_MIN_VERSION to build cnitool and the CNI plugins)"
-  fi
-}
-
-check_go_version() {
-  local gobin=$1 v
-  v=$("$gobin" env GOVERSION) # e.g. go1.26.8
-  v=${v#go}
-  # sort -V puts the smaller first; if the minimum is not first, Go is too old.
-  if [[ $(printf '%s\n%s\n' "$GO_MIN_VERSION" "$v" | sort -V | head -n1) != "$GO_MIN_VERSION" ]]; then
-    die "Go $v is too old: need >= $GO_MIN_VERSION"
-  fi
-}
-
 # stamp_ok NAME CONTENT FILE... : the stamp holds CONTENT and all FILEs are executable.
 stamp_ok() {
   local stamp=$WEIR_TOOLS/stamps/$1 content=$2 f
@@ -140,8 +107,7 @@ stamp_ok() {
 go_install() {
   local dest=$1 ldflags=$2 gobin tmp
   shift 2
-  gobin=$(find_go)
-  check_go_version "$gobin"
+  gobin=$(find_go "$GO_MIN_VERSION" "to build cnitool and the CNI plugins")
   rm -rf "$WEIR_TOOLS"/.build.* # leftovers of an interrupted build
   tmp=$(mktemp -d "$WEIR_TOOLS/.build.XXXXXX")
   GOBIN=$tmp CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -trimpath" \
@@ -272,8 +238,12 @@ main() {
   apt_packages
   install_cnitool
   install_cni_plugins
-  bash "$(dirname "${BASH_SOURCE[0]}")/controlplane-tools.sh" # etcd, kube-apiserver, kubectl
-  bash "$(dirname "${BASH_SOURCE[0]}")/cluster-tools.sh"      # kubelet, containerd, runc, flanneld, ...
+  if [[ ${1:-} == --no-controlplane ]]; then
+    log "control plane and cluster tools: skipped (--no-controlplane: make demo-netns needs neither)"
+  else
+    bash "$(dirname "${BASH_SOURCE[0]}")/controlplane-tools.sh" # etcd, kube-apiserver, kubectl
+    bash "$(dirname "${BASH_SOURCE[0]}")/cluster-tools.sh"      # kubelet, containerd, runc, flanneld, ...
+  fi
   setup_bpffs
   setup_netns_dir
   load_modules

@@ -9,8 +9,30 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=env.sh
 . "$here/env.sh"
 
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
 missing=0
 fail() { printf 'check-host: MISSING: %s\n' "$*" >&2; missing=$((missing + 1)); }
+
+# The toolchains README names: Rust (the workspace's rust-version) and Go
+# (bootstrap builds cnitool, the CNI plugins and the control plane with it).
+RUST_MIN=1.95.0
+GO_MIN=1.26.0
+if ! command -v rustc >/dev/null 2>&1; then
+  fail "rustc: not found; install Rust >= $RUST_MIN (rustup toolchain install stable)"
+else
+  v=$(rustc --version | awk '{print $2}')
+  version_at_least "$v" "$RUST_MIN" || fail "Rust $v is too old: need >= $RUST_MIN (rustup update stable)"
+fi
+gobin=$(command -v go 2>/dev/null || { [[ -x /usr/local/go/bin/go ]] && echo /usr/local/go/bin/go; } || true)
+if [[ -z $gobin ]]; then
+  fail "go: not found; install Go >= $GO_MIN (bootstrap builds the test tools with it)"
+else
+  v=$("$gobin" env GOVERSION)
+  v=${v#go}
+  version_at_least "$v" "$GO_MIN" || fail "Go $v is too old: need >= $GO_MIN (bootstrap builds the test tools with it)"
+fi
 
 # root: creating netns, veth pairs and loading eBPF programs needs it.
 if [[ $(id -u) -ne 0 ]]; then
@@ -53,4 +75,4 @@ if ((missing > 0)); then
   printf 'check-host: %d item(s) missing: this host cannot run the privileged tests\n' "$missing" >&2
   exit 1
 fi
-printf 'check-host: ok (root, bpffs, netns, clang, cnitool, CNI plugins in %s)\n' "$CNI_TOOLS_PATH" >&2
+printf 'check-host: ok (Rust, Go, root, bpffs, netns, clang, cnitool, CNI plugins in %s)\n' "$CNI_TOOLS_PATH" >&2

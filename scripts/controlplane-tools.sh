@@ -37,35 +37,13 @@ helm_stamp=$WEIR_TOOLS/stamps/helm-$KUBERNETES_VERSION
 logf=$WEIR_TOOLS/logs/controlplane-tools.log
 bins=("$dest/etcd" "$dest/kube-apiserver" "$dest/kube-controller-manager" "$dest/kubectl")
 
-log() { printf 'controlplane-tools: %s\n' "$*" >&2; }
-die() { printf 'controlplane-tools: ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_PREFIX=controlplane-tools
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 
-# run_logged CMD...: run CMD with its output appended to $logf; on failure
-# show the end of the log and fail.
-run_logged() {
-  local rc=0
-  printf '\n=== %s: (%s) %s\n' "$(date -u +%FT%TZ)" "$PWD" "$*" >>"$logf"
-  "$@" >>"$logf" 2>&1 </dev/null || rc=$?
-  if ((rc != 0)); then
-    tail -n 40 "$logf" >&2
-    die "'$*' failed (exit $rc); full log: $logf"
-  fi
-}
-
-find_go() {
-  local g v
-  if command -v go >/dev/null 2>&1; then
-    g=$(command -v go)
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    g=/usr/local/go/bin/go
-  else
-    die "go not found (need Go >= $GO_MIN_VERSION to build etcd $ETCD_VERSION and Kubernetes $KUBERNETES_VERSION)"
-  fi
-  v=$("$g" env GOVERSION)
-  v=${v#go}
-  [[ $(printf '%s\n%s\n' "$GO_MIN_VERSION" "$v" | sort -V | head -n1) == "$GO_MIN_VERSION" ]] ||
-    die "Go $v is too old: need >= $GO_MIN_VERSION"
-  echo "$g"
+# find_go, with what this script builds.
+find_k8s_go() {
+  find_go "$GO_MIN_VERSION" "to build etcd $ETCD_VERSION and Kubernetes $KUBERNETES_VERSION"
 }
 
 # want: what the stamp must hold for the cached binaries to be current.
@@ -124,14 +102,14 @@ update_modules() {
     printf ')\n'
   } >go.mod.new
   mv go.mod.new go.mod
-  run_logged "$gobin" mod tidy
+  run_logged "$logf" "$gobin" mod tidy
   cd "$moddir/etcd"
-  run_logged "$gobin" get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-  run_logged "$gobin" mod tidy
+  run_logged "$logf" "$gobin" get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  run_logged "$logf" "$gobin" mod tidy
   log "updating the helm wrapper module to helm $HELM_VERSION"
   cd "$moddir/helm"
-  run_logged "$gobin" get "helm.sh/helm/v3@$HELM_VERSION"
-  run_logged "$gobin" mod tidy
+  run_logged "$logf" "$gobin" get "helm.sh/helm/v3@$HELM_VERSION"
+  run_logged "$logf" "$gobin" mod tidy
 }
 
 build() {
@@ -152,10 +130,10 @@ build() {
   # nice: other builds share the two cores.
   log "building etcd $ETCD_VERSION"
   cd "$moddir/etcd"
-  run_logged nice -n 10 "$gobin" build -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+  run_logged "$logf" nice -n 10 "$gobin" build -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
   log "building kube-apiserver, kube-controller-manager and kubectl $KUBERNETES_VERSION (takes minutes the first time)"
   cd "$moddir/kubernetes"
-  run_logged nice -n 10 "$gobin" build -ldflags "-s -w ${ldv[*]}" -o "$tmp/" \
+  run_logged "$logf" nice -n 10 "$gobin" build -ldflags "-s -w ${ldv[*]}" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
   # Check what was built before it replaces anything.
   "$tmp/etcd" --version 2>&1 | grep -q "etcd Version: ${ETCD_VERSION#v}" ||
@@ -185,7 +163,7 @@ build_helm() {
   ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$major -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
   ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$major -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
   log "building helm $HELM_VERSION"
-  run_logged nice -n 10 "$gobin" build -ldflags "$ld" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm
+  run_logged "$logf" nice -n 10 "$gobin" build -ldflags "$ld" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm
   "$tmp/helm" version --short 2>&1 | grep -q "^$HELM_VERSION" ||
     die "built helm does not report $HELM_VERSION: $("$tmp/helm" version --short 2>&1 | head -n1)"
   mkdir -p "$dest"
@@ -202,7 +180,7 @@ main() {
   flock 8
 
   if [[ ${WEIR_K8S_TOOLS_UPDATE:-} == 1 ]]; then
-    gobin=$(find_go)
+    gobin=$(find_k8s_go)
     (update_modules "$gobin")
   fi
   w=$(want)
@@ -210,7 +188,7 @@ main() {
     log "etcd $ETCD_VERSION, kube-apiserver, kube-controller-manager and kubectl $KUBERNETES_VERSION: cached in $dest"
   else
     check_modules
-    gobin=$(find_go)
+    gobin=$(find_k8s_go)
     (build "$gobin")
     printf '%s' "$w" >"$stamp"
     log "built etcd $ETCD_VERSION, kube-apiserver, kube-controller-manager and kubectl $KUBERNETES_VERSION into $dest in $((SECONDS - start))s (log: $logf)"
@@ -221,7 +199,7 @@ main() {
     log "helm $HELM_VERSION: cached in $dest"
   else
     check_modules
-    gobin=${gobin:-$(find_go)}
+    gobin=${gobin:-$(find_k8s_go)}
     (build_helm "$gobin")
     printf '%s' "$w" >"$helm_stamp"
     log "built helm $HELM_VERSION into $dest in $((SECONDS - start))s (log: $logf)"

@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
 bash scripts/check-host.sh
-cargo build --release --locked -p weir-cni -p weir-operator -p weir-e2e --bins
+# Only the three binaries the demo runs.
+cargo build --release --locked -p weir-cni --bin weir -p weir-operator --bin weir-operator -p weir-e2e --bin weir-demo
 exec target/release/weir-demo target/release

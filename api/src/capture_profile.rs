@@ -17,14 +17,83 @@ pub const DEFAULT_FLUSH_INTERVAL: &str = "10s";
 pub const DEFAULT_FLOW_TTL: &str = "5m";
 /// Default of `spec.maxPodFlows`.
 pub const DEFAULT_MAX_POD_FLOWS: i32 = 500;
-/// Bounds of `spec.maxPodFlows` (inclusive).
-pub const MAX_POD_FLOWS_RANGE: (i32, i32) = (1, 10_000);
-/// Bounds of `spec.flushInterval` (inclusive).
-pub const FLUSH_INTERVAL_RANGE: (Duration, Duration) =
-    (Duration::from_secs(1), Duration::from_secs(3600));
-/// Bounds of `spec.flowTTL` (inclusive); it is also at least `flushInterval`.
-pub const FLOW_TTL_RANGE: (Duration, Duration) =
-    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+/// The inclusive range of one spec field, written once: the schema's CEL
+/// rule and message and the controller's [`CaptureProfileSpec::check`] are
+/// made from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The field as the API names it (`ports` bounds each element).
+    pub field: &'static str,
+    /// The smallest allowed value, as the API writes it (`1`, `1s`).
+    pub min: &'static str,
+    /// The largest allowed value.
+    pub max: &'static str,
+}
+
+/// Bounds of each `spec.ports` element.
+pub const PORT_BOUNDS: Bounds = Bounds {
+    field: "ports",
+    min: "1",
+    max: "65535",
+};
+/// Bounds of `spec.maxPodFlows`.
+pub const MAX_POD_FLOWS_BOUNDS: Bounds = Bounds {
+    field: "maxPodFlows",
+    min: "1",
+    max: "10000",
+};
+/// Bounds of `spec.flushInterval`.
+pub const FLUSH_INTERVAL_BOUNDS: Bounds = Bounds {
+    field: "flushInterval",
+    min: "1s",
+    max: "1h",
+};
+/// Bounds of `spec.flowTTL`; it is also at least `flushInterval`.
+pub const FLOW_TTL_BOUNDS: Bounds = Bounds {
+    field: "flowTTL",
+    min: "1s",
+    max: "24h",
+};
+
+impl Bounds {
+    /// `<field> must be between <min> and <max>`.
+    pub fn message(&self) -> String {
+        format!(
+            "{} must be between {} and {}",
+            self.field, self.min, self.max
+        )
+    }
+
+    /// The CEL rule for an integer field.
+    pub fn int_rule(&self) -> String {
+        format!("self >= {} && self <= {}", self.min, self.max)
+    }
+
+    /// The CEL rule for each element of an integer list.
+    pub fn each_int_rule(&self) -> String {
+        format!("self.all(p, p >= {} && p <= {})", self.min, self.max)
+    }
+
+    /// The CEL rule for a duration field.
+    pub fn duration_rule(&self) -> String {
+        format!(
+            "duration(self) >= duration('{}') && duration(self) <= duration('{}')",
+            self.min, self.max
+        )
+    }
+
+    /// Whether `value` is within the bounds of an integer field.
+    pub fn admits_int(&self, value: i64) -> bool {
+        let parse = |t: &str| t.parse::<i64>().expect("integer bounds");
+        (parse(self.min)..=parse(self.max)).contains(&value)
+    }
+
+    /// Whether `value` is within the bounds of a duration field.
+    pub fn admits_duration(&self, value: Duration) -> bool {
+        let parse = |t: &str| super::parse_duration(t).expect("duration bounds");
+        (parse(self.min)..=parse(self.max)).contains(&value)
+    }
+}
 
 /// Observe the pods of this namespace that `podSelector` selects: count
 /// their conversations (optionally only some protocols, ports or peers) and
@@ -122,8 +191,8 @@ pub struct CaptureProfileSpec {
         extend(
             "x-kubernetes-list-type" = "set",
             "x-kubernetes-validations" = [{
-                "rule": "self.all(p, p >= 1 && p <= 65535)",
-                "message": "ports must be between 1 and 65535"
+                "rule": PORT_BOUNDS.each_int_rule(),
+                "message": PORT_BOUNDS.message()
             }]
         )
     )]
@@ -163,8 +232,8 @@ pub struct CaptureProfileSpec {
         length(max = 32),
         regex(pattern = super::DURATION_PATTERN),
         extend("x-kubernetes-validations" = [{
-            "rule": "duration(self) >= duration('1s') && duration(self) <= duration('1h')",
-            "message": "flushInterval must be between 1s and 1h"
+            "rule": FLUSH_INTERVAL_BOUNDS.duration_rule(),
+            "message": FLUSH_INTERVAL_BOUNDS.message()
         }])
     )]
     pub flush_interval: String,
@@ -176,8 +245,8 @@ pub struct CaptureProfileSpec {
         length(max = 32),
         regex(pattern = super::DURATION_PATTERN),
         extend("x-kubernetes-validations" = [{
-            "rule": "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
-            "message": "flowTTL must be between 1s and 24h"
+            "rule": FLOW_TTL_BOUNDS.duration_rule(),
+            "message": FLOW_TTL_BOUNDS.message()
         }])
     )]
     pub flow_ttl: String,
@@ -186,8 +255,8 @@ pub struct CaptureProfileSpec {
     /// conversations are counted in `status.flowsDroppedByCap` instead.
     #[serde(default = "default_max_pod_flows")]
     #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self >= 1 && self <= 10000",
-        "message": "maxPodFlows must be between 1 and 10000"
+        "rule": MAX_POD_FLOWS_BOUNDS.int_rule(),
+        "message": MAX_POD_FLOWS_BOUNDS.message()
     }]))]
     pub max_pod_flows: i32,
 }
@@ -466,10 +535,14 @@ impl CaptureProfileSpec {
                 format!("mode {:?} is not supported yet: use Counters", self.mode),
             ));
         }
-        if let Some(p) = self.ports.iter().find(|p| !(1..=65535).contains(*p)) {
+        if let Some(p) = self
+            .ports
+            .iter()
+            .find(|p| !PORT_BOUNDS.admits_int(i64::from(**p)))
+        {
             return Err(problem(
                 reasons::INVALID_FILTER,
-                format!("port {p}: ports must be between 1 and 65535"),
+                format!("port {p}: {}", PORT_BOUNDS.message()),
             ));
         }
         if !self.ports.is_empty()
@@ -496,10 +569,10 @@ impl CaptureProfileSpec {
                 ),
             )
         })?;
-        if !(FLUSH_INTERVAL_RANGE.0..=FLUSH_INTERVAL_RANGE.1).contains(&flush) {
+        if !FLUSH_INTERVAL_BOUNDS.admits_duration(flush) {
             return Err(problem(
                 reasons::INVALID_TIMING,
-                "flushInterval must be between 1s and 1h",
+                FLUSH_INTERVAL_BOUNDS.message(),
             ));
         }
         let ttl = self.flow_ttl().ok_or_else(|| {
@@ -508,11 +581,8 @@ impl CaptureProfileSpec {
                 format!("flowTTL {:?} is not a duration such as 5m", self.flow_ttl),
             )
         })?;
-        if !(FLOW_TTL_RANGE.0..=FLOW_TTL_RANGE.1).contains(&ttl) {
-            return Err(problem(
-                reasons::INVALID_TIMING,
-                "flowTTL must be between 1s and 24h",
-            ));
+        if !FLOW_TTL_BOUNDS.admits_duration(ttl) {
+            return Err(problem(reasons::INVALID_TIMING, FLOW_TTL_BOUNDS.message()));
         }
         if ttl < flush {
             return Err(problem(
@@ -520,10 +590,10 @@ impl CaptureProfileSpec {
                 "flowTTL must be at least flushInterval",
             ));
         }
-        if !(MAX_POD_FLOWS_RANGE.0..=MAX_POD_FLOWS_RANGE.1).contains(&self.max_pod_flows) {
+        if !MAX_POD_FLOWS_BOUNDS.admits_int(i64::from(self.max_pod_flows)) {
             return Err(problem(
                 reasons::INVALID_LIMIT,
-                "maxPodFlows must be between 1 and 10000",
+                MAX_POD_FLOWS_BOUNDS.message(),
             ));
         }
         Ok(())

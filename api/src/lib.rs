@@ -15,6 +15,7 @@
 
 pub mod capture_profile;
 pub mod pod_flow;
+mod summary;
 
 use std::time::Duration;
 

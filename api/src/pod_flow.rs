@@ -349,7 +349,8 @@ pub struct DirectionCounters {
 }
 
 impl DirectionCounters {
-    fn add(self, other: Self) -> Self {
+    /// Both counts added, saturating.
+    pub(crate) fn add(self, other: Self) -> Self {
         Self {
             packets: self.packets.saturating_add(other.packets),
             bytes: self.bytes.saturating_add(other.bytes),
@@ -465,81 +466,6 @@ pub struct PodFlowStatus {
     pub observers: Vec<Observer>,
 }
 
-impl PodFlowStatus {
-    /// The summary of `observers` for the conversation `spec` (the result's
-    /// `observers` is empty: the summary's writer does not own them).
-    pub fn summarize(spec: &PodFlowSpec, observers: &[Observer]) -> PodFlowStatus {
-        if observers.is_empty() {
-            return PodFlowStatus::default();
-        }
-        let on = |node: &str| observers.iter().find(|o| o.node == node);
-        let src = spec.source.node.as_deref().and_then(on);
-        let dst = spec.destination.node.as_deref().and_then(on);
-        let main = src.or(dst).or_else(|| {
-            observers.iter().max_by_key(|o| {
-                (
-                    o.forward.packets.saturating_add(o.reverse.packets),
-                    std::cmp::Reverse(&o.node),
-                )
-            })
-        });
-        let totals = main
-            .map(|o| Totals {
-                forward: o.forward,
-                reverse: o.reverse,
-            })
-            .unwrap_or_default();
-        let both = totals.forward.add(totals.reverse);
-
-        let vxlan = {
-            let seen: Vec<&VxlanCounters> =
-                observers.iter().filter_map(|o| o.vxlan.as_ref()).collect();
-            if seen.is_empty() {
-                None
-            } else {
-                let ids = src
-                    .and_then(|o| o.vxlan.as_ref())
-                    .or_else(|| dst.and_then(|o| o.vxlan.as_ref()))
-                    .unwrap_or(seen[0]);
-                let sum = |f: fn(&VxlanCounters) -> i64| {
-                    seen.iter().fold(0i64, |a, v| a.saturating_add(f(v)))
-                };
-                let loss = match (
-                    src.and_then(|o| o.vxlan.as_ref()),
-                    dst.and_then(|o| o.vxlan.as_ref()),
-                ) {
-                    (Some(s), Some(d)) if !std::ptr::eq(s, d) => Some(
-                        (s.encap_packets - d.decap_packets)
-                            .max(0)
-                            .saturating_add((d.encap_packets - s.decap_packets).max(0)),
-                    ),
-                    _ => None,
-                };
-                Some(VxlanCounters {
-                    vni: ids.vni,
-                    outer_source: ids.outer_source.clone(),
-                    outer_destination: ids.outer_destination.clone(),
-                    encap_packets: sum(|v| v.encap_packets),
-                    encap_bytes: sum(|v| v.encap_bytes),
-                    decap_packets: sum(|v| v.decap_packets),
-                    decap_bytes: sum(|v| v.decap_bytes),
-                    loss_packets: loss,
-                })
-            }
-        };
-
-        PodFlowStatus {
-            totals: Some(totals),
-            packets: Some(both.packets),
-            bytes: Some(both.bytes),
-            first_seen: observers.iter().filter_map(|o| o.first_seen.clone()).min(),
-            last_seen: observers.iter().filter_map(|o| o.last_seen.clone()).max(),
-            vxlan,
-            observers: Vec::new(),
-        }
-    }
-}
-
 impl PodFlow {
     /// The server-side apply body with which a node's agent publishes its
     /// own observer entry (apply it to the `status` subresource as
@@ -625,21 +551,24 @@ mod tests {
 
     #[test]
     fn object_names_are_stable_and_distinct() {
+        // Golden names: every node, and every version of weir, must compute
+        // these same names for these conversations (the agents on both ends
+        // write one object). A change here renames every PodFlow.
         let a = spec();
-        assert_eq!(a.object_name(), spec().object_name());
-        assert!(a.object_name().starts_with("web-1-"), "{}", a.object_name());
-        assert_eq!(a.object_name().len(), "web-1-".len() + 16);
+        assert_eq!(a.object_name(), "web-1-429c50a7f286774b");
         let mut b = spec();
         b.destination.port = Some(5433);
+        assert_eq!(b.object_name(), "web-1-4f374fd26fc56838");
         let mut c = spec();
         c.profile = "other".into();
-        assert_ne!(a.object_name(), b.object_name());
-        assert_ne!(a.object_name(), c.object_name());
+        assert_eq!(c.object_name(), "web-1-48faa1a54c34d906");
+        // The prefix is the pod's name cut to 40 characters, without a
+        // trailing '-' or '.'.
         let mut long = spec();
         long.source.pod = Some(format!("{}-x", "p".repeat(39)));
-        assert!(
-            long.object_name()
-                .starts_with(&format!("{}-", "p".repeat(39)))
+        assert_eq!(
+            long.object_name(),
+            format!("{}-429c50a7f286774b", "p".repeat(39))
         );
     }
 

@@ -1,5 +1,5 @@
 //! The node agent as tests and benchmarks run it: `weir-operator agent run`
-//! as a child process, waited for on its `/healthz`, killed when dropped,
+//! as a child process, waited for on its `/readyz`, killed when dropped,
 //! and plain HTTP GETs of its endpoint (inside the namespace it listens in).
 
 use std::io::{Read, Write};
@@ -61,7 +61,7 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Runs `cmd` (the agent, or `nsenter ... agent`; it must exec the agent
     /// so the child's pid is the agent's) with stderr to `log`, and waits up
-    /// to `timeout` for `/healthz` to answer at `endpoint`.
+    /// to `timeout` for `/readyz` to answer 200 at `endpoint`.
     pub fn spawn(
         cmd: Command,
         log: &Path,
@@ -69,7 +69,7 @@ impl AgentProcess {
         timeout: Duration,
     ) -> Result<Self> {
         let mut agent = Self::start(cmd, log)?;
-        agent.wait_healthy(endpoint, timeout)?;
+        agent.wait_ready(endpoint, timeout)?;
         Ok(agent)
     }
 
@@ -92,11 +92,13 @@ impl AgentProcess {
         })
     }
 
-    /// Waits up to `timeout` for `/healthz` to answer at `endpoint`; fails
-    /// with the log when the process exits or the time is up.
-    pub fn wait_healthy(&mut self, endpoint: Endpoint<'_>, timeout: Duration) -> Result<()> {
+    /// Waits up to `timeout` for `/readyz` to answer 200 at `endpoint` (the
+    /// agent collected once: maps read, flannel's devices looked for and
+    /// attached to, and with the API server its caches synced); fails with
+    /// the log when the process exits or the time is up.
+    pub fn wait_ready(&mut self, endpoint: Endpoint<'_>, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        while endpoint.get("/healthz", Duration::from_secs(5)).is_err() {
+        while endpoint.get("/readyz", Duration::from_secs(5)).is_err() {
             if let Some(status) = self.child.try_wait()? {
                 bail!("the agent exited ({status}); log:\n{}", self.log());
             }

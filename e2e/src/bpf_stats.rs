@@ -33,8 +33,8 @@ pub fn enable() -> Result<StatsOn> {
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("BPF_ENABLE_STATS");
     }
-    // SAFETY: a new fd that we own.
     Ok(StatsOn {
+        // SAFETY: bpf(BPF_ENABLE_STATS) returned a new fd that nothing else owns.
         _fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
     })
 }

@@ -35,8 +35,7 @@ pub fn weir_plugin_beside(bin: &str) -> PathBuf {
 /// machine that cannot run them they fail loudly, never pass silently.
 pub fn require_privileged_host() {
     let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         missing.push(
             "root (netns, veth and eBPF need CAP_SYS_ADMIN/CAP_NET_ADMIN/CAP_BPF)".to_string(),
         );
@@ -66,14 +65,8 @@ pub fn require_privileged_host() {
 }
 
 pub fn is_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and a properly sized out-parameter.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 pub fn which(cmd: &str) -> Option<PathBuf> {

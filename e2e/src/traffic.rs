@@ -131,6 +131,8 @@ fn tcp_info(conn: &TcpStream) -> Result<TcpReport> {
     // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket fd, and `info`/`len` describe a writable buffer
+    // of exactly `len` bytes that outlives the call.
     let rc = unsafe {
         libc::getsockopt(
             conn.as_raw_fd(),

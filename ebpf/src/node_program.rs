@@ -13,7 +13,7 @@
 
 use std::{
     fs, io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::OnceLock,
 };
@@ -295,33 +295,17 @@ fn map_shapes() -> [MapShape; 4] {
 /// An exclusive `flock` on a directory (bpffs has no regular files to lock),
 /// released on drop.
 struct DirLock {
-    _held: OwnedFd,
+    _held: std::fs::File,
 }
 
 impl DirLock {
     fn exclusive(dir: &Path) -> Result<Self> {
-        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
-            .map_err(|_| Error::InvalidParams("bpf root path contains NUL".into()))?;
-        // SAFETY: c is a valid NUL-terminated path.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io_err("opening", dir)(io::Error::last_os_error()));
-        }
-        // SAFETY: fd was just opened and is owned here only.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = std::fs::File::open(dir).map_err(io_err("opening", dir))?;
         loop {
-            // SAFETY: valid fd.
-            if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err("locking", dir)(e));
+            match fd.lock() {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("locking", dir)(e)),
             }
         }
         debug!(dir = %dir.display(), "holding the node program lock");

@@ -194,7 +194,7 @@ pub async fn connect(
     stream
         .write_all(
             format!(
-                "GET /flows/stream HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nAccept: application/x-ndjson\r\n\r\n",
+                "GET /flows/stream HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nAccept: application/x-ndjson\r\n\r\n",
                 agent.address
             )
             .as_bytes(),

@@ -117,7 +117,7 @@ async fn observe_streams_the_namespaces_the_user_may_read_and_names_an_unreachab
         stream: hub.clone(),
         node: "node-1".into(),
     });
-    tokio::spawn(server::serve(listener, endpoints));
+    tokio::spawn(server::serve(listener, endpoints, weir_operator::http::Readiness::waiting("a test")));
     agent_pod(&client, "weir-agent-one", "node-1", port).await;
     agent_pod(&client, "weir-agent-two", "node-2", closed_port).await;
 

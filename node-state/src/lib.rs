@@ -36,7 +36,6 @@ pub mod plugin {
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -306,18 +305,14 @@ fn lock_at(path: PathBuf, wait: bool) -> Result<Option<AttachmentLock>> {
                 .truncate(false)
                 .open(&path)
                 .map_err(io("open", &path))?;
-            let op = if wait {
-                libc::LOCK_EX
+            if wait {
+                file.lock().map_err(io("lock", &path))?;
             } else {
-                libc::LOCK_EX | libc::LOCK_NB
-            };
-            // SAFETY: flock on a valid open descriptor has no memory effects.
-            if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    return Ok(None);
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &path)(e)),
                 }
-                return Err(io("lock", &path)(e));
             }
             // The holder before us may have removed the file: lock the one
             // that is at the path now.
@@ -469,7 +464,8 @@ impl StateStore {
             .truncate(false)
             .open(&path)
             .map_err(io("open", &path))?;
-        let _lock = Flock::exclusive(&file).map_err(io("lock", &path))?;
+        // Released when `file` is closed, at the end of this function.
+        file.lock().map_err(io("lock", &path))?;
         let mut text = String::new();
         (&file)
             .read_to_string(&mut text)
@@ -596,25 +592,6 @@ fn sanitize(network: &str) -> String {
         format!("_{name}")
     } else {
         name
-    }
-}
-
-struct Flock<'a>(&'a File);
-
-impl<'a> Flock<'a> {
-    fn exclusive(file: &'a File) -> std::io::Result<Self> {
-        // SAFETY: flock on a valid open descriptor has no memory effects.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self(file))
-    }
-}
-
-impl Drop for Flock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: as above; unlocking cannot fail in a way we could act on.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 

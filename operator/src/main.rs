@@ -135,6 +135,13 @@ enum AgentCommand {
         /// it may get pods) or `none` (anyone who reaches the port).
         #[arg(long, value_enum, default_value_t = FlowsAuth::Kube)]
         flows_auth: FlowsAuth,
+        /// The agent's own DaemonSet: gone (or access to it revoked) on
+        /// SIGTERM means `helm uninstall`, and the agent cleans the node.
+        #[arg(long, env = "WEIR_DAEMONSET_NAME", requires = "daemonset_namespace")]
+        daemonset_name: Option<String>,
+        /// The DaemonSet's namespace.
+        #[arg(long, env = "POD_NAMESPACE")]
+        daemonset_namespace: Option<String>,
     },
     /// Print the flows counted on this node, without Kubernetes at hand.
     Dump {
@@ -265,6 +272,8 @@ fn main() -> Result<()> {
                 no_kube,
                 api_qps,
                 flows_auth,
+                daemonset_name,
+                daemonset_namespace,
             } => {
                 use weir_operator::agent::kube_agent::{KubeSettings, KubeSource};
                 let source = match kubeconfig {
@@ -285,6 +294,7 @@ fn main() -> Result<()> {
                     watch_vxlan: !no_vxlan,
                     kube: source.map(|source| KubeSettings { source, api_qps }),
                     flows_auth: flows_auth == FlowsAuth::Kube,
+                    daemonset: daemonset_namespace.zip(daemonset_name),
                 };
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -225,7 +225,7 @@ async fn two_nodes_publish_one_podflow_with_both_observers_and_the_overlay_betwe
     };
     for (agent, node) in agents.iter_mut().zip([&a, &b]) {
         agent
-            .wait_healthy(endpoint(&node.ns), Duration::from_secs(15))
+            .wait_ready(endpoint(&node.ns), Duration::from_secs(15))
             .with_context(|| controller.log_tail(40))?;
     }
 

@@ -228,7 +228,8 @@ async fn profiles_select_pods_and_podflows_carry_exact_counts_through_an_outage(
     let wire = |size: u64| traffic::UDP4_OVERHEAD + size;
 
     // 1. No profile: the pods pass through uncounted and nothing is published.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    //    The agent is ready (Agent::start waited on /readyz): its pod and
+    //    profile caches are synced, so "nothing" is its answer, not its absence.
     traffic::udp_echo(&web, &db, db_ip, 9100, 20, 200)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(

@@ -152,8 +152,8 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
     let c = two_nodes("wvx")?;
     let agent_a = Agent::start(&c.a, "node-a")?;
     let agent_b = Agent::start(&c.b, "node-b")?;
-    // Wait for both agents to find flannel.1 and attach to its underlay.
-    std::thread::sleep(Duration::from_millis(600));
+    // Both agents are ready (Agent::start waits on /readyz): they looked for
+    // flannel.1 and attached to its underlay in their first collection.
 
     let (n, size) = (50u64, 400usize);
     traffic::udp_echo(&c.pod_a, &c.pod_b, c.ip_b, 9053, n as usize, size)?;

@@ -22,7 +22,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -232,26 +232,29 @@ fn kill_replica(id: &str) {
 
 // ---------------------------------------------------------------- helpers
 
+/// [`weir_e2e::wait::eventually`] for checks that say why they are not
+/// there yet; on timeout, panics with both replicas' logs.
 async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => {
-                let s = setup();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}: {last}\n--- {} log:\n{}\n--- {} log:\n{}",
-                    REPLICAS[0],
-                    s.log_tail(REPLICAS[0]),
-                    REPLICAS[1],
-                    s.log_tail(REPLICAS[1])
-                );
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+    let found = weir_e2e::wait::eventually(timeout, what, || {
+        let check = f();
+        async move { check.await.map(Some).map_err(anyhow::Error::msg) }
+    })
+    .await;
+    match found {
+        Ok(v) => v,
+        Err(e) => {
+            let s = setup();
+            panic!(
+                "{e}\n--- {} log:\n{}\n--- {} log:\n{}",
+                REPLICAS[0],
+                s.log_tail(REPLICAS[0]),
+                REPLICAS[1],
+                s.log_tail(REPLICAS[1])
+            );
         }
     }
 }
@@ -1382,8 +1385,29 @@ async fn one_replica_leads_and_a_killed_leader_hands_over() {
 
     // The killed replica comes back as a follower: the lease stays.
     start_replica(s, &leader).unwrap();
+    // Positive control: the restarted replica is up and takes part in the
+    // election (it answers, as a follower), so "the lease stays" below is
+    // its decision, not its absence.
+    poll(
+        "the restarted replica answers as a follower",
+        WAIT,
+        || async {
+            let text = scrape(&leader)?;
+            match sample(&text, "weir_controller_leader") {
+                Some(0.0) => Ok(()),
+                other => Err(format!("weir_controller_leader {other:?}")),
+            }
+        },
+    )
+    .await;
+    // Longer than the lease (4s): a follower that wanted it could take it.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(lease_holder(&admin).await.unwrap().0, follower);
+    assert_eq!(
+        sample(&scrape(&leader).unwrap(), "weir_controller_leader"),
+        Some(0.0),
+        "the restarted replica still runs, as a follower"
+    );
 }
 
 #[tokio::test]

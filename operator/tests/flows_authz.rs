@@ -160,7 +160,7 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
         stream: hub.clone(),
         node: "node-1".into(),
     });
-    tokio::spawn(server::serve(listener, endpoints));
+    tokio::spawn(server::serve(listener, endpoints, weir_operator::http::Readiness::waiting("a test")));
 
     let (status, body) = get(addr, "/flows", None).await;
     assert_eq!(status, 401, "no token: {body}");
@@ -190,7 +190,7 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
     // deltas and totals.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET /flows/stream HTTP/1.1\r\nAuthorization: Bearer {reader}\r\n\r\n").as_bytes())
+        .write_all(format!("GET /flows/stream HTTP/1.0\r\nAuthorization: Bearer {reader}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut reader_side = tokio::io::BufReader::new(stream);
@@ -204,7 +204,7 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
         }
         head.push_str(&line);
     }
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
     assert!(head.contains("application/x-ndjson"), "{head}");
     weir_e2e::wait::eventually(std::time::Duration::from_secs(10), "the stream subscribes", || {
         let listening = hub.listening();

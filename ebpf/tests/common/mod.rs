@@ -23,8 +23,11 @@ pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// CLOCK_BOOTTIME now, in ns: the clock of the flow maps' timestamps.
 pub fn boottime_ns() -> u64 {
-    // SAFETY: clock_gettime fills the timespec it is given.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -230,6 +230,86 @@ impl PodUids for PodIndex {
     }
 }
 
+/// An in-memory index of one kind of object, kept by [`spawn_index`].
+trait Index<K>: Default + Send + Sync + 'static {
+    /// What it indexes, for logs.
+    const WHAT: &'static str;
+    fn apply_object(&mut self, object: &K);
+    fn delete_object(&mut self, object: &K);
+    fn size(&self) -> usize;
+}
+
+impl Index<Pod> for PodIndex {
+    const WHAT: &'static str = "cluster pods";
+    fn apply_object(&mut self, pod: &Pod) {
+        self.apply(pod);
+    }
+    fn delete_object(&mut self, pod: &Pod) {
+        if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+            self.remove(ns, name);
+        }
+    }
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Index<Node> for NodeIndex {
+    const WHAT: &'static str = "nodes";
+    fn apply_object(&mut self, node: &Node) {
+        self.apply(node);
+    }
+    fn delete_object(&mut self, node: &Node) {
+        if let Some(name) = &node.metadata.name {
+            self.remove(name);
+        }
+    }
+    fn size(&self) -> usize {
+        self.by_name.len()
+    }
+}
+
+/// Keeps `index` equal to what `api` lists and watches: a relist builds a
+/// fresh index and swaps it in whole (so objects deleted while the watch was
+/// down go), events in between update it in place. `synced` turns true at
+/// the first complete list.
+fn spawn_index<K, I>(
+    api: Api<K>,
+    config: watcher::Config,
+    index: Arc<RwLock<I>>,
+    synced: Arc<AtomicBool>,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    I: Index<K>,
+{
+    let stream = watcher(api, config).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut fresh: Option<I> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Init) => fresh = Some(I::default()),
+                Ok(Event::InitApply(object)) => {
+                    fresh.get_or_insert_with(I::default).apply_object(&object)
+                }
+                Ok(Event::InitDone) => {
+                    let listed = fresh.take().unwrap_or_default();
+                    info!(count = listed.size(), "{}: listed", I::WHAT);
+                    *index.write().expect("index lock") = listed;
+                    synced.store(true, Ordering::Relaxed);
+                }
+                Ok(Event::Apply(object)) => {
+                    index.write().expect("index lock").apply_object(&object)
+                }
+                Ok(Event::Delete(object)) => {
+                    index.write().expect("index lock").delete_object(&object)
+                }
+                Err(e) => warn!("{} watch: {e}", I::WHAT),
+            }
+        }
+    });
+}
+
 /// Node addresses (InternalIP, ExternalIP) → node name.
 #[derive(Debug, Default)]
 pub struct NodeIndex {
@@ -357,73 +437,20 @@ impl ClusterView {
         );
         let pods = Arc::new(RwLock::new(PodIndex::default()));
         let nodes = Arc::new(RwLock::new(NodeIndex::default()));
-        {
-            let (pods, synced) = (pods.clone(), Arc::clone(&pods_synced));
-            let config = watch_config()
+        spawn_index(
+            Api::<Pod>::all(client.clone()),
+            watch_config()
                 .fields("status.phase!=Succeeded,status.phase!=Failed")
-                .page_size(500);
-            let stream = watcher(Api::<Pod>::all(client.clone()), config).default_backoff();
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(stream);
-                let mut fresh: Option<PodIndex> = None;
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(Event::Init) => fresh = Some(PodIndex::default()),
-                        Ok(Event::InitApply(pod)) => {
-                            fresh.get_or_insert_with(PodIndex::default).apply(&pod)
-                        }
-                        Ok(Event::InitDone) => {
-                            let index = fresh.take().unwrap_or_default();
-                            info!(pods = index.len(), "cluster pods: listed");
-                            *pods.write().expect("pod index lock") = index;
-                            synced.store(true, Ordering::Relaxed);
-                        }
-                        Ok(Event::Apply(pod)) => pods.write().expect("pod index lock").apply(&pod),
-                        Ok(Event::Delete(pod)) => {
-                            if let (Some(ns), Some(name)) =
-                                (&pod.metadata.namespace, &pod.metadata.name)
-                            {
-                                pods.write().expect("pod index lock").remove(ns, name);
-                            }
-                        }
-                        Err(e) => warn!("cluster pods watch: {e}"),
-                    }
-                }
-            });
-        }
-        {
-            let (nodes, synced) = (nodes.clone(), Arc::clone(&nodes_synced));
-            let stream =
-                watcher(Api::<Node>::all(client.clone()), watch_config()).default_backoff();
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(stream);
-                let mut fresh: Option<NodeIndex> = None;
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(Event::Init) => fresh = Some(NodeIndex::default()),
-                        Ok(Event::InitApply(node)) => {
-                            fresh.get_or_insert_with(NodeIndex::default).apply(&node)
-                        }
-                        Ok(Event::InitDone) => {
-                            *nodes.write().expect("node index lock") =
-                                fresh.take().unwrap_or_default();
-                            if !synced.swap(true, Ordering::Relaxed) {
-                                info!("nodes: listed");
-                            }
-                        }
-                        Ok(Event::Apply(node)) => {
-                            nodes.write().expect("node index lock").apply(&node)
-                        }
-                        Ok(Event::Delete(node)) => {
-                            if let Some(name) = &node.metadata.name {
-                                nodes.write().expect("node index lock").remove(name);
-                            }
-                        }
-                        Err(e) => warn!("nodes watch: {e}"),
-                    }
-                }
-            });
-        }
+                .page_size(500),
+            pods.clone(),
+            Arc::clone(&pods_synced),
+        );
+        spawn_index(
+            Api::<Node>::all(client.clone()),
+            watch_config(),
+            nodes.clone(),
+            Arc::clone(&nodes_synced),
+        );
         Self {
             local_pods,
             profiles,
@@ -435,6 +462,15 @@ impl ClusterView {
             pods_synced,
             nodes_synced,
         }
+    }
+
+    /// The `(namespace, name)` of the pods that run on this node now.
+    pub fn local_pod_names(&self) -> std::collections::HashSet<(String, String)> {
+        self.local_pods
+            .state()
+            .iter()
+            .filter_map(|p| Some((p.metadata.namespace.clone()?, p.metadata.name.clone()?)))
+            .collect()
     }
 
     /// Whether the local pods and the profiles have been listed.
@@ -484,9 +520,10 @@ impl PeerDirectory for KubePeers<'_> {
 /// The agent's Kubernetes side: the watches and the PodFlow writer.
 pub struct KubeAgent {
     pub view: ClusterView,
-    pub writer: WriterHandle,
-    /// The agent's client (also for reviewing who reads `/flows`).
+    /// For the uninstall check on SIGTERM, and for reviewing who reads
+    /// `/flows`.
     pub client: kube::Client,
+    pub writer: WriterHandle,
     node: String,
     clock: Clock,
     last_selected: std::sync::Mutex<Option<usize>>,
@@ -506,8 +543,8 @@ impl KubeAgent {
         );
         Ok(Self {
             view,
-            writer,
             client,
+            writer,
             node: node.to_owned(),
             clock: Clock::now(),
             last_selected: Default::default(),

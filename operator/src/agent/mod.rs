@@ -20,6 +20,7 @@ pub mod server;
 pub mod stream;
 pub mod table;
 pub mod totals;
+pub mod uninstall;
 pub mod vxlan_discovery;
 pub mod writer;
 

@@ -37,6 +37,9 @@ pub struct AgentConfig {
     /// and only their namespaces' flows (false: open to anyone who reaches
     /// the port).
     pub flows_auth: bool,
+    /// The agent's DaemonSet `(namespace, name)`: when it is gone on
+    /// SIGTERM, this is `helm uninstall` and the node is cleaned.
+    pub daemonset: Option<(String, String)>,
 }
 
 pub async fn run(config: AgentConfig) -> Result<()> {
@@ -98,7 +101,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         stream: hub.clone(),
         node: config.node_name.clone(),
     });
-    tokio::spawn(server::serve(listener, endpoints));
+    let ready = crate::http::Readiness::waiting("the first collection");
+    tokio::spawn(server::serve(listener, endpoints, ready.clone()));
 
     let mut peers = config.peers_file.as_deref().map(FilePeers::new);
     let mut totals = Totals::new(config.max_series);
@@ -109,6 +113,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             what: "install SIGTERM handler".into(),
             source,
         })?;
+    let mut terminated = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -119,7 +124,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 }
                 continue;
             }
-            _ = sigterm.recv() => break,
+            _ = sigterm.recv() => {
+                terminated = true;
+                break;
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
         let names = if config.watch_vxlan {
@@ -165,6 +173,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                     hub.publish(&[]);
                 }
                 publish(&shared, &reading, &totals, &names);
+                ready.set(match &kube {
+                    Some(k) if !k.view.selection_ready() => {
+                        Err("the pod and CaptureProfile caches to sync".into())
+                    }
+                    _ => Ok(()),
+                });
             }
             Err(e) => {
                 drop(table);
@@ -172,6 +186,19 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 shared.lock().expect("metrics lock").collection_errors += 1;
             }
         }
+    }
+    if terminated
+        && let (Some(k), Some((namespace, name))) = (&kube, &config.daemonset)
+    {
+        use crate::install_cni::uninstall::{TermAction, decide, lookup};
+        let found = lookup(&k.client, namespace, name, Duration::from_secs(10)).await;
+        let (action, why) = decide(&found);
+        if action == TermAction::Uninstall {
+            info!("SIGTERM: {why}: uninstall, cleaning the node");
+            super::uninstall::clean_node(&config.bpf_root, &config.state_dir, &k.view.local_pod_names());
+            return Ok(());
+        }
+        info!("SIGTERM: {why}");
     }
     info!("SIGTERM: stopping; pinned programs and maps stay, counting goes on");
     Ok(())

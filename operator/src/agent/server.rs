@@ -1,7 +1,10 @@
 //! The agent's HTTP endpoint: `/metrics` (OpenMetrics text), `/flows` (the
 //! joined flows of the last collection as JSON, which carries what another
 //! node needs to compare its decap counts with this node's encap counts),
-//! and `/healthz`. A deliberately small HTTP/1.1 responder: one request per
+//! `/flows/stream` (the live stream, [`super::stream`]), `/healthz`, and
+//! `/readyz` (200 once a collection round read the maps (and looked for
+//! flannel's devices) and, with the API server, the pod and profile caches
+//! are synced). HTTP/1.1 (hyper, [`crate::http`]): one request per
 //! connection, GET only.
 //!
 //! `/flows` reveals who talks to whom: with an API server at hand it is
@@ -31,16 +34,17 @@ pub struct Endpoints {
     pub node: String,
 }
 
-pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>) {
+pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, ready: http::Readiness) {
     let handler: http::Handler = Arc::new(move |request: Request| {
         let endpoints = endpoints.clone();
         Box::pin(async move { endpoints.get(request).await })
     });
-    http::serve_requests(listener, handler).await
+    http::serve_requests(listener, handler, ready).await
 }
 
 impl Endpoints {
-    /// The answer to `GET path` (`/healthz` is [`http::serve_requests`]'s).
+    /// The answer to `GET path` (`/healthz` and `/readyz` are
+    /// [`http::serve_requests`]'s).
     async fn get(&self, request: Request) -> Option<Response> {
         match request.path.as_str() {
             "/metrics" => Some(Response::ok(http::metrics(&self.registry))),

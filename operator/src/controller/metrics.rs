@@ -200,11 +200,11 @@ impl ControllerMetrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
-/// One request per connection, GET only.
-pub async fn serve(listener: TcpListener, metrics: Arc<ControllerMetrics>) {
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task
+/// is dropped. One request per connection, GET only.
+pub async fn serve(listener: TcpListener, metrics: Arc<ControllerMetrics>, ready: http::Readiness) {
     let get = move |path: &str| (path == "/metrics").then(|| http::metrics(&metrics.registry));
-    http::serve(listener, Arc::new(get)).await
+    http::serve(listener, Arc::new(get), ready).await
 }
 
 #[cfg(test)]

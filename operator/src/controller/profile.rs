@@ -35,7 +35,7 @@ const INVALID_REQUEUE: Duration = Duration::from_secs(300);
 const PRESSURE_EVENT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What the controller remembers of a profile's map pressure.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct PressureMemory {
     /// `lostSamples` last written.
     lost: i64,
@@ -78,6 +78,62 @@ impl Context {
             map_pressure_window,
             metrics,
         }
+    }
+}
+
+/// One reconcile's map-pressure decision (see [`pressure_step`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PressureStep {
+    /// How much `lostSamples` grew since the last reconcile.
+    grew_by: i64,
+    /// The `MapPressure` condition's status.
+    pressure_true: bool,
+    /// Whether to emit a `MapPressure` Warning Event.
+    send_event: bool,
+    /// What to remember for the next reconcile.
+    remembered: PressureMemory,
+}
+
+/// The map-pressure state machine, pure: from what was remembered (`known`;
+/// none after a restart or a new leader), the `lostSamples` the status
+/// carries, the nodes' sum `lost` now, and whether the condition was True.
+/// True while the sum grew within `window`; an Event when it grows, at most
+/// one per [`PRESSURE_EVENT_INTERVAL`] while the condition stays True.
+fn pressure_step(
+    known: Option<PressureMemory>,
+    status_lost: Option<i64>,
+    lost: i64,
+    was_true: bool,
+    now: Instant,
+    window: Duration,
+) -> PressureStep {
+    let mut m = known.unwrap_or_default();
+    let before = match known {
+        Some(k) => k.lost,
+        None => status_lost.unwrap_or(0),
+    };
+    let grew_by = lost.saturating_sub(before).max(0);
+    if grew_by > 0 {
+        m.grew_at = Some(now);
+    } else if known.is_none() && was_true {
+        // A new leader: it does not know when it last grew; True for
+        // one more window.
+        m.grew_at = Some(now);
+    }
+    let pressure_true = m.grew_at.is_some_and(|t| now.duration_since(t) < window);
+    let send_event = grew_by > 0
+        && (!was_true
+            || m.evented_at
+                .is_none_or(|t| now.duration_since(t) >= PRESSURE_EVENT_INTERVAL));
+    if send_event {
+        m.evented_at = Some(now);
+    }
+    m.lost = lost;
+    PressureStep {
+        grew_by,
+        pressure_true,
+        send_event,
+        remembered: m,
     }
 }
 
@@ -274,37 +330,25 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
 
     // Map pressure: the sum of the nodes' entries.
     let lost = status.lost_by_nodes();
-    let (grew_by, pressure_true, send_event, remembered) = {
-        let memory = ctx.pressure.lock().unwrap_or_else(|e| e.into_inner());
-        let known = memory.get(&uid).copied();
-        let mut m = known.unwrap_or_default();
-        let before = match known {
-            Some(k) => k.lost,
-            None => status.lost_samples.unwrap_or(0),
-        };
-        let now = Instant::now();
-        let grew_by = lost.saturating_sub(before).max(0);
-        let was_true = previous_pressure.is_some_and(|c| c.status == "True");
-        if grew_by > 0 {
-            m.grew_at = Some(now);
-        } else if known.is_none() && was_true {
-            // A new leader: it does not know when it last grew; True for
-            // one more window.
-            m.grew_at = Some(now);
-        }
-        let pressure_true = m
-            .grew_at
-            .is_some_and(|t| now.duration_since(t) < ctx.map_pressure_window);
-        let send_event = grew_by > 0
-            && (!was_true
-                || m.evented_at
-                    .is_none_or(|t| now.duration_since(t) >= PRESSURE_EVENT_INTERVAL));
-        if send_event {
-            m.evented_at = Some(now);
-        }
-        m.lost = lost;
-        (grew_by, pressure_true, send_event, m)
-    };
+    let known = ctx
+        .pressure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&uid)
+        .copied();
+    let PressureStep {
+        grew_by,
+        pressure_true,
+        send_event,
+        remembered,
+    } = pressure_step(
+        known,
+        status.lost_samples,
+        lost,
+        previous_pressure.is_some_and(|c| c.status == "True"),
+        Instant::now(),
+        ctx.map_pressure_window,
+    );
     let pressure = if pressure_true {
         condition(
             conditions::MAP_PRESSURE,
@@ -494,4 +538,58 @@ pub async fn cleanup(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Acti
         warn!(error = %e, "publishing an Event failed");
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn map_pressure_is_true_while_losses_grew_within_the_window() {
+        let t0 = Instant::now();
+        // First sight, nothing lost: False, no Event.
+        let a = pressure_step(None, None, 0, false, t0, WINDOW);
+        assert_eq!(
+            (a.grew_by, a.pressure_true, a.send_event),
+            (0, false, false)
+        );
+        // Losses grow: True and an Event.
+        let t1 = t0 + Duration::from_secs(1);
+        let b = pressure_step(Some(a.remembered), Some(0), 7, false, t1, WINDOW);
+        assert_eq!((b.grew_by, b.pressure_true, b.send_event), (7, true, true));
+        assert_eq!(b.remembered.lost, 7);
+        // No growth, within the window: still True, no Event.
+        let t2 = t1 + Duration::from_secs(30);
+        let c = pressure_step(Some(b.remembered), Some(7), 7, true, t2, WINDOW);
+        assert_eq!((c.grew_by, c.pressure_true, c.send_event), (0, true, false));
+        // Growth again soon after: True, but the Event waits its interval.
+        let d = pressure_step(Some(c.remembered), Some(7), 9, true, t2, WINDOW);
+        assert_eq!((d.grew_by, d.pressure_true, d.send_event), (2, true, false));
+        // Growth after the Event interval: another Event.
+        let t3 = t1 + PRESSURE_EVENT_INTERVAL;
+        let e = pressure_step(Some(d.remembered), Some(9), 10, true, t3, WINDOW);
+        assert_eq!((e.grew_by, e.pressure_true, e.send_event), (1, true, true));
+        // No growth for a whole window: False.
+        let t4 = t3 + WINDOW;
+        let f = pressure_step(Some(e.remembered), Some(10), 10, true, t4, WINDOW);
+        assert_eq!(
+            (f.grew_by, f.pressure_true, f.send_event),
+            (0, false, false)
+        );
+    }
+
+    #[test]
+    fn a_new_leader_keeps_a_true_condition_for_one_window_and_counts_from_the_status() {
+        let t0 = Instant::now();
+        // It remembers nothing; the status says 5 lost and True.
+        let a = pressure_step(None, Some(5), 5, true, t0, WINDOW);
+        assert_eq!((a.grew_by, a.pressure_true, a.send_event), (0, true, false));
+        let b = pressure_step(Some(a.remembered), Some(5), 5, true, t0 + WINDOW, WINDOW);
+        assert!(!b.pressure_true);
+        // Growth is measured from the status's lostSamples, not from zero.
+        let c = pressure_step(None, Some(5), 8, false, t0, WINDOW);
+        assert_eq!((c.grew_by, c.pressure_true, c.send_event), (3, true, true));
+    }
 }

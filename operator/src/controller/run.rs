@@ -40,13 +40,20 @@ pub async fn run_until(
     config.lease.validate()?;
     info!(identity = %config.lease.identity, lease = %format!("{}/{}", config.lease.namespace, config.lease.name), "weir controller starting");
     let metrics = Arc::new(ControllerMetrics::new());
+    // Ready while this replica leads and its CaptureProfile cache is synced
+    // and the first orphan sweep ran: then it really reconciles.
+    let ready = crate::http::Readiness::waiting("the lease");
     let server = match config.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::Listen { addr, source })?;
             info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics");
-            Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                ready.clone(),
+            )))
         }
         None => None,
     };
@@ -72,11 +79,15 @@ pub async fn run_until(
             _ = shutdown.wait_for(|s| *s) => break,
         }
         info!("leading: reconciling CaptureProfiles");
+        ready.set(Err(
+            "the CaptureProfile cache and the first orphan sweep".into()
+        ));
         tokio::select! {
-            _ = lead(client.clone(), &config, metrics.clone()) => warn!("the controller stopped by itself"),
+            _ = lead(client.clone(), &config, metrics.clone(), &ready) => warn!("the controller stopped by itself"),
             _ = leading.wait_for(|l| !*l) => warn!("lost the lease: stopped reconciling"),
             _ = shutdown.wait_for(|s| *s) => break,
         }
+        ready.set(Err("the lease".into()));
     }
     // The election releases the lease once it sees the shutdown.
     let _ = election.await;
@@ -89,7 +100,12 @@ pub async fn run_until(
 }
 
 /// What the leader does: the CaptureProfile controller and the sweep.
-async fn lead(client: kube::Client, config: &Config, metrics: Arc<ControllerMetrics>) {
+async fn lead(
+    client: kube::Client,
+    config: &Config,
+    metrics: Arc<ControllerMetrics>,
+    ready: &crate::http::Readiness,
+) {
     let reporter = Reporter {
         controller: REPORTING_CONTROLLER.into(),
         instance: Some(config.lease.identity.clone()),
@@ -102,7 +118,9 @@ async fn lead(client: kube::Client, config: &Config, metrics: Arc<ControllerMetr
         metrics.clone(),
     ));
     let profiles: Api<CaptureProfile> = Api::all(client.clone());
-    let controller = Controller::new(profiles, watcher::Config::default().any_semantic())
+    let controller = Controller::new(profiles, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let controller = controller
         .run(profile::reconcile, profile::error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -115,6 +133,10 @@ async fn lead(client: kube::Client, config: &Config, metrics: Arc<ControllerMetr
             }
         });
     let sweep = async {
+        // The reconciles run on the cache; the sweep starts once it is filled.
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
         let mut tick = tokio::time::interval(config.orphan_sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -122,6 +144,7 @@ async fn lead(client: kube::Client, config: &Config, metrics: Arc<ControllerMetr
             let started = Instant::now();
             let swept = lifecycle::sweep_orphans(&client).await;
             metrics.reconciled(KIND_SWEEP, started.elapsed(), swept.is_ok());
+            let reached = swept.is_ok();
             match swept {
                 Ok(0) => {}
                 Ok(n) => {
@@ -129,6 +152,10 @@ async fn lead(client: kube::Client, config: &Config, metrics: Arc<ControllerMetr
                     info!(deleted = n, "swept PodFlows of deleted CaptureProfiles")
                 }
                 Err(e) => error!(error = %e, "sweeping orphaned PodFlows failed"),
+            }
+            // Ready after the first sweep that reached the API server.
+            if reached {
+                ready.set(Ok(()));
             }
         }
     };
