@@ -156,6 +156,10 @@ enum AgentCommand {
         /// Only flows of this protocol (tcp, udp, icmp, icmpv6, ...); repeatable.
         #[arg(long)]
         protocol: Vec<String>,
+        /// JSON file naming remote pod IPs ({"ip": {"namespace", "pod", "node"}}),
+        /// as the agent's --peers-file: remote peers are named like /flows names them.
+        #[arg(long)]
+        peers_file: Option<PathBuf>,
     },
     /// Start (or, with --stop, stop) counting one local pod's flows: what a
     /// CaptureProfile selecting it does, without Kubernetes at hand.
@@ -306,8 +310,26 @@ fn main() -> Result<()> {
                 output,
                 pod,
                 protocol,
+                peers_file,
             } => {
-                let mut view = node_flows::read(&paths.state_dir, &paths.bpf_root)?;
+                if let Some(path) = &peers_file
+                    && !path.exists()
+                {
+                    anyhow::bail!("--peers-file {}: no such file", path.display());
+                }
+                let mut peers = peers_file
+                    .as_deref()
+                    .map(weir_operator::agent::peers::FilePeers::new);
+                if let Some(warning) = peers.as_mut().and_then(|p| p.refresh()) {
+                    anyhow::bail!("--peers-file: {warning}");
+                }
+                let none: std::collections::HashMap<std::net::IpAddr, weir_operator::agent::peers::Peer> =
+                    Default::default();
+                let directory: &dyn weir_operator::agent::peers::PeerDirectory = match &peers {
+                    Some(p) => p,
+                    None => &none,
+                };
+                let mut view = node_flows::read_with(&paths.state_dir, &paths.bpf_root, directory)?;
                 view.retain(&pod, &protocol);
                 match output {
                     Format::Table => {

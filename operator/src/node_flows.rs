@@ -91,12 +91,22 @@ impl NodeView {
 /// weir has no record of (already deleted) keep their pod id as their name,
 /// so no count is hidden.
 pub fn read(state_dir: &Path, bpf_root: &Path) -> Result<NodeView> {
+    let directory: HashMap<IpAddr, Peer> = HashMap::new();
+    read_with(state_dir, bpf_root, &directory)
+}
+
+/// [`read`], naming remote peers from `directory` (e.g. a peers file, as
+/// the agent's `--peers-file`).
+pub fn read_with(
+    state_dir: &Path,
+    bpf_root: &Path,
+    directory: &dyn crate::agent::peers::PeerDirectory,
+) -> Result<NodeView> {
     let reading = reading::read(state_dir, &BpfRoot::new(bpf_root))?;
     if reading.records.is_empty() && reading.pods.is_none() && reading.overlay.is_none() {
         return Err(no_state(state_dir, bpf_root));
     }
-    let directory: HashMap<IpAddr, Peer> = HashMap::new();
-    let views = join::join(&reading, "this-node", &directory);
+    let views = join::join(&reading, "this-node", directory);
     let flows = views.iter().map(describe).collect();
     let mut stats = Vec::new();
     if let Some(pods) = &reading.pods {

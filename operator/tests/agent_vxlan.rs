@@ -231,6 +231,12 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
 
     // The operator's local view shows the same, with the overlay, in the
     // same schema as /flows (docs/flow.schema.json).
+    // A peers file names the remote pod, as the agent's --peers-file does.
+    let peers_file = c.a.state_dir.join("dump-peers.json");
+    std::fs::write(
+        &peers_file,
+        serde_json::json!({ c.ip_b.to_string(): { "namespace": "shop", "pod": "db", "node": "node-b" } }).to_string(),
+    )?;
     let dump =
         c.a.ns
             .command(&[AGENT, "agent", "dump", "-o", "json", "--protocol", "udp"])
@@ -238,6 +244,8 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
             .arg(&c.a.state_dir)
             .arg("--bpf-root")
             .arg(&c.a.bpf_root)
+            .arg("--peers-file")
+            .arg(&peers_file)
             .output()?;
     assert!(
         dump.status.success(),
@@ -259,6 +267,11 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
     assert_eq!(out["overlay"]["outerSource"], "192.168.100.1");
     assert_eq!(out["overlay"]["outerDestination"], "192.168.100.2");
     assert_eq!(out["overlay"]["encapPackets"], a_out["overlay"]["encapPackets"], "dump and /flows agree");
+    assert_eq!(
+        out["peer"],
+        serde_json::json!({ "namespace": "shop", "pod": "db", "node": "node-b" }),
+        "dump names the remote peer from the peers file"
+    );
     drop((agent_a, agent_b));
     Ok(())
 }
