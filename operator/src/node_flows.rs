@@ -225,7 +225,10 @@ fn describe(view: &PodFlowView) -> NodeFlow {
         peer: view
             .peer
             .as_ref()
-            .map(|p| format!("{}/{}@{}", p.namespace, p.pod, p.node)),
+            .map(|p| match p.namespace.as_str() {
+                "" => format!("{}@{}", p.pod, p.node),
+                ns => format!("{ns}/{}@{}", p.pod, p.node),
+            }),
         vni: view.overlay.as_ref().map(|o| o.vni),
         outer: view
             .overlay

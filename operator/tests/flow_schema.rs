@@ -106,3 +106,26 @@ fn flows_endpoint_json_is_the_schema_type_flow_by_flow() {
         .expect("the pod recorded without a namespace is served");
     assert!(podman["namespace"].is_null(), "{served}");
 }
+
+#[test]
+fn pods_recorded_without_a_namespace_name_each_other_as_peers() {
+    let mut table = FlowTable::new("node-1");
+    let directory: std::collections::HashMap<IpAddr, weir_operator::agent::peers::Peer> =
+        Default::default();
+    let mut round = table.round(&directory);
+    round.records(&[record(1, None, "left"), record(2, None, "right")]);
+    let mut k = FlowKey {
+        pod_id: 1,
+        direction: Direction::FromPod as u8,
+        proto: 6,
+        sport: 40000,
+        dport: 80,
+        ..Default::default()
+    };
+    k.set_addrs("10.244.0.1".parse().unwrap(), "10.244.0.2".parse().unwrap());
+    round.pod_flow(&k, &FlowCounters { packets: 1, bytes: 60, ..Default::default() });
+    round.finish(None, true);
+    let views = table.views();
+    let peer = views[0].peer.as_ref().expect("the other podman pod is named");
+    assert_eq!((peer.namespace.as_str(), peer.pod.as_str()), ("", "right"));
+}

@@ -292,11 +292,13 @@ impl FlowSink for Round<'_> {
                     },
                 },
             );
-            let (Some(namespace), Some(pod)) = (&record.pod.namespace, &record.pod.name) else {
+            // A pod recorded without a namespace (podman passes only
+            // K8S_POD_NAME) is still a named peer, with an empty namespace.
+            let Some(pod) = &record.pod.name else {
                 continue;
             };
             let peer = Arc::new(Peer {
-                namespace: namespace.clone(),
+                namespace: record.pod.namespace.clone().unwrap_or_default(),
                 pod: pod.clone(),
                 node: t.node.clone(),
             });

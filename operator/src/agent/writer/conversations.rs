@@ -237,7 +237,7 @@ pub fn conversations(
         };
         let (spec, owner) = if local_is_source {
             let source = SourceEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node);
-            let destination = match &any.peer {
+            let destination = match any.peer.as_ref().filter(|p| !p.namespace.is_empty()) {
                 Some(peer) => DestinationEndpoint::pod(
                     &peer.namespace,
                     &peer.pod,
@@ -262,7 +262,7 @@ pub fn conversations(
         } else {
             let destination =
                 DestinationEndpoint::pod(ns, &any.pod, &local_ip.to_string(), node, port(lport));
-            let (source, owner) = match &any.peer {
+            let (source, owner) = match any.peer.as_ref().filter(|p| !p.namespace.is_empty()) {
                 Some(peer) => {
                     let owner = if peer.namespace == rule.namespace {
                         pod_owner(&peer.namespace, &peer.pod, uids)
