@@ -1025,6 +1025,10 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<std::io::Result<_>>()?;
         assert_eq!(confs, ["10-flannel.conflist"], "node {i}");
+        // The agent took the VXLAN monitor (pinned TCX links) off the
+        // node's NIC; it was there, since the overlay was counted above.
+        let left = c.node_exec(i, &["sh", "-c", "ls /sys/fs/bpf/weir/vxlan 2>/dev/null; true"])?;
+        assert_eq!(left.trim(), "", "node {i}: the VXLAN monitor is still attached");
     }
     let sent = exec_json(
         &c,
