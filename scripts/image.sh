@@ -191,7 +191,7 @@ build_weir() {
   ver=$(app_version)
   [[ -n $ver ]] || die "no appVersion in charts/weir/Chart.yaml"
   ref=docker.io/library/weir-operator:$ver
-  [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] || cargo_build -p weir-operator -p weir-cni
+  [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] || cargo_build -p weir-operator -p weir-cni -p kubectl-weir
   out=$target_dir/image/weir-operator-$ver.oci.tar
   rootfs=$(mktemp -d)
   stage_weir "$rootfs"
@@ -290,7 +290,7 @@ check_reproducible() {
   local what=${1:-weir} np
   case $what in
   weir)
-    [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] || cargo_build -p weir-operator -p weir-cni
+    [[ ${WEIR_IMAGE_NO_BUILD:-} == 1 ]] || cargo_build -p weir-operator -p weir-cni -p kubectl-weir
     check_twice "docker.io/library/weir-operator:$(app_version)" stage_weir "$(weir_config "$(app_version)")"
     ;;
   tools)
