@@ -98,6 +98,9 @@ kind: CaptureProfile
 metadata: { name: all, namespace: shop }
 spec:
   podSelector: {}
+  # The app's conversations; without this, the pods' IPv6 neighbour
+  # discovery shows up too (ICMPv6).
+  protocols: [TCP, UDP]
   flushInterval: 5s
   flowTTL: 30m
 EOF
