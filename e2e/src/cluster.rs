@@ -171,6 +171,24 @@ impl Cluster {
 
     /// kubectl `args` with `stdin` as its input; its stdout, or an error.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<String> {
+        checked("kubectl", args, self.stdin_output(args, stdin)?)
+    }
+
+    /// [`apply`](Self::apply) whatever its exit status (to see refusals).
+    pub fn apply_output(&self, manifests: &str) -> Result<Output> {
+        self.stdin_output(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=weir-tests",
+                "-f",
+                "-",
+            ],
+            manifests,
+        )
+    }
+
+    fn stdin_output(&self, args: &[&str], stdin: &str) -> Result<Output> {
         let mut child = self
             .kubectl_command()
             .args(args)
@@ -183,29 +201,6 @@ impl Cluster {
             .take()
             .expect("piped")
             .write_all(stdin.as_bytes())?;
-        checked("kubectl", args, child.wait_with_output()?)
-    }
-
-    /// [`apply`](Self::apply) whatever its exit status (to see refusals).
-    pub fn apply_output(&self, manifests: &str) -> Result<Output> {
-        let mut child = self
-            .kubectl_command()
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager=weir-tests",
-                "-f",
-                "-",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(manifests.as_bytes())?;
         Ok(child.wait_with_output()?)
     }
 

@@ -126,7 +126,8 @@ pub fn tcp_send(
     Ok(report)
 }
 
-fn tcp_info(conn: &TcpStream) -> Result<TcpReport> {
+/// What the kernel says a connection's socket put on the wire.
+pub fn tcp_info(conn: &TcpStream) -> Result<TcpReport> {
     use std::os::fd::AsRawFd;
     // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };

@@ -407,10 +407,20 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     let chart = chart.to_string_lossy();
     let lint = c.helm(&["lint", "--strict", &chart])?;
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    let rendered = c.helm(&["template", "weir", &chart, "-n", SYSTEM_NS, "--include-crds"])?;
+    let rendered = c.helm(&[
+        "template",
+        "weir",
+        &chart,
+        "-n",
+        SYSTEM_NS,
+        "--include-crds",
+    ])?;
     c.kubectl(["create", "namespace", SYSTEM_NS])?;
     let dry = c.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &rendered)?;
-    assert!(dry.contains("daemonset.apps/weir-agent created (server dry run)"), "{dry}");
+    assert!(
+        dry.contains("daemonset.apps/weir-agent created (server dry run)"),
+        "{dry}"
+    );
     c.kubectl(["delete", "namespace", SYSTEM_NS, "--wait=true"])?;
 
     // 1. helm install, as the README says; every node gets weir last.
@@ -1027,8 +1037,15 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
         assert_eq!(confs, ["10-flannel.conflist"], "node {i}");
         // The agent took the VXLAN monitor (pinned TCX links) off the
         // node's NIC; it was there, since the overlay was counted above.
-        let left = c.node_exec(i, &["sh", "-c", "ls /sys/fs/bpf/weir/vxlan 2>/dev/null; true"])?;
-        assert_eq!(left.trim(), "", "node {i}: the VXLAN monitor is still attached");
+        let left = c.node_exec(
+            i,
+            &["sh", "-c", "ls /sys/fs/bpf/weir/vxlan 2>/dev/null; true"],
+        )?;
+        assert_eq!(
+            left.trim(),
+            "",
+            "node {i}: the VXLAN monitor is still attached"
+        );
     }
     let sent = exec_json(
         &c,

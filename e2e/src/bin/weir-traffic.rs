@@ -144,32 +144,11 @@ fn tcp_send(to: &str, bytes: &str) -> Result<(), String> {
             "the server received {received} bytes, {bytes} were sent"
         ));
     }
-    let (sent, retrans) = tcp_info(&conn)?;
+    let report = weir_e2e::traffic::tcp_info(&conn).map_err(|e| format!("{e:#}"))?;
+    let (sent, retrans) = (report.bytes_sent, report.bytes_retrans);
     let port = conn.local_addr().map_err(|e| e.to_string())?.port();
     println!(
         "{{\"bytes\":{bytes},\"received\":{received},\"bytesSent\":{sent},\"bytesRetrans\":{retrans},\"sourcePort\":{port}}}"
     );
     Ok(())
-}
-
-/// Payload bytes the socket put on the wire (retransmissions included).
-fn tcp_info(conn: &TcpStream) -> Result<(u64, u64), String> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: tcp_info is plain data, valid when zeroed.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `info`.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(format!("TCP_INFO: {}", std::io::Error::last_os_error()));
-    }
-    Ok((info.tcpi_bytes_sent, info.tcpi_bytes_retrans))
 }
