@@ -85,7 +85,9 @@ pub async fn client_and_token(access: &Access) -> Result<(Client, String, Option
         use secrecy::ExposeSecret as _;
         match (&config.auth_info.token, &config.auth_info.token_file) {
             (Some(t), _) => Some(t.expose_secret().to_owned()),
-            (None, Some(file)) => std::fs::read_to_string(file).ok().map(|t| t.trim().to_owned()),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .ok()
+                .map(|t| t.trim().to_owned()),
             _ => None,
         }
     };
@@ -105,7 +107,12 @@ pub fn explain(err: kube::Error, what: &str) -> anyhow::Error {
                 "not allowed while {what} (403 Forbidden): {}; ask for RBAC that allows it",
                 status.message
             ),
-            _ => anyhow!("{what}: {} ({} {})", status.message, status.code, status.reason),
+            _ => anyhow!(
+                "{what}: {} ({} {})",
+                status.message,
+                status.code,
+                status.reason
+            ),
         },
         kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow!(
             "no cluster access: cannot reach the API server while {what}: {}; check the kubeconfig (KUBECONFIG, --kubeconfig, --context) and that the cluster is up",
@@ -151,7 +158,10 @@ pub struct Snapshot {
 /// CaptureProfile there, or the profiles have not seen traffic yet.
 pub async fn read(client: &Client, scope: &Scope) -> Result<Snapshot> {
     let (flows_api, where_): (Api<PodFlow>, String) = match scope {
-        Scope::Namespace(ns) => (Api::namespaced(client.clone(), ns), format!("namespace {ns}")),
+        Scope::Namespace(ns) => (
+            Api::namespaced(client.clone(), ns),
+            format!("namespace {ns}"),
+        ),
         Scope::All => (Api::all(client.clone()), "any namespace".into()),
     };
     let list = match flows_api.list(&ListParams::default()).await {
@@ -171,8 +181,12 @@ pub async fn read(client: &Client, scope: &Scope) -> Result<Snapshot> {
         };
         if profiles.items.is_empty() {
             let hint = match scope {
-                Scope::Namespace(ns) => format!("kubectl apply -n {ns} -f <a CaptureProfile selecting the pods to observe>, or look at another namespace (-n NS, -A)"),
-                Scope::All => "kubectl apply -f <a CaptureProfile selecting the pods to observe>".into(),
+                Scope::Namespace(ns) => format!(
+                    "kubectl apply -n {ns} -f <a CaptureProfile selecting the pods to observe>, or look at another namespace (-n NS, -A)"
+                ),
+                Scope::All => {
+                    "kubectl apply -f <a CaptureProfile selecting the pods to observe>".into()
+                }
             };
             return Err(anyhow!(
                 "no CaptureProfile in {where_}: weir observes no pods there; {hint}"
@@ -218,7 +232,9 @@ async fn inventory(
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-        let where_ = ns.as_deref().map_or("all namespaces".to_owned(), |n| format!("namespace {n}"));
+        let where_ = ns
+            .as_deref()
+            .map_or("all namespaces".to_owned(), |n| format!("namespace {n}"));
         // Only the metadata is needed (owner references).
         match pods.list_metadata(&ListParams::default()).await {
             Ok(list) => {
@@ -269,7 +285,11 @@ pub fn read_file(path: &Path, scope: &Scope) -> Result<Snapshot> {
     let mut flows = Vec::new();
     let mut inv = Inventory::default();
     for item in items {
-        let kind = item.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+        let kind = item
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
         match kind.as_str() {
             "PodFlow" => {
                 let pf: PodFlow = serde_json::from_value(item).context("a PodFlow in the file")?;
@@ -282,9 +302,8 @@ pub fn read_file(path: &Path, scope: &Scope) -> Result<Snapshot> {
                 flows.push(f);
             }
             "Pod" => inv.add_pod(&serde_json::from_value(item).context("a Pod in the file")?),
-            "ReplicaSet" => inv.add_replicaset(
-                &serde_json::from_value(item).context("a ReplicaSet in the file")?,
-            ),
+            "ReplicaSet" => inv
+                .add_replicaset(&serde_json::from_value(item).context("a ReplicaSet in the file")?),
             _ => {}
         }
     }

@@ -35,7 +35,10 @@ fn owner(api_version: &str, kind: &str, name: &str) -> OwnerReference {
         api_version: api_version.into(),
         kind: kind.into(),
         name: name.into(),
-        uid: format!("00000000-0000-0000-0000-{:012x}", fnv(name) & 0xffff_ffff_ffff),
+        uid: format!(
+            "00000000-0000-0000-0000-{:012x}",
+            fnv(name) & 0xffff_ffff_ffff
+        ),
         controller: Some(true),
         block_owner_deletion: None,
     }
@@ -193,7 +196,11 @@ impl Fixture {
                 };
                 let dst = &all[j];
                 let cross = src.node != dst.node;
-                let loss = if cross && r % 50 == 1 { (r % 20 + 1) as i64 } else { 0 };
+                let loss = if cross && r % 50 == 1 {
+                    (r % 20 + 1) as i64
+                } else {
+                    0
+                };
                 fx.podflows.push(podflow(
                     src,
                     Some(dst),

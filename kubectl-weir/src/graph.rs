@@ -126,7 +126,10 @@ impl Edge {
             lines.push(format!("VNI {}", vnis.join(",")));
         }
         if self.loss_packets > 0 {
-            lines.push(format!("lost {} pkts", human_count(self.loss_packets as f64)));
+            lines.push(format!(
+                "lost {} pkts",
+                human_count(self.loss_packets as f64)
+            ));
         }
         if self.is_other() {
             lines.push(format!("{} flows", self.flows));
@@ -281,7 +284,10 @@ impl Graph {
         }
         for e in &self.edges {
             let mut attrs = vec![
-                format!("id={}", dot_str(&format!("edge:{}->{}", e.from.id(), e.to.id()))),
+                format!(
+                    "id={}",
+                    dot_str(&format!("edge:{}->{}", e.from.id(), e.to.id()))
+                ),
                 format!("label={}", dot_str(&e.label().join("\n"))),
                 format!(
                     "tooltip={}",
@@ -373,7 +379,11 @@ impl Graph {
             "<table id=\"edges\">\n<thead><tr><th>from</th><th>to</th><th>bytes</th><th>rate</th><th>packets</th><th>flows</th><th>VNI</th><th>overlay loss</th><th>services</th></tr></thead>\n<tbody>\n",
         );
         for e in &self.edges {
-            let class = if e.loss_packets > 0 { " class=\"loss\"" } else { "" };
+            let class = if e.loss_packets > 0 {
+                " class=\"loss\""
+            } else {
+                ""
+            };
             let vnis: Vec<String> = e.vnis.iter().map(|v| v.to_string()).collect();
             let _ = writeln!(
                 s,
@@ -530,8 +540,20 @@ mod tests {
     #[test]
     fn flows_of_one_workload_become_one_edge_with_summed_bytes_and_rate() {
         let flows = vec![
-            flow(end("shop", "web-1", "n1"), end("shop", "db-0", "n2"), 1000, Some(1), 0),
-            flow(end("shop", "web-2", "n1"), end("shop", "db-0", "n2"), 3000, Some(1), 7),
+            flow(
+                end("shop", "web-1", "n1"),
+                end("shop", "db-0", "n2"),
+                1000,
+                Some(1),
+                0,
+            ),
+            flow(
+                end("shop", "web-2", "n1"),
+                end("shop", "db-0", "n2"),
+                3000,
+                Some(1),
+                7,
+            ),
         ];
         let g = Graph::build(&flows, &inventory(), 10);
         assert_eq!(g.edges.len(), 1);
@@ -579,7 +601,13 @@ mod tests {
     #[test]
     fn dot_groups_by_namespace_and_marks_loss() {
         let flows = vec![
-            flow(end("shop", "web-1", "n1"), end("shop", "db-0", "n2"), 1000, Some(1), 3),
+            flow(
+                end("shop", "web-1", "n1"),
+                end("shop", "db-0", "n2"),
+                1000,
+                Some(1),
+                3,
+            ),
             Flow {
                 destination: End {
                     namespace: None,
@@ -605,16 +633,25 @@ mod tests {
         assert!(mermaid.contains("-.->"), "{mermaid}");
         assert!(mermaid.contains("linkStyle 0 stroke:#d62728"), "{mermaid}");
         let html = g.to_html("<?xml version=\"1.0\"?>\n<svg><g/></svg>", "t <1>");
-        assert!(html.contains("<div id=\"graph\">\n<svg><g/></svg>"), "{html}");
+        assert!(
+            html.contains("<div id=\"graph\">\n<svg><g/></svg>"),
+            "{html}"
+        );
         assert!(!html.contains("<?xml"));
         assert!(html.contains("<title>t &lt;1&gt;</title>"));
-        assert!(html.contains("<tr class=\"loss\"><td>shop/Deployment/web</td>"), "{html}");
+        assert!(
+            html.contains("<tr class=\"loss\"><td>shop/Deployment/web</td>"),
+            "{html}"
+        );
         assert!(!html.contains("http://") || !html.contains("src=\"http"));
     }
 
     #[test]
     fn escaping() {
         assert_eq!(dot_str("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
-        assert_eq!(html_escape("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
+        assert_eq!(
+            html_escape("<a href='x'>&"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;"
+        );
     }
 }

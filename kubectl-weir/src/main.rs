@@ -224,10 +224,14 @@ async fn graph(access: &Access, args: &GraphArgs) -> Result<()> {
         GraphFormat::Html => graph.to_html(&render_svg(&graph.to_dot())?, &title),
     };
     match &args.out {
-        Some(path) => std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?
+        }
         None => {
             let mut stdout = std::io::stdout().lock();
-            stdout.write_all(out.as_bytes()).context("writing to stdout")?;
+            stdout
+                .write_all(out.as_bytes())
+                .context("writing to stdout")?;
             stdout.flush().context("writing to stdout")?;
         }
     }
@@ -302,18 +306,33 @@ async fn top_cmd(access: &Access, args: &TopArgs) -> Result<()> {
     Ok(())
 }
 
-async fn agents(client: &kube::Client, args: &ObserveArgs) -> Result<Vec<kubectl_weir::observe::Agent>> {
+async fn agents(
+    client: &kube::Client,
+    args: &ObserveArgs,
+) -> Result<Vec<kubectl_weir::observe::Agent>> {
     use k8s_openapi::api::core::v1::Pod;
     let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &args.agent_namespace);
     let selector = "app.kubernetes.io/name=weir,app.kubernetes.io/component=agent";
     let pods = api
         .list(&kube::api::ListParams::default().labels(selector))
         .await
-        .map_err(|e| cluster::explain(e, &format!("listing weir's agent pods in namespace {}", args.agent_namespace)))?;
+        .map_err(|e| {
+            cluster::explain(
+                e,
+                &format!(
+                    "listing weir's agent pods in namespace {}",
+                    args.agent_namespace
+                ),
+            )
+        })?;
     let mut agents = Vec::new();
     for p in pods.items {
         let name = p.metadata.name.clone().unwrap_or_default();
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_else(|| "?".into());
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_else(|| "?".into());
         if !args.node.is_empty() && !args.node.contains(&node) {
             continue;
         }
@@ -321,7 +340,10 @@ async fn agents(client: &kube::Client, args: &ObserveArgs) -> Result<Vec<kubectl
             .spec
             .as_ref()
             .and_then(|s| {
-                s.containers.iter().flat_map(|c| c.ports.iter().flatten()).find(|cp| cp.name.as_deref() == Some("metrics"))
+                s.containers
+                    .iter()
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .find(|cp| cp.name.as_deref() == Some("metrics"))
             })
             .map(|cp| cp.container_port as u16)
             .unwrap_or(args.agent_port);
@@ -329,15 +351,25 @@ async fn agents(client: &kube::Client, args: &ObserveArgs) -> Result<Vec<kubectl
             Some(ip) => agents.push(kubectl_weir::observe::Agent {
                 pod: name,
                 node,
-                address: if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") },
+                address: if ip.contains(':') {
+                    format!("[{ip}]:{port}")
+                } else {
+                    format!("{ip}:{port}")
+                },
             }),
-            None => eprintln!("kubectl-weir: warning: agent {name} on node {node} has no address yet (not running?)"),
+            None => eprintln!(
+                "kubectl-weir: warning: agent {name} on node {node} has no address yet (not running?)"
+            ),
         }
     }
     if agents.is_empty() {
         bail!(
             "no weir agent {}in namespace {} (pods labelled {selector}): is weir installed there? (--agent-namespace)",
-            if args.node.is_empty() { String::new() } else { format!("on {} ", args.node.join(", ")) },
+            if args.node.is_empty() {
+                String::new()
+            } else {
+                format!("on {} ", args.node.join(", "))
+            },
             args.agent_namespace
         );
     }
@@ -365,26 +397,38 @@ async fn observe(access: &Access, args: &ObserveArgs) -> Result<()> {
         to_pod: args.to_pod.clone(),
         protocol: args.protocol,
         port: args.port,
-        since_ms: args.since.map(|s| now_ms.saturating_sub(s.as_millis() as u64)),
+        since_ms: args
+            .since
+            .map(|s| now_ms.saturating_sub(s.as_millis() as u64)),
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<serde_json::Value, String>)>(1024);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(usize, Result<serde_json::Value, String>)>(1024);
     let mut open = 0usize;
     for (i, agent) in agents.iter().enumerate() {
         let (tx, agent, token, timeout) = (tx.clone(), agent.clone(), token.clone(), args.timeout);
         open += 1;
         tokio::spawn(async move {
-            let mut reader = match connect(&agent, &token, Duration::from_secs(10).min(timeout)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.send((i, Err(format!("{e:#}")))).await;
-                    return;
-                }
-            };
+            let mut reader =
+                match connect(&agent, &token, Duration::from_secs(10).min(timeout)).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send((i, Err(format!("{e:#}")))).await;
+                        return;
+                    }
+                };
             loop {
                 let mut line = String::new();
                 match reader.read_line(&mut line).await {
                     Ok(0) => {
-                        let _ = tx.send((i, Err(format!("agent {} on node {}: the stream ended", agent.pod, agent.node)))).await;
+                        let _ = tx
+                            .send((
+                                i,
+                                Err(format!(
+                                    "agent {} on node {}: the stream ended",
+                                    agent.pod, agent.node
+                                )),
+                            ))
+                            .await;
                         return;
                     }
                     Ok(_) => match serde_json::from_str(&line) {
@@ -394,12 +438,22 @@ async fn observe(access: &Access, args: &ObserveArgs) -> Result<()> {
                             }
                         }
                         Err(e) => {
-                            let _ = tx.send((i, Err(format!("agent {}: not JSON ({e}): {line}", agent.pod)))).await;
+                            let _ = tx
+                                .send((
+                                    i,
+                                    Err(format!("agent {}: not JSON ({e}): {line}", agent.pod)),
+                                ))
+                                .await;
                             return;
                         }
                     },
                     Err(e) => {
-                        let _ = tx.send((i, Err(format!("agent {} on node {}: {e}", agent.pod, agent.node)))).await;
+                        let _ = tx
+                            .send((
+                                i,
+                                Err(format!("agent {} on node {}: {e}", agent.pod, agent.node)),
+                            ))
+                            .await;
                         return;
                     }
                 }
@@ -425,7 +479,10 @@ async fn observe(access: &Access, args: &ObserveArgs) -> Result<()> {
                 Err(_) => {
                     for (i, d) in done.iter().enumerate() {
                         if !d {
-                            eprintln!("kubectl-weir: agent {} on node {} sent no collection within {:?}", agents[i].pod, agents[i].node, args.timeout);
+                            eprintln!(
+                                "kubectl-weir: agent {} on node {} sent no collection within {:?}",
+                                agents[i].pod, agents[i].node, args.timeout
+                            );
                         }
                     }
                     break;
@@ -463,7 +520,9 @@ async fn observe(access: &Access, args: &ObserveArgs) -> Result<()> {
                         }
                     }
                     ObserveFormat::Jsonl => writeln!(stdout, "{v}")?,
-                    ObserveFormat::Json if args.follow => writeln!(stdout, "{}", serde_json::to_string_pretty(&v)?)?,
+                    ObserveFormat::Json if args.follow => {
+                        writeln!(stdout, "{}", serde_json::to_string_pretty(&v)?)?
+                    }
                     ObserveFormat::Json => collected.push(v),
                 }
                 stdout.flush()?;

@@ -39,8 +39,7 @@ pub struct Flow {
 }
 
 fn seconds(t: &Option<Time>) -> Option<f64> {
-    t.as_ref()
-        .map(|t| t.0.as_millisecond() as f64 / 1000.0)
+    t.as_ref().map(|t| t.0.as_millisecond() as f64 / 1000.0)
 }
 
 fn count(v: Option<i64>) -> u64 {
@@ -57,9 +56,11 @@ impl Flow {
         let (mut first, mut last) = (seconds(&status.first_seen), seconds(&status.last_seen));
         if status.packets.is_none() && status.bytes.is_none() {
             // No summary yet: the busiest observer's view.
-            if let Some(o) = status.observers.iter().max_by_key(|o| {
-                o.forward.bytes.saturating_add(o.reverse.bytes)
-            }) {
+            if let Some(o) = status
+                .observers
+                .iter()
+                .max_by_key(|o| o.forward.bytes.saturating_add(o.reverse.bytes))
+            {
                 packets = count(Some(o.forward.packets.saturating_add(o.reverse.packets)));
                 bytes = count(Some(o.forward.bytes.saturating_add(o.reverse.bytes)));
                 first = seconds(&o.first_seen);
@@ -243,7 +244,12 @@ impl Inventory {
         let owner = self.pods.get(&(ns.clone(), pod.clone())).cloned().flatten();
         match owner {
             Some((kind, name)) if kind == "ReplicaSet" => {
-                match self.replicasets.get(&(ns.clone(), name.clone())).cloned().flatten() {
+                match self
+                    .replicasets
+                    .get(&(ns.clone(), name.clone()))
+                    .cloned()
+                    .flatten()
+                {
                     Some((kind, name)) => Workload::Controller {
                         namespace: ns.clone(),
                         kind,
@@ -306,7 +312,9 @@ pub fn human_count(n: f64) -> String {
 /// Parses `30s`, `5m`, `2h`, `1d`, `500ms` (or plain seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -398,7 +406,8 @@ pub(crate) mod tests {
         assert_eq!(w("shop", "gone"), "shop/Pod/gone");
         assert_eq!(inv.workload(&end(None, None, "1.2.3.4")).id(), "1.2.3.4");
         assert_eq!(
-            inv.workload(&end(None, Some("podman-pod"), "10.1.1.1")).label(),
+            inv.workload(&end(None, Some("podman-pod"), "10.1.1.1"))
+                .label(),
             "pod/podman-pod"
         );
     }

@@ -47,9 +47,9 @@ pub fn protocol_number(name: &str) -> Result<u64, String> {
         "icmp" => Ok(1),
         "icmpv6" => Ok(58),
         "sctp" => Ok(132),
-        n => n
-            .parse()
-            .map_err(|_| format!("{name:?}: a protocol is tcp, udp, icmp, icmpv6, sctp or a number")),
+        n => n.parse().map_err(|_| {
+            format!("{name:?}: a protocol is tcp, udp, icmp, icmpv6, sctp or a number")
+        }),
     }
 }
 
@@ -94,13 +94,21 @@ impl Filter {
         }
         // The source is the pod for egress, the peer for ingress.
         if let Some(p) = &self.from_pod {
-            let (sns, spod) = if egress { (ns, pod) } else { (peer_ns, peer_pod) };
+            let (sns, spod) = if egress {
+                (ns, pod)
+            } else {
+                (peer_ns, peer_pod)
+            };
             if !pod_matches(p, sns, spod) {
                 return false;
             }
         }
         if let Some(p) = &self.to_pod {
-            let (dns, dpod) = if egress { (peer_ns, peer_pod) } else { (ns, pod) };
+            let (dns, dpod) = if egress {
+                (peer_ns, peer_pod)
+            } else {
+                (ns, pod)
+            };
             if !pod_matches(p, dns, dpod) {
                 return false;
             }
@@ -168,7 +176,11 @@ pub fn table_line(line: &Value) -> Option<String> {
     Some(format!(
         "{time:<13} {:<15} {pod:<31} {:<4} {:<7} {:<23} {:<23} {:<8} {:<10} {:<10} {:<10} {vni}",
         line["node"].as_str().unwrap_or("?"),
-        if flow["direction"] == "egress" { "out" } else { "in" },
+        if flow["direction"] == "egress" {
+            "out"
+        } else {
+            "in"
+        },
         protocol_name(proto),
         endpoint(&flow["source"], &flow["sourcePort"], proto),
         endpoint(&flow["destination"], &flow["destinationPort"], proto),
@@ -185,7 +197,12 @@ pub async fn connect(
     token: &str,
     timeout: Duration,
 ) -> Result<BufReader<tokio::net::TcpStream>> {
-    let name = || format!("agent {} on node {} ({})", agent.pod, agent.node, agent.address);
+    let name = || {
+        format!(
+            "agent {} on node {} ({})",
+            agent.pod, agent.node, agent.address
+        )
+    };
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&agent.address))
         .await
         .map_err(|_| anyhow!("{} unreachable: no connection within {timeout:?}", name()))?
@@ -224,9 +241,18 @@ pub async fn connect(
         let _ = tokio::time::timeout(timeout, reader.read_to_string(&mut body)).await;
         let body = body.trim();
         match status {
-            401 => bail!("{}: your token was refused (401 {body}); observe needs a bearer token the API server accepts (--token, or a kubeconfig user with a token)", name()),
-            403 => bail!("{}: you may not get pods in any namespace whose flows this node holds (403)", name()),
-            404 => bail!("{}: no /flows/stream (404): the agent is older than this plugin", name()),
+            401 => bail!(
+                "{}: your token was refused (401 {body}); observe needs a bearer token the API server accepts (--token, or a kubeconfig user with a token)",
+                name()
+            ),
+            403 => bail!(
+                "{}: you may not get pods in any namespace whose flows this node holds (403)",
+                name()
+            ),
+            404 => bail!(
+                "{}: no /flows/stream (404): the agent is older than this plugin",
+                name()
+            ),
             s => bail!("{}: {s} {body}", name()),
         }
     }
@@ -258,14 +284,62 @@ mod tests {
         let inn = line("shop", "db", "ingress", Some(("shop", "web")));
         let f = |f: Filter| (f.passes(&out), f.passes(&inn));
         assert_eq!(f(Filter::default()), (true, true));
-        assert_eq!(f(Filter { namespace: Some("pay".into()), ..Default::default() }), (false, false));
-        assert_eq!(f(Filter { pod: Some("shop/web".into()), ..Default::default() }), (true, false));
-        assert_eq!(f(Filter { from_pod: Some("web".into()), ..Default::default() }), (true, true));
-        assert_eq!(f(Filter { to_pod: Some("shop/db".into()), ..Default::default() }), (true, true));
-        assert_eq!(f(Filter { to_pod: Some("web".into()), ..Default::default() }), (false, false));
-        assert_eq!(f(Filter { protocol: Some(17), ..Default::default() }), (false, false));
-        assert_eq!(f(Filter { port: Some(8080), ..Default::default() }), (true, true));
-        assert_eq!(f(Filter { since_ms: Some(1_900_000_000_000), ..Default::default() }), (false, false));
+        assert_eq!(
+            f(Filter {
+                namespace: Some("pay".into()),
+                ..Default::default()
+            }),
+            (false, false)
+        );
+        assert_eq!(
+            f(Filter {
+                pod: Some("shop/web".into()),
+                ..Default::default()
+            }),
+            (true, false)
+        );
+        assert_eq!(
+            f(Filter {
+                from_pod: Some("web".into()),
+                ..Default::default()
+            }),
+            (true, true)
+        );
+        assert_eq!(
+            f(Filter {
+                to_pod: Some("shop/db".into()),
+                ..Default::default()
+            }),
+            (true, true)
+        );
+        assert_eq!(
+            f(Filter {
+                to_pod: Some("web".into()),
+                ..Default::default()
+            }),
+            (false, false)
+        );
+        assert_eq!(
+            f(Filter {
+                protocol: Some(17),
+                ..Default::default()
+            }),
+            (false, false)
+        );
+        assert_eq!(
+            f(Filter {
+                port: Some(8080),
+                ..Default::default()
+            }),
+            (true, true)
+        );
+        assert_eq!(
+            f(Filter {
+                since_ms: Some(1_900_000_000_000),
+                ..Default::default()
+            }),
+            (false, false)
+        );
         assert_eq!(protocol_number("TCP"), Ok(6));
         assert!(protocol_number("foo").is_err());
     }
@@ -274,11 +348,18 @@ mod tests {
     fn table_lines() {
         let t = table_line(&line("shop", "web", "egress", None)).unwrap();
         assert!(t.contains("shop/web"), "{t}");
-        assert!(t.contains("10.0.0.1:40000") && t.contains("10.0.0.2:8080"), "{t}");
+        assert!(
+            t.contains("10.0.0.1:40000") && t.contains("10.0.0.2:8080"),
+            "{t}"
+        );
         assert!(t.contains("2.0 KiB") && t.contains("10.0 KiB"), "{t}");
         assert!(t.ends_with(" 1"), "VNI last: {t}");
-        let lost = table_line(&json!({"node": "n1", "lostUpdates": 3, "lostUpdatesTotal": 5})).unwrap();
-        assert!(lost.contains("3 collections of updates lost") && lost.contains("5 in all"), "{lost}");
+        let lost =
+            table_line(&json!({"node": "n1", "lostUpdates": 3, "lostUpdatesTotal": 5})).unwrap();
+        assert!(
+            lost.contains("3 collections of updates lost") && lost.contains("5 in all"),
+            "{lost}"
+        );
         assert!(table_line(&json!({"node": "n1", "endOfCollection": true})).is_none());
     }
 }

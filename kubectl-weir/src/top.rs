@@ -214,9 +214,22 @@ mod tests {
         assert_eq!(top[0].flows, 2);
         assert_eq!(top[1].key, "b/db");
         assert_eq!(top[1].bytes, 1007, "a self-flow counts once");
-        let ns = top_n(talkers(&flows, &inv, By::Namespace, None, None), SortBy::Bytes, 0);
-        assert_eq!(ns.iter().map(|t| (t.key.as_str(), t.bytes)).collect::<Vec<_>>(), [("a", 1500), ("b", 1007)]);
-        let pairs = top_n(talkers(&flows, &inv, By::NodePair, None, None), SortBy::Packets, 0);
+        let ns = top_n(
+            talkers(&flows, &inv, By::Namespace, None, None),
+            SortBy::Bytes,
+            0,
+        );
+        assert_eq!(
+            ns.iter()
+                .map(|t| (t.key.as_str(), t.bytes))
+                .collect::<Vec<_>>(),
+            [("a", 1500), ("b", 1007)]
+        );
+        let pairs = top_n(
+            talkers(&flows, &inv, By::NodePair, None, None),
+            SortBy::Packets,
+            0,
+        );
         assert_eq!(pairs[0].key, "n1 → n2");
         assert_eq!(pairs[0].packets, 100);
         let table = render(&pairs, By::NodePair);
@@ -234,14 +247,39 @@ mod tests {
         prev.insert("a/f1".to_string(), 1000u64);
         prev.insert("a/f2".to_string(), 100_000u64);
         let t = top_n(
-            talkers(&flows, &Inventory::default(), By::Pod, Some((&prev, 2.0)), None),
+            talkers(
+                &flows,
+                &Inventory::default(),
+                By::Pod,
+                Some((&prev, 2.0)),
+                None,
+            ),
             SortBy::Rate,
             1,
         );
         assert_eq!(t[0].key, "a/web");
         assert!((t[0].rate - 1000.0).abs() < 1e-9);
         // Window: only flows seen within the last 10 s of now=200 (none).
-        assert!(talkers(&flows, &Inventory::default(), By::Pod, None, Some((200.0, 10.0))).is_empty());
-        assert_eq!(talkers(&flows, &Inventory::default(), By::Pod, None, Some((105.0, 10.0))).len(), 4);
+        assert!(
+            talkers(
+                &flows,
+                &Inventory::default(),
+                By::Pod,
+                None,
+                Some((200.0, 10.0))
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            talkers(
+                &flows,
+                &Inventory::default(),
+                By::Pod,
+                None,
+                Some((105.0, 10.0))
+            )
+            .len(),
+            4
+        );
     }
 }

@@ -38,10 +38,46 @@ fn small_cluster() -> Fixture {
     let web = fx.deployment("shop", "web", 2, &["node-a"], 0x01_0000);
     let db = fx.deployment("shop", "db", 1, &["node-b"], 0x01_0100);
     let api = fx.deployment("pay", "api", 1, &["node-a"], 0x02_0000);
-    fx.podflows.push(podflow(&web[0], Some(&db[0]), "", 5432, 40_000_000, 100, Some(1), 5));
-    fx.podflows.push(podflow(&web[1], Some(&db[0]), "", 5432, 20_000_000, 100, Some(1), 0));
-    fx.podflows.push(podflow(&web[0], None, "198.51.100.7", 443, 1_500_000, 30, None, 0));
-    fx.podflows.push(podflow(&api[0], Some(&web[1]), "", 8080, 300_000, 10, None, 0));
+    fx.podflows.push(podflow(
+        &web[0],
+        Some(&db[0]),
+        "",
+        5432,
+        40_000_000,
+        100,
+        Some(1),
+        5,
+    ));
+    fx.podflows.push(podflow(
+        &web[1],
+        Some(&db[0]),
+        "",
+        5432,
+        20_000_000,
+        100,
+        Some(1),
+        0,
+    ));
+    fx.podflows.push(podflow(
+        &web[0],
+        None,
+        "198.51.100.7",
+        443,
+        1_500_000,
+        30,
+        None,
+        0,
+    ));
+    fx.podflows.push(podflow(
+        &api[0],
+        Some(&web[1]),
+        "",
+        8080,
+        300_000,
+        10,
+        None,
+        0,
+    ));
     fx
 }
 
@@ -95,11 +131,30 @@ fn graph_html_and_svg_render_in_headless_chromium_with_the_workloads_and_edges()
     let html = dir.join("graph.html");
     let svg = dir.join("graph.svg");
     let input_s = input.to_str().unwrap();
-    kubectl_weir(&["graph", "-A", "-o", "html", "--from-file", input_s, "--out", html.to_str().unwrap()]);
-    kubectl_weir(&["graph", "-A", "--from-file", input_s, "--out", svg.to_str().unwrap()]);
+    kubectl_weir(&[
+        "graph",
+        "-A",
+        "-o",
+        "html",
+        "--from-file",
+        input_s,
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    kubectl_weir(&[
+        "graph",
+        "-A",
+        "--from-file",
+        input_s,
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
 
     let page = std::fs::read_to_string(&html).unwrap();
-    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"), "the page fetches nothing");
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "the page fetches nothing"
+    );
 
     let profile = tempdir();
     let dom = String::from_utf8(chromium(&["--dump-dom"], &html, &profile).stdout).unwrap();
@@ -113,33 +168,61 @@ fn graph_html_and_svg_render_in_headless_chromium_with_the_workloads_and_edges()
         "edge:pay/Deployment/api-&gt;shop/Deployment/web",
         "edge:shop/Deployment/web-&gt;198.51.100.7",
     ] {
-        assert!(dom.contains(&format!("id=\"{id}\"")), "the rendered DOM lacks id={id}:\n{dom}");
+        assert!(
+            dom.contains(&format!("id=\"{id}\"")),
+            "the rendered DOM lacks id={id}:\n{dom}"
+        );
     }
     // The lossy overlay edge is marked and labelled (bytes, rate, VNI, loss).
-    assert!(dom.contains("class=\"edge flow cross-node loss\""), "no lossy edge in the DOM:\n{dom}");
+    assert!(
+        dom.contains("class=\"edge flow cross-node loss\""),
+        "no lossy edge in the DOM:\n{dom}"
+    );
     assert!(dom.contains("57.2 MiB · 585.9 KiB/s"), "{dom}");
-    assert!(dom.contains("VNI 1") && dom.contains("lost 5 pkts"), "{dom}");
+    assert!(
+        dom.contains("VNI 1") && dom.contains("lost 5 pkts"),
+        "{dom}"
+    );
     // Namespaces are clusters.
-    assert!(dom.contains("id=\"ns-shop\"") && dom.contains("id=\"ns-pay\""), "{dom}");
+    assert!(
+        dom.contains("id=\"ns-shop\"") && dom.contains("id=\"ns-pay\""),
+        "{dom}"
+    );
     // The table.
-    assert!(dom.contains("<tr class=\"loss\"><td>shop/Deployment/web</td><td>shop/Deployment/db</td>"), "{dom}");
+    assert!(
+        dom.contains("<tr class=\"loss\"><td>shop/Deployment/web</td><td>shop/Deployment/db</td>"),
+        "{dom}"
+    );
 
     // The SVG alone, as a document.
     let svg_dom = String::from_utf8(chromium(&["--dump-dom"], &svg, &profile).stdout).unwrap();
     assert!(svg_dom.contains("<svg"), "{svg_dom}");
-    assert!(svg_dom.contains("deploy/web") && svg_dom.contains("deploy/db"), "{svg_dom}");
+    assert!(
+        svg_dom.contains("deploy/web") && svg_dom.contains("deploy/db"),
+        "{svg_dom}"
+    );
 
     // The screenshot, as an artefact.
     let png = dir.join("graph.png");
     let _ = std::fs::remove_file(&png);
     chromium(
-        &[&format!("--screenshot={}", png.display()), "--window-size=1280,900"],
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1280,900",
+        ],
         &html,
         &profile,
     );
     let bytes = std::fs::read(&png).expect("chromium wrote no screenshot");
-    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot is not a PNG");
-    assert!(bytes.len() > 10_000, "the screenshot is suspiciously small ({} bytes)", bytes.len());
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the screenshot is not a PNG"
+    );
+    assert!(
+        bytes.len() > 10_000,
+        "the screenshot is suspiciously small ({} bytes)",
+        bytes.len()
+    );
     eprintln!("screenshot: {}", png.display());
     let _ = std::fs::remove_dir_all(&profile);
 }

@@ -16,11 +16,14 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use kubectl_weir::fixture::{FakePod, podflow};
 use serde_json::json;
-use weir_e2e::controlplane::ControlPlane;
 use weir_api::PodFlow;
+use weir_e2e::controlplane::ControlPlane;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn kubectl_weir(kubeconfig: &Path, args: &[&str]) -> Output {
@@ -44,8 +47,15 @@ fn ok(out: Output, what: &str) -> String {
 
 fn fails_with(out: Output, needle: &str, what: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{what} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
-    assert!(stderr.contains(needle), "{what}: stderr lacks {needle:?}: {stderr}");
+    assert!(
+        !out.status.success(),
+        "{what} should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains(needle),
+        "{what}: stderr lacks {needle:?}: {stderr}"
+    );
 }
 
 fn labels() -> serde_json::Value {
@@ -53,14 +63,15 @@ fn labels() -> serde_json::Value {
 }
 
 async fn create_ns(client: &kube::Client, name: &str) {
-    weir_e2e::objects::create_namespace_for_pods(client, name).await.unwrap();
+    weir_e2e::objects::create_namespace_for_pods(client, name)
+        .await
+        .unwrap();
 }
 
 fn pod_json(ns: &str, name: &str, owner: Option<(&str, &str, &str, &str)>) -> Pod {
     let mut meta = json!({"name": name, "namespace": ns, "labels": labels()});
     if let Some((api_version, kind, oname, uid)) = owner {
-        meta["ownerReferences"] =
-            json!([{"apiVersion": api_version, "kind": kind, "name": oname, "uid": uid, "controller": true}]);
+        meta["ownerReferences"] = json!([{"apiVersion": api_version, "kind": kind, "name": oname, "uid": uid, "controller": true}]);
     }
     serde_json::from_value(json!({
         "metadata": meta,
@@ -97,7 +108,11 @@ async fn graph_and_top_against_a_real_api_server_with_actionable_errors() {
         "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: c, user: u, namespace: shop}}]\ncurrent-context: c\n",
     )
     .unwrap();
-    fails_with(kubectl_weir(&dead, &["graph", "-o", "dot"]), "no cluster access", "graph without a cluster");
+    fails_with(
+        kubectl_weir(&dead, &["graph", "-o", "dot"]),
+        "no cluster access",
+        "graph without a cluster",
+    );
     fails_with(
         kubectl_weir(&dir.join("missing"), &["top", "--once"]),
         "no cluster access",
@@ -115,7 +130,8 @@ async fn graph_and_top_against_a_real_api_server_with_actionable_errors() {
         "graph before the CRDs",
     );
     cp.apply_path(&repo_root().join("crds")).unwrap();
-    cp.wait_established(&["captureprofiles.weir.dev", "podflows.weir.dev"]).unwrap();
+    cp.wait_established(&["captureprofiles.weir.dev", "podflows.weir.dev"])
+        .unwrap();
 
     create_ns(&client, "shop").await;
     create_ns(&client, "pay").await;
@@ -134,7 +150,11 @@ async fn graph_and_top_against_a_real_api_server_with_actionable_errors() {
     // pay: a bare pod.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
     let web = deployments
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": workload_spec()})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": workload_spec()}))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "shop");
@@ -159,16 +179,36 @@ async fn graph_and_top_against_a_real_api_server_with_actionable_errors() {
     let shop_pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
     for name in ["web-5d8f-aaaaa", "web-5d8f-bbbbb"] {
         shop_pods
-            .create(&PostParams::default(), &pod_json("shop", name, Some(("apps/v1", "ReplicaSet", "web-5d8f", &rs_uid))))
+            .create(
+                &PostParams::default(),
+                &pod_json(
+                    "shop",
+                    name,
+                    Some(("apps/v1", "ReplicaSet", "web-5d8f", &rs_uid)),
+                ),
+            )
             .await
             .unwrap();
     }
     shop_pods
-        .create(&PostParams::default(), &pod_json("shop", "db-0", Some(("apps/v1", "StatefulSet", "db", &db_uid))))
+        .create(
+            &PostParams::default(),
+            &pod_json(
+                "shop",
+                "db-0",
+                Some(("apps/v1", "StatefulSet", "db", &db_uid)),
+            ),
+        )
         .await
         .unwrap();
     let pay_pods: Api<Pod> = Api::namespaced(client.clone(), "pay");
-    pay_pods.create(&PostParams::default(), &pod_json("pay", "api-standalone", None)).await.unwrap();
+    pay_pods
+        .create(
+            &PostParams::default(),
+            &pod_json("pay", "api-standalone", None),
+        )
+        .await
+        .unwrap();
 
     let web_a = fake("shop", "web-5d8f-aaaaa", "node-a", "10.244.1.10");
     let web_b = fake("shop", "web-5d8f-bbbbb", "node-a", "10.244.1.11");
@@ -184,7 +224,10 @@ async fn graph_and_top_against_a_real_api_server_with_actionable_errors() {
     for pf in &flows {
         let mut create = pf.clone();
         create.status = None;
-        let created = pf_api.create(&PostParams::default(), &create).await.unwrap();
+        let created = pf_api
+            .create(&PostParams::default(), &create)
+            .await
+            .unwrap();
         pf_api
             .patch_status(
                 created.metadata.name.as_deref().unwrap(),
@@ -196,7 +239,10 @@ async fn graph_and_top_against_a_real_api_server_with_actionable_errors() {
     }
 
     // graph -o dot: workloads by owner chain, edges with bytes, VNI, loss.
-    let dot = ok(kubectl_weir(&admin, &["graph", "-n", "shop", "-o", "dot"]), "graph -o dot");
+    let dot = ok(
+        kubectl_weir(&admin, &["graph", "-n", "shop", "-o", "dot"]),
+        "graph -o dot",
+    );
     for needle in [
         "id=\"node:shop/Deployment/web\"",
         "id=\"node:shop/StatefulSet/db\"",
@@ -211,29 +257,95 @@ async fn graph_and_top_against_a_real_api_server_with_actionable_errors() {
         assert!(dot.contains(needle), "graph -o dot lacks {needle}:\n{dot}");
     }
     // --top 1: the busiest edge and the rest as (other) per namespace pair.
-    let dot1 = ok(kubectl_weir(&admin, &["graph", "-n", "shop", "-o", "dot", "--top", "1"]), "graph --top 1");
-    assert!(dot1.contains("id=\"edge:shop/Deployment/web->shop/StatefulSet/db\""), "{dot1}");
-    assert!(dot1.contains("id=\"edge:shop/(other)->pay/(other)\""), "{dot1}");
-    assert!(dot1.contains("id=\"edge:shop/(other)->(other addresses)\""), "{dot1}");
+    let dot1 = ok(
+        kubectl_weir(&admin, &["graph", "-n", "shop", "-o", "dot", "--top", "1"]),
+        "graph --top 1",
+    );
+    assert!(
+        dot1.contains("id=\"edge:shop/Deployment/web->shop/StatefulSet/db\""),
+        "{dot1}"
+    );
+    assert!(
+        dot1.contains("id=\"edge:shop/(other)->pay/(other)\""),
+        "{dot1}"
+    );
+    assert!(
+        dot1.contains("id=\"edge:shop/(other)->(other addresses)\""),
+        "{dot1}"
+    );
     // Mermaid and SVG/HTML come from the same graph.
-    let mermaid = ok(kubectl_weir(&admin, &["graph", "-n", "shop", "-o", "mermaid"]), "graph -o mermaid");
-    assert!(mermaid.starts_with("flowchart LR") && mermaid.contains("sts/db"), "{mermaid}");
-    let html = ok(kubectl_weir(&admin, &["graph", "-A", "-o", "html"]), "graph -o html");
-    assert!(html.contains("<svg") && html.contains("deploy/web"), "{html}");
+    let mermaid = ok(
+        kubectl_weir(&admin, &["graph", "-n", "shop", "-o", "mermaid"]),
+        "graph -o mermaid",
+    );
+    assert!(
+        mermaid.starts_with("flowchart LR") && mermaid.contains("sts/db"),
+        "{mermaid}"
+    );
+    let html = ok(
+        kubectl_weir(&admin, &["graph", "-A", "-o", "html"]),
+        "graph -o html",
+    );
+    assert!(
+        html.contains("<svg") && html.contains("deploy/web"),
+        "{html}"
+    );
 
     // top: by workload, bytes; web counts its three conversations.
-    let top = ok(kubectl_weir(&admin, &["top", "-n", "shop", "--by", "workload", "--once"]), "top");
+    let top = ok(
+        kubectl_weir(&admin, &["top", "-n", "shop", "--by", "workload", "--once"]),
+        "top",
+    );
     let lines: Vec<&str> = top.lines().collect();
     assert!(lines[0].starts_with("WORKLOAD"), "{top}");
     assert!(lines[1].starts_with("shop/Deployment/web "), "{top}");
-    assert_eq!(lines[1].split_whitespace().last(), Some("4"), "web has 4 flows: {top}");
+    assert_eq!(
+        lines[1].split_whitespace().last(),
+        Some("4"),
+        "web has 4 flows: {top}"
+    );
     assert!(lines[2].starts_with("shop/StatefulSet/db "), "{top}");
-    assert_eq!(lines[2].split_whitespace().last(), Some("2"), "db has 2 flows: {top}");
-    let pairs = ok(kubectl_weir(&admin, &["top", "-A", "--by", "node-pair", "--sort", "packets", "--once"]), "top node-pair");
-    assert!(pairs.lines().nth(1).unwrap().starts_with("node-a → node-b"), "{pairs}");
+    assert_eq!(
+        lines[2].split_whitespace().last(),
+        Some("2"),
+        "db has 2 flows: {top}"
+    );
+    let pairs = ok(
+        kubectl_weir(
+            &admin,
+            &[
+                "top",
+                "-A",
+                "--by",
+                "node-pair",
+                "--sort",
+                "packets",
+                "--once",
+            ],
+        ),
+        "top node-pair",
+    );
+    assert!(
+        pairs.lines().nth(1).unwrap().starts_with("node-a → node-b"),
+        "{pairs}"
+    );
     // Not a terminal: --watch prints frames one after another, --count stops.
     let watch = ok(
-        kubectl_weir(&admin, &["top", "-n", "shop", "--watch", "--interval", "200ms", "--count", "2", "--sort", "rate"]),
+        kubectl_weir(
+            &admin,
+            &[
+                "top",
+                "-n",
+                "shop",
+                "--watch",
+                "--interval",
+                "200ms",
+                "--count",
+                "2",
+                "--sort",
+                "rate",
+            ],
+        ),
         "top --watch",
     );
     assert_eq!(watch.matches("kubectl weir top").count(), 2, "{watch}");

@@ -65,8 +65,18 @@ fn table() -> FlowTable {
             dport,
             ..Default::default()
         };
-        k.set_addrs(format!("10.244.0.{pod_id}").parse().unwrap(), "192.0.2.1".parse().unwrap());
-        round.pod_flow(&k, &FlowCounters { packets: 3, bytes: 300, ..Default::default() });
+        k.set_addrs(
+            format!("10.244.0.{pod_id}").parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+        );
+        round.pod_flow(
+            &k,
+            &FlowCounters {
+                packets: 3,
+                bytes: 300,
+                ..Default::default()
+            },
+        );
     }
     round.finish(None, true);
     table
@@ -94,14 +104,21 @@ async fn observe_streams_the_namespaces_the_user_may_read_and_names_an_unreachab
     let cp = ControlPlane::shared();
     let client = cp.client().await.expect("a client for the control plane");
     for ns in ["weir-system", "a", "b"] {
-        weir_e2e::objects::create_namespace_for_pods(&client, ns).await.unwrap();
+        weir_e2e::objects::create_namespace_for_pods(&client, ns)
+            .await
+            .unwrap();
     }
-    cp.kubectl_ok(["create", "serviceaccount", "observer", "-n", "a"]).unwrap();
+    cp.kubectl_ok(["create", "serviceaccount", "observer", "-n", "a"])
+        .unwrap();
     cp.apply(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: pod-reader, namespace: a}\nrules: [{apiGroups: [''], resources: [pods], verbs: [get]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: observer, namespace: a}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}\nsubjects: [{kind: ServiceAccount, name: observer, namespace: a}]\n",
     )
     .unwrap();
-    let token = cp.kubectl_ok(["create", "token", "observer", "-n", "a"]).unwrap().trim().to_owned();
+    let token = cp
+        .kubectl_ok(["create", "token", "observer", "-n", "a"])
+        .unwrap()
+        .trim()
+        .to_owned();
 
     // The agent of node-1 (reachable) and one of node-2 (its port closed).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -117,27 +134,47 @@ async fn observe_streams_the_namespaces_the_user_may_read_and_names_an_unreachab
         stream: hub.clone(),
         node: "node-1".into(),
     });
-    tokio::spawn(server::serve(listener, endpoints, weir_operator::http::Readiness::waiting("a test")));
+    tokio::spawn(server::serve(
+        listener,
+        endpoints,
+        weir_operator::http::Readiness::waiting("a test"),
+    ));
     agent_pod(&client, "weir-agent-one", "node-1", port).await;
     agent_pod(&client, "weir-agent-two", "node-2", closed_port).await;
 
     let child = Command::new(env!("CARGO_BIN_EXE_kubectl-weir"))
         .env_remove("KUBECONFIG")
         .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
-        .args(["observe", "-A", "-o", "jsonl", "--timeout", "60s", "--token", &token])
+        .args([
+            "observe",
+            "-A",
+            "-o",
+            "jsonl",
+            "--timeout",
+            "60s",
+            "--token",
+            &token,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    weir_e2e::wait::eventually(Duration::from_secs(30), "observe connects to the agent", || {
-        let listening = hub.listening();
-        async move { anyhow::Ok(listening.then_some(())) }
-    })
+    weir_e2e::wait::eventually(
+        Duration::from_secs(30),
+        "observe connects to the agent",
+        || {
+            let listening = hub.listening();
+            async move { anyhow::Ok(listening.then_some(())) }
+        },
+    )
     .await
     .unwrap();
     let views = table().views();
     hub.publish(&views);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "observe failed: {stderr}");
@@ -160,7 +197,14 @@ async fn observe_streams_the_namespaces_the_user_may_read_and_names_an_unreachab
     let refused = Command::new(env!("CARGO_BIN_EXE_kubectl-weir"))
         .env_remove("KUBECONFIG")
         .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
-        .args(["observe", "-A", "--node", "node-1", "--token", "not-a-token"])
+        .args([
+            "observe",
+            "-A",
+            "--node",
+            "node-1",
+            "--token",
+            "not-a-token",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -21,7 +21,12 @@ fn graph_of_1000_pods_times_10_peers_stays_readable() {
     std::fs::write(&input, fx.to_list_json().to_string()).unwrap();
     let input_size = std::fs::metadata(&input).unwrap().len();
 
-    for (format, top) in [("dot", "40"), ("svg", "40"), ("html", "40"), ("mermaid", "40")] {
+    for (format, top) in [
+        ("dot", "40"),
+        ("svg", "40"),
+        ("html", "40"),
+        ("mermaid", "40"),
+    ] {
         let out = dir.join(format!("graph-top{top}.{format}"));
         let started = Instant::now();
         let run = Command::new(env!("CARGO_BIN_EXE_kubectl-weir"))
@@ -45,13 +50,22 @@ fn graph_of_1000_pods_times_10_peers_stays_readable() {
         if format == "dot" {
             let text = std::fs::read_to_string(&out).unwrap();
             let edges = text.lines().filter(|l| l.contains(" -> ")).count();
-            let others = text.lines().filter(|l| l.contains(" -> ") && l.contains(" other\"")).count();
+            let others = text
+                .lines()
+                .filter(|l| l.contains(" -> ") && l.contains(" other\""))
+                .count();
             // 40 edges, one (other) loop per namespace, at most 10
             // cross-namespace summaries and one "(everything else)".
-            assert!(edges > 40 && edges <= 40 + 11 + 10 + 1, "{edges} edges drawn");
+            assert!(
+                edges > 40 && edges <= 40 + 11 + 10 + 1,
+                "{edges} edges drawn"
+            );
             assert_eq!(edges - others, 40, "{others} summary edges among {edges}");
             // Workloads, not pods: no pod name is drawn.
-            assert!(!text.contains("-00000\""), "pods drawn instead of workloads");
+            assert!(
+                !text.contains("-00000\""),
+                "pods drawn instead of workloads"
+            );
         }
         assert!(size < 300_000, "graph -o {format} is {size} bytes");
     }
