@@ -122,7 +122,12 @@ impl Node {
         let dir = self.state_dir.join("networks").join(&self.network);
         let want = pod.path().display().to_string();
         for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let record: Value = serde_json::from_slice(&fs::read(entry?.path())?)?;
+            let path = entry?.path();
+            // Records only: their locks (`.lock`) sit beside them.
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let record: Value = serde_json::from_slice(&fs::read(&path)?)?;
             if record["netns"] == want.as_str() {
                 return record["podId"]
                     .as_u64()

@@ -127,9 +127,8 @@ impl Response {
 }
 
 /// An async handler: `None` for a path it does not serve (404).
-pub type Handler = Arc<
-    dyn Fn(Request) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>> + Send + Sync,
->;
+pub type Handler =
+    Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>> + Send + Sync>;
 
 /// Serves GETs on `listener` until the task is dropped: `/healthz` answers
 /// `ok`, `/readyz` `ready` (200) or what `ready` still waits for (503), any
@@ -220,13 +219,17 @@ async fn respond(
         None => Full::new(Bytes::from(answer.body)).boxed(),
         Some(chunks) => {
             let head = answer.body;
-            let frames = futures::stream::unfold((Some(head), chunks), |(head, mut chunks)| async move {
-                if let Some(head) = head.filter(|h| !h.is_empty()) {
-                    return Some((Ok(Frame::data(Bytes::from(head))), (None, chunks)));
-                }
-                let chunk = chunks.recv().await?;
-                Some((Ok(Frame::data(Bytes::copy_from_slice(chunk.as_bytes()))), (None, chunks)))
-            });
+            let frames =
+                futures::stream::unfold((Some(head), chunks), |(head, mut chunks)| async move {
+                    if let Some(head) = head.filter(|h| !h.is_empty()) {
+                        return Some((Ok(Frame::data(Bytes::from(head))), (None, chunks)));
+                    }
+                    let chunk = chunks.recv().await?;
+                    Some((
+                        Ok(Frame::data(Bytes::copy_from_slice(chunk.as_bytes()))),
+                        (None, chunks),
+                    ))
+                });
             StreamBody::new(frames).boxed()
         }
     };

@@ -323,8 +323,10 @@ fn main() -> Result<()> {
                 if let Some(warning) = peers.as_mut().and_then(|p| p.refresh()) {
                     anyhow::bail!("--peers-file: {warning}");
                 }
-                let none: std::collections::HashMap<std::net::IpAddr, weir_operator::agent::peers::Peer> =
-                    Default::default();
+                let none: std::collections::HashMap<
+                    std::net::IpAddr,
+                    weir_operator::agent::peers::Peer,
+                > = Default::default();
                 let directory: &dyn weir_operator::agent::peers::PeerDirectory = match &peers {
                     Some(p) => p,
                     None => &none,

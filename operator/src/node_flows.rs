@@ -79,11 +79,17 @@ pub struct NodeView {
 impl NodeView {
     /// Keeps the flows that pass [`matches`].
     pub fn retain(&mut self, pods: &[String], protocols: &[String]) {
-        let keep: Vec<bool> = self.flows.iter().map(|f| matches(f, pods, protocols)).collect();
+        let keep: Vec<bool> = self
+            .flows
+            .iter()
+            .map(|f| matches(f, pods, protocols))
+            .collect();
         let mut k = keep.iter();
-        self.flows.retain(|_| *k.next().expect("one verdict per flow"));
+        self.flows
+            .retain(|_| *k.next().expect("one verdict per flow"));
         let mut k = keep.iter();
-        self.views.retain(|_| *k.next().expect("one verdict per flow"));
+        self.views
+            .retain(|_| *k.next().expect("one verdict per flow"));
     }
 }
 
@@ -172,7 +178,10 @@ pub fn set_mode(state_dir: &Path, bpf_root: &Path, pod: &str, mode: PodMode) -> 
 }
 
 /// The records `pod` names (see [`set_mode`]), or which names there are.
-pub fn find_pod<'a>(records: &'a [AttachmentRecord], pod: &str) -> Result<Vec<&'a AttachmentRecord>> {
+pub fn find_pod<'a>(
+    records: &'a [AttachmentRecord],
+    pod: &str,
+) -> Result<Vec<&'a AttachmentRecord>> {
     let matching: Vec<&AttachmentRecord> = records
         .iter()
         .filter(|r| pod_name(r) == pod || r.container_id == pod)
@@ -222,13 +231,10 @@ fn describe(view: &PodFlowView) -> NodeFlow {
         tcp_flags: tcp_flags(view.tcp_flags),
         first_seen_ns: view.first_seen_ns,
         last_seen_ns: view.last_seen_ns,
-        peer: view
-            .peer
-            .as_ref()
-            .map(|p| match p.namespace.as_str() {
-                "" => format!("{}@{}", p.pod, p.node),
-                ns => format!("{ns}/{}@{}", p.pod, p.node),
-            }),
+        peer: view.peer.as_ref().map(|p| match p.namespace.as_str() {
+            "" => format!("{}@{}", p.pod, p.node),
+            ns => format!("{ns}/{}@{}", p.pod, p.node),
+        }),
         vni: view.overlay.as_ref().map(|o| o.vni),
         outer: view
             .overlay
@@ -469,7 +475,12 @@ mod tests {
         assert_eq!(lines[0].find("DIR"), lines[1].find("out"));
     }
 
-    fn record(cid: &str, namespace: Option<&str>, name: Option<&str>, pod_id: u32) -> AttachmentRecord {
+    fn record(
+        cid: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        pod_id: u32,
+    ) -> AttachmentRecord {
         AttachmentRecord {
             network: "cbr0".into(),
             container_id: cid.into(),
@@ -504,10 +515,18 @@ mod tests {
             record("c3", None, None, 3),
         ];
         let ids = |name: &str| -> Vec<u32> {
-            find_pod(&records, name).unwrap().iter().map(|r| r.pod_id).collect()
+            find_pod(&records, name)
+                .unwrap()
+                .iter()
+                .map(|r| r.pod_id)
+                .collect()
         };
         assert_eq!(ids("shop/cart"), [1]);
-        assert_eq!(ids("web"), [2], "a pod recorded without a namespace, by its name");
+        assert_eq!(
+            ids("web"),
+            [2],
+            "a pod recorded without a namespace, by its name"
+        );
         assert_eq!(ids("c2"), [2], "or by its container id");
         assert_eq!(ids("c3"), [3]);
         assert_eq!(pod_name(&records[1]), "web");
@@ -527,14 +546,21 @@ mod tests {
         let bpf = dir.join("bpf");
         std::fs::create_dir_all(&state).unwrap();
         std::fs::create_dir_all(&bpf).unwrap();
-        let err = read(&state, &bpf).err().expect("an empty state dir and bpf root are an error");
+        let err = read(&state, &bpf)
+            .err()
+            .expect("an empty state dir and bpf root are an error");
         assert!(matches!(err, Error::NoState { .. }), "{err}");
         let text = err.to_string();
-        assert!(text.contains("no weir state here") && text.contains("--state-dir"), "{text}");
+        assert!(
+            text.contains("no weir state here") && text.contains("--state-dir"),
+            "{text}"
+        );
         assert!(text.contains(&state.display().to_string()), "{text}");
         let err = set_mode(&state, &bpf, "shop/cart", PodMode::Count).unwrap_err();
         assert!(matches!(err, Error::NoState { .. }), "{err}");
-        let err = read(&dir.join("missing"), &dir.join("missing-bpf")).err().unwrap();
+        let err = read(&dir.join("missing"), &dir.join("missing-bpf"))
+            .err()
+            .unwrap();
         assert!(matches!(err, Error::NoState { .. }), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -266,7 +266,10 @@ fn cross_node_exchange_is_counted_exactly_by_pods_and_overlay() -> Result<()> {
     );
     assert_eq!(out["overlay"]["outerSource"], "192.168.100.1");
     assert_eq!(out["overlay"]["outerDestination"], "192.168.100.2");
-    assert_eq!(out["overlay"]["encapPackets"], a_out["overlay"]["encapPackets"], "dump and /flows agree");
+    assert_eq!(
+        out["overlay"]["encapPackets"], a_out["overlay"]["encapPackets"],
+        "dump and /flows agree"
+    );
     assert_eq!(
         out["peer"],
         serde_json::json!({ "namespace": "shop", "pod": "db", "node": "node-b" }),

@@ -544,7 +544,10 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
         c["securityContext"]["capabilities"]["add"],
         serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"])
     );
-    assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
     assert_eq!(c["args"][0], "agent");
     let node_name = c["env"]
         .as_array()
@@ -566,7 +569,10 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     };
     let mounts = mounts_of(c);
     for path in ["/sys/fs/bpf", "/var/lib/weir"] {
-        assert!(mounts.iter().any(|m| m == path), "{path} not mounted: {mounts:?}");
+        assert!(
+            mounts.iter().any(|m| m == path),
+            "{path} not mounted: {mounts:?}"
+        );
     }
     // The installer: the node's CNI directories, and nothing of bpffs.
     let installer = &pod["containers"][1];
@@ -574,11 +580,23 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
     assert_eq!(installer["args"][0], "install-cni");
     let mounts = mounts_of(installer);
     for path in ["/host/cni/bin", "/host/cni/net.d"] {
-        assert!(mounts.iter().any(|m| m == path), "{path} not mounted: {mounts:?}");
+        assert!(
+            mounts.iter().any(|m| m == path),
+            "{path} not mounted: {mounts:?}"
+        );
     }
     assert!(!mounts.iter().any(|m| m == "/sys/fs/bpf"), "{mounts:?}");
-    let args: Vec<&str> = installer["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
-    for want in ["--conflist-name=00-weir.conflist", "--failure-policy=Ignore", "--attach=tc"] {
+    let args: Vec<&str> = installer["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    for want in [
+        "--conflist-name=00-weir.conflist",
+        "--failure-policy=Ignore",
+        "--attach=tc",
+    ] {
         assert!(args.contains(&want), "{want} not in {args:?}");
     }
     let deploy = find("Deployment", "weir-controller");
@@ -629,7 +647,8 @@ fn chart_lints_renders_what_the_nodes_need_and_carries_the_generated_crds() {
         ])
         .unwrap();
     assert!(
-        privileged.contains("privileged: true") && privileged.contains("mountPropagation: Bidirectional"),
+        privileged.contains("privileged: true")
+            && privileged.contains("mountPropagation: Bidirectional"),
         "{privileged}"
     );
 

@@ -18,7 +18,10 @@ use weir_operator::agent::table::FlowTable;
 #[test]
 fn docs_flow_schema_is_generated_from_the_served_type() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/flow.schema.json");
-    let generated = format!("{}\n", serde_json::to_string_pretty(&flow_schema()).unwrap());
+    let generated = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&flow_schema()).unwrap()
+    );
     if std::env::var_os("WEIR_UPDATE_FLOW_SCHEMA").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }
@@ -72,8 +75,18 @@ fn flows_endpoint_json_is_the_schema_type_flow_by_flow() {
             dport,
             ..Default::default()
         };
-        k.set_addrs(format!("10.244.0.{pod_id}").parse().unwrap(), "10.244.0.9".parse().unwrap());
-        round.pod_flow(&k, &FlowCounters { packets: 2, bytes: 200, ..Default::default() });
+        k.set_addrs(
+            format!("10.244.0.{pod_id}").parse().unwrap(),
+            "10.244.0.9".parse().unwrap(),
+        );
+        round.pod_flow(
+            &k,
+            &FlowCounters {
+                packets: 2,
+                bytes: 200,
+                ..Default::default()
+            },
+        );
     }
     round.finish(None, true);
 
@@ -95,7 +108,10 @@ fn flows_endpoint_json_is_the_schema_type_flow_by_flow() {
             assert!(properties.contains_key(key), "{key} is not in the schema");
         }
         for key in &required {
-            assert!(flow.contains_key(*key), "a flow lacks required {key}: {flow:?}");
+            assert!(
+                flow.contains_key(*key),
+                "a flow lacks required {key}: {flow:?}"
+            );
         }
     }
     let podman = served
@@ -123,9 +139,19 @@ fn pods_recorded_without_a_namespace_name_each_other_as_peers() {
         ..Default::default()
     };
     k.set_addrs("10.244.0.1".parse().unwrap(), "10.244.0.2".parse().unwrap());
-    round.pod_flow(&k, &FlowCounters { packets: 1, bytes: 60, ..Default::default() });
+    round.pod_flow(
+        &k,
+        &FlowCounters {
+            packets: 1,
+            bytes: 60,
+            ..Default::default()
+        },
+    );
     round.finish(None, true);
     let views = table.views();
-    let peer = views[0].peer.as_ref().expect("the other podman pod is named");
+    let peer = views[0]
+        .peer
+        .as_ref()
+        .expect("the other podman pod is named");
     assert_eq!((peer.namespace.as_str(), peer.pod.as_str()), ("", "right"));
 }

@@ -83,7 +83,9 @@ fn table() -> FlowTable {
 
 async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: agent\r\n{auth}\r\n").as_bytes())
         .await
@@ -95,7 +97,10 @@ async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u1
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -112,10 +117,13 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
     let cp = ControlPlane::shared();
     let client = cp.client().await.expect("a client for the control plane");
     for ns in ["a", "b"] {
-        weir_e2e::objects::create_namespace_for_pods(&client, ns).await.unwrap();
+        weir_e2e::objects::create_namespace_for_pods(&client, ns)
+            .await
+            .unwrap();
     }
     for sa in ["reader", "nobody", "ops"] {
-        cp.kubectl_ok(["create", "serviceaccount", sa, "-n", "a"]).unwrap();
+        cp.kubectl_ok(["create", "serviceaccount", sa, "-n", "a"])
+            .unwrap();
     }
     cp.apply(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: pod-reader, namespace: a}\nrules: [{apiGroups: [''], resources: [pods], verbs: [get]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: all-pod-reader}\nrules: [{apiGroups: [''], resources: [pods], verbs: [get]}]\n",
@@ -160,7 +168,11 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
         stream: hub.clone(),
         node: "node-1".into(),
     });
-    tokio::spawn(server::serve(listener, endpoints, weir_operator::http::Readiness::waiting("a test")));
+    tokio::spawn(server::serve(
+        listener,
+        endpoints,
+        weir_operator::http::Readiness::waiting("a test"),
+    ));
 
     let (status, body) = get(addr, "/flows", None).await;
     assert_eq!(status, 401, "no token: {body}");
@@ -170,13 +182,24 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
     assert_eq!(status, 403, "a ServiceAccount without RBAC: {body}");
     let (status, body) = get(addr, "/flows", Some(&reader)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(namespaces(&body), ["a", "a"], "get pods in a: a's flows only");
+    assert_eq!(
+        namespaces(&body),
+        ["a", "a"],
+        "get pods in a: a's flows only"
+    );
     let (status, body) = get(addr, "/flows", Some(&ops)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(namespaces(&body), ["a", "a", "b"], "get pods everywhere: every flow");
+    assert_eq!(
+        namespaces(&body),
+        ["a", "a", "b"],
+        "get pods everywhere: every flow"
+    );
     // Cached answers give the same (a second round within the TTL).
     let (status, body) = get(addr, "/flows", Some(&reader)).await;
-    assert_eq!((status, namespaces(&body)), (200, vec!["a".to_owned(), "a".to_owned()]));
+    assert_eq!(
+        (status, namespaces(&body)),
+        (200, vec!["a".to_owned(), "a".to_owned()])
+    );
     // /metrics stays open.
     let (status, _) = get(addr, "/metrics", None).await;
     assert_eq!(status, 200);
@@ -190,7 +213,10 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
     // deltas and totals.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET /flows/stream HTTP/1.0\r\nAuthorization: Bearer {reader}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /flows/stream HTTP/1.0\r\nAuthorization: Bearer {reader}\r\n\r\n")
+                .as_bytes(),
+        )
         .await
         .unwrap();
     let mut reader_side = tokio::io::BufReader::new(stream);
@@ -206,10 +232,14 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
     }
     assert!(head.starts_with("HTTP/1.0 200"), "{head}");
     assert!(head.contains("application/x-ndjson"), "{head}");
-    weir_e2e::wait::eventually(std::time::Duration::from_secs(10), "the stream subscribes", || {
-        let listening = hub.listening();
-        async move { anyhow::Ok(listening.then_some(())) }
-    })
+    weir_e2e::wait::eventually(
+        std::time::Duration::from_secs(10),
+        "the stream subscribes",
+        || {
+            let listening = hub.listening();
+            async move { anyhow::Ok(listening.then_some(())) }
+        },
+    )
     .await
     .unwrap();
     let published = std::time::Instant::now();
@@ -244,5 +274,13 @@ async fn flows_are_served_only_to_authenticated_callers_and_only_their_namespace
     }
     hub.publish(&grown);
     let next = next_line(&mut reader_side).await;
-    assert_eq!((next["flow"]["namespace"].as_str(), next["delta"]["packets"].as_u64(), next["flow"]["packets"].as_u64()), (Some("a"), Some(1), Some(4)), "{next}");
+    assert_eq!(
+        (
+            next["flow"]["namespace"].as_str(),
+            next["delta"]["packets"].as_u64(),
+            next["flow"]["packets"].as_u64()
+        ),
+        (Some("a"), Some(1), Some(4)),
+        "{next}"
+    );
 }

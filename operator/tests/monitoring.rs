@@ -120,7 +120,9 @@ fn helm_template(set: &[&str]) -> Vec<Value> {
 use serde::Deserialize as _;
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+    docs.iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect()
 }
 
 fn dashboard_configmaps(docs: &[Value]) -> Vec<&Value> {
@@ -149,7 +151,10 @@ fn prometheus_rules_parse_and_name_only_metrics_weir_exports() {
     let rules = of_kind(&docs, "PrometheusRule");
     assert_eq!(rules.len(), 1, "one PrometheusRule");
     let rule = rules[0];
-    assert_eq!(rule["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"));
+    assert_eq!(
+        rule["apiVersion"].as_str(),
+        Some("monitoring.coreos.com/v1")
+    );
     let pod_monitor = of_kind(&docs, "PodMonitor");
     assert_eq!(pod_monitor.len(), 1);
     assert_eq!(
@@ -167,7 +172,10 @@ fn prometheus_rules_parse_and_name_only_metrics_weir_exports() {
         let rules = group["rules"].as_sequence().expect("a group has rules");
         assert!(!rules.is_empty(), "group {name} is empty");
         for r in rules {
-            let alert = r["alert"].as_str().expect("every rule is an alert").to_owned();
+            let alert = r["alert"]
+                .as_str()
+                .expect("every rule is an alert")
+                .to_owned();
             assert!(alerts.insert(alert.clone()), "alert {alert} twice");
             let expr = r["expr"].as_str().expect("an expr");
             used.extend(metric_names(expr, &alert));
@@ -177,12 +185,27 @@ fn prometheus_rules_parse_and_name_only_metrics_weir_exports() {
                     .unwrap_or_else(|e| panic!("{alert}: for {f:?}: {e}"));
             }
             assert!(
-                matches!(r["labels"]["severity"].as_str(), Some("info" | "warning" | "critical")),
+                matches!(
+                    r["labels"]["severity"].as_str(),
+                    Some("info" | "warning" | "critical")
+                ),
                 "{alert}: severity"
             );
-            assert_eq!(r["labels"]["team"].as_str(), Some("net"), "{alert}: alertLabels");
-            assert!(r["annotations"]["summary"].as_str().is_some_and(|s| !s.is_empty()), "{alert}: summary");
-            assert!(r["annotations"]["description"].as_str().is_some(), "{alert}: description");
+            assert_eq!(
+                r["labels"]["team"].as_str(),
+                Some("net"),
+                "{alert}: alertLabels"
+            );
+            assert!(
+                r["annotations"]["summary"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{alert}: summary"
+            );
+            assert!(
+                r["annotations"]["description"].as_str().is_some(),
+                "{alert}: description"
+            );
         }
     }
     let unknown: Vec<&String> = used.difference(&exported).collect();
@@ -207,12 +230,22 @@ fn grafana_dashboard_is_valid_json_and_every_query_names_a_metric_weir_exports()
     let exported = exported_metrics();
     let docs = helm_template(&["monitoring.grafanaDashboard.enabled=true"]);
     let maps = dashboard_configmaps(&docs);
-    assert_eq!(maps.len(), 1, "one ConfigMap labelled grafana_dashboard=\"1\"");
-    let json = maps[0]["data"]["weir.json"].as_str().expect("data.weir.json");
+    assert_eq!(
+        maps.len(),
+        1,
+        "one ConfigMap labelled grafana_dashboard=\"1\""
+    );
+    let json = maps[0]["data"]["weir.json"]
+        .as_str()
+        .expect("data.weir.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(json).unwrap_or_else(|e| panic!("the dashboard is not JSON: {e}"));
     assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(dashboard["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40));
+    assert!(
+        dashboard["uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty() && u.len() <= 40)
+    );
 
     // Grafana's variables, as a query would see them once substituted.
     let substitute = |q: &str| {
@@ -230,17 +263,29 @@ fn grafana_dashboard_is_valid_json_and_every_query_names_a_metric_weir_exports()
             continue;
         }
         let title = p["title"].as_str().expect("a panel title");
-        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{title}: no targets"));
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: no targets"));
         assert!(!targets.is_empty(), "{title}: no targets");
         for t in targets {
-            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("{title}: a target without expr"));
-            assert!(!expr.contains('$') || expr.contains("$__rate_interval") || expr.contains("$namespace"), "{title}: unknown variable in {expr}");
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{title}: a target without expr"));
+            assert!(
+                !expr.contains('$')
+                    || expr.contains("$__rate_interval")
+                    || expr.contains("$namespace"),
+                "{title}: unknown variable in {expr}"
+            );
             used.extend(metric_names(&substitute(expr), title));
             queries += 1;
         }
     }
     // Template variables query weir's metrics too.
-    for v in dashboard["templating"]["list"].as_array().expect("templating") {
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
         if let Some(def) = v["definition"].as_str()
             && let Some(inner) = def.strip_prefix("label_values(")
         {

@@ -74,13 +74,20 @@ async fn ten_clients_stream_ten_thousand_flows() {
         stream: hub.clone(),
         node: "node-1".into(),
     });
-    tokio::spawn(server::serve(listener, endpoints, weir_operator::http::Readiness::waiting("a test")));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(usize, u64, u64, Instant)>(CLIENTS * 8);
+    tokio::spawn(server::serve(
+        listener,
+        endpoints,
+        weir_operator::http::Readiness::waiting("a test"),
+    ));
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::channel::<(usize, u64, u64, Instant)>(CLIENTS * 8);
     for c in 0..CLIENTS {
         let done_tx = done_tx.clone();
         tokio::spawn(async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(b"GET /flows/stream HTTP/1.0\r\n\r\n").await.unwrap();
+            s.write_all(b"GET /flows/stream HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
             let mut r = tokio::io::BufReader::new(s);
             let (mut lines, mut lost) = (0u64, 0u64);
             let mut line = String::new();
@@ -116,10 +123,11 @@ async fn ten_clients_stream_ten_thousand_flows() {
         hub.publish(batch);
         publish_total += started.elapsed();
         for _ in 0..CLIENTS {
-            let (c, lines, lost, at) = tokio::time::timeout(Duration::from_secs(60), done_rx.recv())
-                .await
-                .expect("every client ends the collection within 60 s")
-                .unwrap();
+            let (c, lines, lost, at) =
+                tokio::time::timeout(Duration::from_secs(60), done_rx.recv())
+                    .await
+                    .expect("every client ends the collection within 60 s")
+                    .unwrap();
             assert_eq!((lines, lost), (FLOWS as u64, 0), "client {c}");
             worst = worst.max(at - started);
         }

@@ -94,8 +94,7 @@ impl FlowAuthz {
         token: Option<&str>,
         namespaces: &BTreeSet<String>,
     ) -> Result<Access, Refused> {
-        let token =
-            token.ok_or_else(|| Refused::Unauthenticated("no bearer token".to_owned()))?;
+        let token = token.ok_or_else(|| Refused::Unauthenticated("no bearer token".to_owned()))?;
         let user = self.authenticate(token).await?;
         if self.may_get_pods(&user, None).await? {
             return Ok(Access::All);
@@ -199,7 +198,10 @@ mod tests {
         let some = Access::Namespaces(["a".to_owned()].into());
         assert!(some.allows(Some("a")));
         assert!(!some.allows(Some("b")));
-        assert!(!some.allows(None), "pods without a namespace: cluster-wide readers only");
+        assert!(
+            !some.allows(None),
+            "pods without a namespace: cluster-wide readers only"
+        );
         assert!(Access::All.allows(None));
         assert!(Access::Namespaces(BTreeSet::new()).is_empty());
         assert!(!some.is_empty());

@@ -31,7 +31,9 @@ pub struct OverlayLeg {
 /// Which way a local pod's flow goes, as the agent names it (`egress`:
 /// sent by the pod; `ingress`: towards it). Decoded once from the data
 /// path's direction byte; `unknown` is a byte this build does not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowDirection {
     Egress,

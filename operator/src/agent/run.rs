@@ -90,7 +90,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         k.register_metrics(&mut registry);
     }
     let authz = match &kube {
-        Some(k) if config.flows_auth => Some(Arc::new(super::authz::FlowAuthz::new(k.client.clone()))),
+        Some(k) if config.flows_auth => {
+            Some(Arc::new(super::authz::FlowAuthz::new(k.client.clone())))
+        }
         _ => None,
     };
     let hub = Arc::new(super::stream::Hub::new(&config.node_name));
@@ -187,15 +189,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             }
         }
     }
-    if terminated
-        && let (Some(k), Some((namespace, name))) = (&kube, &config.daemonset)
-    {
+    if terminated && let (Some(k), Some((namespace, name))) = (&kube, &config.daemonset) {
         use crate::install_cni::uninstall::{TermAction, decide, lookup};
         let found = lookup(&k.client, namespace, name, Duration::from_secs(10)).await;
         let (action, why) = decide(&found);
         if action == TermAction::Uninstall {
             info!("SIGTERM: {why}: uninstall, cleaning the node");
-            super::uninstall::clean_node(&config.bpf_root, &config.state_dir, &k.view.local_pod_names());
+            super::uninstall::clean_node(
+                &config.bpf_root,
+                &config.state_dir,
+                &k.view.local_pod_names(),
+            );
             return Ok(());
         }
         info!("SIGTERM: {why}");

@@ -71,7 +71,11 @@ impl Endpoints {
                     Ok(batch) => batch,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         lost_total += n;
-                        if tx.send(Arc::from(lost_line(&node, n, lost_total))).await.is_err() {
+                        if tx
+                            .send(Arc::from(lost_line(&node, n, lost_total)))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         continue;
@@ -89,7 +93,10 @@ impl Endpoints {
                 // The end of one collection (also when nothing of it was
                 // for this client): `kubectl weir observe` without -f stops
                 // after one from every agent.
-                let end = format!("{}\n", serde_json::json!({ "node": node, "endOfCollection": true }));
+                let end = format!(
+                    "{}\n",
+                    serde_json::json!({ "node": node, "endOfCollection": true })
+                );
                 if tx.send(Arc::from(end)).await.is_err() {
                     return;
                 }

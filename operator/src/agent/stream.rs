@@ -218,7 +218,10 @@ mod tests {
         assert!(rx.try_recv().is_ok());
         drop(rx);
         hub.publish(&[view(1, 100)]);
-        assert!(hub.previous.lock().unwrap().is_empty(), "nothing kept without clients");
+        assert!(
+            hub.previous.lock().unwrap().is_empty(),
+            "nothing kept without clients"
+        );
         assert_eq!(
             lost_line("n1", 3, 3),
             "{\"lostUpdates\":3,\"lostUpdatesTotal\":3,\"node\":\"n1\"}\n"

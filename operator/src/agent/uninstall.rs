@@ -30,7 +30,11 @@ pub struct Cleaned {
 /// Cleans the node after an uninstall. `running` holds the `(namespace,
 /// name)` of the pods that run on this node now; a record without a pod
 /// identity (not from Kubernetes) counts as running.
-pub fn clean_node(bpf_root: &Path, state_dir: &Path, running: &HashSet<(String, String)>) -> Cleaned {
+pub fn clean_node(
+    bpf_root: &Path,
+    state_dir: &Path,
+    running: &HashSet<(String, String)>,
+) -> Cleaned {
     let root = BpfRoot::new(bpf_root);
     let mut out = Cleaned::default();
     match weir_ebpf::vxlan::list_attachments(&root) {
@@ -38,7 +42,9 @@ pub fn clean_node(bpf_root: &Path, state_dir: &Path, running: &HashSet<(String, 
             for dev in devices {
                 match weir_ebpf::vxlan::detach(&root, &dev) {
                     Ok(()) => out.vxlan_detached.push(dev),
-                    Err(e) => warn!(device = %dev, error = %e, "could not detach the VXLAN monitor"),
+                    Err(e) => {
+                        warn!(device = %dev, error = %e, "could not detach the VXLAN monitor")
+                    }
                 }
             }
         }
@@ -62,7 +68,9 @@ pub fn clean_node(bpf_root: &Path, state_dir: &Path, running: &HashSet<(String, 
             }
             match store.remove(&record.container_id, &record.ifname) {
                 Ok(()) => out.stale_pods += 1,
-                Err(e) => warn!(attachment = %id, error = %e, "could not remove a gone pod's record"),
+                Err(e) => {
+                    warn!(attachment = %id, error = %e, "could not remove a gone pod's record")
+                }
             }
         }
     }
