@@ -246,8 +246,9 @@ fn add_killed_at_with(lab: &Lab, cid: &str, step: Step, extra: Value) -> Result<
     let _ = std::fs::remove_file(&fifo);
     let c = std::ffi::CString::new(fifo.to_str().context("fifo path")?)?;
     // SAFETY: mkfifo with a valid NUL-terminated path.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0;
     ensure!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0,
+        made,
         "mkfifo {}: {}",
         fifo.display(),
         std::io::Error::last_os_error()

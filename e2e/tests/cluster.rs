@@ -284,20 +284,30 @@ fn counts(v: &Value) -> (i64, i64) {
 
 /// Waits until the one PodFlow to `port` has, at every one of `nodes`,
 /// `forward` and `reverse` (packets, bytes) — exactly.
+/// One conversation: from a pod of `NS` to a destination port.
+struct Conversation<'a> {
+    source: &'a str,
+    protocol: &'a str,
+    port: i64,
+}
+
 fn wait_exact(
     c: &Cluster,
     what: &str,
-    source: &str,
-    protocol: &str,
-    port: i64,
+    conversation: Conversation,
     nodes: &[String],
     forward: (i64, i64),
     reverse: (i64, i64),
 ) -> Result<Value> {
     c.wait(Duration::from_secs(60), what, || {
-        let found: Vec<Value> = flows_to(c, NS, protocol, port)?
+        let Conversation {
+            source,
+            protocol,
+            port,
+        } = &conversation;
+        let found: Vec<Value> = flows_to(c, NS, protocol, *port)?
             .into_iter()
-            .filter(|f| f["spec"]["source"]["pod"] == source)
+            .filter(|f| f["spec"]["source"]["pod"] == *source)
             .collect();
         ensure!(
             found.len() <= 1,
@@ -537,9 +547,11 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     let flow = wait_exact(
         &c,
         "the cross-node UDP PodFlow, exact",
-        "client",
-        "UDP",
-        7001,
+        Conversation {
+            source: "client",
+            protocol: "UDP",
+            port: 7001,
+        },
         &nodes,
         (n, wire),
         (n, wire),
@@ -646,9 +658,11 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_exact(
         &c,
         "the cross-node TCP PodFlow, exact",
-        "client",
-        "TCP",
-        5201,
+        Conversation {
+            source: "client",
+            protocol: "TCP",
+            port: 5201,
+        },
         &nodes,
         fwd,
         rev,
@@ -798,9 +812,11 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_exact(
         &c,
         "the marker exchange",
-        "client",
-        "UDP",
-        7001,
+        Conversation {
+            source: "client",
+            protocol: "UDP",
+            port: 7001,
+        },
         &nodes,
         (n + 1, wire + UDP4_OVERHEAD + 300),
         (n + 1, wire + UDP4_OVERHEAD + 300),
@@ -878,9 +894,11 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_exact(
         &c,
         "exact totals after the agent's restart",
-        "client",
-        "UDP",
-        7001,
+        Conversation {
+            source: "client",
+            protocol: "UDP",
+            port: 7001,
+        },
         &nodes,
         total,
         total,
@@ -942,9 +960,11 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
     wait_exact(
         &c,
         "counting after the upgrade",
-        "client",
-        "UDP",
-        7001,
+        Conversation {
+            source: "client",
+            protocol: "UDP",
+            port: 7001,
+        },
         &nodes,
         total,
         total,
