@@ -123,15 +123,7 @@ impl Cluster {
     }
 
     pub fn kubectl_command(&self) -> Command {
-        let mut cmd = Command::new(&self.tools.kubectl);
-        cmd.arg(format!("--kubeconfig={}", self.kubeconfig().display()))
-            .arg(format!(
-                "--cache-dir={}",
-                self.dir.join("kubectl-cache").display()
-            ))
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null());
-        cmd
+        self.tools.kubectl_command(&self.kubeconfig(), &self.dir)
     }
 
     /// kubectl `args`; its stdout, or an error with its stderr.

@@ -115,6 +115,20 @@ impl Tools {
         Ok(tools)
     }
 
+    /// `kubectl` with `kubeconfig` and a discovery cache of its own under
+    /// `dir`, no `KUBECONFIG` from the environment, to add arguments to.
+    pub fn kubectl_command(&self, kubeconfig: &Path, dir: &Path) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--cache-dir={}",
+                dir.join("kubectl-cache").display()
+            ))
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// kube-controller-manager, or what to run to build it.
     pub fn kube_controller_manager(&self) -> Result<&Path> {
         self.require(&[&self.kube_controller_manager])?;
@@ -532,15 +546,7 @@ impl ControlPlane {
     /// A `kubectl` command against this control plane (`--kubeconfig` set,
     /// a private discovery cache), to add arguments to and run.
     pub fn kubectl_command(&self) -> Command {
-        let mut cmd = Command::new(&self.tools.kubectl);
-        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .arg(format!(
-                "--cache-dir={}",
-                self.dir.join("kubectl-cache").display()
-            ))
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null());
-        cmd
+        self.tools.kubectl_command(&self.kubeconfig, &self.dir)
     }
 
     /// Runs kubectl with `args`; the output whatever the exit status.

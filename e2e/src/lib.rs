@@ -8,6 +8,7 @@ pub mod bpf_stats;
 pub mod chain;
 pub mod cluster;
 pub mod controlplane;
+pub mod fixtures;
 pub mod flannel;
 pub mod host;
 pub mod netns;

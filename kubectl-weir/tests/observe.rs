@@ -17,7 +17,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use weir_e2e::controlplane::ControlPlane;
 use weir_ebpf::abi::{Direction, FlowCounters, FlowKey};
-use weir_node_state::{AttachmentRecord, PodIdentity};
+use weir_node_state::AttachmentRecord;
 use weir_operator::agent::authz::FlowAuthz;
 use weir_operator::agent::reading::FlowSink as _;
 use weir_operator::agent::server::{self, Endpoints};
@@ -25,29 +25,7 @@ use weir_operator::agent::stream::Hub;
 use weir_operator::agent::table::FlowTable;
 
 fn record(pod_id: u32, namespace: &str, pod: &str) -> AttachmentRecord {
-    AttachmentRecord {
-        network: "cbr0".into(),
-        container_id: format!("c{pod_id}"),
-        ifname: "eth0".into(),
-        netns: "/run/netns/x".into(),
-        pod: PodIdentity {
-            namespace: Some(namespace.into()),
-            name: Some(pod.into()),
-            uid: None,
-            infra_container_id: None,
-        },
-        pod_id,
-        mac: "aa:bb:cc:dd:ee:ff".into(),
-        ips: vec![format!("10.244.0.{pod_id}/24")],
-        attach_mode: Default::default(),
-        pod_ifindex: 4,
-        outer_ifindex: 2,
-        inner_ifindex: 3,
-        created_unix: 1,
-        phase: Default::default(),
-        attachment_id: None,
-        original: None,
-    }
+    weir_e2e::fixtures::attachment_record(pod_id, Some(namespace), pod)
 }
 
 fn table() -> FlowTable {

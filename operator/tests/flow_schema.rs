@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use weir_ebpf::abi::{Direction, FlowCounters, FlowKey};
-use weir_node_state::{AttachmentRecord, PodIdentity};
+use weir_node_state::AttachmentRecord;
 use weir_operator::agent::join::flow_schema;
 use weir_operator::agent::reading::FlowSink as _;
 use weir_operator::agent::table::FlowTable;
@@ -34,29 +34,7 @@ fn docs_flow_schema_is_generated_from_the_served_type() {
 }
 
 fn record(pod_id: u32, namespace: Option<&str>, pod: &str) -> AttachmentRecord {
-    AttachmentRecord {
-        network: "cbr0".into(),
-        container_id: format!("c{pod_id}"),
-        ifname: "eth0".into(),
-        netns: "/run/netns/x".into(),
-        pod: PodIdentity {
-            namespace: namespace.map(Into::into),
-            name: Some(pod.into()),
-            uid: None,
-            infra_container_id: None,
-        },
-        pod_id,
-        mac: "aa:bb:cc:dd:ee:ff".into(),
-        ips: vec![format!("10.244.0.{pod_id}/24")],
-        attach_mode: Default::default(),
-        pod_ifindex: 4,
-        outer_ifindex: 2,
-        inner_ifindex: 3,
-        created_unix: 1,
-        phase: Default::default(),
-        attachment_id: None,
-        original: None,
-    }
+    weir_e2e::fixtures::attachment_record(pod_id, namespace, pod)
 }
 
 #[test]
