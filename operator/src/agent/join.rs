@@ -129,6 +129,9 @@ fn table(reading: &NodeReading, node: &str, directory: &dyn PeerDirectory) -> Op
     let mut table = FlowTable::new(node);
     let mut round = table.round(directory);
     round.records(&reading.records);
+    if reading.overlay.is_some() {
+        round.overlay_monitored();
+    }
     for (key, counters) in reading.overlay.iter().flat_map(|o| &o.flows) {
         round.overlay_flow(key, counters);
     }

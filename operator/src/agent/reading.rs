@@ -54,6 +54,8 @@ pub trait FlowSink {
     fn records(&mut self, records: &[AttachmentRecord]);
     fn overlay_flow(&mut self, key: &VxFlowKey, counters: &VxFlowCounters);
     fn pod_flow(&mut self, key: &FlowKey, counters: &FlowCounters);
+    /// The node's VXLAN monitor is attached; called before its flows.
+    fn overlay_monitored(&mut self) {}
 }
 
 /// Reads the node state and counters and streams the flows into `sink`.
@@ -68,16 +70,20 @@ pub fn read_into(
     let records = StateStore::list_all(state_dir)?;
     sink.records(&records);
     let overlay = match VxlanMaps::open(bpf_root) {
-        Ok(maps) => Some(OverlaySide {
+        Ok(maps) => {
             // The stats before the walk: flows created during the walk then
             // lower the derived LRU eviction count (created − live) for a
             // round instead of raising it (map pressure must not be invented).
-            stats: maps.stats()?,
-            live_flows: maps.for_each_flow(|k, c| sink.overlay_flow(k, c))?,
-            flows: Vec::new(),
-            per_vni: maps.per_vni()?,
-            per_interface: maps.per_interface()?,
-        }),
+            let stats = maps.stats()?;
+            sink.overlay_monitored();
+            Some(OverlaySide {
+                stats,
+                live_flows: maps.for_each_flow(|k, c| sink.overlay_flow(k, c))?,
+                flows: Vec::new(),
+                per_vni: maps.per_vni()?,
+                per_interface: maps.per_interface()?,
+            })
+        }
         Err(EbpfError::MapsNotPinned { .. } | EbpfError::VxlanMonitorNotLoaded { .. }) => None,
         Err(e) => return Err(e.into()),
     };

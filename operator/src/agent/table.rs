@@ -29,7 +29,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use hashbrown::hash_map::Entry;
 use serde::Serialize;
 use weir_ebpf::abi::{Direction, FlowCounters, FlowKey};
 use weir_ebpf::vxlan_abi::{VxDirection, VxFlowCounters, VxFlowKey};
@@ -82,6 +81,9 @@ struct Row {
     /// The round that last saw the flow in the map.
     round: u32,
     peer: Option<Arc<Peer>>,
+    /// Growth of a new flow to a remote peer read before its overlay leg
+    /// was: held one round for the leg to name its VNI (see `pod_flow`).
+    held: Count,
 }
 
 /// Growth of one round, by pod id, direction byte and VNI.
@@ -106,6 +108,8 @@ pub struct Round<'a> {
     table: &'a mut FlowTable,
     directory: &'a dyn PeerDirectory,
     growth: Growth,
+    /// A VXLAN monitor's maps were read this round.
+    overlay_monitored: bool,
 }
 
 impl FlowTable {
@@ -130,6 +134,7 @@ impl FlowTable {
             table: self,
             directory,
             growth: Growth::new(),
+            overlay_monitored: false,
         }
     }
 
@@ -221,9 +226,17 @@ impl Round<'_> {
     /// kept. Either way the growth seen is added to `totals`, so no count is
     /// lost or counted twice.
     pub fn finish(self, totals: Option<&mut Totals>, complete: bool) {
-        let Round { table, growth, .. } = self;
+        let Round {
+            table, mut growth, ..
+        } = self;
         let round = table.round;
         if complete {
+            // Growth held for a leg that never came, of flows now gone.
+            for (key, row) in &table.rows {
+                if row.round != round && row.held != Count::default() {
+                    add(&mut growth, (key.pod_id, key.direction, None), row.held);
+                }
+            }
             table.rows.retain(|_, r| r.round == round);
             table.legs.retain(|_, l| l.round == round && l.used);
             shrink(&mut table.rows);
@@ -270,6 +283,12 @@ fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
     if map.capacity() > 1024 && map.capacity() > 4 * map.len() {
         map.shrink_to(map.len() * 2);
     }
+}
+
+fn add(growth: &mut Growth, series: (u32, u8, Option<u32>), grew: Count) {
+    let total = growth.entry(series).or_default();
+    total.packets += grew.packets;
+    total.bytes += grew.bytes;
 }
 
 fn orphan(pod_id: u32) -> String {
@@ -380,8 +399,10 @@ impl FlowSink for Round<'_> {
             Some(Direction::ToPod) => key.src_ip(),
             _ => key.dst_ip(),
         };
-        let peer = match t.local_peers.get(&remote) {
-            Some(p) => Some(p.clone()),
+        let local_peer = t.local_peers.get(&remote).cloned();
+        let remote_peer_possible = local_peer.is_none();
+        let peer = match local_peer {
+            Some(p) => Some(p),
             None => t
                 .remote_peers
                 .entry(remote)
@@ -392,7 +413,7 @@ impl FlowSink for Round<'_> {
             packets: c.packets,
             bytes: c.bytes,
         };
-        let fresh = Row {
+        let mut fresh = Row {
             packets: c.packets,
             bytes: c.bytes,
             first_seen_ns: c.first_seen_ns,
@@ -400,35 +421,49 @@ impl FlowSink for Round<'_> {
             tcp_flags: c.tcp_flags,
             round,
             peer,
+            held: Count::default(),
         };
-        let grew = match t.rows.entry(key) {
-            Entry::Occupied(mut e) => {
-                let before = e.get();
+        let (grew, held, new) = match t.rows.get(&key) {
+            Some(before) => {
                 // Smaller than before: evicted and re-created, counts from zero.
-                let grew = if now.packets >= before.packets && now.bytes >= before.bytes {
-                    Count {
+                if now.packets >= before.packets && now.bytes >= before.bytes {
+                    let grew = Count {
                         packets: now.packets - before.packets,
                         bytes: now.bytes - before.bytes,
-                    }
+                    };
+                    (grew, before.held, false)
                 } else {
-                    now
-                };
-                e.insert(fresh);
-                grew
+                    (now, before.held, true)
+                }
             }
-            Entry::Vacant(e) => {
-                e.insert(fresh);
-                now
-            }
+            None => (now, Count::default(), true),
         };
-        if grew != Count::default() {
-            let total = self
-                .growth
-                .entry((key.pod_id, key.direction, vni))
-                .or_default();
-            total.packets += grew.packets;
-            total.bytes += grew.bytes;
+        // The overlay map is read before the pod map, but a packet reaches
+        // them in either order (sent: pod, then underlay; received: the
+        // reverse), so a new flow's first packets can be read before its leg
+        // exists. Their growth waits one round for the leg to name the VNI
+        // (then goes without one); metrics lag a round, counts stay exact.
+        let wait = vni.is_none()
+            && self.overlay_monitored
+            && new
+            && remote_peer_possible
+            && held == Count::default();
+        if wait {
+            fresh.held = grew;
+        } else {
+            let pending = Count {
+                packets: grew.packets + held.packets,
+                bytes: grew.bytes + held.bytes,
+            };
+            if pending != Count::default() {
+                add(&mut self.growth, (key.pod_id, key.direction, vni), pending);
+            }
         }
+        t.rows.insert(key, fresh);
+    }
+
+    fn overlay_monitored(&mut self) {
+        self.overlay_monitored = true;
     }
 }
 
@@ -647,5 +682,92 @@ mod tests {
         assert_eq!(table.len(), 2, "rows of an incomplete read stay");
         collect(&mut table, &mut t, &[(key(1, 1), 9), (key(1, 2), 4)]);
         assert_eq!(t.pod_total("pod-id:1").packets, 13);
+    }
+
+    /// The VNI series of `pod_id`'s flows: (vni label, packets).
+    fn by_vni(t: &Totals) -> Vec<(String, u64)> {
+        t.series()
+            .iter()
+            .map(|(k, c)| (k.vni.clone(), c.packets))
+            .collect()
+    }
+
+    fn encap_leg(k: &FlowKey, packets: u64) -> (VxFlowKey, VxFlowCounters) {
+        let mut key = VxFlowKey {
+            vni: 1,
+            inner_proto: k.proto,
+            inner_sport: k.sport,
+            inner_dport: k.dport,
+            direction: VxDirection::Encap as u8,
+            ..Default::default()
+        };
+        key.set_outer(
+            "192.168.50.1".parse().unwrap(),
+            "192.168.50.2".parse().unwrap(),
+        );
+        key.set_inner(k.src_ip(), k.dst_ip());
+        let c = VxFlowCounters {
+            packets,
+            encap_packets: packets,
+            ..Default::default()
+        };
+        (key, c)
+    }
+
+    /// One round with an overlay monitor: `legs` first, then `flows`, as
+    /// the maps are read.
+    fn overlay_round(
+        table: &mut FlowTable,
+        totals: &mut Totals,
+        legs: &[(VxFlowKey, VxFlowCounters)],
+        flows: &[(FlowKey, u64)],
+    ) {
+        let directory: std::collections::HashMap<IpAddr, Peer> = Default::default();
+        let mut round = table.round(&directory);
+        round.records(&[]);
+        round.overlay_monitored();
+        for (k, c) in legs {
+            round.overlay_flow(k, c);
+        }
+        for (k, p) in flows {
+            round.pod_flow(k, &counters(*p));
+        }
+        round.finish(Some(totals), true);
+    }
+
+    #[test]
+    fn packets_read_before_their_overlay_leg_still_count_under_its_vni() {
+        let (mut table, mut t) = (FlowTable::new("n"), Totals::new(100));
+        let k = key(1, 1);
+        // The pod map already holds 3 packets the underlay map does not yet.
+        overlay_round(&mut table, &mut t, &[], &[(k, 3)]);
+        assert_eq!(by_vni(&t), vec![], "held a round for the leg");
+        overlay_round(&mut table, &mut t, &[encap_leg(&k, 50)], &[(k, 50)]);
+        assert_eq!(by_vni(&t), vec![("1".to_owned(), 50)]);
+        overlay_round(&mut table, &mut t, &[encap_leg(&k, 60)], &[(k, 60)]);
+        assert_eq!(by_vni(&t), vec![("1".to_owned(), 60)]);
+    }
+
+    #[test]
+    fn a_flow_whose_leg_never_comes_counts_without_a_vni_a_round_later() {
+        let (mut table, mut t) = (FlowTable::new("n"), Totals::new(100));
+        let k = key(1, 1);
+        overlay_round(&mut table, &mut t, &[], &[(k, 3)]);
+        overlay_round(&mut table, &mut t, &[], &[(k, 5)]);
+        assert_eq!(by_vni(&t), vec![(String::new(), 5)]);
+        overlay_round(&mut table, &mut t, &[], &[(k, 6)]);
+        assert_eq!(by_vni(&t), vec![(String::new(), 6)], "no more waiting");
+        // A new flow held, then gone from the map: its growth is not lost.
+        let gone = key(1, 2);
+        overlay_round(&mut table, &mut t, &[], &[(k, 6), (gone, 4)]);
+        overlay_round(&mut table, &mut t, &[], &[(k, 6)]);
+        assert_eq!(by_vni(&t), vec![(String::new(), 10)]);
+    }
+
+    #[test]
+    fn without_an_overlay_monitor_growth_counts_at_once() {
+        let (mut table, mut t) = (FlowTable::new("n"), Totals::new(100));
+        collect(&mut table, &mut t, &[(key(1, 1), 3)]);
+        assert_eq!(by_vni(&t), vec![(String::new(), 3)]);
     }
 }
