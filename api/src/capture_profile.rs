@@ -9,6 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::alerts::AlertsSpec;
 use super::{Protocol, parse_duration};
 
 /// Default of `spec.flushInterval`.
@@ -259,6 +260,11 @@ pub struct CaptureProfileSpec {
         "message": MAX_POD_FLOWS_BOUNDS.message()
     }]))]
     pub max_pod_flows: i32,
+
+    /// What to be told about: new peers, rate spikes, TCP resets, overlay
+    /// loss (as Events, PodFlow conditions and metrics). Absent: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsSpec>,
 }
 
 /// What a profile records.
@@ -392,6 +398,8 @@ pub mod reasons {
     pub const INVALID_TIMING: &str = "InvalidTiming";
     /// `maxPodFlows` is out of range.
     pub const INVALID_LIMIT: &str = "InvalidLimit";
+    /// `alerts` has a value out of range or no threshold.
+    pub const INVALID_ALERTS: &str = "InvalidAlerts";
 }
 
 /// Why a spec cannot be applied: the `Ready` condition's reason and message.
@@ -468,6 +476,7 @@ impl CaptureProfileSpec {
             flush_interval: default_flush_interval(),
             flow_ttl: default_flow_ttl(),
             max_pod_flows: default_max_pod_flows(),
+            alerts: None,
         }
     }
 
@@ -596,6 +605,9 @@ impl CaptureProfileSpec {
                 MAX_POD_FLOWS_BOUNDS.message(),
             ));
         }
+        if let Some(alerts) = &self.alerts {
+            alerts.check()?;
+        }
         Ok(())
     }
 }
@@ -687,6 +699,48 @@ mod tests {
                 Box::new(|s| {
                     s.flush_interval = "1m".into();
                     s.flow_ttl = "30s".into();
+                }),
+            ),
+            (
+                reasons::INVALID_ALERTS,
+                Box::new(|s| {
+                    s.alerts = Some(AlertsSpec {
+                        rate_spike: Some(crate::alerts::RateSpikeAlert::with_defaults()),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                reasons::INVALID_ALERTS,
+                Box::new(|s| {
+                    s.alerts = Some(AlertsSpec {
+                        tcp_resets: Some(crate::alerts::TcpResetsAlert {
+                            percent: Some(101),
+                            ..crate::alerts::TcpResetsAlert::with_defaults()
+                        }),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                reasons::INVALID_ALERTS,
+                Box::new(|s| {
+                    s.alerts = Some(AlertsSpec {
+                        event_interval: "1s".into(),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                reasons::INVALID_ALERTS,
+                Box::new(|s| {
+                    s.alerts = Some(AlertsSpec {
+                        new_peer: Some(crate::alerts::NewPeerAlert {
+                            ipv4_prefix_length: 33,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
                 }),
             ),
             (reasons::INVALID_LIMIT, Box::new(|s| s.max_pod_flows = 0)),

@@ -13,6 +13,7 @@
 //! them for the controller, which reports what slipped through in the
 //! profile's `Ready` condition.
 
+pub mod alerts;
 pub mod capture_profile;
 pub mod pod_flow;
 mod summary;
@@ -29,7 +30,7 @@ pub use capture_profile::{
 };
 pub use pod_flow::{
     DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, PodFlowStatus,
-    SourceEndpoint, Totals, VxlanCounters,
+    SourceEndpoint, TcpConnections, Totals, VxlanCounters,
 };
 
 /// The labels that mark what weir made; agents set them, the controller

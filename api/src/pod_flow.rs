@@ -36,7 +36,7 @@
 
 use std::fmt::Write as _;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, Resource as _};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -427,6 +427,22 @@ pub struct Observer {
     /// overlay here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<VxlanCounters>,
+    /// The conversation's TCP connections this node counts (TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpConnections>,
+}
+
+/// The TCP connections (distinct port pairs) of a conversation a node's
+/// flow table holds, and how many of them carried a reset (RST) either way.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpConnections {
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub connections: i64,
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub resets: i64,
 }
 
 /// The counters of a conversation: each node's own entry in `observers`,
@@ -456,6 +472,17 @@ pub struct PodFlowStatus {
     /// and decap summed over the observers, and the loss between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<VxlanCounters>,
+    /// The TCP connections as the observer of `totals` counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpConnections>,
+    /// The alerts the profile asks for (`NewPeer`, `RateSpike`,
+    /// `TCPResets`, `OverlayLoss`), written by the controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])
+    )]
+    pub conditions: Vec<Condition>,
     /// One entry per node that saw the conversation, each written only by
     /// that node's agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

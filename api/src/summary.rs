@@ -74,6 +74,8 @@ impl PodFlowStatus {
             first_seen: observers.iter().filter_map(|o| o.first_seen.clone()).min(),
             last_seen: observers.iter().filter_map(|o| o.last_seen.clone()).max(),
             vxlan,
+            tcp: main.and_then(|o| o.tcp),
+            conditions: Vec::new(),
             observers: Vec::new(),
         }
     }

@@ -94,6 +94,8 @@ pub fn podflow(
             decap_bytes: bytes,
             loss_packets: Some(loss),
         }),
+        tcp: None,
+        conditions: Vec::new(),
         observers: Vec::new(),
     });
     pf

@@ -62,6 +62,10 @@ struct ControllerArgs {
     /// lostSamples last grew.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     map_pressure_window: std::time::Duration,
+    /// The most alert Events per namespace and minute (bursts up to as
+    /// many); the rest are counted in weir_alert_events_total.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    alert_events_per_minute: u32,
 }
 
 fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
@@ -245,6 +249,7 @@ fn run_controller(args: ControllerArgs) -> Result<()> {
         error_requeue: std::time::Duration::from_secs(5),
         metrics_listen: parse_listen(&args.metrics_listen).map_err(anyhow::Error::msg)?,
         map_pressure_window: args.map_pressure_window,
+        alert_events_per_minute: args.alert_events_per_minute,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

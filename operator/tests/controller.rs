@@ -37,7 +37,7 @@ use weir_api::labels;
 use weir_api::pod_flow::agent_field_manager;
 use weir_api::{
     CaptureProfile, DestinationEndpoint, DirectionCounters, NodeLoss, Observer, PodFlow,
-    PodFlowSpec, Protocol, SourceEndpoint, VxlanCounters,
+    PodFlowSpec, Protocol, SourceEndpoint, TcpConnections, VxlanCounters,
 };
 use weir_e2e::controlplane::ControlPlane;
 use weir_e2e::objects;
@@ -356,6 +356,7 @@ fn observer(
         first_seen: Some(Time(last_seen - SignedDuration::from_secs(60))),
         last_seen: Some(Time(last_seen)),
         vxlan,
+        tcp: None,
     }
 }
 
@@ -1699,4 +1700,227 @@ async fn the_leader_serves_reconcile_and_deletion_metrics() {
     );
     assert_eq!(sample(&after, "weir_controller_leader"), Some(1.0));
     assert!(after.trim_end().ends_with("# EOF"));
+}
+
+/// The conditions of PodFlow `name` as "Type=Status Reason" strings.
+async fn flow_conditions(client: &kube::Client, ns: &str, name: &str) -> Vec<String> {
+    let flow = Api::<PodFlow>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("get PodFlow");
+    let mut out: Vec<String> = flow
+        .status
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| format!("{}={} {}", c.type_, c.status, c.reason))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Alert Events of the namespace: (reason, regarding kind/name, related name).
+async fn alert_events(client: &kube::Client, ns: &str) -> Vec<(String, String, String)> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.action.as_deref() == Some("Alert") && e.type_.as_deref() == Some("Warning"))
+        .map(|e| {
+            let regarding = e.regarding.unwrap_or_default();
+            (
+                e.reason.unwrap_or_default(),
+                format!(
+                    "{}/{}",
+                    regarding.kind.unwrap_or_default(),
+                    regarding.name.unwrap_or_default()
+                ),
+                e.related.and_then(|r| r.name).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A sample summed over both replicas (the leader may change mid-test).
+fn summed(series: &str) -> f64 {
+    REPLICAS
+        .iter()
+        .filter_map(|id| scrape(id).ok())
+        .filter_map(|text| sample(&text, series))
+        .sum()
+}
+
+#[tokio::test]
+async fn alerts_become_conditions_events_and_metrics_without_a_storm() {
+    let s = setup();
+    let admin = s.admin().await;
+    let agent = s.agent().await;
+    let ns = "ctl-alerts";
+    namespace(&admin, ns).await;
+    let web = pod(&admin, ns, "web-1", "web", "node-a", "10.244.1.15", false).await;
+    let db = pod(&admin, ns, "db-0", "db", "node-b", "10.244.2.17", false).await;
+    // No learning window: every peer is new. One Event per conversation
+    // and alert per hour.
+    profile(
+        &admin,
+        ns,
+        "watch",
+        json!({
+            "podSelector": {}, "flushInterval": "1s", "flowTTL": "1h",
+            "alerts": {
+                "eventInterval": "1h",
+                "newPeer": { "learningWindow": "0s" },
+                "rateSpike": { "bytesPerSecond": 100000, "window": "2s" },
+                "tcpResets": { "count": 2 },
+                "overlayLoss": { "packets": 3 },
+            },
+        }),
+    )
+    .await;
+
+    // web-1 → db-0: 3 of 4 connections reset; node-a sent 10 packets into
+    // the overlay, node-b took 7 out; quiet for a minute.
+    let quiet = Timestamp::now() - SignedDuration::from_secs(60);
+    let vx = |src: &str, dst: &str, encap: i64, decap: i64| VxlanCounters {
+        vni: Some(1),
+        outer_source: Some(src.into()),
+        outer_destination: Some(dst.into()),
+        encap_packets: encap,
+        encap_bytes: encap * 150,
+        decap_packets: decap,
+        decap_bytes: decap * 150,
+        loss_packets: None,
+    };
+    let conversation = spec("watch", &web, &db, 5432);
+    let mut a = observer(
+        "node-a",
+        (10, 1500),
+        (0, 0),
+        quiet,
+        Some(vx("192.168.0.1", "192.168.0.2", 10, 0)),
+    );
+    a.tcp = Some(TcpConnections {
+        connections: 4,
+        resets: 3,
+    });
+    let b = observer(
+        "node-b",
+        (7, 1050),
+        (0, 0),
+        quiet,
+        Some(vx("192.168.0.2", "192.168.0.1", 0, 7)),
+    );
+    let name = agent_apply(&agent, ns, &conversation, &web, &a).await;
+    agent_apply(&agent, ns, &conversation, &web, &b).await;
+
+    let want = [
+        "NewPeer=True UnknownPeer",
+        "OverlayLoss=True PacketsLost",
+        "RateSpike=False WithinLimits",
+        "TCPResets=True ResetsSeen",
+    ];
+    poll("the alert conditions on the PodFlow", WAIT, || async {
+        let got = flow_conditions(&admin, ns, &name).await;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+
+    // A spike: 2 MB more within a second or two.
+    a.forward.bytes += 2_000_000;
+    a.forward.packets += 1500;
+    agent_apply(&agent, ns, &conversation, &web, &a).await;
+    poll("RateSpike turns True", WAIT, || async {
+        let got = flow_conditions(&admin, ns, &name).await;
+        if got.contains(&"RateSpike=True AboveThreshold".to_owned()) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+
+    // Each alert told once on the pod and once on the profile, related to
+    // the PodFlow, although the controller judged it True every second.
+    let events = poll(
+        "one Event per alert on the pod and the profile",
+        WAIT,
+        || async {
+            let events = alert_events(&admin, ns).await;
+            if events.len() >= 8 {
+                Ok(events)
+            } else {
+                Err(format!("{events:?}"))
+            }
+        },
+    )
+    .await;
+    for alert in ["NewPeer", "OverlayLoss", "RateSpike", "TCPResets"] {
+        for target in ["Pod/web-1", "CaptureProfile/watch"] {
+            let n = events
+                .iter()
+                .filter(|(r, t, rel)| r == alert && t == target && *rel == name)
+                .count();
+            assert_eq!(n, 1, "{alert} on {target}: {events:?}");
+        }
+    }
+    let raised = |alert: &str| {
+        summed(&format!(
+            r#"weir_alerts_total{{namespace="{ns}",profile="watch",alert="{alert}"}}"#
+        ))
+    };
+    for alert in ["NewPeer", "OverlayLoss", "RateSpike", "TCPResets"] {
+        assert_eq!(raised(alert), 1.0, "{alert} raised once");
+    }
+    poll("repeats held back by the event interval", WAIT, || async {
+        let held = summed(&format!(
+            r#"weir_alert_events_total{{namespace="{ns}",outcome="within_interval"}}"#
+        ));
+        if held > 0.0 {
+            Ok(())
+        } else {
+            Err("no repeat held back yet".to_owned())
+        }
+    })
+    .await;
+
+    // A storm: 40 new peers at once. The namespace's budget (30 Events a
+    // minute by default) lets fewer out; the rest are counted, and every
+    // PodFlow still carries its condition.
+    let before = alert_events(&admin, ns).await.len();
+    let mut names = Vec::new();
+    for i in 0..40u8 {
+        let to = DestinationEndpoint::address(&format!("198.18.{i}.1"), Some(443));
+        let storm = PodFlowSpec {
+            destination: to,
+            ..spec("watch", &web, &db, 443)
+        };
+        let o = observer("node-a", (1, 60), (0, 0), Timestamp::now(), None);
+        names.push(agent_apply(&agent, ns, &storm, &web, &o).await);
+    }
+    poll("every storm PodFlow judged a new peer", WAIT, || async {
+        for n in &names {
+            let got = flow_conditions(&admin, ns, n).await;
+            if !got.contains(&"NewPeer=True UnknownPeer".to_owned()) {
+                return Err(format!("{n}: {got:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let budget = summed(&format!(
+        r#"weir_alert_events_total{{namespace="{ns}",outcome="namespace_budget"}}"#
+    ));
+    let sent_now = (alert_events(&admin, ns).await.len() - before) / 2;
+    assert!(budget >= 1.0, "the namespace budget held some back");
+    assert!(
+        sent_now < 40 && sent_now as f64 + budget >= 40.0,
+        "{sent_now} sent, {budget} held back by the budget"
+    );
+    assert_eq!(raised("NewPeer"), 41.0, "every new peer is counted");
 }

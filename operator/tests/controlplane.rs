@@ -261,6 +261,26 @@ async fn cel_rejects_invalid_captureprofiles_with_weirs_messages() {
             "ports select TCP or UDP conversations",
         ),
         ("protocols: [GRE]", "Unsupported value: \"GRE\""),
+        (
+            "alerts: {rateSpike: {window: 10s}}",
+            "rateSpike needs bytesPerSecond, packetsPerSecond or baselineMultiplier",
+        ),
+        (
+            "alerts: {tcpResets: {}}",
+            "tcpResets needs count or percent",
+        ),
+        (
+            "alerts: {tcpResets: {percent: 150}}",
+            "alerts.tcpResets.percent must be between 1 and 100",
+        ),
+        (
+            "alerts: {eventInterval: 1s}",
+            "alerts.eventInterval must be between 10s and 24h",
+        ),
+        (
+            "alerts: {newPeer: {ipv4PrefixLength: 40}}",
+            "alerts.newPeer.ipv4PrefixLength must be between 0 and 32",
+        ),
     ];
     for (i, (field, message)) in cases.iter().enumerate() {
         // A flow mapping `{ a: 1, b: 2 }` is spliced in as its entries.
@@ -363,6 +383,7 @@ fn observer(
             decap_bytes: inn.1 + 50 * inn.0,
             loss_packets: None,
         }),
+        tcp: None,
     }
 }
 

@@ -47,10 +47,11 @@ pub fn is_managed(flow: &PodFlow) -> bool {
 #[derive(Debug, Clone)]
 pub struct FlowState {
     pub name: String,
-    /// The summary from the observers (empty `observers`).
+    /// The summary from the observers (empty `observers`), with the alert
+    /// conditions once judged.
     pub summary: PodFlowStatus,
-    /// Whether the stored summary differs from `summary`.
-    pub summary_stale: bool,
+    /// The summary the PodFlow carries now (empty `observers`).
+    pub stored: PodFlowStatus,
     /// The newest `lastSeen` of the observers, else the creation time.
     pub last_active: Option<Timestamp>,
 }
@@ -78,10 +79,15 @@ impl FlowState {
             .or_else(|| flow.metadata.creation_timestamp.as_ref().map(|t| t.0));
         FlowState {
             name: flow.name_any(),
-            summary_stale: stored != summary,
             summary,
+            stored,
             last_active,
         }
+    }
+
+    /// Whether the stored summary differs from `summary`.
+    pub fn summary_stale(&self) -> bool {
+        self.stored != self.summary
     }
 }
 
@@ -204,7 +210,7 @@ mod tests {
         FlowState {
             name: name.into(),
             summary: PodFlowStatus::default(),
-            summary_stale: false,
+            stored: PodFlowStatus::default(),
             last_active: Some(now - k8s_openapi::jiff::SignedDuration::from_secs(secs_ago)),
         }
     }

@@ -11,7 +11,13 @@
 //!   profile's finalizer), `orphaned` (the sweep);
 //! - `weir_controller_podflow_summaries_total`: PodFlow status summaries
 //!   written;
-//! - `weir_controller_leader`: 1 while this replica holds the Lease.
+//! - `weir_controller_leader`: 1 while this replica holds the Lease;
+//! - `weir_alerts_total{namespace,profile,alert}`: alerts raised (a PodFlow's
+//!   alert condition turned True; `alert` is `NewPeer`, `RateSpike`,
+//!   `TCPResets` or `OverlayLoss`), and `weir_alerts_firing{...}`: PodFlows
+//!   whose alert condition is True now;
+//! - `weir_alert_events_total{namespace,outcome}`: alert Events `sent`, held
+//!   back `within_interval` or by the `namespace_budget`, or `failed`.
 //!
 //! Every replica serves them; only the leader's reconcile counts move.
 
@@ -70,6 +76,19 @@ struct ReasonLabel {
     reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    namespace: String,
+    profile: String,
+    alert: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    namespace: String,
+    outcome: String,
+}
+
 fn duration_histogram() -> Histogram {
     // 5 ms to ~20 s.
     Histogram::new(exponential_buckets(0.005, 2.0, 13))
@@ -84,6 +103,9 @@ pub struct ControllerMetrics {
     deleted: Family<ReasonLabel, Counter>,
     summaries: Counter,
     leader: Gauge,
+    alerts: Family<AlertLabels, Counter>,
+    firing: Family<AlertLabels, Gauge>,
+    alert_events: Family<EventLabels, Counter>,
 }
 
 impl std::fmt::Debug for ControllerMetrics {
@@ -110,6 +132,24 @@ impl ControllerMetrics {
         let deleted = Family::<ReasonLabel, Counter>::default();
         let summaries = Counter::default();
         let leader = Gauge::default();
+        let alerts = Family::<AlertLabels, Counter>::default();
+        let firing = Family::<AlertLabels, Gauge>::default();
+        let alert_events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "weir_alerts",
+            "Alerts raised: a PodFlow's alert condition turned True, by namespace, profile and alert (NewPeer, RateSpike, TCPResets, OverlayLoss).",
+            alerts.clone(),
+        );
+        registry.register(
+            "weir_alerts_firing",
+            "PodFlows whose alert condition is True, by namespace, profile and alert.",
+            firing.clone(),
+        );
+        registry.register(
+            "weir_alert_events",
+            "Alert Events by namespace and outcome: sent, within_interval (the same alert went out within eventInterval), namespace_budget (the namespace's Events per minute were spent), failed.",
+            alert_events.clone(),
+        );
         registry.register(
             "weir_controller_reconciles",
             "Reconciles run, by kind (CaptureProfile, OrphanSweep).",
@@ -160,7 +200,42 @@ impl ControllerMetrics {
             deleted,
             summaries,
             leader,
+            alerts,
+            firing,
+            alert_events,
         }
+    }
+
+    /// An alert raised on a PodFlow of `profile`.
+    pub fn alert_raised(&self, namespace: &str, profile: &str, alert: &str) {
+        self.alerts
+            .get_or_create(&alert_labels(namespace, profile, alert))
+            .inc();
+    }
+
+    /// How many PodFlows of `profile` have `alert` True.
+    pub fn set_firing(&self, namespace: &str, profile: &str, alert: &str, flows: usize) {
+        self.firing
+            .get_or_create(&alert_labels(namespace, profile, alert))
+            .set(i64::try_from(flows).unwrap_or(i64::MAX));
+    }
+
+    /// Drops the firing gauges of a deleted profile.
+    pub fn forget_profile(&self, namespace: &str, profile: &str) {
+        for alert in weir_api::alerts::conditions::ALL {
+            self.firing.remove(&alert_labels(namespace, profile, alert));
+        }
+    }
+
+    /// An alert Event's fate (`sent`, `within_interval`, `namespace_budget`,
+    /// `failed`).
+    pub fn alert_event(&self, namespace: &str, outcome: &str) {
+        self.alert_events
+            .get_or_create(&EventLabels {
+                namespace: namespace.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// One reconcile of `kind` that took `took`.
@@ -197,6 +272,14 @@ impl ControllerMetrics {
     /// The OpenMetrics text.
     pub fn render(&self) -> String {
         http::render(&self.registry)
+    }
+}
+
+fn alert_labels(namespace: &str, profile: &str, alert: &str) -> AlertLabels {
+    AlertLabels {
+        namespace: namespace.into(),
+        profile: profile.into(),
+        alert: alert.into(),
     }
 }
 

@@ -29,6 +29,9 @@
 //!
 //! Metrics: [`metrics`] (`--metrics-listen`).
 
+mod alert_gate;
+mod alerting;
+pub mod alerts;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
@@ -82,6 +85,8 @@ pub struct Config {
     /// How long a profile's `MapPressure` condition stays True after its
     /// `lostSamples` last grew.
     pub map_pressure_window: Duration,
+    /// The most alert Events per namespace and minute.
+    pub alert_events_per_minute: u32,
 }
 
 /// Whether `err` is the API server's 404 Not Found.

@@ -19,6 +19,9 @@ use kube::{Resource as _, ResourceExt as _};
 use serde_json::json;
 use tracing::{Span, debug, field, info, instrument, warn};
 
+use super::alert_gate::EventGate;
+use super::alerting;
+use super::alerts::AlertMemory;
 use super::lifecycle::{self, FlowState};
 use super::metrics::{ControllerMetrics, Deletion, KIND_PROFILE};
 use super::{Error, FINALIZER, Result};
@@ -59,6 +62,10 @@ pub struct Context {
     /// How long `MapPressure` stays True after `lostSamples` last grew.
     pub map_pressure_window: Duration,
     pub metrics: Arc<ControllerMetrics>,
+    /// What each profile's alerts remember, by profile uid.
+    pub(super) alerts: Mutex<HashMap<String, AlertMemory>>,
+    /// Which alert Events go out (per conversation and per namespace).
+    pub(super) event_gate: Mutex<EventGate>,
 }
 
 impl Context {
@@ -67,6 +74,7 @@ impl Context {
         recorder: Recorder,
         error_requeue: Duration,
         map_pressure_window: Duration,
+        alert_events_per_minute: u32,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
         Self {
@@ -77,6 +85,8 @@ impl Context {
             error_requeue,
             map_pressure_window,
             metrics,
+            alerts: Mutex::new(HashMap::new()),
+            event_gate: Mutex::new(EventGate::new(alert_events_per_minute)),
         }
     }
 }
@@ -271,7 +281,7 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
     if problem.is_none() {
         let ttl = profile.spec.flow_ttl().unwrap_or(Duration::MAX);
         let max = usize::try_from(profile.spec.max_pod_flows).unwrap_or(usize::MAX);
-        let states: Vec<FlowState> = listed.iter().map(FlowState::of).collect();
+        let mut states: Vec<FlowState> = listed.iter().map(FlowState::of).collect();
         let plan = lifecycle::plan(&states, Timestamp::now(), ttl, max);
         let by_name: HashMap<&str, &PodFlow> = listed
             .iter()
@@ -292,10 +302,16 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
                 info!(flow = %name, max = profile.spec.max_pod_flows, "evicted a PodFlow beyond maxPodFlows");
             }
         }
+        match &profile.spec.alerts {
+            Some(alerts) => {
+                alerting::judge(profile, alerts, &listed, &mut states, &plan.kept, &ctx).await?
+            }
+            None => ctx.metrics.forget_profile(&ns, &name),
+        }
         let apply = PatchParams::apply(SUMMARY_FIELD_MANAGER).force();
         for state in states
             .iter()
-            .filter(|s| s.summary_stale && plan.kept.contains(&s.name))
+            .filter(|s| s.summary_stale() && plan.kept.contains(&s.name))
         {
             let patch = PodFlow::summary_patch(&state.name, &state.summary);
             match flows
@@ -525,7 +541,12 @@ pub async fn cleanup(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Acti
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&uid);
+        ctx.alerts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
     }
+    ctx.metrics.forget_profile(&ns, &name);
     info!(deleted, "profile deleted: removed its PodFlows");
     let event = Event {
         type_: EventType::Normal,

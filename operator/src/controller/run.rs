@@ -115,6 +115,7 @@ async fn lead(
         Recorder::new(client.clone(), reporter),
         config.error_requeue,
         config.map_pressure_window,
+        config.alert_events_per_minute,
         metrics.clone(),
     ));
     let profiles: Api<CaptureProfile> = Api::all(client.clone());

@@ -14,7 +14,7 @@ use super::super::selection::{Rule, Selection};
 use weir_api::labels;
 use weir_api::{
     DestinationEndpoint, DirectionCounters, Observer, PodFlow, PodFlowSpec, Protocol,
-    SourceEndpoint, VxlanCounters,
+    SourceEndpoint, TcpConnections, VxlanCounters,
 };
 
 /// Wall clock for the data path's boot-time stamps. Taken once, so the
@@ -117,7 +117,11 @@ struct Agg {
     first_ns: u64,
     last_ns: u64,
     vxlan: Option<VxlanCounters>,
+    tcp: Option<TcpConnections>,
 }
+
+/// TCP's RST flag in [`PodFlowView::tcp_flags`].
+const TCP_RST: u32 = 0x04;
 
 fn add(c: &mut DirectionCounters, views: &[&PodFlowView]) {
     for v in views {
@@ -315,6 +319,18 @@ pub fn conversations(
         };
         add(&mut agg.forward, fwd);
         add(&mut agg.reverse, rev);
+        if protocol == Protocol::Tcp {
+            // One pair is one connection (a local and a remote port).
+            let tcp = agg.tcp.get_or_insert_with(TcpConnections::default);
+            tcp.connections += 1;
+            if fwd
+                .iter()
+                .chain(rev.iter())
+                .any(|v| v.tcp_flags & TCP_RST != 0)
+            {
+                tcp.resets += 1;
+            }
+        }
         for (views, forward) in [(fwd, true), (rev, false)] {
             for v in views {
                 if v.first_seen_ns > 0 && (agg.first_ns == 0 || v.first_seen_ns < agg.first_ns) {
@@ -347,6 +363,7 @@ pub fn conversations(
                 first_seen: clock.time(agg.first_ns),
                 last_seen: clock.time(agg.last_ns),
                 vxlan: agg.vxlan,
+                tcp: agg.tcp,
             },
             flush_interval: rule.flush_interval,
             max_pod_flows: rule.max_pod_flows,

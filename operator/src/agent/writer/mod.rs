@@ -653,6 +653,57 @@ mod tests {
     }
 
     #[test]
+    fn tcp_connections_and_those_reset_are_counted_per_conversation() {
+        let tcp = |mut v: PodFlowView, flags: u32| {
+            v.protocol = 6;
+            v.tcp_flags = flags;
+            v
+        };
+        let db = || peer("shop", "db", "node-b");
+        let views = vec![
+            // Port 4000: a clean connection, both ways.
+            tcp(view("web", true, (WEB, 4000), (DB, 80), 5, 100, db()), 0x12),
+            tcp(
+                view("web", false, (DB, 80), (WEB, 4000), 5, 150, db()),
+                0x11,
+            ),
+            // Port 4001: reset by the server; port 4002: by the client.
+            tcp(view("web", true, (WEB, 4001), (DB, 80), 1, 100, db()), 0x02),
+            tcp(
+                view("web", false, (DB, 80), (WEB, 4001), 1, 150, db()),
+                0x14,
+            ),
+            tcp(view("web", true, (WEB, 4002), (DB, 80), 2, 100, db()), 0x04),
+        ];
+        let c = conversations(
+            &views,
+            "node-a",
+            &selection(&["web"], |_| {}),
+            &uids(),
+            &(),
+            &Clock::at(0),
+        );
+        assert_eq!(c.flows.len(), 1, "{c:#?}");
+        assert_eq!(
+            c.flows[0].observer.tcp,
+            Some(weir_api::TcpConnections {
+                connections: 3,
+                resets: 2
+            })
+        );
+        // UDP conversations carry none.
+        let udp = conversations(
+            &[view("web", true, (WEB, 4000), (DB, 53), 1, 1, db())],
+            "node-a",
+            &selection(&["web"], |_| {}),
+            &uids(),
+            &(),
+            &Clock::at(0),
+        );
+        assert_eq!(udp.flows[0].observer.tcp, None);
+    }
+
+    #[test]
     fn a_server_pods_reply_names_the_client_as_source_and_outsiders_by_address() {
         let views = vec![
             view(
