@@ -31,7 +31,12 @@ fn exported_metrics() -> BTreeSet<String> {
         writer::WriterStats::default(),
     ))));
     let agent = metrics::render(&registry);
-    let controller = weir_operator::controller::metrics::ControllerMetrics::new().render();
+    let controller = weir_operator::controller::metrics::ControllerMetrics::new();
+    // Alert families print once a profile's alerts used them.
+    controller.alert_raised("ns", "profile", "NewPeer");
+    controller.set_firing("ns", "profile", "TCPResets", 1);
+    controller.alert_event("ns", "namespace_budget");
+    let controller = controller.render();
     let mut names = BTreeSet::new();
     for line in agent.lines().chain(controller.lines()) {
         let Some(rest) = line.strip_prefix("# TYPE ") else {
@@ -220,6 +225,11 @@ fn prometheus_rules_parse_and_name_only_metrics_weir_exports() {
         "WeirPodFlowWriterBacklog",
         "WeirTrafficSpike",
         "WeirNewTalker",
+        "WeirNewPeer",
+        "WeirTCPResets",
+        "WeirConversationRateSpike",
+        "WeirConversationOverlayLoss",
+        "WeirAlertEventsHeldBack",
     ] {
         assert!(alerts.contains(alert), "no {alert} among {alerts:?}");
     }
