@@ -81,6 +81,10 @@ struct ObserveArgs {
     /// The agents' namespace.
     #[arg(long, default_value = "weir-system")]
     agent_namespace: String,
+    /// How to reach the agents: through the API server (port-forward), or
+    /// at their addresses (direct, from inside the cluster network).
+    #[arg(long, value_enum, default_value = "port-forward")]
+    via: kubectl_weir::observe::Via,
     /// The agents' port when their pods do not name a `metrics` port.
     #[arg(long, default_value_t = 9465)]
     agent_port: u16,
@@ -349,6 +353,7 @@ async fn agents(
             .unwrap_or(args.agent_port);
         match p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
             Some(ip) => agents.push(kubectl_weir::observe::Agent {
+                namespace: args.agent_namespace.clone(),
                 pod: name,
                 node,
                 address: if ip.contains(':') {
@@ -356,6 +361,7 @@ async fn agents(
                 } else {
                     format!("{ip}:{port}")
                 },
+                port,
             }),
             None => eprintln!(
                 "kubectl-weir: warning: agent {name} on node {node} has no address yet (not running?)"
@@ -377,7 +383,7 @@ async fn agents(
 }
 
 async fn observe(access: &Access, args: &ObserveArgs) -> Result<()> {
-    use kubectl_weir::observe::{Filter, TABLE_HEADER, connect, table_line};
+    use kubectl_weir::observe::{Filter, TABLE_HEADER, connect, dial, table_line};
     use tokio::io::AsyncBufReadExt as _;
     let (client, default_ns, kube_token) = cluster::client_and_token(access).await?;
     let token = args.token.clone().or(kube_token).ok_or_else(|| {
@@ -406,16 +412,21 @@ async fn observe(access: &Access, args: &ObserveArgs) -> Result<()> {
     let mut open = 0usize;
     for (i, agent) in agents.iter().enumerate() {
         let (tx, agent, token, timeout) = (tx.clone(), agent.clone(), token.clone(), args.timeout);
+        let (client, via) = (client.clone(), args.via);
         open += 1;
         tokio::spawn(async move {
-            let mut reader =
-                match connect(&agent, &token, Duration::from_secs(10).min(timeout)).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send((i, Err(format!("{e:#}")))).await;
-                        return;
-                    }
-                };
+            let wait = Duration::from_secs(10).min(timeout);
+            let opened = match dial(&agent, via, &client, wait).await {
+                Ok(stream) => connect(stream, &agent, &token, wait).await,
+                Err(e) => Err(e),
+            };
+            let mut reader = match opened {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send((i, Err(format!("{e:#}")))).await;
+                    return;
+                }
+            };
             loop {
                 let mut line = String::new();
                 match reader.read_line(&mut line).await {

@@ -1,9 +1,11 @@
 //! `kubectl weir observe`: the agents' live streams (`/flows/stream`), not a
 //! PodFlow watch. The plugin finds the agent pods (label
-//! `app.kubernetes.io/component=agent` in the agents' namespace), connects
-//! to each one's address (the agents run on the host network) and sends the
-//! user's bearer token, which the agent reviews with the API server: a user
-//! sees only the namespaces where they may `get pods`. Each line is one
+//! `app.kubernetes.io/component=agent` in the agents' namespace) and reaches
+//! each one through the API server (a port-forward, as `kubectl
+//! port-forward` does: it works wherever `kubectl` does) or, with `--via
+//! direct`, at its address (the agents run on the host network). It sends
+//! the user's bearer token, which the agent reviews with the API server: a
+//! user sees only the namespaces where they may `get pods`. Each line is one
 //! flow update (delta and totals); lost updates are shown; an agent that
 //! cannot be reached is named.
 
@@ -11,17 +13,85 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader,
+};
 
 use crate::model::{human_bytes, human_count};
 
 /// An agent to stream from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {
+    pub namespace: String,
     pub pod: String,
     pub node: String,
     /// `host:port`.
     pub address: String,
+    /// The port of its `/flows/stream`.
+    pub port: u16,
+}
+
+/// How the plugin reaches the agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// A port-forward through the API server (needs `create pods/portforward`
+    /// on the agent pods).
+    PortForward,
+    /// The agents' addresses (from inside the cluster network).
+    Direct,
+}
+
+/// A byte stream to an agent.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+fn agent_name(agent: &Agent) -> String {
+    format!(
+        "agent {} on node {} ({})",
+        agent.pod, agent.node, agent.address
+    )
+}
+
+/// Opens a connection to `agent`'s stream port.
+pub async fn dial(
+    agent: &Agent,
+    via: Via,
+    client: &kube::Client,
+    timeout: Duration,
+) -> Result<Box<dyn Conn>> {
+    let name = || agent_name(agent);
+    match via {
+        Via::Direct => {
+            let stream =
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&agent.address))
+                    .await
+                    .map_err(|_| {
+                        anyhow!("{} unreachable: no connection within {timeout:?}", name())
+                    })?
+                    .map_err(|e| anyhow!("{} unreachable: {e}", name()))?;
+            Ok(Box::new(stream))
+        }
+        Via::PortForward => {
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client.clone(), &agent.namespace);
+            let mut forwarder = tokio::time::timeout(timeout, pods.portforward(&agent.pod, &[agent.port]))
+                .await
+                .map_err(|_| anyhow!("{}: no port-forward through the API server within {timeout:?}", name()))?
+                .map_err(|e| match &e {
+                    kube::Error::Api(s) if s.code == 403 => anyhow!(
+                        "{}: you may not port-forward to it ({}); ask for `create pods/portforward` in namespace {}, or run from inside the cluster with --via direct",
+                        name(), s.message, agent.namespace
+                    ),
+                    _ => anyhow!("{}: port-forward through the API server failed: {e}", name()),
+                })?;
+            let stream = forwarder
+                .take_stream(agent.port)
+                .ok_or_else(|| anyhow!("{}: the port-forward has no stream", name()))?;
+            // The forwarder's task runs on its own; it ends with the stream.
+            drop(forwarder);
+            Ok(Box::new(stream))
+        }
+    }
 }
 
 /// What the user asked to see.
@@ -191,22 +261,15 @@ pub fn table_line(line: &Value) -> Option<String> {
     ))
 }
 
-/// Opens `agent`'s stream with `token`; the reader is past the head.
+/// Opens `agent`'s stream with `token` over `stream`; the reader is past
+/// the head.
 pub async fn connect(
+    stream: Box<dyn Conn>,
     agent: &Agent,
     token: &str,
     timeout: Duration,
-) -> Result<BufReader<tokio::net::TcpStream>> {
-    let name = || {
-        format!(
-            "agent {} on node {} ({})",
-            agent.pod, agent.node, agent.address
-        )
-    };
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&agent.address))
-        .await
-        .map_err(|_| anyhow!("{} unreachable: no connection within {timeout:?}", name()))?
-        .map_err(|e| anyhow!("{} unreachable: {e}", name()))?;
+) -> Result<BufReader<Box<dyn Conn>>> {
+    let name = || agent_name(agent);
     let mut stream = stream;
     stream
         .write_all(

@@ -125,6 +125,8 @@ async fn observe_streams_the_namespaces_the_user_may_read_and_names_an_unreachab
         .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
         .args([
             "observe",
+            "--via",
+            "direct",
             "-A",
             "-o",
             "jsonl",
@@ -177,6 +179,8 @@ async fn observe_streams_the_namespaces_the_user_may_read_and_names_an_unreachab
         .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
         .args([
             "observe",
+            "--via",
+            "direct",
             "-A",
             "--node",
             "node-1",
@@ -188,4 +192,24 @@ async fn observe_streams_the_namespaces_the_user_may_read_and_names_an_unreachab
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(stderr.contains("your token was refused (401"), "{stderr}");
+
+    // Through the API server (the default), to nodes without a kubelet:
+    // each agent is named with why (the local cluster test streams this way).
+    let forwarded = Command::new(env!("CARGO_BIN_EXE_kubectl-weir"))
+        .env_remove("KUBECONFIG")
+        .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
+        .args(["observe", "-A", "--timeout", "20s", "--token", &token])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&forwarded.stderr);
+    assert!(!forwarded.status.success(), "{stderr}");
+    for agent in [
+        "weir-agent-one on node node-1",
+        "weir-agent-two on node node-2",
+    ] {
+        assert!(
+            stderr.contains(&format!("agent {agent}")) && stderr.contains("port-forward"),
+            "{agent} is named with the port-forward's failure: {stderr}"
+        );
+    }
 }
