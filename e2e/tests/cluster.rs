@@ -843,6 +843,10 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
         );
     }
 
+    // 3f. What a user watches and is told: kubectl weir (observe through
+    // the API server with the user's own RBAC, top, graph) and alerts.
+    visibility(&c, &server_ip)?;
+
     // 5. The agent on node 2 deleted while traffic runs: the totals stay exact.
     let agent2 = c.kubectl([
         "get",
@@ -1129,6 +1133,291 @@ fn helm_install_on_a_real_cluster_counts_exactly_and_uninstalls_cleanly() -> Res
             0
         );
     }
+    Ok(())
+}
+
+/// The kubectl-weir binary of this build (scripts/image.sh built it).
+fn plugin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                repo_root().join(t)
+            }
+        })
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug/kubectl-weir")
+}
+
+/// A kubeconfig for the cluster that authenticates with `token` only.
+fn token_kubeconfig(c: &Cluster, user: &str, token: &str) -> Result<PathBuf> {
+    let admin: Value =
+        serde_json::from_str(&c.kubectl(["config", "view", "--raw", "-o", "json"])?)?;
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{ "name": "weir", "cluster": cluster }],
+        "users": [{ "name": user, "user": { "token": token } }],
+        "contexts": [{ "name": user, "context": { "cluster": "weir", "user": user, "namespace": NS } }],
+        "current-context": user,
+    });
+    let path = std::env::temp_dir().join(format!("weir-{NAME}-{user}.kubeconfig"));
+    std::fs::write(&path, config.to_string())?;
+    Ok(path)
+}
+
+fn run_plugin(kubeconfig: &std::path::Path, args: &[&str]) -> Result<std::process::Output> {
+    Command::new(plugin())
+        .env_remove("KUBECONFIG")
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", plugin().display()))
+}
+
+/// The median of `xs` (sorted in place).
+fn median(xs: &mut [Duration]) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+/// Step 3f (see the caller).
+fn visibility(c: &Cluster, server_ip: &str) -> Result<()> {
+    use std::io::BufRead as _;
+    // viewer may get pods in shop; stranger may not. Both may find and
+    // port-forward to the agents, as kubectl weir observe needs.
+    c.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: viewer, namespace: {NS}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: stranger, namespace: {NS}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: pod-reader, namespace: {NS}}}\n\
+         rules: [{{apiGroups: [''], resources: [pods], verbs: [get, list]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: viewer, namespace: {NS}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}\n\
+         subjects: [{{kind: ServiceAccount, name: viewer, namespace: {NS}}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: weir-observe, namespace: {SYSTEM_NS}}}\n\
+         rules: [{{apiGroups: [''], resources: [pods], verbs: [get, list]}}, {{apiGroups: [''], resources: [pods/portforward], verbs: [get, create]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: weir-observe, namespace: {SYSTEM_NS}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: weir-observe}}\n\
+         subjects: [{{kind: ServiceAccount, name: viewer, namespace: {NS}}}, {{kind: ServiceAccount, name: stranger, namespace: {NS}}}]\n"
+    ))?;
+    let config = |user: &str| -> Result<PathBuf> {
+        let token = c.kubectl(["create", "token", user, "-n", NS])?;
+        token_kubeconfig(c, user, token.trim())
+    };
+    let (viewer, stranger) = (config("viewer")?, config("stranger")?);
+
+    // The stranger's token is refused by every agent (403), named.
+    let out = run_plugin(&stranger, &["observe", "-A", "--timeout", "30s"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the stranger observed: {stderr}");
+    assert!(
+        stderr.matches("(403)").count() == 2 && stderr.contains("may not get pods"),
+        "both agents refuse the stranger: {stderr}"
+    );
+
+    // The viewer streams, through the API server, what the client sends;
+    // how long from sending a datagram to its line (exec included).
+    let mut child = Command::new(plugin())
+        .env_remove("KUBECONFIG")
+        .arg(format!("--kubeconfig={}", viewer.display()))
+        .args([
+            "observe", "-f", "-o", "jsonl", "--pod", "client", "--port", "7003",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("observe's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Value)>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && tx.send((Instant::now(), v)).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let send = || {
+        exec_json(
+            c,
+            NS,
+            "client",
+            &[
+                "weir-traffic",
+                "udp-send",
+                &format!("{server_ip}:7003"),
+                "1",
+                "64",
+            ],
+        )
+    };
+    // The first line shows the stream is up (port-forwards opened).
+    let mut first = None;
+    for _ in 0..30 {
+        send()?;
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {
+            first = Some(line.1);
+            break;
+        }
+    }
+    let Some(first) = first else {
+        let _ = child.kill();
+        let said = child
+            .wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default();
+        bail!("no observe line for the client's datagrams; observe said: {said}");
+    };
+    assert_eq!(first["flow"]["namespace"], NS, "{first}");
+    assert_eq!(first["flow"]["pod"], "client", "{first}");
+    let (mut with_exec, mut after_exec) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        while rx.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        send()?;
+        let sent = Instant::now();
+        // The datagram's egress line (a new source port: a new flow).
+        loop {
+            let (at, v) = rx
+                .recv_timeout(Duration::from_secs(15))
+                .context("no observe line for a datagram within 15 s")?;
+            if v["flow"]["direction"] == "egress" && v["delta"]["packets"] == 1 {
+                assert_eq!(v["flow"]["bytes"], UDP4_OVERHEAD + 64, "{v}");
+                with_exec.push(at - t0);
+                after_exec.push(at.saturating_duration_since(sent));
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    eprintln!(
+        "observe latency through the API server, agent.interval=1s, 7 datagrams: median {:?} from the exec's start (kubectl exec included), {:?} after it returned; all from start: {with_exec:?}",
+        median(&mut with_exec.clone()),
+        median(&mut after_exec)
+    );
+
+    // top and graph from the PodFlows, by workload.
+    let admin = c.kubeconfig();
+    let top = run_plugin(&admin, &["top", "-n", NS, "--by", "workload", "--once"])?;
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success(),
+        "top: {}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    assert!(
+        text.contains("Deployment/server") && text.contains("client"),
+        "top names the workloads:\n{text}"
+    );
+    let graph = run_plugin(&admin, &["graph", "-n", NS, "-o", "svg"])?;
+    let svg = String::from_utf8_lossy(&graph.stdout);
+    assert!(
+        graph.status.success(),
+        "graph: {}",
+        String::from_utf8_lossy(&graph.stderr)
+    );
+    assert!(
+        svg.contains("<svg") && svg.contains("server") && svg.contains("client"),
+        "graph draws the workloads:\n{svg}"
+    );
+
+    // Alerts: every peer is new (no learning window); a refused TCP
+    // connection (the server's kernel answers RST) raises TCPResets.
+    c.kubectl([
+        "patch",
+        "captureprofile",
+        "all",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"alerts":{"newPeer":{"learningWindow":"0s"},"tcpResets":{"count":1}}}}"#,
+    ])?;
+    let refused = exec(
+        c,
+        NS,
+        "client",
+        &[
+            "weir-traffic",
+            "tcp-send",
+            &format!("{server_ip}:5999"),
+            "10",
+        ],
+    );
+    assert!(refused.is_err(), "nothing listens on 5999: {refused:?}");
+    let flow = c.wait(
+        Duration::from_secs(60),
+        "TCPResets=True on the refused conversation",
+        || {
+            let f = flows_to(c, NS, "TCP", 5999)?.into_iter().next();
+            Ok(f.filter(|f| {
+                f["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "TCPResets" && c["status"] == "True")
+                })
+            }))
+        },
+    )?;
+    assert_eq!(
+        flow["status"]["tcp"],
+        json!({ "connections": 1, "resets": 1 }),
+        "{flow}"
+    );
+    let name = flow["metadata"]["name"]
+        .as_str()
+        .context("name")?
+        .to_owned();
+    let events = c.wait(Duration::from_secs(30), "the TCPResets Events", || {
+        let all: Value = serde_json::from_str(&c.kubectl([
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            NS,
+            "-o",
+            "json",
+        ])?)?;
+        let ours: Vec<Value> = all["items"]
+            .as_array()
+            .context("items")?
+            .iter()
+            .filter(|e| e["reason"] == "TCPResets" && e["related"]["name"] == name.as_str())
+            .cloned()
+            .collect();
+        Ok((ours.len() >= 2).then_some(all))
+    })?;
+    let regarding: Vec<String> = events["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter(|e| e["reason"] == "TCPResets" && e["related"]["name"] == name.as_str())
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["regarding"]["kind"].as_str().unwrap_or(""),
+                e["regarding"]["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(
+        regarding.contains(&"Pod/client".to_owned())
+            && regarding.contains(&"CaptureProfile/all".to_owned()),
+        "TCPResets told on the pod and the profile: {regarding:?}"
+    );
+    assert!(
+        events["items"].as_array().is_some_and(|es| es
+            .iter()
+            .any(|e| e["reason"] == "NewPeer" && e["type"] == "Warning")),
+        "new peers told"
+    );
     Ok(())
 }
 

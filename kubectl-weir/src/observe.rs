@@ -34,8 +34,8 @@ pub struct Agent {
 /// How the plugin reaches the agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Via {
-    /// A port-forward through the API server (needs `create pods/portforward`
-    /// on the agent pods).
+    /// A port-forward through the API server (needs `get` and `create` on
+    /// the agent pods' `pods/portforward`: the websocket upgrade is a GET).
     PortForward,
     /// The agents' addresses (from inside the cluster network).
     Direct,
@@ -79,7 +79,7 @@ pub async fn dial(
                 .map_err(|_| anyhow!("{}: no port-forward through the API server within {timeout:?}", name()))?
                 .map_err(|e| match &e {
                     kube::Error::Api(s) if s.code == 403 => anyhow!(
-                        "{}: you may not port-forward to it ({}); ask for `create pods/portforward` in namespace {}, or run from inside the cluster with --via direct",
+                        "{}: you may not port-forward to it ({}); ask for `get` and `create` on `pods/portforward` in namespace {}, or run from inside the cluster with --via direct",
                         name(), s.message, agent.namespace
                     ),
                     _ => anyhow!("{}: port-forward through the API server failed: {e}", name()),
