@@ -34,9 +34,15 @@ pub const IPV6_PREFIX_BOUNDS: Bounds = Bounds {
     min: "0",
     max: "128",
 };
-/// Bounds of `alerts.rateSpike.window` and `baselineWindow`.
+/// Bounds of `alerts.rateSpike.window`.
 pub const RATE_WINDOW_BOUNDS: Bounds = Bounds {
     field: "alerts.rateSpike.window",
+    min: "1s",
+    max: "24h",
+};
+/// Bounds of `alerts.rateSpike.baselineWindow`.
+pub const BASELINE_WINDOW_BOUNDS: Bounds = Bounds {
+    field: "alerts.rateSpike.baselineWindow",
     min: "1s",
     max: "24h",
 };
@@ -157,8 +163,8 @@ pub struct RateSpikeAlert {
         length(max = 32),
         regex(pattern = super::DURATION_PATTERN),
         extend("x-kubernetes-validations" = [{
-            "rule": RATE_WINDOW_BOUNDS.duration_rule(),
-            "message": RATE_WINDOW_BOUNDS.message()
+            "rule": BASELINE_WINDOW_BOUNDS.duration_rule(),
+            "message": BASELINE_WINDOW_BOUNDS.message()
         }])
     )]
     pub baseline_window: String,
@@ -362,7 +368,12 @@ impl AlertsSpec {
                 return Err(invalid(BASELINE_MULTIPLIER_BOUNDS.message()));
             }
             duration_in(&RATE_WINDOW_BOUNDS, &s.window)?;
-            duration_in(&RATE_WINDOW_BOUNDS, &s.baseline_window)?;
+            duration_in(&BASELINE_WINDOW_BOUNDS, &s.baseline_window)?;
+            if s.baseline_floor_bytes_per_second < 0 {
+                return Err(invalid(
+                    "rateSpike.baselineFloorBytesPerSecond must not be negative",
+                ));
+            }
         }
         if let Some(r) = &self.tcp_resets {
             if r.count.is_none() && r.percent.is_none() {

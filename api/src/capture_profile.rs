@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -319,6 +319,10 @@ pub struct CaptureProfileStatus {
     /// lower bound when this is not 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_samples: Option<i64>,
+    /// When the controller first saw `alerts.newPeer` asked for: its
+    /// learning window starts here (cleared when `newPeer` is removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_since: Option<Time>,
     /// One entry per node whose agent counted the selected pods and lost
     /// updates meanwhile, each written only by that node's agent (field
     /// manager `weir-agent/<node>`), so nodes never conflict. The controller

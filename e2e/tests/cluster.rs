@@ -1330,8 +1330,10 @@ fn visibility(c: &Cluster, server_ip: &str) -> Result<()> {
         "graph draws the workloads:\n{svg}"
     );
 
-    // Alerts: every peer is new (no learning window); a refused TCP
-    // connection (the server's kernel answers RST) raises TCPResets.
+    // Alerts, asked for now with no learning window: what began before is
+    // learned; a new peer (a pod of another namespace) is told, and a
+    // refused TCP connection (the server's kernel answers RST) raises
+    // TCPResets.
     c.kubectl([
         "patch",
         "captureprofile",
@@ -1342,6 +1344,31 @@ fn visibility(c: &Cluster, server_ip: &str) -> Result<()> {
         "-p",
         r#"{"spec":{"alerts":{"newPeer":{"learningWindow":"0s"},"tcpResets":{"count":1}}}}"#,
     ])?;
+    c.wait(Duration::from_secs(30), "status.learningSince", || {
+        let since = c.kubectl([
+            "get",
+            "captureprofile",
+            "all",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.learningSince}",
+        ])?;
+        Ok((!since.trim().is_empty()).then_some(()))
+    })?;
+    let stranger_ip = pod_ip(c, OTHER_NS, "bystander-a")?;
+    exec_json(
+        c,
+        NS,
+        "client",
+        &[
+            "weir-traffic",
+            "udp-send",
+            &format!("{stranger_ip}:7001"),
+            "2",
+            "64",
+        ],
+    )?;
     let refused = exec(
         c,
         NS,
@@ -1412,11 +1439,34 @@ fn visibility(c: &Cluster, server_ip: &str) -> Result<()> {
             && regarding.contains(&"CaptureProfile/all".to_owned()),
         "TCPResets told on the pod and the profile: {regarding:?}"
     );
+    let told_new: Vec<String> = events["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter(|e| e["reason"] == "NewPeer" && e["regarding"]["kind"] == "Pod")
+        .filter_map(|e| e["note"].as_str().map(str::to_owned))
+        .collect();
     assert!(
-        events["items"].as_array().is_some_and(|es| es
-            .iter()
-            .any(|e| e["reason"] == "NewPeer" && e["type"] == "Warning")),
-        "new peers told"
+        !told_new.is_empty()
+            && told_new
+                .iter()
+                .all(|n| n.contains(&format!("{OTHER_NS}/Pod/bystander-a"))),
+        "only the new peer is told: {told_new:?}"
+    );
+    let new_flow = flows_to(c, NS, "UDP", 7001)?
+        .into_iter()
+        .find(|f| f["spec"]["destination"]["pod"] == "bystander-a")
+        .context("the PodFlow to the new peer")?;
+    let conditions = new_flow["status"]["conditions"].to_string();
+    assert!(
+        conditions.contains(r#""reason":"UnknownPeer""#),
+        "NewPeer=True on {}: {conditions}",
+        new_flow["metadata"]["name"]
+    );
+    let refused_conditions = flow["status"]["conditions"].to_string();
+    assert!(
+        refused_conditions.contains(r#""reason":"KnownPeer""#),
+        "the server was known before: {refused_conditions}"
     );
     Ok(())
 }

@@ -287,6 +287,13 @@ pub async fn connect(
         .await
         .map_err(|_| anyhow!("{} did not answer within {timeout:?}", name()))?
         .with_context(name)?;
+    if status_line.is_empty() {
+        bail!(
+            "{}: the connection closed before the agent answered (through a port-forward: the node could not reach the agent's port {}; is the agent running and listening there?)",
+            name(),
+            agent.port
+        );
+    }
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)

@@ -1719,8 +1719,9 @@ async fn flow_conditions(client: &kube::Client, ns: &str, name: &str) -> Vec<Str
     out
 }
 
-/// Alert Events of the namespace: (reason, regarding kind/name, related name).
-async fn alert_events(client: &kube::Client, ns: &str) -> Vec<(String, String, String)> {
+/// Alert Events of the namespace: (reason, regarding kind/name, related
+/// name, how many times it was told: its series' count, else 1).
+async fn alert_events(client: &kube::Client, ns: &str) -> Vec<(String, String, String, i32)> {
     Api::<Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await
@@ -1738,6 +1739,7 @@ async fn alert_events(client: &kube::Client, ns: &str) -> Vec<(String, String, S
                     regarding.name.unwrap_or_default()
                 ),
                 e.related.and_then(|r| r.name).unwrap_or_default(),
+                e.series.map_or(1, |s| s.count),
             )
         })
         .collect()
@@ -1780,9 +1782,18 @@ async fn alerts_become_conditions_events_and_metrics_without_a_storm() {
     )
     .await;
 
-    // web-1 → db-0: 3 of 4 connections reset; node-a sent 10 packets into
-    // the overlay, node-b took 7 out; quiet for a minute.
-    let quiet = Timestamp::now() - SignedDuration::from_secs(60);
+    // The learning window (none here) starts when the controller first
+    // sees newPeer: conversations that began before it are learned.
+    let since = poll("status.learningSince", WAIT, || async {
+        status_of(&admin, ns, "watch")
+            .await?
+            .learning_since
+            .ok_or_else(|| "no learningSince yet".to_owned())
+    })
+    .await;
+    // web-1 → db-0, begun after it: 3 of 4 connections reset; node-a sent
+    // 10 packets into the overlay, node-b took 7 out; then quiet.
+    let quiet = since.0 + SignedDuration::from_secs(1);
     let vx = |src: &str, dst: &str, encap: i64, decap: i64| VxlanCounters {
         vni: Some(1),
         outer_source: Some(src.into()),
@@ -1805,13 +1816,15 @@ async fn alerts_become_conditions_events_and_metrics_without_a_storm() {
         connections: 4,
         resets: 3,
     });
-    let b = observer(
+    a.first_seen = Some(Time(quiet));
+    let mut b = observer(
         "node-b",
         (7, 1050),
         (0, 0),
         quiet,
         Some(vx("192.168.0.2", "192.168.0.1", 0, 7)),
     );
+    b.first_seen = Some(Time(quiet));
     let name = agent_apply(&agent, ns, &conversation, &web, &a).await;
     agent_apply(&agent, ns, &conversation, &web, &b).await;
 
@@ -1862,11 +1875,12 @@ async fn alerts_become_conditions_events_and_metrics_without_a_storm() {
     .await;
     for alert in ["NewPeer", "OverlayLoss", "RateSpike", "TCPResets"] {
         for target in ["Pod/web-1", "CaptureProfile/watch"] {
-            let n = events
+            let told: Vec<i32> = events
                 .iter()
-                .filter(|(r, t, rel)| r == alert && t == target && *rel == name)
-                .count();
-            assert_eq!(n, 1, "{alert} on {target}: {events:?}");
+                .filter(|(r, t, rel, _)| r == alert && t == target && *rel == name)
+                .map(|e| e.3)
+                .collect();
+            assert_eq!(told, [1], "{alert} on {target}, told once: {events:?}");
         }
     }
     let raised = |alert: &str| {
@@ -1900,7 +1914,8 @@ async fn alerts_become_conditions_events_and_metrics_without_a_storm() {
             destination: to,
             ..spec("watch", &web, &db, 443)
         };
-        let o = observer("node-a", (1, 60), (0, 0), Timestamp::now(), None);
+        let mut o = observer("node-a", (1, 60), (0, 0), Timestamp::now(), None);
+        o.first_seen = o.last_seen.clone();
         names.push(agent_apply(&agent, ns, &storm, &web, &o).await);
     }
     poll("every storm PodFlow judged a new peer", WAIT, || async {

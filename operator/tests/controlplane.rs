@@ -187,6 +187,7 @@ spec:
         active_flows: Some(17),
         flows_dropped_by_cap: Some(0),
         lost_samples: Some(0),
+        learning_since: None,
         nodes: Vec::new(),
     };
     let patch = serde_json::json!({

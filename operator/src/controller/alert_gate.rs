@@ -1,6 +1,8 @@
 //! Which alert Events go out: one per conversation and alert per the
 //! profile's `eventInterval`, and at most a budget per namespace per
-//! minute (a token bucket), so a storm of alerts is counted, not sent.
+//! minute (a token bucket), so a storm of alerts is counted, not sent. An
+//! alert just raised may spend the whole budget; a reminder of one still
+//! raised only the half above it, so reminders never starve new alerts.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -40,6 +42,7 @@ pub struct EventGate {
     /// (namespace, PodFlow, alert) → when its last Event went out.
     last: HashMap<(String, String, &'static str), Instant>,
     buckets: HashMap<String, Bucket>,
+    pruned_at: Option<Instant>,
 }
 
 /// Entries older than this are forgotten (longer than any event interval).
@@ -53,16 +56,19 @@ impl EventGate {
             per_minute: f64::from(per_minute.max(1)),
             last: HashMap::new(),
             buckets: HashMap::new(),
+            pruned_at: None,
         }
     }
 
-    /// Whether an Event about `alert` on `flow` may go out now; a `Send`
-    /// spends the namespace's budget and starts the interval.
+    /// Whether an Event about `alert` on `flow` may go out now (`raised`:
+    /// the alert was just raised, else a reminder); a `Send` spends the
+    /// namespace's budget and starts the interval.
     pub fn admit(
         &mut self,
         namespace: &str,
         flow: &str,
         alert: &'static str,
+        raised: bool,
         interval: Duration,
         now: Instant,
     ) -> Verdict {
@@ -82,14 +88,22 @@ impl EventGate {
         let refill = now.duration_since(bucket.at).as_secs_f64() * per_minute / 60.0;
         bucket.tokens = (bucket.tokens + refill).min(per_minute);
         bucket.at = now;
-        if bucket.tokens < 1.0 {
+        let reserve = if raised { 0.0 } else { per_minute / 2.0 };
+        if bucket.tokens < 1.0 + reserve {
             return Verdict::NamespaceBudget;
         }
         bucket.tokens -= 1.0;
         self.last.insert(key, now);
-        if self.last.len() > 4096 {
+        // At most once a minute: forget what no interval can still hold.
+        if self
+            .pruned_at
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            self.pruned_at = Some(now);
             self.last
                 .retain(|_, t| now.duration_since(*t) < FORGET_AFTER);
+            self.buckets
+                .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(120));
         }
         Verdict::Send
     }
@@ -104,26 +118,44 @@ mod tests {
         let t0 = Instant::now();
         let min = Duration::from_secs(60);
         let mut gate = EventGate::new(3);
-        assert_eq!(gate.admit("a", "f1", "NewPeer", min, t0), Verdict::Send);
-        assert_eq!(gate.admit("a", "f1", "NewPeer", min, t0), Verdict::TooSoon);
-        assert_eq!(gate.admit("a", "f1", "RateSpike", min, t0), Verdict::Send);
-        assert_eq!(gate.admit("a", "f2", "NewPeer", min, t0), Verdict::Send);
         assert_eq!(
-            gate.admit("a", "f3", "NewPeer", min, t0),
+            gate.admit("a", "f1", "NewPeer", true, min, t0),
+            Verdict::Send
+        );
+        assert_eq!(
+            gate.admit("a", "f1", "NewPeer", true, min, t0),
+            Verdict::TooSoon
+        );
+        assert_eq!(
+            gate.admit("a", "f1", "RateSpike", true, min, t0),
+            Verdict::Send
+        );
+        assert_eq!(
+            gate.admit("a", "f2", "NewPeer", true, min, t0),
+            Verdict::Send
+        );
+        assert_eq!(
+            gate.admit("a", "f3", "NewPeer", true, min, t0),
             Verdict::NamespaceBudget
         );
         // Another namespace has its own budget.
-        assert_eq!(gate.admit("b", "f3", "NewPeer", min, t0), Verdict::Send);
+        assert_eq!(
+            gate.admit("b", "f3", "NewPeer", true, min, t0),
+            Verdict::Send
+        );
         // 20 s refill one token of a; the interval of f1 runs a minute.
         let later = t0 + Duration::from_secs(20);
-        assert_eq!(gate.admit("a", "f3", "NewPeer", min, later), Verdict::Send);
         assert_eq!(
-            gate.admit("a", "f1", "NewPeer", min, later),
+            gate.admit("a", "f3", "NewPeer", true, min, later),
+            Verdict::Send
+        );
+        assert_eq!(
+            gate.admit("a", "f1", "NewPeer", true, min, later),
             Verdict::TooSoon
         );
         let much_later = t0 + Duration::from_secs(61);
         assert_eq!(
-            gate.admit("a", "f1", "NewPeer", min, much_later),
+            gate.admit("a", "f1", "NewPeer", true, min, much_later),
             Verdict::Send
         );
     }

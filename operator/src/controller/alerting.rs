@@ -30,6 +30,7 @@ const MAX_LOOKUPS: usize = 200;
 pub async fn judge(
     profile: &CaptureProfile,
     spec: &AlertsSpec,
+    learning_since: Option<Timestamp>,
     listed: &[PodFlow],
     states: &mut [FlowState],
     kept: &[String],
@@ -66,17 +67,20 @@ pub async fn judge(
                 }
             })
             .collect();
-        let wanted = alerts::pods_to_name(spec, &inputs);
-        let (workloads, unnamed) = workloads(&ctx.client, &wanted).await?;
+        let wanted = {
+            let mut memories = ctx.alerts.lock().unwrap_or_else(|e| e.into_inner());
+            alerts::pods_to_name(spec, &inputs, memories.entry(uid.clone()).or_default())
+        };
+        let (named, unnamed) = workloads(&ctx.client, &wanted).await;
         // Flows with an end not named yet wait for a later reconcile.
         let inputs: Vec<FlowInput<'_>> = inputs
             .into_iter()
-            .filter(|f| !ends(f).iter().any(|e| unnamed.contains(e)))
+            .filter(|f| !alerts::ends(f.spec).iter().any(|e| unnamed.contains(e)))
             .collect();
         let clocks = Clocks {
             now: Instant::now(),
             wall: Timestamp::now(),
-            profile_created: profile.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            learning_since,
             flush_interval: profile
                 .spec
                 .flush_interval()
@@ -84,7 +88,8 @@ pub async fn judge(
         };
         let mut memories = ctx.alerts.lock().unwrap_or_else(|e| e.into_inner());
         let memory: &mut AlertMemory = memories.entry(uid).or_default();
-        alerts::evaluate(spec, &ns, &clocks, memory, &inputs, &workloads)
+        memory.workloads.extend(named);
+        alerts::evaluate(spec, &ns, &clocks, memory, &inputs)
     };
     for &i in &judged {
         let s = &mut states[i];
@@ -95,9 +100,13 @@ pub async fn judge(
             s.summary.conditions = s.stored.conditions.clone();
         }
     }
-    for alert in enabled(spec) {
-        let firing = evaluation.firing.get(alert).copied().unwrap_or(0);
-        ctx.metrics.set_firing(&ns, &name, alert, firing);
+    for alert in weir_api::alerts::conditions::ALL {
+        if enabled(spec).contains(&alert) {
+            let firing = evaluation.firing.get(alert).copied().unwrap_or(0);
+            ctx.metrics.set_firing(&ns, &name, alert, firing);
+        } else {
+            ctx.metrics.forget_firing(&ns, &name, alert);
+        }
     }
     let interval = spec.event_interval().unwrap_or(Duration::from_secs(300));
     for raised in &evaluation.raised {
@@ -108,7 +117,14 @@ pub async fn judge(
             .event_gate
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .admit(&ns, &raised.flow, raised.alert, interval, Instant::now());
+            .admit(
+                &ns,
+                &raised.flow,
+                raised.alert,
+                raised.transition,
+                interval,
+                Instant::now(),
+            );
         if verdict != Verdict::Send {
             debug!(flow = %raised.flow, alert = raised.alert, outcome = verdict.as_str(), "alert Event held back");
             ctx.metrics.alert_event(&ns, verdict.as_str());
@@ -169,16 +185,6 @@ pub async fn judge(
     Ok(())
 }
 
-fn ends(f: &FlowInput<'_>) -> Vec<(String, String)> {
-    [
-        (&f.spec.source.namespace, &f.spec.source.pod),
-        (&f.spec.destination.namespace, &f.spec.destination.pod),
-    ]
-    .into_iter()
-    .filter_map(|(ns, pod)| Some((ns.clone()?, pod.clone()?)))
-    .collect()
-}
-
 fn enabled(spec: &AlertsSpec) -> Vec<&'static str> {
     use weir_api::alerts::conditions::*;
     [
@@ -204,28 +210,42 @@ fn truncate(mut text: String, max: usize) -> String {
 }
 
 /// The workloads of `pods` (`Deployment/web`; a pod without a controller,
-/// or gone, is `Pod/<name>`), and the pods left unnamed past the lookup
-/// budget.
+/// or gone, is `Pod/<name>`), and the pods left unnamed: past the lookup
+/// budget, or when the API server did not answer (judged later; the
+/// summaries are written meanwhile).
 async fn workloads(
     client: &kube::Client,
     pods: &[(String, String)],
-) -> Result<(Workloads, Vec<(String, String)>)> {
+) -> (Workloads, Vec<(String, String)>) {
     let mut named = Workloads::new();
-    let (now, later) = pods.split_at(pods.len().min(MAX_LOOKUPS));
-    for (ns, pod) in now {
+    let mut unnamed = Vec::new();
+    for (i, (ns, pod)) in pods.iter().enumerate() {
+        if i >= MAX_LOOKUPS {
+            unnamed.extend_from_slice(&pods[i..]);
+            break;
+        }
         let api: Api<Pod> = Api::namespaced(client.clone(), ns);
         // `list` by name needs no more than the list the controller has.
-        let found = api
+        match api
             .list(&ListParams::default().fields(&format!("metadata.name={pod}")))
-            .await?;
-        let workload = found
-            .items
-            .first()
-            .map(workload_of)
-            .unwrap_or_else(|| format!("Pod/{pod}"));
-        named.insert((ns.clone(), pod.clone()), workload);
+            .await
+        {
+            Ok(found) => {
+                let workload = found
+                    .items
+                    .first()
+                    .map(workload_of)
+                    .unwrap_or_else(|| format!("Pod/{pod}"));
+                named.insert((ns.clone(), pod.clone()), workload);
+            }
+            Err(e) => {
+                warn!(error = %e, namespace = %ns, pod = %pod, "naming a pod's workload for newPeer failed; judged later");
+                unnamed.extend_from_slice(&pods[i..]);
+                break;
+            }
+        }
     }
-    Ok((named, later.to_vec()))
+    (named, unnamed)
 }
 
 /// `Kind/name` of the pod's controlling owner, with a ReplicaSet named as
@@ -244,6 +264,14 @@ pub fn workload_of(pod: &Pod) -> String {
         && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}"))
     {
         return format!("Deployment/{deployment}");
+    }
+    // A CronJob names each run's Job `<cronjob>-<scheduled minute>`.
+    if owner.kind == "Job"
+        && let Some((cronjob, minute)) = owner.name.rsplit_once('-')
+        && minute.len() >= 8
+        && minute.bytes().all(|b| b.is_ascii_digit())
+    {
+        return format!("CronJob/{cronjob}");
     }
     format!("{}/{}", owner.kind, owner.name)
 }
@@ -288,5 +316,13 @@ mod tests {
             "StatefulSet/db"
         );
         assert_eq!(workload_of(&pod(None, None)), "Pod/web-7d9f-abcde");
+        assert_eq!(
+            workload_of(&pod(Some(("Job", "backup-29401230")), None)),
+            "CronJob/backup"
+        );
+        assert_eq!(
+            workload_of(&pod(Some(("Job", "migrate")), None)),
+            "Job/migrate"
+        );
     }
 }

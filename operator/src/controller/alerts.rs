@@ -1,12 +1,14 @@
 //! A profile's alerts (`spec.alerts`), judged on each reconcile from its
 //! PodFlows' summaries: which alert conditions each PodFlow carries and
-//! which alerts to tell about. Pure: the caller supplies the clocks and the
-//! workloads of the pods, and publishes what [`evaluate`] returns.
+//! which alerts to tell about. Pure: the caller supplies the clocks and
+//! names the pods' workloads into the memory ([`pods_to_name`]), and
+//! publishes what [`evaluate`] returns.
 //!
-//! What the controller remembers per profile (the known peers, each
-//! conversation's rate samples and baseline) is in [`AlertMemory`]; what a
-//! new leader needs survives in the PodFlows' conditions: a PodFlow that
-//! already carries `NewPeer` was judged, and its peer is known.
+//! What the controller remembers per profile (the known peers, the pods'
+//! workloads, each conversation's rate samples and baseline) is in
+//! [`AlertMemory`]; what a new leader needs survives in the PodFlows: a
+//! PodFlow that carries `NewPeer` was judged, so its peer is known, and the
+//! learning window's start is the profile's `status.learningSince`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -63,8 +65,9 @@ pub struct Clocks {
     pub now: Instant,
     /// Wall clock, for the learning window and quiet conversations.
     pub wall: Timestamp,
-    /// The profile's creation: the learning window starts there.
-    pub profile_created: Option<Timestamp>,
+    /// When `newPeer` was first asked for (`status.learningSince`): the
+    /// learning window starts there.
+    pub learning_since: Option<Timestamp>,
     pub flush_interval: Duration,
 }
 
@@ -83,31 +86,43 @@ struct RateTrack {
 pub struct AlertMemory {
     known_peers: HashSet<(String, String)>,
     rates: HashMap<String, RateTrack>,
+    /// The workloads of the pods at the ends of the profile's flows
+    /// (`Deployment/web`), kept while such a flow exists.
+    pub workloads: Workloads,
 }
 
-/// A pod's workload, by namespace and pod name (`Deployment/web`); pods the
-/// caller could not name are their own workload.
+/// A pod's workload, by namespace and pod name.
 pub type Workloads = HashMap<(String, String), String>;
 
-/// The (namespace, pod) pairs whose workloads [`evaluate`] needs: the ends
-/// of flows not judged for `NewPeer` yet.
-pub fn pods_to_name(spec: &AlertsSpec, flows: &[FlowInput<'_>]) -> Vec<(String, String)> {
+/// The pods at the ends of a flow.
+pub fn ends(spec: &PodFlowSpec) -> Vec<(String, String)> {
+    [
+        (&spec.source.namespace, &spec.source.pod),
+        (&spec.destination.namespace, &spec.destination.pod),
+    ]
+    .into_iter()
+    .filter_map(|(ns, pod)| Some((ns.clone()?, pod.clone()?)))
+    .collect()
+}
+
+/// The pods whose workloads `newPeer` needs and `memory` does not hold;
+/// forgets the workloads of pods no flow ends at.
+pub fn pods_to_name(
+    spec: &AlertsSpec,
+    flows: &[FlowInput<'_>],
+    memory: &mut AlertMemory,
+) -> Vec<(String, String)> {
     if spec.new_peer.is_none() {
+        memory.workloads.clear();
         return Vec::new();
     }
-    let mut out: Vec<(String, String)> = flows
-        .iter()
-        .filter(|f| !has(f.stored, conditions::NEW_PEER))
-        .flat_map(|f| {
-            [
-                (&f.spec.source.namespace, &f.spec.source.pod),
-                (&f.spec.destination.namespace, &f.spec.destination.pod),
-            ]
-        })
-        .filter_map(|(ns, pod)| Some((ns.clone()?, pod.clone()?)))
+    let wanted: HashSet<(String, String)> = flows.iter().flat_map(|f| ends(f.spec)).collect();
+    memory.workloads.retain(|pod, _| wanted.contains(pod));
+    let mut out: Vec<(String, String)> = wanted
+        .into_iter()
+        .filter(|pod| !memory.workloads.contains_key(pod))
         .collect();
     out.sort();
-    out.dedup();
     out
 }
 
@@ -118,13 +133,14 @@ pub fn evaluate(
     clocks: &Clocks,
     memory: &mut AlertMemory,
     flows: &[FlowInput<'_>],
-    workloads: &Workloads,
 ) -> Evaluation {
     let mut out = Evaluation::default();
     if let Some(np) = &spec.new_peer {
-        // Judged flows first: their peers are known whatever their order.
+        // Judged flows first: their peers are known whatever their order
+        // (and a new leader learns them here).
         for f in flows.iter().filter(|f| has(f.stored, conditions::NEW_PEER)) {
-            remember(memory, peer_pair(np, f.spec, workloads));
+            let pair = peer_pair(np, f.spec, &memory.workloads);
+            remember(memory, pair);
         }
     }
     let live: HashSet<&str> = flows.iter().map(|f| f.name).collect();
@@ -133,7 +149,7 @@ pub fn evaluate(
         // Each condition, and whether a True one is told (again).
         let mut judged: Vec<(Condition, bool)> = Vec::new();
         if let Some(np) = &spec.new_peer {
-            let c = new_peer(np, clocks, memory, f, workloads);
+            let c = new_peer(np, clocks, memory, f);
             // Told once: when the PodFlow is first judged.
             let tell = !is_true(f.stored, conditions::NEW_PEER);
             judged.push((c, tell));
@@ -207,16 +223,18 @@ fn new_peer(
     clocks: &Clocks,
     memory: &mut AlertMemory,
     f: &FlowInput<'_>,
-    workloads: &Workloads,
 ) -> Condition {
     if let Some(stored) = find(f.stored, conditions::NEW_PEER) {
         return stored.clone();
     }
-    let pair = peer_pair(np, f.spec, workloads);
+    let pair = peer_pair(np, f.spec, &memory.workloads);
     let window = weir_api::parse_duration(&np.learning_window).unwrap_or_default();
-    let learning = clocks.profile_created.is_some_and(|created| {
-        clocks.wall.duration_since(created).as_secs_f64() < window.as_secs_f64()
-    });
+    // Learned when the conversation began within the window, however late
+    // it is judged (a backlog, a leader change).
+    let began = f.summary.first_seen.as_ref().map_or(clocks.wall, |t| t.0);
+    let learning = clocks
+        .learning_since
+        .is_some_and(|since| began.duration_since(since).as_secs_f64() < window.as_secs_f64());
     let known = memory.known_peers.contains(&pair);
     let (status, reason, message) = if known {
         (
@@ -540,10 +558,17 @@ mod tests {
         Clocks {
             now: start + Duration::from_secs(secs),
             wall,
-            profile_created: Some(
+            learning_since: Some(
                 Timestamp::from_second(1_800_000_000 + secs as i64 - created_secs_ago).unwrap(),
             ),
             flush_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn memory() -> AlertMemory {
+        AlertMemory {
+            workloads: workloads(),
+            ..Default::default()
         }
     }
 
@@ -574,7 +599,7 @@ mod tests {
     fn a_new_peer_is_told_once_after_the_learning_window_by_workload_and_prefix() {
         let start = Instant::now();
         let alerts = new_peer_spec();
-        let mut memory = AlertMemory::default();
+        let mut mem = memory();
         let s = PodFlowStatus::default();
         let learned = spec("web-1", "shop", "db-0");
         let flows = [FlowInput {
@@ -584,14 +609,7 @@ mod tests {
             stored: &[],
         }];
         // Within the window: learned.
-        let e = evaluate(
-            &alerts,
-            "shop",
-            &clocks(start, 0, 10),
-            &mut memory,
-            &flows,
-            &workloads(),
-        );
+        let e = evaluate(&alerts, "shop", &clocks(start, 0, 10), &mut mem, &flows);
         assert!(e.raised.is_empty());
         assert_eq!(
             status(&e.conditions["a"], "NewPeer").as_deref(),
@@ -624,14 +642,7 @@ mod tests {
                 stored: &[],
             },
         ];
-        let e = evaluate(
-            &alerts,
-            "shop",
-            &clocks(start, 120, 130),
-            &mut memory,
-            &flows,
-            &workloads(),
-        );
+        let e = evaluate(&alerts, "shop", &clocks(start, 120, 130), &mut mem, &flows);
         assert_eq!(
             status(&e.conditions["b"], "NewPeer").as_deref(),
             Some("False KnownPeer")
@@ -657,7 +668,7 @@ mod tests {
 
         // A new leader (empty memory) learns the judged flows from their
         // conditions: nothing is told again, and the /24 stays known.
-        let mut fresh = AlertMemory::default();
+        let mut fresh = memory();
         let flows = [
             FlowInput {
                 name: "c",
@@ -678,7 +689,6 @@ mod tests {
             &clocks(start, 200, 210),
             &mut fresh,
             &flows,
-            &workloads(),
         );
         assert!(e.raised.is_empty(), "{:?}", e.raised);
         assert_eq!(
@@ -688,6 +698,75 @@ mod tests {
         assert_eq!(
             status(&e.conditions["d"], "NewPeer").as_deref(),
             Some("False KnownPeer")
+        );
+    }
+
+    #[test]
+    fn a_new_leader_relearns_by_workload_and_late_judged_conversations_stay_learned() {
+        let start = Instant::now();
+        let alerts = new_peer_spec();
+        let judged = spec("web-1", "shop", "db-0");
+        let stored = vec![condition(
+            &[],
+            conditions::NEW_PEER,
+            false,
+            reasons::LEARNED,
+            "learned".into(),
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        )];
+        let s = PodFlowStatus::default();
+        // Another pod of the same Deployment, after a rollout: known.
+        let rolled = spec("web-2", "shop", "db-0");
+        let flows = [
+            FlowInput {
+                name: "a",
+                spec: &judged,
+                summary: &s,
+                stored: &stored,
+            },
+            FlowInput {
+                name: "b",
+                spec: &rolled,
+                summary: &s,
+                stored: &[],
+            },
+        ];
+        let mut fresh = memory();
+        let e = evaluate(
+            &alerts,
+            "shop",
+            &clocks(start, 500, 510),
+            &mut fresh,
+            &flows,
+        );
+        assert!(e.raised.is_empty(), "{:?}", e.raised);
+        assert_eq!(
+            status(&e.conditions["b"], "NewPeer").as_deref(),
+            Some("False KnownPeer")
+        );
+        // A conversation that began within the window (60 s after the
+        // start), first judged long after it: learned, not new.
+        let early = PodFlowStatus {
+            first_seen: Some(Time(Timestamp::from_second(1_800_000_000 + 30).unwrap())),
+            ..Default::default()
+        };
+        let outside = spec("web-1", "", "198.51.100.7");
+        let flows = [FlowInput {
+            name: "c",
+            spec: &outside,
+            summary: &early,
+            stored: &[],
+        }];
+        let e = evaluate(
+            &alerts,
+            "shop",
+            &clocks(start, 600, 600),
+            &mut memory(),
+            &flows,
+        );
+        assert_eq!(
+            status(&e.conditions["c"], "NewPeer").as_deref(),
+            Some("False Learned")
         );
     }
 
@@ -703,7 +782,7 @@ mod tests {
     /// second's RateSpike condition.
     fn feed(alerts: &AlertsSpec, bytes_per_second: &[i64]) -> Vec<Option<String>> {
         let start = Instant::now();
-        let mut memory = AlertMemory::default();
+        let mut mem = memory();
         let sp = spec("web-1", "shop", "db-0");
         let (mut total, mut stored) = (0i64, Vec::new());
         let mut out = Vec::new();
@@ -720,9 +799,8 @@ mod tests {
                 alerts,
                 "shop",
                 &clocks(start, i as u64, 1000),
-                &mut memory,
+                &mut mem,
                 &flows,
-                &workloads(),
             );
             stored = e.conditions["a"].clone();
             out.push(status(&stored, "RateSpike"));
@@ -798,7 +876,7 @@ mod tests {
             ..Default::default()
         };
         let sp = spec("web-1", "shop", "db-0");
-        let mut memory = AlertMemory::default();
+        let mut mem = memory();
         let at = |secs: u64| clocks(start, secs, 1000);
         let summary =
             |resets: i64, connections: i64, loss: i64, last_seen_secs: i64| PodFlowStatus {
@@ -821,14 +899,13 @@ mod tests {
             &alerts,
             "shop",
             &at(11),
-            &mut memory,
+            &mut mem,
             &[FlowInput {
                 name: "a",
                 spec: &sp,
                 summary: &s,
                 stored: &[],
             }],
-            &workloads(),
         );
         assert_eq!(
             status(&e.conditions["a"], "TCPResets").as_deref(),
@@ -844,14 +921,13 @@ mod tests {
             &alerts,
             "shop",
             &at(12),
-            &mut memory,
+            &mut mem,
             &[FlowInput {
                 name: "a",
                 spec: &sp,
                 summary: &s,
                 stored: &[],
             }],
-            &workloads(),
         );
         assert_eq!(
             status(&e.conditions["a"], "TCPResets").as_deref(),
@@ -869,14 +945,13 @@ mod tests {
             &alerts,
             "shop",
             &at(13),
-            &mut memory,
+            &mut mem,
             &[FlowInput {
                 name: "a",
                 spec: &sp,
                 summary: &s,
                 stored: &stored,
             }],
-            &workloads(),
         );
         assert!(e.raised.iter().all(|r| !r.transition), "{:?}", e.raised);
         assert_eq!(
@@ -898,14 +973,13 @@ mod tests {
             &by_count,
             "shop",
             &at(14),
-            &mut memory,
+            &mut mem,
             &[FlowInput {
                 name: "a",
                 spec: &sp,
                 summary: &s,
                 stored: &[],
             }],
-            &workloads(),
         );
         assert_eq!(
             status(&e.conditions["a"], "TCPResets").as_deref(),

@@ -220,11 +220,22 @@ impl ControllerMetrics {
             .set(i64::try_from(flows).unwrap_or(i64::MAX));
     }
 
+    /// Drops the firing gauge of an alert the profile no longer asks for.
+    pub fn forget_firing(&self, namespace: &str, profile: &str, alert: &str) {
+        self.firing.remove(&alert_labels(namespace, profile, alert));
+    }
+
     /// Drops the firing gauges of a deleted profile.
     pub fn forget_profile(&self, namespace: &str, profile: &str) {
         for alert in weir_api::alerts::conditions::ALL {
-            self.firing.remove(&alert_labels(namespace, profile, alert));
+            self.forget_firing(namespace, profile, alert);
         }
+    }
+
+    /// Drops every firing gauge (this replica stopped leading: the new
+    /// leader reports them).
+    pub fn clear_firing(&self) {
+        self.firing.clear();
     }
 
     /// An alert Event's fate (`sent`, `within_interval`, `namespace_budget`,

@@ -270,6 +270,18 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
         .find(|c| c.type_ == conditions::MAP_PRESSURE);
 
     let matched = matched_pods(profile, &ctx.client, &ns).await?;
+    // The new-peer learning window starts when it is first asked for.
+    let learning_since = profile
+        .spec
+        .alerts
+        .as_ref()
+        .and_then(|a| a.new_peer.as_ref())
+        .map(|_| {
+            status
+                .learning_since
+                .clone()
+                .unwrap_or_else(|| Time(Timestamp::now()))
+        });
 
     let flows: Api<PodFlow> = Api::namespaced(ctx.client.clone(), &ns);
     let listed = flows
@@ -304,7 +316,16 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
         }
         match &profile.spec.alerts {
             Some(alerts) => {
-                alerting::judge(profile, alerts, &listed, &mut states, &plan.kept, &ctx).await?
+                alerting::judge(
+                    profile,
+                    alerts,
+                    learning_since.as_ref().map(|t| t.0),
+                    &listed,
+                    &mut states,
+                    &plan.kept,
+                    &ctx,
+                )
+                .await?
             }
             None => ctx.metrics.forget_profile(&ns, &name),
         }
@@ -402,6 +423,7 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
         active_flows: Some(i32::try_from(active).unwrap_or(i32::MAX)),
         flows_dropped_by_cap: Some(dropped),
         lost_samples: Some(lost),
+        learning_since,
         // The nodes' entries are theirs: never in the controller's apply.
         nodes: Vec::new(),
     };

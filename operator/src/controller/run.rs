@@ -88,6 +88,7 @@ pub async fn run_until(
             _ = shutdown.wait_for(|s| *s) => break,
         }
         ready.set(Err("the lease".into()));
+        metrics.clear_firing();
     }
     // The election releases the lease once it sees the shutdown.
     let _ = election.await;
