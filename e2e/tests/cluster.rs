@@ -284,7 +284,8 @@ fn counts(v: &Value) -> (i64, i64) {
 
 /// Waits until the one PodFlow to `port` has, at every one of `nodes`,
 /// `forward` and `reverse` (packets, bytes) — exactly.
-/// One conversation: from a pod of `NS` to a destination port.
+/// One conversation: from a pod of `NS` to a destination port of a pod of
+/// `NS` (the new-peer check also talks to another namespace).
 struct Conversation<'a> {
     source: &'a str,
     protocol: &'a str,
@@ -307,7 +308,9 @@ fn wait_exact(
         } = &conversation;
         let found: Vec<Value> = flows_to(c, NS, protocol, *port)?
             .into_iter()
-            .filter(|f| f["spec"]["source"]["pod"] == *source)
+            .filter(|f| {
+                f["spec"]["source"]["pod"] == *source && f["spec"]["destination"]["namespace"] == NS
+            })
             .collect();
         ensure!(
             found.len() <= 1,
@@ -1279,17 +1282,19 @@ fn visibility(c: &Cluster, server_ip: &str) -> Result<()> {
     assert_eq!(first["flow"]["pod"], "client", "{first}");
     let (mut with_exec, mut after_exec) = (Vec::new(), Vec::new());
     for _ in 0..7 {
-        while rx.try_recv().is_ok() {}
         let t0 = Instant::now();
-        send()?;
+        let port = send()?["sourcePort"].clone();
         let sent = Instant::now();
-        // The datagram's egress line (a new source port: a new flow).
+        // The datagram's egress line: its flow has the datagram's source
+        // port (lines of earlier datagrams may still be queued).
         loop {
             let (at, v) = rx
                 .recv_timeout(Duration::from_secs(15))
                 .context("no observe line for a datagram within 15 s")?;
-            if v["flow"]["direction"] == "egress" && v["delta"]["packets"] == 1 {
+            if v["flow"]["direction"] == "egress" && v["flow"]["sourcePort"] == port {
+                assert_eq!(v["delta"]["packets"], 1, "{v}");
                 assert_eq!(v["flow"]["bytes"], UDP4_OVERHEAD + 64, "{v}");
+                ensure!(at >= t0, "a line before its datagram: {v}");
                 with_exec.push(at - t0);
                 after_exec.push(at.saturating_duration_since(sent));
                 break;
