@@ -103,6 +103,21 @@ spec:
   protocols: [TCP, UDP]
   flushInterval: 5s
   flowTTL: 30m
+  alerts:
+    newPeer: { learningWindow: 2m }
+    tcpResets: { count: 1 }
+---
+# A reader for `kubectl weir observe`: the agents review its token and show
+# it the namespaces where it may get pods.
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: flow-viewer, namespace: shop }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: { name: flow-viewer, namespace: shop }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view }
+subjects: [{ kind: ServiceAccount, name: flow-viewer, namespace: shop }]
 EOF
 kubectl -n shop rollout status deployment/web --timeout=180s
 kubectl -n shop rollout status deployment/loadgen --timeout=180s
@@ -117,6 +132,8 @@ sleep 6 # one more flush, so both ends of each conversation have reported
 kubectl get captureprofiles -n shop
 kubectl get podflows -n shop -o wide
 
+plugin_dir=${CARGO_TARGET_DIR:-$PWD/target}/${WEIR_DEMO_PROFILE:-release}
+
 cat <<EOF
 
 weir is running on a two-node cluster (total $((SECONDS - t0))s). Use it:
@@ -126,6 +143,15 @@ weir is running on a two-node cluster (total $((SECONDS - t0))s). Use it:
   kubectl get podflows -n shop -o wide -w   # the counts grow as loadgen talks
   kubectl get captureprofiles -A
   bash e2e/cluster/cluster.sh node 1 bpftool net   # weir's programs on node 1
+
+  # kubectl weir: the plugin is in the image and here, put it on PATH
+  export PATH=$plugin_dir:\$PATH
+  kubectl weir top -n shop --by workload
+  kubectl weir graph -n shop -o html > shop.html
+  kubectl weir observe -n shop -f --token "\$(kubectl create token flow-viewer -n shop)"
+
+  # alerts (the profile asks for new peers after 2 min, and TCP resets)
+  kubectl events -n shop --types=Warning
 
 The pods' traffic to the web Service appears twice: the loadgen's node sees
 the Service's ClusterIP (kube-proxy translates it after the packet left the
