@@ -3,7 +3,7 @@
 //! summaries, and tells what it raised as Events (through the
 //! [`EventGate`]) and metrics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -33,7 +33,7 @@ pub async fn judge(
     learning_since: Option<Timestamp>,
     listed: &[PodFlow],
     states: &mut [FlowState],
-    kept: &[String],
+    kept: &HashSet<&str>,
     ctx: &Context,
 ) -> Result<()> {
     let ns = profile.namespace().unwrap_or_default();
@@ -46,7 +46,7 @@ pub async fn judge(
     let judged: Vec<usize> = states
         .iter()
         .enumerate()
-        .filter(|(_, s)| kept.contains(&s.name))
+        .filter(|(_, s)| kept.contains(s.name.as_str()))
         .map(|(i, _)| i)
         .collect();
     let evaluation = {
@@ -100,8 +100,9 @@ pub async fn judge(
             s.summary.conditions = s.stored.conditions.clone();
         }
     }
+    let enabled = enabled(spec);
     for alert in weir_api::alerts::conditions::ALL {
-        if enabled(spec).contains(&alert) {
+        if enabled.contains(&alert) {
             let firing = evaluation.firing.get(alert).copied().unwrap_or(0);
             ctx.metrics.set_firing(&ns, &name, alert, firing);
         } else {

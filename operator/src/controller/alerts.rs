@@ -465,13 +465,7 @@ fn overlay_loss(threshold: i64, clocks: &Clocks, f: &FlowInput<'_>) -> Option<Co
 
 /// The pods of a conversation, those in `namespace` first.
 fn pods_of(spec: &PodFlowSpec, namespace: &str) -> Vec<(String, String)> {
-    let mut pods: Vec<(String, String)> = [
-        (&spec.source.namespace, &spec.source.pod),
-        (&spec.destination.namespace, &spec.destination.pod),
-    ]
-    .into_iter()
-    .filter_map(|(ns, pod)| Some((ns.clone()?, pod.clone()?)))
-    .collect();
+    let mut pods = ends(spec);
     pods.sort_by_key(|(ns, _)| ns != namespace);
     pods.dedup();
     pods

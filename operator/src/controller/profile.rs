@@ -295,6 +295,8 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
         let max = usize::try_from(profile.spec.max_pod_flows).unwrap_or(usize::MAX);
         let mut states: Vec<FlowState> = listed.iter().map(FlowState::of).collect();
         let plan = lifecycle::plan(&states, Timestamp::now(), ttl, max);
+        // Looked up once per flow below: a set, not the plan's list.
+        let kept: std::collections::HashSet<&str> = plan.kept.iter().map(String::as_str).collect();
         let by_name: HashMap<&str, &PodFlow> = listed
             .iter()
             .map(|f| (f.metadata.name.as_deref().unwrap_or_default(), f))
@@ -322,7 +324,7 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
                     learning_since.as_ref().map(|t| t.0),
                     &listed,
                     &mut states,
-                    &plan.kept,
+                    &kept,
                     &ctx,
                 )
                 .await?
@@ -332,7 +334,7 @@ pub async fn apply(profile: &CaptureProfile, ctx: Arc<Context>) -> Result<Action
         let apply = PatchParams::apply(SUMMARY_FIELD_MANAGER).force();
         for state in states
             .iter()
-            .filter(|s| s.summary_stale() && plan.kept.contains(&s.name))
+            .filter(|s| s.summary_stale() && kept.contains(s.name.as_str()))
         {
             let patch = PodFlow::summary_patch(&state.name, &state.summary);
             match flows
