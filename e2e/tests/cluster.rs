@@ -1408,7 +1408,9 @@ fn visibility(c: &Cluster, server_ip: &str) -> Result<()> {
         .as_str()
         .context("name")?
         .to_owned();
-    let events = c.wait(Duration::from_secs(30), "the TCPResets Events", || {
+    // The namespace's Events once both TCPResets ones are there, and what
+    // those two are about.
+    let (events, regarding) = c.wait(Duration::from_secs(30), "the TCPResets Events", || {
         let all: Value = serde_json::from_str(&c.kubectl([
             "get",
             "events.events.k8s.io",
@@ -1417,28 +1419,21 @@ fn visibility(c: &Cluster, server_ip: &str) -> Result<()> {
             "-o",
             "json",
         ])?)?;
-        let ours: Vec<Value> = all["items"]
+        let regarding: Vec<String> = all["items"]
             .as_array()
             .context("items")?
             .iter()
             .filter(|e| e["reason"] == "TCPResets" && e["related"]["name"] == name.as_str())
-            .cloned()
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["regarding"]["kind"].as_str().unwrap_or(""),
+                    e["regarding"]["name"].as_str().unwrap_or("")
+                )
+            })
             .collect();
-        Ok((ours.len() >= 2).then_some(all))
+        Ok((regarding.len() >= 2).then_some((all, regarding)))
     })?;
-    let regarding: Vec<String> = events["items"]
-        .as_array()
-        .context("items")?
-        .iter()
-        .filter(|e| e["reason"] == "TCPResets" && e["related"]["name"] == name.as_str())
-        .map(|e| {
-            format!(
-                "{}/{}",
-                e["regarding"]["kind"].as_str().unwrap_or(""),
-                e["regarding"]["name"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
     assert!(
         regarding.contains(&"Pod/client".to_owned())
             && regarding.contains(&"CaptureProfile/all".to_owned()),

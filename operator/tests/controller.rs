@@ -360,6 +360,20 @@ fn observer(
     }
 }
 
+/// A node's VXLAN counters of a conversation on VNI 1 (150-byte frames).
+fn vx(src: &str, dst: &str, encap: i64, decap: i64) -> VxlanCounters {
+    VxlanCounters {
+        vni: Some(1),
+        outer_source: Some(src.into()),
+        outer_destination: Some(dst.into()),
+        encap_packets: encap,
+        encap_bytes: encap * 150,
+        decap_packets: decap,
+        decap_bytes: decap * 150,
+        loss_packets: None,
+    }
+}
+
 /// Publishes a PodFlow the way the agent of `observer.node` does: spec,
 /// weir's labels and the ownerReference to `owner` applied as
 /// `weir-agent/<node>`, then its own observer entry in the status.
@@ -922,16 +936,6 @@ async fn summary_comes_from_both_observers_with_the_vxlan_loss_between_them() {
 
     let now = Timestamp::now();
     let spec = spec("all", &web, &db, 5432);
-    let vx = |src: &str, dst: &str, encap: i64, decap: i64| VxlanCounters {
-        vni: Some(1),
-        outer_source: Some(src.into()),
-        outer_destination: Some(dst.into()),
-        encap_packets: encap,
-        encap_bytes: encap * 150,
-        decap_packets: decap,
-        decap_bytes: decap * 150,
-        loss_packets: None,
-    };
     // node-a (the source's) sent 100 forward packets into the overlay,
     // node-b decapsulated 97 of them; node-b sent 80 back, node-a got 79.
     let a = observer(
@@ -1794,16 +1798,6 @@ async fn alerts_become_conditions_events_and_metrics_without_a_storm() {
     // web-1 → db-0, begun after it: 3 of 4 connections reset; node-a sent
     // 10 packets into the overlay, node-b took 7 out; then quiet.
     let quiet = since.0 + SignedDuration::from_secs(1);
-    let vx = |src: &str, dst: &str, encap: i64, decap: i64| VxlanCounters {
-        vni: Some(1),
-        outer_source: Some(src.into()),
-        outer_destination: Some(dst.into()),
-        encap_packets: encap,
-        encap_bytes: encap * 150,
-        decap_packets: decap,
-        decap_bytes: decap * 150,
-        loss_packets: None,
-    };
     let conversation = spec("watch", &web, &db, 5432);
     let mut a = observer(
         "node-a",

@@ -857,6 +857,24 @@ mod tests {
         );
     }
 
+    /// [`evaluate`] of one flow named "a".
+    fn one(
+        alerts: &AlertsSpec,
+        clocks: &Clocks,
+        memory: &mut AlertMemory,
+        spec: &PodFlowSpec,
+        summary: &PodFlowStatus,
+        stored: &[Condition],
+    ) -> Evaluation {
+        let flow = FlowInput {
+            name: "a",
+            spec,
+            summary,
+            stored,
+        };
+        evaluate(alerts, "shop", clocks, memory, &[flow])
+    }
+
     #[test]
     fn resets_raise_by_count_or_share_and_overlay_loss_waits_for_a_quiet_flow() {
         let start = Instant::now();
@@ -889,18 +907,7 @@ mod tests {
             };
         // 2 of 3: below minConnections. 2 of 4: 50 %.
         let s = summary(2, 3, 5, 10);
-        let e = evaluate(
-            &alerts,
-            "shop",
-            &at(11),
-            &mut mem,
-            &[FlowInput {
-                name: "a",
-                spec: &sp,
-                summary: &s,
-                stored: &[],
-            }],
-        );
+        let e = one(&alerts, &at(11), &mut mem, &sp, &s, &[]);
         assert_eq!(
             status(&e.conditions["a"], "TCPResets").as_deref(),
             Some("False FewResets")
@@ -911,18 +918,7 @@ mod tests {
             "in flight, not judged"
         );
         let s = summary(2, 4, 5, 10);
-        let e = evaluate(
-            &alerts,
-            "shop",
-            &at(12),
-            &mut mem,
-            &[FlowInput {
-                name: "a",
-                spec: &sp,
-                summary: &s,
-                stored: &[],
-            }],
-        );
+        let e = one(&alerts, &at(12), &mut mem, &sp, &s, &[]);
         assert_eq!(
             status(&e.conditions["a"], "TCPResets").as_deref(),
             Some("True ResetsSeen")
@@ -935,18 +931,7 @@ mod tests {
         assert!(e.raised.iter().all(|r| r.transition));
         // Still True: told again (the event interval decides), not a transition.
         let stored = e.conditions["a"].clone();
-        let e = evaluate(
-            &alerts,
-            "shop",
-            &at(13),
-            &mut mem,
-            &[FlowInput {
-                name: "a",
-                spec: &sp,
-                summary: &s,
-                stored: &stored,
-            }],
-        );
+        let e = one(&alerts, &at(13), &mut mem, &sp, &s, &stored);
         assert!(e.raised.iter().all(|r| !r.transition), "{:?}", e.raised);
         assert_eq!(
             find(&e.conditions["a"], "TCPResets")
@@ -963,18 +948,7 @@ mod tests {
             ..Default::default()
         };
         let s = summary(1, 100, 0, 10);
-        let e = evaluate(
-            &by_count,
-            "shop",
-            &at(14),
-            &mut mem,
-            &[FlowInput {
-                name: "a",
-                spec: &sp,
-                summary: &s,
-                stored: &[],
-            }],
-        );
+        let e = one(&by_count, &at(14), &mut mem, &sp, &s, &[]);
         assert_eq!(
             status(&e.conditions["a"], "TCPResets").as_deref(),
             Some("True ResetsSeen")
